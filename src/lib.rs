@@ -1,0 +1,3 @@
+//! Easel: a self-hosted, asynchronous, multi-tenant image-generation gateway.
+
+pub mod providers;

@@ -1,0 +1,1 @@
+//! Deterministic PNG rendering for the local provider (placeholder, replaced by the renderer).
