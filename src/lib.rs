@@ -1,3 +1,5 @@
 //! Easel: a self-hosted, asynchronous, multi-tenant image-generation gateway.
 
+pub mod jobs;
 pub mod providers;
+pub mod store;

@@ -1,0 +1,263 @@
+//! The job as the rest of Easel sees it: statuses, the rows the store returns, and the pure
+//! rules for moving between statuses.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::providers::Mode;
+
+/// A job's place in its life. `QUEUED` → `RUNNING` → `SUCCEEDED` | `FAILED`; a retryable failure
+/// goes `RUNNING` → `RETRYING` → `RUNNING`; `QUEUED`/`RETRYING` → `CANCELED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Retrying,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "QUEUED",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Retrying => "RETRYING",
+            JobStatus::Succeeded => "SUCCEEDED",
+            JobStatus::Failed => "FAILED",
+            JobStatus::Canceled => "CANCELED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled
+        )
+    }
+
+    /// Waiting to be claimed by a worker.
+    pub fn is_waiting(self) -> bool {
+        matches!(self, JobStatus::Queued | JobStatus::Retrying)
+    }
+
+    /// Only a job that has not started (or is between attempts) may be canceled.
+    pub fn can_cancel(self) -> bool {
+        self.is_waiting()
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Milliseconds since the Unix epoch; every timestamp in the store is one of these.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 UTC with milliseconds, as the contract wants (`2026-01-26T09:36:16.288Z`).
+pub fn format_millis(ms: Millis) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: String,
+    /// Insertion order; pagination and queue position use it.
+    pub seq: i64,
+    pub tenant_id: String,
+    pub status: JobStatus,
+    pub prompt: String,
+    pub mode: Mode,
+    pub input_image_url: Option<String>,
+    pub params: JobParams,
+    pub provider: String,
+    /// Object-store keys of the results; URLs are made from them when read.
+    pub result_keys: Vec<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    /// An unstarted job is canceled at this time (`Cancel-After`).
+    pub cancel_at: Option<Millis>,
+    /// The job fails at this time whatever its state (per-job deadline).
+    pub deadline_at: Millis,
+    /// Upstream metadata of the successful attempt (usage, model version, caption...).
+    pub result_meta: Option<serde_json::Value>,
+}
+
+/// Optional generation parameters beyond the origin's three fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aspect_ratio: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<String>,
+}
+
+/// A validated submission, ready to be written.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub tenant_id: String,
+    pub prompt: String,
+    pub mode: Mode,
+    pub input_image_url: Option<String>,
+    pub params: JobParams,
+    pub provider: String,
+    pub max_attempts: u32,
+    pub created_at: Millis,
+    pub cancel_at: Option<Millis>,
+    pub deadline_at: Millis,
+    /// Idempotency key and the fingerprint of the request body it was first used with.
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// What a submit did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitOutcome {
+    Created {
+        job_id: String,
+    },
+    /// The idempotency key was seen before with the same body: here is its job.
+    Replayed {
+        job_id: String,
+        status: JobStatus,
+    },
+    /// The idempotency key was seen before with a different body.
+    KeyReused,
+}
+
+/// A job handed to a worker, with the fencing token that proves its lease.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub job: Job,
+    pub fence: i64,
+    pub lease_until: Millis,
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Succeeded {
+        result_keys: Vec<String>,
+        meta: Option<serde_json::Value>,
+    },
+    /// Back to the queue as RETRYING, runnable again at `run_at`.
+    Retry {
+        run_at: Millis,
+        error_code: String,
+        error_message: String,
+    },
+    Failed {
+        error_code: String,
+        error_message: String,
+    },
+}
+
+impl Finish {
+    pub fn status(&self) -> JobStatus {
+        match self {
+            Finish::Succeeded { .. } => JobStatus::Succeeded,
+            Finish::Retry { .. } => JobStatus::Retrying,
+            Finish::Failed { .. } => JobStatus::Failed,
+        }
+    }
+}
+
+/// One row of the audit trail: a status change of a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobEvent {
+    pub id: i64,
+    pub job_id: String,
+    pub tenant_id: String,
+    pub status: JobStatus,
+    pub attempt: u32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub at: Millis,
+}
+
+/// Filter and position of one page of `GET /v1/jobs`.
+#[derive(Debug, Clone)]
+pub struct JobListQuery {
+    pub tenant_id: String,
+    pub status: Option<JobStatus>,
+    pub limit: u32,
+    /// Only jobs with `seq` below this (the previous page's last).
+    pub before_seq: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    pub items: Vec<Job>,
+    pub has_more: bool,
+}
+
+/// A new job id: time-ordered and URL-safe (lowercase ULID).
+pub fn new_job_id() -> String {
+    ulid::Ulid::new().to_string().to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_rules() {
+        for st in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(st.as_str()), Some(st));
+        }
+        assert_eq!(JobStatus::parse("queued"), None);
+        assert!(JobStatus::Queued.can_cancel() && JobStatus::Retrying.can_cancel());
+        assert!(!JobStatus::Running.can_cancel() && !JobStatus::Succeeded.can_cancel());
+        assert!(JobStatus::Canceled.is_terminal() && !JobStatus::Retrying.is_terminal());
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        assert_eq!(format_millis(1_769_420_176_288), "2026-01-26T09:36:16.288Z");
+        assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
+    }
+}

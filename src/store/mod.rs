@@ -1,0 +1,168 @@
+//! Durable state behind one [`Store`] trait: tenants, API keys, provider keys, jobs (the
+//! queue), job events and idempotency records.
+//!
+//! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
+//! method here, so no backend can split it: `job_submit` writes the idempotency record, the
+//! job and its first event together; `job_finish` changes the status only while the caller's
+//! fencing token is current.
+//! Must not touch: HTTP, providers, object storage or limits. Engines live in submodules
+//! (`sqlite` now, `postgres` at scale), each with its own SQL, all passing one conformance suite.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::jobs::model::{
+    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, Millis, NewJob,
+    SubmitOutcome,
+};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness or state rule refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The caller's lease (fencing token) is no longer current; its write was refused.
+    #[error("lease lost")]
+    LeaseLost,
+    /// The engine failed or is unreachable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A tenant (a customer of the gateway) with its limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub rpm_limit: u32,
+    pub concurrency_limit: u32,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub id: String,
+    pub name: String,
+    pub rpm_limit: u32,
+    pub concurrency_limit: u32,
+}
+
+/// A tenant API key as stored: only the SHA-256 of the key and a display prefix.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub key_hash: [u8; 32],
+    pub prefix: String,
+}
+
+/// What auth needs to know about a presented key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub key_hash: [u8; 32],
+    pub tenant: Tenant,
+}
+
+/// An upstream provider key, sealed (encrypted) before it reaches the store.
+#[derive(Debug, Clone)]
+pub struct NewProviderKey {
+    pub id: String,
+    pub provider: String,
+    pub secret_sealed: Vec<u8>,
+    pub fingerprint: String,
+    pub rpm_limit: u32,
+    pub concurrency_limit: u32,
+    pub endpoint: Option<String>,
+    pub priority: i32,
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderKeyRecord {
+    pub id: String,
+    pub provider: String,
+    pub secret_sealed: Vec<u8>,
+    pub fingerprint: String,
+    pub rpm_limit: u32,
+    pub concurrency_limit: u32,
+    pub endpoint: Option<String>,
+    pub priority: i32,
+    pub project: Option<String>,
+    pub enabled: bool,
+    pub created_at: Millis,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    Canceled,
+    /// The job exists but its status forbids canceling.
+    InvalidState(JobStatus),
+    NotFound,
+}
+
+/// Counts of what the maintenance pass changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Maintenance {
+    /// Running jobs whose lease expired, put back in the queue (or failed when out of attempts).
+    pub rescued: u64,
+    /// Waiting jobs past their `Cancel-After`.
+    pub canceled: u64,
+    /// Jobs past their deadline, failed.
+    pub expired: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a tenant together with its first API key.
+    async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant>;
+    async fn tenant_list(&self) -> StoreResult<Vec<Tenant>>;
+    /// Adds another API key to an existing tenant.
+    async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()>;
+    /// Finds the live key with this hash.
+    async fn api_key_find(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRecord>>;
+
+    async fn provider_key_add(&self, key: NewProviderKey) -> StoreResult<ProviderKeyRecord>;
+    async fn provider_key_list(&self) -> StoreResult<Vec<ProviderKeyRecord>>;
+
+    /// One transaction: idempotency record (if any), job row (QUEUED) and its first event.
+    async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome>;
+    async fn job_get(&self, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>>;
+    /// How many waiting jobs were submitted before this one.
+    async fn job_queue_position(&self, job: &Job) -> StoreResult<u64>;
+    /// Newest first; at most `limit` items.
+    async fn job_list(&self, query: JobListQuery) -> StoreResult<JobPage>;
+    async fn job_cancel(&self, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome>;
+    async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>>;
+
+    /// Claims up to `max` runnable jobs, round-robin over tenants under their concurrency
+    /// limit. Each claim bumps the attempt and the fencing token and sets a lease.
+    async fn job_claim(
+        &self,
+        worker_id: &str,
+        max: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedJob>>;
+    /// Extends the lease; `LeaseLost` if the token is no longer current.
+    async fn job_heartbeat(&self, job_id: &str, fence: i64, lease: Duration)
+        -> StoreResult<Millis>;
+    /// Ends an attempt; `LeaseLost` (and nothing written) if the token is no longer current.
+    async fn job_finish(&self, job_id: &str, fence: i64, finish: Finish) -> StoreResult<()>;
+    /// Gives a claimed job back to the queue untouched (graceful shutdown).
+    async fn job_release(&self, job_id: &str, fence: i64) -> StoreResult<()>;
+    /// Rescues expired leases, applies `Cancel-After` and deadlines.
+    async fn job_maintain(&self, now: Millis) -> StoreResult<Maintenance>;
+    /// The earliest time a waiting job becomes runnable, if any is waiting.
+    async fn job_next_run_at(&self) -> StoreResult<Option<Millis>>;
+
+    /// Deletes idempotency records older than `before`.
+    async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64>;
+    /// Deletes all data (the `reset` command).
+    async fn reset(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,638 @@
+//! The jobs table as a queue, on SQLite: submit, read, list, cancel, claim, heartbeat,
+//! finish, release and the maintenance pass. Every status change writes a job event row in
+//! the same transaction.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::jobs::model::{
+    now_millis, ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, Millis,
+    NewJob, SubmitOutcome,
+};
+use crate::providers::Mode;
+use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
+
+const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
+     provider, result_keys, error_code, error_message, attempts, max_attempts, created_at, \
+     updated_at, started_at, finished_at, cancel_at, deadline_at, result_meta, fence, lease_until";
+
+/// Tenants considered per claim; the rest wait for the next round.
+const CLAIM_TENANT_WINDOW: u32 = 256;
+
+fn bad_column(index: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Text,
+        format!("bad {what}").into(),
+    )
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let status: String = row.get(3)?;
+    let mode: String = row.get(5)?;
+    let params: String = row.get(7)?;
+    let result_keys: String = row.get(9)?;
+    let result_meta: Option<String> = row.get(20)?;
+    Ok(Job {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        tenant_id: row.get(2)?,
+        status: JobStatus::parse(&status).ok_or_else(|| bad_column(3, "status"))?,
+        prompt: row.get(4)?,
+        mode: Mode::parse(&mode).ok_or_else(|| bad_column(5, "mode"))?,
+        input_image_url: row.get(6)?,
+        params: serde_json::from_str(&params).map_err(|_| bad_column(7, "params"))?,
+        provider: row.get(8)?,
+        result_keys: serde_json::from_str(&result_keys).map_err(|_| bad_column(9, "keys"))?,
+        error_code: row.get(10)?,
+        error_message: row.get(11)?,
+        attempts: row.get(12)?,
+        max_attempts: row.get(13)?,
+        created_at: row.get(14)?,
+        updated_at: row.get(15)?,
+        started_at: row.get(16)?,
+        finished_at: row.get(17)?,
+        cancel_at: row.get(18)?,
+        deadline_at: row.get(19)?,
+        result_meta: result_meta.and_then(|m| serde_json::from_str(&m).ok()),
+    })
+}
+
+struct EventRow<'a> {
+    job_id: &'a str,
+    tenant_id: &'a str,
+    status: JobStatus,
+    attempt: u32,
+    error_code: Option<&'a str>,
+    error_message: Option<&'a str>,
+    at: Millis,
+}
+
+fn event_insert(conn: &Connection, e: &EventRow<'_>) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO job_events (job_id, tenant_id, status, attempt, error_code, error_message, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.job_id,
+        e.tenant_id,
+        e.status.as_str(),
+        e.attempt,
+        e.error_code,
+        e.error_message,
+        e.at
+    ])?;
+    Ok(())
+}
+
+fn tenant_waiting_add(conn: &Connection, tenant_id: &str, delta: i64) -> StoreResult<()> {
+    conn.prepare_cached("UPDATE tenants SET waiting = max(waiting + ?2, 0) WHERE id = ?1")?
+        .execute(params![tenant_id, delta])?;
+    Ok(())
+}
+
+pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
+    if let Some(idem) = &job.idempotency {
+        let seen: Option<(String, String)> = conn
+            .prepare_cached(
+                "SELECT request_hash, job_id FROM idempotency_keys WHERE tenant_id = ?1 AND key = ?2",
+            )?
+            .query_row(params![job.tenant_id, idem.key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if let Some((hash, job_id)) = seen {
+            if hash != idem.request_hash {
+                return Ok(SubmitOutcome::KeyReused);
+            }
+            let status: String = conn
+                .prepare_cached("SELECT status FROM jobs WHERE id = ?1")?
+                .query_row([&job_id], |r| r.get(0))?;
+            let status = JobStatus::parse(&status).unwrap_or(JobStatus::Queued);
+            return Ok(SubmitOutcome::Replayed { job_id, status });
+        }
+        conn.prepare_cached(
+            "INSERT INTO idempotency_keys (tenant_id, key, request_hash, job_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            job.tenant_id,
+            idem.key,
+            idem.request_hash,
+            job.id,
+            job.created_at
+        ])?;
+    }
+    let params_json =
+        serde_json::to_string(&job.params).map_err(|e| StoreError::Conflict(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params, provider,
+             max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at)
+         VALUES (?1, ?2, 'QUEUED', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        job.id,
+        job.tenant_id,
+        job.prompt,
+        job.mode.as_str(),
+        job.input_image_url,
+        params_json,
+        job.provider,
+        job.max_attempts,
+        job.created_at,
+        job.cancel_at,
+        job.deadline_at
+    ])?;
+    event_insert(
+        conn,
+        &EventRow {
+            job_id: &job.id,
+            tenant_id: &job.tenant_id,
+            status: JobStatus::Queued,
+            attempt: 0,
+            error_code: None,
+            error_message: None,
+            at: job.created_at,
+        },
+    )?;
+    tenant_waiting_add(conn, &job.tenant_id, 1)?;
+    Ok(SubmitOutcome::Created {
+        job_id: job.id.clone(),
+    })
+}
+
+pub fn get(conn: &Connection, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND tenant_id = ?2");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([job_id, tenant_id], job_from_row)
+        .optional()?)
+}
+
+pub fn queue_position(conn: &Connection, seq: i64) -> StoreResult<u64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING') AND seq < ?1",
+        )?
+        .query_row([seq], |r| r.get(0))?)
+}
+
+pub fn list(conn: &Connection, q: &JobListQuery) -> StoreResult<JobPage> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs
+         WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR seq < ?3)
+         ORDER BY seq DESC LIMIT ?4"
+    );
+    let status = q.status.map(JobStatus::as_str);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![q.tenant_id, status, q.before_seq, i64::from(q.limit) + 1],
+        job_from_row,
+    )?;
+    let mut items: Vec<Job> = rows.collect::<Result<_, _>>()?;
+    let has_more = items.len() > q.limit as usize;
+    items.truncate(q.limit as usize);
+    Ok(JobPage { items, has_more })
+}
+
+pub fn cancel(conn: &Connection, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
+    let found: Option<(String, u32)> = conn
+        .prepare_cached("SELECT status, attempts FROM jobs WHERE id = ?1 AND tenant_id = ?2")?
+        .query_row([job_id, tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((status, attempts)) = found else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let status = JobStatus::parse(&status).unwrap_or(JobStatus::Failed);
+    if !status.can_cancel() {
+        return Ok(CancelOutcome::InvalidState(status));
+    }
+    let now = now_millis();
+    end_waiting(
+        conn,
+        job_id,
+        tenant_id,
+        attempts,
+        now,
+        JobStatus::Canceled,
+        None,
+    )?;
+    Ok(CancelOutcome::Canceled)
+}
+
+/// Moves a waiting job to a terminal status (canceled, or failed by its deadline).
+fn end_waiting(
+    conn: &Connection,
+    job_id: &str,
+    tenant_id: &str,
+    attempts: u32,
+    now: Millis,
+    status: JobStatus,
+    error: Option<(&str, &str)>,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET status = ?2, error_code = ?3, error_message = ?4, finished_at = ?5,
+             updated_at = ?5, fence = fence + 1
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        job_id,
+        status.as_str(),
+        error.map(|e| e.0),
+        error.map(|e| e.1),
+        now
+    ])?;
+    event_insert(
+        conn,
+        &EventRow {
+            job_id,
+            tenant_id,
+            status,
+            attempt: attempts,
+            error_code: error.map(|e| e.0),
+            error_message: error.map(|e| e.1),
+            at: now,
+        },
+    )?;
+    tenant_waiting_add(conn, tenant_id, -1)
+}
+
+pub fn events(conn: &Connection, job_id: &str) -> StoreResult<Vec<JobEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
+         FROM job_events WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([job_id], |r| {
+        let status: String = r.get(3)?;
+        Ok(JobEvent {
+            id: r.get(0)?,
+            job_id: r.get(1)?,
+            tenant_id: r.get(2)?,
+            status: JobStatus::parse(&status).ok_or_else(|| bad_column(3, "status"))?,
+            attempt: r.get(4)?,
+            error_code: r.get(5)?,
+            error_message: r.get(6)?,
+            at: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn lease_millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// Picks up to `max` runnable jobs, one per tenant per round, tenants served longest ago
+/// first, skipping tenants at their concurrency limit.
+fn claim_pick(conn: &Connection, max: u32, now: Millis) -> StoreResult<Vec<(i64, String)>> {
+    let mut tenants_stmt = conn.prepare_cached(
+        "SELECT t.id, t.concurrency_limit -
+             (SELECT count(*) FROM jobs j WHERE j.tenant_id = t.id AND j.status = 'RUNNING')
+         FROM tenants t WHERE t.waiting > 0 ORDER BY t.last_claim LIMIT ?1",
+    )?;
+    let tenants: Vec<(String, i64)> = tenants_stmt
+        .query_map([CLAIM_TENANT_WINDOW], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut jobs_stmt = conn.prepare_cached(
+        "SELECT seq FROM jobs WHERE tenant_id = ?1 AND status IN ('QUEUED', 'RETRYING')
+             AND run_at <= ?2
+         ORDER BY seq LIMIT ?3",
+    )?;
+    let mut per_tenant: Vec<(String, Vec<i64>)> = Vec::new();
+    for (tenant_id, free) in tenants {
+        let take = free.min(i64::from(max));
+        if take <= 0 {
+            continue;
+        }
+        let seqs: Vec<i64> = jobs_stmt
+            .query_map(params![tenant_id, now, take], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !seqs.is_empty() {
+            per_tenant.push((tenant_id, seqs));
+        }
+    }
+    // Round-robin: the first job of every tenant, then the second of every tenant, ...
+    let mut picked = Vec::new();
+    let mut round = 0;
+    while picked.len() < max as usize {
+        let before = picked.len();
+        for (tenant_id, seqs) in &per_tenant {
+            if let Some(seq) = seqs.get(round) {
+                if picked.len() < max as usize {
+                    picked.push((*seq, tenant_id.clone()));
+                }
+            }
+        }
+        if picked.len() == before {
+            break;
+        }
+        round += 1;
+    }
+    Ok(picked)
+}
+
+pub fn claim(
+    conn: &Connection,
+    worker_id: &str,
+    max: u32,
+    lease: Duration,
+) -> StoreResult<Vec<ClaimedJob>> {
+    let now = now_millis();
+    let lease_until = now.saturating_add(lease_millis(lease));
+    let picked = claim_pick(conn, max, now)?;
+    let sql = format!(
+        "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, fence = fence + 1,
+             lease_owner = ?2, lease_until = ?3, started_at = coalesce(started_at, ?4),
+             updated_at = ?4, error_code = NULL, error_message = NULL
+         WHERE seq = ?1 RETURNING {JOB_COLUMNS}"
+    );
+    let mut claimed = Vec::with_capacity(picked.len());
+    let mut counter: i64 = conn
+        .prepare_cached("SELECT coalesce(max(last_claim), 0) FROM tenants")?
+        .query_row([], |r| r.get(0))?;
+    for (seq, tenant_id) in picked {
+        let (job, fence) = conn
+            .prepare_cached(&sql)?
+            .query_row(params![seq, worker_id, lease_until, now], |r| {
+                Ok((job_from_row(r)?, r.get::<_, i64>(21)?))
+            })?;
+        event_insert(
+            conn,
+            &EventRow {
+                job_id: &job.id,
+                tenant_id: &tenant_id,
+                status: JobStatus::Running,
+                attempt: job.attempts,
+                error_code: None,
+                error_message: None,
+                at: now,
+            },
+        )?;
+        counter += 1;
+        conn.prepare_cached(
+            "UPDATE tenants SET waiting = max(waiting - 1, 0), last_claim = ?2 WHERE id = ?1",
+        )?
+        .execute(params![tenant_id, counter])?;
+        claimed.push(ClaimedJob {
+            job,
+            fence,
+            lease_until,
+        });
+    }
+    Ok(claimed)
+}
+
+pub fn heartbeat(
+    conn: &Connection,
+    job_id: &str,
+    fence: i64,
+    lease: Duration,
+) -> StoreResult<Millis> {
+    let lease_until = now_millis().saturating_add(lease_millis(lease));
+    let updated = conn
+        .prepare_cached(
+            "UPDATE jobs SET lease_until = ?3
+             WHERE id = ?1 AND fence = ?2 AND status = 'RUNNING'",
+        )?
+        .execute(params![job_id, fence, lease_until])?;
+    if updated == 0 {
+        return Err(StoreError::LeaseLost);
+    }
+    Ok(lease_until)
+}
+
+/// The running job under this fence: its tenant and attempt count, or `LeaseLost`.
+fn running_under_fence(conn: &Connection, job_id: &str, fence: i64) -> StoreResult<(String, u32)> {
+    conn.prepare_cached(
+        "SELECT tenant_id, attempts FROM jobs WHERE id = ?1 AND fence = ?2 AND status = 'RUNNING'",
+    )?
+    .query_row(params![job_id, fence], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()?
+    .ok_or(StoreError::LeaseLost)
+}
+
+pub fn finish(conn: &Connection, job_id: &str, fence: i64, finish: &Finish) -> StoreResult<()> {
+    let (tenant_id, attempts) = running_under_fence(conn, job_id, fence)?;
+    let now = now_millis();
+    let (code, message) = match finish {
+        Finish::Succeeded { result_keys, meta } => {
+            let keys = serde_json::to_string(result_keys)
+                .map_err(|e| StoreError::Conflict(e.to_string()))?;
+            let meta = meta.as_ref().map(|m| m.to_string());
+            conn.prepare_cached(
+                "UPDATE jobs SET status = 'SUCCEEDED', result_keys = ?2, result_meta = ?3,
+                     finished_at = ?4, updated_at = ?4, lease_owner = NULL, lease_until = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![job_id, keys, meta, now])?;
+            (None, None)
+        }
+        Finish::Retry {
+            run_at,
+            error_code,
+            error_message,
+        } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET status = 'RETRYING', run_at = ?2, error_code = ?3,
+                     error_message = ?4, updated_at = ?5, lease_owner = NULL, lease_until = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![job_id, run_at, error_code, error_message, now])?;
+            tenant_waiting_add(conn, &tenant_id, 1)?;
+            (Some(error_code.as_str()), Some(error_message.as_str()))
+        }
+        Finish::Failed {
+            error_code,
+            error_message,
+        } => {
+            conn.prepare_cached(
+                "UPDATE jobs SET status = 'FAILED', error_code = ?2, error_message = ?3,
+                     finished_at = ?4, updated_at = ?4, lease_owner = NULL, lease_until = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![job_id, error_code, error_message, now])?;
+            (Some(error_code.as_str()), Some(error_message.as_str()))
+        }
+    };
+    event_insert(
+        conn,
+        &EventRow {
+            job_id,
+            tenant_id: &tenant_id,
+            status: finish.status(),
+            attempt: attempts,
+            error_code: code,
+            error_message: message,
+            at: now,
+        },
+    )
+}
+
+pub fn release(conn: &Connection, job_id: &str, fence: i64) -> StoreResult<()> {
+    let (tenant_id, attempts) = running_under_fence(conn, job_id, fence)?;
+    requeue_running(
+        conn,
+        job_id,
+        &tenant_id,
+        attempts.saturating_sub(1),
+        (
+            "WORKER_SHUTDOWN",
+            "the worker stopped; the job was put back in the queue",
+        ),
+    )
+}
+
+/// Puts a running job back in the queue as RETRYING, runnable at once.
+fn requeue_running(
+    conn: &Connection,
+    job_id: &str,
+    tenant_id: &str,
+    attempts: u32,
+    (code, message): (&str, &str),
+) -> StoreResult<()> {
+    let now = now_millis();
+    conn.prepare_cached(
+        "UPDATE jobs SET status = 'RETRYING', attempts = ?2, run_at = ?3, updated_at = ?3,
+             error_code = ?4, error_message = ?5, fence = fence + 1,
+             lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![job_id, attempts, now, code, message])?;
+    event_insert(
+        conn,
+        &EventRow {
+            job_id,
+            tenant_id,
+            status: JobStatus::Retrying,
+            attempt: attempts,
+            error_code: Some(code),
+            error_message: Some(message),
+            at: now,
+        },
+    )?;
+    tenant_waiting_add(conn, tenant_id, 1)
+}
+
+/// Fails a running job outright (its lease can no longer be honoured).
+fn fail_running(
+    conn: &Connection,
+    job_id: &str,
+    tenant_id: &str,
+    attempts: u32,
+    now: Millis,
+    (code, message): (&str, &str),
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET status = 'FAILED', error_code = ?2, error_message = ?3,
+             finished_at = ?4, updated_at = ?4, fence = fence + 1,
+             lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![job_id, code, message, now])?;
+    event_insert(
+        conn,
+        &EventRow {
+            job_id,
+            tenant_id,
+            status: JobStatus::Failed,
+            attempt: attempts,
+            error_code: Some(code),
+            error_message: Some(message),
+            at: now,
+        },
+    )
+}
+
+type OpenJob = (String, String, String, u32, u32);
+
+fn open_jobs(conn: &Connection, sql: &str, now: Millis) -> StoreResult<Vec<OpenJob>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([now], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn maintain(conn: &Connection, now: Millis) -> StoreResult<Maintenance> {
+    let mut done = Maintenance::default();
+    // Deadlines first: a job past its deadline fails whatever else is true of it.
+    let overdue = open_jobs(
+        conn,
+        "SELECT id, tenant_id, status, attempts, max_attempts FROM jobs
+         WHERE status IN ('QUEUED', 'RUNNING', 'RETRYING') AND deadline_at <= ?1 LIMIT 1000",
+        now,
+    )?;
+    let timeout = ("JOB_TIMEOUT", "the job did not finish before its deadline");
+    for (id, tenant, status, attempts, _) in overdue {
+        if status == JobStatus::Running.as_str() {
+            fail_running(conn, &id, &tenant, attempts, now, timeout)?;
+        } else {
+            end_waiting(
+                conn,
+                &id,
+                &tenant,
+                attempts,
+                now,
+                JobStatus::Failed,
+                Some(timeout),
+            )?;
+        }
+        done.expired += 1;
+    }
+    let cancel_due = open_jobs(
+        conn,
+        "SELECT id, tenant_id, status, attempts, max_attempts FROM jobs
+         WHERE cancel_at IS NOT NULL AND status IN ('QUEUED', 'RETRYING') AND cancel_at <= ?1
+         LIMIT 1000",
+        now,
+    )?;
+    for (id, tenant, _, attempts, _) in cancel_due {
+        let why = (
+            "CANCEL_AFTER_ELAPSED",
+            "the job did not start before its Cancel-After",
+        );
+        end_waiting(
+            conn,
+            &id,
+            &tenant,
+            attempts,
+            now,
+            JobStatus::Canceled,
+            Some(why),
+        )?;
+        done.canceled += 1;
+    }
+    let lost = open_jobs(
+        conn,
+        "SELECT id, tenant_id, status, attempts, max_attempts FROM jobs
+         WHERE status = 'RUNNING' AND lease_until < ?1 LIMIT 1000",
+        now,
+    )?;
+    for (id, tenant, _, attempts, max_attempts) in lost {
+        let why = (
+            "WORKER_LOST",
+            "the worker running this job stopped responding",
+        );
+        if attempts >= max_attempts {
+            fail_running(conn, &id, &tenant, attempts, now, why)?;
+        } else {
+            requeue_running(conn, &id, &tenant, attempts, why)?;
+        }
+        done.rescued += 1;
+    }
+    Ok(done)
+}
+
+pub fn next_run_at(conn: &Connection) -> StoreResult<Option<Millis>> {
+    Ok(conn
+        .prepare_cached("SELECT min(run_at) FROM jobs WHERE status IN ('QUEUED', 'RETRYING')")?
+        .query_row([], |r| r.get(0))?)
+}
+
+pub fn idempotency_purge(conn: &Connection, before: Millis) -> StoreResult<u64> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")?
+        .execute([before])?;
+    Ok(deleted as u64)
+}

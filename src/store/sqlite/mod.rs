@@ -1,0 +1,338 @@
+//! The SQLite store: the embedded default.
+//!
+//! One writer thread owns the only write connection and commits in groups: every write that
+//! arrives while a commit is under way joins the next transaction, each in its own savepoint,
+//! and its caller hears back only after the commit is durable (`synchronous=FULL`). That is
+//! how SQLite, with one fsync per commit, accepts more jobs per second than it can commit
+//! transactions. Reads run on a small pool of WAL reader connections.
+//!
+//! rusqlite rather than sqlx here: the group-commit writer needs a connection it owns on one
+//! thread, which sqlx's async pool does not give.
+
+mod jobs;
+mod tenants;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    ApiKeyRecord, CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant,
+    ProviderKeyRecord, Store, StoreError, StoreResult, Tenant,
+};
+use crate::jobs::model::{
+    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
+};
+
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_init.sql")];
+
+/// Writes gathered into one transaction at most.
+const MAX_GROUP: usize = 512;
+
+type Delivery = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type WriteOp = Box<dyn FnOnce(&Connection) -> Delivery + Send>;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err {
+            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
+            rusqlite::Error::SqliteFailure(e, msg)
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StoreError::Conflict(msg.unwrap_or_else(|| e.to_string()))
+            }
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// SQLite behind the [`Store`] trait.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: mpsc::UnboundedSender<WriteOp>,
+    readers: Arc<ReaderPool>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("create {}: {e}", dir.display())))?;
+        }
+        let mut conn = open_connection(path, false)?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("easel-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Unavailable(format!("spawn writer: {e}")))?;
+        let readers = ReaderPool::new(path.to_path_buf(), 4);
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(readers),
+        })
+    }
+
+    /// Runs `op` inside the next group transaction and returns its result once committed.
+    async fn write<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = oneshot::channel::<StoreResult<R>>();
+        let boxed: WriteOp = Box::new(move |conn: &Connection| {
+            let result = in_savepoint(conn, op);
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = reply_tx.send(commit.and(result));
+            })
+        });
+        self.writer
+            .send(boxed)
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        reply_rx
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    /// Runs a read on a pooled connection off the async runtime.
+    async fn read<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(op))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    // WAL lets readers run beside the writer; FULL makes every acknowledged commit durable.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Runs one write in its own savepoint so its failure does not undo the rest of the group.
+fn in_savepoint<R>(
+    conn: &Connection,
+    op: impl FnOnce(&Connection) -> StoreResult<R>,
+) -> StoreResult<R> {
+    conn.execute_batch("SAVEPOINT op")?;
+    let result = op(conn);
+    let end = if result.is_ok() {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    };
+    conn.execute_batch(end)?;
+    result
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the ops drops their reply senders: each caller sees Unavailable.
+            tracing::error!(error = %e, "sqlite writer cannot begin a transaction");
+            batch.clear();
+            continue;
+        }
+        let deliveries: Vec<Delivery> = batch.drain(..).map(|op| op(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for deliver in deliveries {
+            deliver(commit.clone().map_err(StoreError::Unavailable));
+        }
+    }
+}
+
+/// A few read-only connections, handed out one at a time.
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl ReaderPool {
+    fn new(path: PathBuf, max_idle: usize) -> ReaderPool {
+        ReaderPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    fn with<R>(&self, op: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_connection(&self.path, true)?,
+        };
+        let result = op(&conn);
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.max_idle {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant> {
+        self.write(move |c| tenants::create(c, &tenant, &key)).await
+    }
+
+    async fn tenant_list(&self) -> StoreResult<Vec<Tenant>> {
+        self.read(tenants::list).await
+    }
+
+    async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()> {
+        let tenant_id = tenant_id.to_owned();
+        self.write(move |c| tenants::api_key_add(c, &tenant_id, &key))
+            .await
+    }
+
+    async fn api_key_find(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRecord>> {
+        let key_hash = *key_hash;
+        self.read(move |c| tenants::api_key_find(c, &key_hash))
+            .await
+    }
+
+    async fn provider_key_add(&self, key: NewProviderKey) -> StoreResult<ProviderKeyRecord> {
+        self.write(move |c| tenants::provider_key_add(c, &key))
+            .await
+    }
+
+    async fn provider_key_list(&self) -> StoreResult<Vec<ProviderKeyRecord>> {
+        self.read(tenants::provider_key_list).await
+    }
+
+    async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome> {
+        self.write(move |c| jobs::submit(c, &job)).await
+    }
+
+    async fn job_get(&self, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
+        let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.to_owned());
+        self.read(move |c| jobs::get(c, &tenant_id, &job_id)).await
+    }
+
+    async fn job_queue_position(&self, job: &Job) -> StoreResult<u64> {
+        let seq = job.seq;
+        self.read(move |c| jobs::queue_position(c, seq)).await
+    }
+
+    async fn job_list(&self, query: JobListQuery) -> StoreResult<JobPage> {
+        self.read(move |c| jobs::list(c, &query)).await
+    }
+
+    async fn job_cancel(&self, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
+        let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.to_owned());
+        self.write(move |c| jobs::cancel(c, &tenant_id, &job_id))
+            .await
+    }
+
+    async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>> {
+        let job_id = job_id.to_owned();
+        self.read(move |c| jobs::events(c, &job_id)).await
+    }
+
+    async fn job_claim(
+        &self,
+        worker_id: &str,
+        max: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedJob>> {
+        let worker_id = worker_id.to_owned();
+        self.write(move |c| jobs::claim(c, &worker_id, max, lease))
+            .await
+    }
+
+    async fn job_heartbeat(
+        &self,
+        job_id: &str,
+        fence: i64,
+        lease: Duration,
+    ) -> StoreResult<Millis> {
+        let job_id = job_id.to_owned();
+        self.write(move |c| jobs::heartbeat(c, &job_id, fence, lease))
+            .await
+    }
+
+    async fn job_finish(&self, job_id: &str, fence: i64, finish: Finish) -> StoreResult<()> {
+        let job_id = job_id.to_owned();
+        self.write(move |c| jobs::finish(c, &job_id, fence, &finish))
+            .await
+    }
+
+    async fn job_release(&self, job_id: &str, fence: i64) -> StoreResult<()> {
+        let job_id = job_id.to_owned();
+        self.write(move |c| jobs::release(c, &job_id, fence)).await
+    }
+
+    async fn job_maintain(&self, now: Millis) -> StoreResult<Maintenance> {
+        self.write(move |c| jobs::maintain(c, now)).await
+    }
+
+    async fn job_next_run_at(&self) -> StoreResult<Option<Millis>> {
+        self.read(jobs::next_run_at).await
+    }
+
+    async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64> {
+        self.write(move |c| jobs::idempotency_purge(c, before))
+            .await
+    }
+
+    async fn reset(&self) -> StoreResult<()> {
+        self.write(|c| {
+            c.execute_batch(
+                "DELETE FROM job_events; DELETE FROM idempotency_keys; DELETE FROM jobs;
+                 DELETE FROM api_keys; DELETE FROM provider_keys; DELETE FROM tenants;",
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
