@@ -1,5 +1,7 @@
 //! Easel: a self-hosted, asynchronous, multi-tenant image-generation gateway.
 
+pub mod accounts;
+pub mod config;
 pub mod jobs;
 pub mod providers;
 pub mod store;
