@@ -4,4 +4,5 @@ pub mod accounts;
 pub mod config;
 pub mod jobs;
 pub mod providers;
+pub mod storage;
 pub mod store;
