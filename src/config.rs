@@ -109,7 +109,7 @@ pub struct StorageConfig {
     pub signing_secret: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProvidersConfig {
     /// Provider used for new jobs. Default: `local` unless another provider is configured.
@@ -199,15 +199,6 @@ impl Default for StorageConfig {
     }
 }
 
-impl Default for ProvidersConfig {
-    fn default() -> Self {
-        ProvidersConfig {
-            default: None,
-            local: LocalProviderConfig::default(),
-        }
-    }
-}
-
 impl Default for LocalProviderConfig {
     fn default() -> Self {
         LocalProviderConfig {
@@ -257,8 +248,8 @@ impl Config {
                 toml_path.display()
             )));
         }
-        let mut figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(&toml_path));
+        let mut figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(&toml_path));
         for (var, key) in ORIGIN_ENV {
             figment = figment.merge(Env::raw().only(&[var]).map(move |_| (*key).into()));
         }
@@ -289,16 +280,21 @@ impl Config {
                 });
             }
         }
-        if self.worker.heartbeat_secs == 0 || self.worker.heartbeat_secs >= self.worker.lease_secs
-        {
+        if self.worker.heartbeat_secs == 0 || self.worker.heartbeat_secs >= self.worker.lease_secs {
             return Err(ConfigError::Invalid {
                 key: "worker.heartbeat_secs",
                 problem: "must be at least 1 and shorter than worker.lease_secs".into(),
             });
         }
         for (key, size) in [
-            ("providers.local.draft_size", self.providers.local.draft_size),
-            ("providers.local.final_size", self.providers.local.final_size),
+            (
+                "providers.local.draft_size",
+                self.providers.local.draft_size,
+            ),
+            (
+                "providers.local.final_size",
+                self.providers.local.final_size,
+            ),
         ] {
             if !(8..=4096).contains(&size) {
                 return Err(ConfigError::Invalid {
@@ -312,9 +308,10 @@ impl Config {
 
     /// The database URL, defaulting to SQLite in the data folder.
     pub fn database_url(&self) -> String {
-        self.database.url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("easel.db").display())
-        })
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("easel.db").display()))
     }
 
     pub fn storage_path(&self) -> PathBuf {
@@ -375,9 +372,13 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("easel.toml", "[server]\nport = 4000\n[worker]\nconcurrency = 7\n")?;
+            jail.create_file(
+                "easel.toml",
+                "[server]\nport = 4000\n[worker]\nconcurrency = 7\n",
+            )?;
             let c = Config::load(None, &FlagOverrides::default()).expect("load");
             assert_eq!((c.server.port, c.worker.concurrency), (4000, 7));
             jail.set_env("PORT", "4100");

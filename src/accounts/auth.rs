@@ -16,10 +16,13 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Past this many entries the cache is cleared rather than grown without bound.
 const CACHE_MAX: usize = 100_000;
 
+/// Key hash -> (tenant, when it was cached).
+type KeyCache = HashMap<[u8; 32], (Tenant, Instant)>;
+
 #[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
-    cache: Arc<RwLock<HashMap<[u8; 32], (Tenant, Instant)>>>,
+    cache: Arc<RwLock<KeyCache>>,
 }
 
 impl Authenticator {

@@ -1,3 +1,10 @@
-//! Jobs: the model, the worker loop that runs them, and the maintenance pass.
+//! Jobs: the model and its status rules, the worker that runs attempts, retry timing, and the
+//! maintenance pass that rescues, cancels and expires.
+//!
+//! Owns: what happens to a job between submit and its terminal status. Must not touch: HTTP
+//! or SQL (it speaks to the store through the `Store` trait only).
 
+pub mod maintenance;
 pub mod model;
+pub mod retry;
+pub mod worker;

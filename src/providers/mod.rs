@@ -164,3 +164,32 @@ pub trait Provider: Send + Sync {
         credential: Option<&UpstreamCredential>,
     ) -> Result<GenerateOutput, ProviderError>;
 }
+
+/// The configured providers by name, and which one new jobs use.
+#[derive(Clone)]
+pub struct Registry {
+    providers: std::collections::HashMap<&'static str, std::sync::Arc<dyn Provider>>,
+    default: &'static str,
+}
+
+impl Registry {
+    /// A registry with the local renderer as its only (and default) provider.
+    pub fn local_only(config: crate::config::LocalProviderConfig) -> Registry {
+        let local: std::sync::Arc<dyn Provider> =
+            std::sync::Arc::new(local::LocalProvider::new(config));
+        let mut providers = std::collections::HashMap::new();
+        providers.insert(local.name(), local);
+        Registry {
+            providers,
+            default: "local",
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<std::sync::Arc<dyn Provider>> {
+        self.providers.get(name).cloned()
+    }
+
+    pub fn default_name(&self) -> &'static str {
+        self.default
+    }
+}

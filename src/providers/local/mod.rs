@@ -2,3 +2,133 @@
 //! flow works with no upstream key. Same prompt and seed, same image; drafts are smaller.
 
 pub mod render;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    Capabilities, GenerateOutput, GenerateRequest, GeneratedImage, Mode, Provider, ProviderError,
+    UpstreamCredential,
+};
+use crate::config::LocalProviderConfig;
+
+pub struct LocalProvider {
+    config: LocalProviderConfig,
+    capabilities: Capabilities,
+}
+
+impl LocalProvider {
+    pub fn new(config: LocalProviderConfig) -> LocalProvider {
+        LocalProvider {
+            config,
+            capabilities: Capabilities {
+                image_to_image: true,
+                max_images: 4,
+                aspect_ratios: vec!["1:1".into()],
+                needs_key: false,
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn generate(
+        &self,
+        request: &GenerateRequest,
+        _credential: Option<&UpstreamCredential>,
+    ) -> Result<GenerateOutput, ProviderError> {
+        if self.config.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.config.delay_ms)).await;
+        }
+        let size = match request.mode {
+            Mode::Draft => self.config.draft_size,
+            Mode::Final => self.config.final_size,
+        };
+        let prompt = request.prompt.clone();
+        let seed = request.seed.unwrap_or(0);
+        let n = request.n.max(1);
+        // Rendering is CPU work: keep it off the async workers.
+        let images = tokio::task::spawn_blocking(move || {
+            (0..n)
+                .map(|i| GeneratedImage {
+                    bytes: Bytes::from(render::render_png(
+                        &prompt,
+                        seed.wrapping_add(u64::from(i)),
+                        size,
+                        size,
+                    )),
+                    mime: "image/png".into(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ProviderError::Retryable {
+            code: "RENDER_FAILED".into(),
+            message: format!("local render task failed: {e}"),
+            retry_after: None,
+        })?;
+        Ok(GenerateOutput {
+            images,
+            model_version: Some(format!("local-{size}")),
+            ..GenerateOutput::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(prompt: &str, mode: Mode, seed: Option<u64>) -> GenerateRequest {
+        GenerateRequest {
+            job_id: "j".into(),
+            prompt: prompt.into(),
+            mode,
+            input_image: None,
+            seed,
+            n: 1,
+            aspect_ratio: None,
+            image_size: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn same_prompt_same_image_and_draft_is_smaller() {
+        let provider = LocalProvider::new(LocalProviderConfig {
+            draft_size: 32,
+            final_size: 64,
+            delay_ms: 0,
+        });
+        let a = provider
+            .generate(&request("a cat", Mode::Draft, Some(1)), None)
+            .await
+            .expect("render");
+        let b = provider
+            .generate(&request("a cat", Mode::Draft, Some(1)), None)
+            .await
+            .expect("render");
+        let c = provider
+            .generate(&request("a cat", Mode::Final, Some(1)), None)
+            .await
+            .expect("render");
+        assert_eq!(a.images[0].bytes, b.images[0].bytes);
+        let dims = |png: &Bytes| {
+            let decoder = png::Decoder::new(&png[..]);
+            let reader = decoder.read_info().expect("png");
+            (reader.info().width, reader.info().height)
+        };
+        assert_eq!(dims(&a.images[0].bytes), (32, 32));
+        assert_eq!(dims(&c.images[0].bytes), (64, 64));
+    }
+}

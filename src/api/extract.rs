@@ -1,0 +1,72 @@
+//! Request extractors that turn HTTP input into typed values or contract errors: the tenant
+//! behind a bearer key, and a JSON object body.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::accounts::keys::bearer;
+use crate::app::App;
+use crate::error::{ApiError, ErrorCode};
+use crate::store::Tenant;
+
+/// The tenant whose API key authorised this request.
+pub struct AuthTenant(pub Tenant);
+
+impl FromRequestParts<App> for AuthTenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidApiKey,
+                    "missing API key: send Authorization: Bearer <key>",
+                )
+            })?;
+        let key = bearer(header).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidApiKey,
+                "malformed Authorization header: expected Bearer <key>",
+            )
+        })?;
+        match app.auth.authenticate(key).await? {
+            Some(tenant) => Ok(AuthTenant(tenant)),
+            None => Err(ApiError::new(ErrorCode::InvalidApiKey, "invalid API key")),
+        }
+    }
+}
+
+/// A request body that must be a JSON object, sent as `application/json`.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl FromRequest<App> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().eq_ignore_ascii_case("application/json"))
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::invalid("Content-Type must be application/json"));
+        }
+        let limit = app.config.server.max_body_bytes;
+        let body = Bytes::from_request(req, app)
+            .await
+            .map_err(|_| ApiError::invalid(format!("request body is larger than {limit} bytes")))?;
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(_) => Err(ApiError::invalid("request body must be a JSON object")),
+            Err(e) => Err(ApiError::invalid(format!("malformed JSON body: {e}"))),
+        }
+    }
+}

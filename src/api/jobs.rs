@@ -1,0 +1,300 @@
+//! The origin's job routes: submit, read, list and cancel.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde::Serialize;
+
+use super::extract::{AuthTenant, JsonObject};
+use super::submit::{parse_body, parse_cancel_after, parse_idempotency_key};
+use crate::app::App;
+use crate::error::{ApiError, ErrorCode};
+use crate::jobs::model::{
+    format_millis, new_job_id, now_millis, IdempotencyClaim, Job, JobListQuery, JobStatus, NewJob,
+    SubmitOutcome,
+};
+use crate::store::CancelOutcome;
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 100;
+const CURSOR_PREFIX: &str = "v1:";
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    job_id: &'a str,
+    status: JobStatus,
+}
+
+pub async fn submit(
+    State(app): State<App>,
+    AuthTenant(tenant): AuthTenant,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let request = parse_body(&body, app.config.server.max_prompt_chars)?;
+    let idempotency_key =
+        parse_idempotency_key(headers.get("idempotency-key").map(|v| v.as_bytes()))?;
+    let cancel_after = parse_cancel_after(headers.get("cancel-after").map(|v| v.as_bytes()))?;
+    let now = now_millis();
+    let job = NewJob {
+        id: new_job_id(),
+        tenant_id: tenant.id.clone(),
+        idempotency: idempotency_key.map(|key| IdempotencyClaim {
+            key,
+            request_hash: request.fingerprint(),
+        }),
+        prompt: request.prompt,
+        mode: request.mode,
+        input_image_url: request.input_image_url,
+        params: request.params,
+        provider: app.providers.default_name().to_owned(),
+        max_attempts: app.config.worker.max_attempts,
+        created_at: now,
+        cancel_at: cancel_after.map(|d| now + d.as_millis() as i64),
+        deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
+    };
+    match app.store.job_submit(job).await? {
+        SubmitOutcome::Created { job_id } => {
+            app.wake.notify_one();
+            let body = Accepted {
+                job_id: &job_id,
+                status: JobStatus::Queued,
+            };
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
+        SubmitOutcome::Replayed { job_id, status } => {
+            let body = Accepted {
+                job_id: &job_id,
+                status,
+            };
+            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        SubmitOutcome::KeyReused => Err(ApiError::new(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was already used with a different request body",
+        )),
+    }
+}
+
+/// `GET /v1/jobs/{jobId}`: the origin fields plus timings, attempts and queue position.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobView {
+    job_id: String,
+    status: JobStatus,
+    prompt: String,
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_image_url: Option<String>,
+    result_urls: Vec<String>,
+    error: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_position: Option<u64>,
+    attempts: u32,
+    max_attempts: u32,
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cancel_at: Option<String>,
+}
+
+fn result_urls(app: &App, job: &Job) -> Vec<String> {
+    let now_secs = now_millis() / 1000;
+    job.result_keys
+        .iter()
+        .map(|key| app.urls.url(key, now_secs))
+        .collect()
+}
+
+pub async fn get(
+    State(app): State<App>,
+    AuthTenant(tenant): AuthTenant,
+    Path(job_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = app
+        .store
+        .job_get(&tenant.id, &job_id)
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    let queue_position = if job.status.is_waiting() {
+        Some(app.store.job_queue_position(&job).await?)
+    } else {
+        None
+    };
+    let view = JobView {
+        job_id: job.id.clone(),
+        status: job.status,
+        prompt: job.prompt.clone(),
+        mode: job.mode.as_str(),
+        input_image_url: job.input_image_url.clone(),
+        result_urls: result_urls(&app, &job),
+        error: job.error_message.clone(),
+        error_code: job.error_code.clone(),
+        error_message: job.error_message.clone(),
+        queue_position,
+        attempts: job.attempts,
+        max_attempts: job.max_attempts,
+        created_at: format_millis(job.created_at),
+        updated_at: format_millis(job.updated_at),
+        started_at: job.started_at.map(format_millis),
+        finished_at: job.finished_at.map(format_millis),
+        cancel_at: job.cancel_at.map(format_millis),
+    };
+    Ok(super::with_etag(&headers, &view))
+}
+
+/// One item of `GET /v1/jobs`, exactly the origin's fields.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListItem {
+    id: String,
+    status: JobStatus,
+    prompt: String,
+    mode: &'static str,
+    result_urls: Vec<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListPage {
+    items: Vec<ListItem>,
+    has_more: bool,
+    next_cursor: Option<String>,
+}
+
+fn encode_cursor(seq: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{seq}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<i64> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    text.strip_prefix(CURSOR_PREFIX)?
+        .parse()
+        .ok()
+        .filter(|s| *s > 0)
+}
+
+fn parse_list_query(
+    tenant_id: &str,
+    q: &HashMap<String, String>,
+) -> Result<JobListQuery, ApiError> {
+    let limit = match q.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(format!("limit must be an integer between 1 and {MAX_PAGE}"))
+            })?,
+    };
+    let status = match q.get("status") {
+        None => None,
+        Some(raw) => Some(JobStatus::parse(raw).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "status '{raw}' is not one of: QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELED"
+            ))
+        })?),
+    };
+    let before_seq = match q.get("cursor") {
+        None => None,
+        Some(raw) => {
+            Some(decode_cursor(raw).ok_or_else(|| ApiError::invalid("cursor is invalid"))?)
+        }
+    };
+    Ok(JobListQuery {
+        tenant_id: tenant_id.to_owned(),
+        status,
+        limit,
+        before_seq,
+    })
+}
+
+pub async fn list(
+    State(app): State<App>,
+    AuthTenant(tenant): AuthTenant,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid(format!("bad query string: {e}")))?;
+    let query = parse_list_query(&tenant.id, &query)?;
+    let page = app.store.job_list(query).await?;
+    let next_cursor = match (page.has_more, page.items.last()) {
+        (true, Some(last)) => Some(encode_cursor(last.seq)),
+        _ => None,
+    };
+    let items = page
+        .items
+        .iter()
+        .map(|job| ListItem {
+            id: job.id.clone(),
+            status: job.status,
+            prompt: job.prompt.clone(),
+            mode: job.mode.as_str(),
+            result_urls: result_urls(&app, job),
+            error_code: job.error_code.clone(),
+            error_message: job.error_message.clone(),
+            created_at: format_millis(job.created_at),
+            updated_at: format_millis(job.updated_at),
+        })
+        .collect();
+    Ok(Json(ListPage {
+        items,
+        has_more: page.has_more,
+        next_cursor,
+    })
+    .into_response())
+}
+
+pub async fn cancel(
+    State(app): State<App>,
+    AuthTenant(tenant): AuthTenant,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    match app.store.job_cancel(&tenant.id, &job_id).await? {
+        CancelOutcome::Canceled => Ok(Json(Accepted {
+            job_id: &job_id,
+            status: JobStatus::Canceled,
+        })
+        .into_response()),
+        CancelOutcome::InvalidState(status) => Err(ApiError::new(
+            ErrorCode::InvalidState,
+            format!("a {status} job cannot be canceled; only QUEUED or RETRYING jobs can"),
+        )),
+        CancelOutcome::NotFound => Err(ApiError::job_not_found()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
+        assert_eq!(decode_cursor("nope"), None);
+        assert_eq!(decode_cursor(&encode_cursor(0)), None);
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1:abc");
+        assert_eq!(decode_cursor(&forged), None);
+    }
+}

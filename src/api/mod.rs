@@ -1,0 +1,84 @@
+//! The HTTP API (axum): the origin's routes, kept exactly, and Easel's additions.
+//!
+//! Owns: routing, extraction, validation of client input and response shapes. Must not
+//! touch: SQL or upstream wire formats; handlers speak to the store and object store through
+//! their traits and report errors as [`crate::error::ApiError`].
+
+mod extract;
+mod files;
+mod jobs;
+pub mod submit;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::{ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::app::App;
+use crate::error::{ApiError, ErrorCode};
+use crate::jobs::model::{format_millis, now_millis};
+
+pub fn router(app: App) -> Router {
+    let body_limit = app.config.server.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/images/generate", axum::routing::post(jobs::submit))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v1/files/{*key}", get(files::get))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(ErrorCode::UnknownError, "internal error").into_response()
+        }))
+        .with_state(app)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "timestamp": format_millis(now_millis())}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}
+
+/// Serialises `body` with a strong ETag and answers 304 when the client already has it.
+pub(crate) fn with_etag<T: Serialize>(headers: &HeaderMap, body: &T) -> Response {
+    let bytes = match serde_json::to_vec(body) {
+        Ok(bytes) => bytes,
+        Err(_) => return ApiError::new(ErrorCode::UnknownError, "internal error").into_response(),
+    };
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&bytes))[..32]);
+    let matches = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\""));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(ETAG, etag_value)]).into_response();
+    }
+    (
+        [
+            (ETAG, etag_value),
+            (
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}

@@ -1,0 +1,269 @@
+//! Parsing and validating a submit (`POST /v1/images/generate`): body fields and the
+//! `Idempotency-Key` and `Cancel-After` headers. Pure functions; every refusal names its
+//! field.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::jobs::model::JobParams;
+use crate::providers::Mode;
+
+/// Aspect ratios the image APIs accept.
+pub const ASPECT_RATIOS: &[&str] = &[
+    "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
+];
+pub const IMAGE_SIZES: &[&str] = &["1K", "2K", "4K"];
+const MAX_URL_CHARS: usize = 2048;
+const MAX_IMAGES: u64 = 4;
+const MAX_CANCEL_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A submit that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitRequest {
+    pub prompt: String,
+    pub mode: Mode,
+    pub input_image_url: Option<String>,
+    pub params: JobParams,
+}
+
+impl SubmitRequest {
+    /// A fingerprint of what was asked, to tell a replay from a reuse of an idempotency key.
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::json!({
+            "prompt": self.prompt,
+            "mode": self.mode.as_str(),
+            "inputImageUrl": self.input_image_url,
+            "params": self.params,
+        });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+fn optional<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    body.get(field).filter(|v| !v.is_null())
+}
+
+fn optional_str<'a>(
+    body: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match optional(body, field) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(format!("{field} must be a string"))),
+    }
+}
+
+fn optional_uint(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match optional(body, field) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(format!("{field} must be a non-negative integer"))),
+    }
+}
+
+fn one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if allowed.contains(&v) => Ok(Some(v.to_owned())),
+        Some(v) => Err(ApiError::invalid(format!(
+            "{field} '{v}' is not one of: {}",
+            allowed.join(", ")
+        ))),
+    }
+}
+
+/// Validates the body of a submit.
+pub fn parse_body(
+    body: &Map<String, Value>,
+    max_prompt_chars: usize,
+) -> Result<SubmitRequest, ApiError> {
+    let prompt = match body.get("prompt") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("prompt is required")),
+        Some(Value::String(s)) => s.trim(),
+        Some(_) => return Err(ApiError::invalid("prompt must be a string")),
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::invalid("prompt must not be empty"));
+    }
+    let chars = prompt.chars().count();
+    if chars > max_prompt_chars {
+        return Err(ApiError::invalid(format!(
+            "prompt is {chars} characters long; the limit is {max_prompt_chars}"
+        )));
+    }
+    let mode = match optional_str(body, "mode")? {
+        None => Mode::Final,
+        Some(m) => Mode::parse(m)
+            .ok_or_else(|| ApiError::invalid(format!("mode '{m}' is not one of: draft, final")))?,
+    };
+    let input_image_url = optional_str(body, "inputImageUrl")?
+        .map(parse_image_url)
+        .transpose()?;
+    let n = optional_uint(body, "n")?;
+    if let Some(n) = n {
+        if !(1..=MAX_IMAGES).contains(&n) {
+            return Err(ApiError::invalid(format!(
+                "n must be between 1 and {MAX_IMAGES}"
+            )));
+        }
+    }
+    let params = JobParams {
+        seed: optional_uint(body, "seed")?,
+        n: n.map(|n| n as u32),
+        aspect_ratio: one_of(
+            "aspectRatio",
+            optional_str(body, "aspectRatio")?,
+            ASPECT_RATIOS,
+        )?,
+        image_size: one_of("imageSize", optional_str(body, "imageSize")?, IMAGE_SIZES)?,
+    };
+    Ok(SubmitRequest {
+        prompt: prompt.to_owned(),
+        mode,
+        input_image_url,
+        params,
+    })
+}
+
+fn parse_image_url(raw: &str) -> Result<String, ApiError> {
+    if raw.len() > MAX_URL_CHARS {
+        return Err(ApiError::invalid(format!(
+            "inputImageUrl is longer than {MAX_URL_CHARS} characters"
+        )));
+    }
+    let url = url::Url::parse(raw)
+        .map_err(|e| ApiError::invalid(format!("inputImageUrl is not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::invalid(
+            "inputImageUrl must be an http or https URL",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ApiError::invalid("inputImageUrl has no host"));
+    }
+    Ok(url.to_string())
+}
+
+/// Validates an `Idempotency-Key` header: 1-255 visible ASCII characters.
+pub fn parse_idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let valid = (1..=255).contains(&raw.len()) && raw.iter().all(|b| (0x21..=0x7e).contains(b));
+    if !valid {
+        return Err(ApiError::invalid(
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(raw).into_owned()))
+}
+
+/// Parses a `Cancel-After` header: seconds (`90`) or a duration (`90s`, `5m`, `1h 30m`).
+pub fn parse_cancel_after(raw: Option<&[u8]>) -> Result<Option<Duration>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = std::str::from_utf8(raw).unwrap_or("").trim();
+    let parsed = match text.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(text).ok(),
+    };
+    match parsed {
+        Some(d) if !d.is_zero() && d <= MAX_CANCEL_AFTER => Ok(Some(d)),
+        _ => Err(ApiError::invalid(
+            "Cancel-After must be a duration between 1s and 7d, like 30s, 5m or 120",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    fn message(r: Result<SubmitRequest, ApiError>) -> String {
+        r.expect_err("should fail").message
+    }
+
+    #[test]
+    fn accepts_the_origin_shape() {
+        let r = parse_body(&body(json!({"prompt": " a cat ", "mode": "draft"})), 100).expect("ok");
+        assert_eq!(r.prompt, "a cat");
+        assert_eq!(r.mode, Mode::Draft);
+        let r = parse_body(&body(json!({"prompt": "x", "mode": null})), 100).expect("ok");
+        assert_eq!(r.mode, Mode::Final);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        assert!(message(parse_body(&body(json!({})), 10)).contains("prompt is required"));
+        assert!(message(parse_body(&body(json!({"prompt": "  "})), 10)).contains("empty"));
+        assert!(message(parse_body(&body(json!({"prompt": 3})), 10)).contains("string"));
+        assert!(
+            message(parse_body(&body(json!({"prompt": "x".repeat(11)})), 10)).contains("limit")
+        );
+        assert!(message(parse_body(
+            &body(json!({"prompt": "x", "mode": "best"})),
+            10
+        ))
+        .contains("mode"));
+        for url in [
+            "ftp://x/y.png",
+            "not a url",
+            "file:///etc/passwd",
+            "http://",
+        ] {
+            let err = message(parse_body(
+                &body(json!({"prompt": "x", "inputImageUrl": url})),
+                10,
+            ));
+            assert!(err.contains("inputImageUrl"), "{url}: {err}");
+        }
+        assert!(message(parse_body(&body(json!({"prompt": "x", "n": 9})), 10)).contains("n must"));
+        assert!(message(parse_body(
+            &body(json!({"prompt": "x", "aspectRatio": "7:5"})),
+            10
+        ))
+        .contains("aspectRatio"));
+    }
+
+    #[test]
+    fn fingerprint_ignores_defaults_but_not_content() {
+        let a = parse_body(&body(json!({"prompt": "x"})), 10).expect("ok");
+        let b = parse_body(&body(json!({"prompt": "x", "mode": "final"})), 10).expect("ok");
+        let c = parse_body(&body(json!({"prompt": "y"})), 10).expect("ok");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(parse_idempotency_key(None).expect("ok"), None);
+        assert_eq!(
+            parse_idempotency_key(Some(b"abc-1"))
+                .expect("ok")
+                .as_deref(),
+            Some("abc-1")
+        );
+        assert!(parse_idempotency_key(Some(b"")).is_err());
+        assert!(parse_idempotency_key(Some(&[b'a'; 256])).is_err());
+        assert!(parse_idempotency_key(Some(b"a b")).is_err());
+        assert_eq!(
+            parse_cancel_after(Some(b"90")).expect("ok"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_cancel_after(Some(b"5m")).expect("ok"),
+            Some(Duration::from_secs(300))
+        );
+        assert!(parse_cancel_after(Some(b"0")).is_err());
+        assert!(parse_cancel_after(Some(b"soon")).is_err());
+        assert!(parse_cancel_after(Some(b"30d")).is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The origin's admin commands: migrate, init, reset, show-keys, create-tenant,
+//! add-provider-key.
+
+use anyhow::{bail, Context};
+
+use crate::accounts::crypto::{fingerprint, Sealer};
+use crate::app::{create_tenant as make_tenant, open_store};
+use crate::config::Config;
+use crate::store::NewProviderKey;
+
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    open_store(config)?;
+    println!(
+        "database is up to date: {}",
+        redact_url(&config.database_url())
+    );
+    Ok(())
+}
+
+/// Hides a password in a database URL before it is printed.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("****"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub async fn reset(config: &Config, confirmed: bool) -> anyhow::Result<()> {
+    if !confirmed {
+        bail!("reset deletes all data; run `easel reset yes` (or `--yes`) to confirm");
+    }
+    open_store(config)?.reset().await.context("deleting data")?;
+    println!("all data deleted");
+    Ok(())
+}
+
+pub async fn show_keys(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let tenants = store.tenant_list().await?;
+    println!("Tenants ({}):", tenants.len());
+    for t in &tenants {
+        println!(
+            "  {}  {:<24} rpm={:<6} concurrency={}",
+            t.id, t.name, t.rpm_limit, t.concurrency_limit
+        );
+    }
+    let keys = store.provider_key_list().await?;
+    println!("Provider keys ({}):", keys.len());
+    for k in &keys {
+        println!(
+            "  {}  {:<8} {}  rpm={:<6} concurrency={:<4} priority={:<3} project={} endpoint={} {}",
+            k.id,
+            k.provider,
+            k.fingerprint,
+            k.rpm_limit,
+            k.concurrency_limit,
+            k.priority,
+            k.project.as_deref().unwrap_or("-"),
+            k.endpoint.as_deref().unwrap_or("default"),
+            if k.enabled { "enabled" } else { "DISABLED" },
+        );
+    }
+    Ok(())
+}
+
+pub async fn create_tenant(
+    config: &Config,
+    name: &str,
+    rpm: Option<u32>,
+    concurrency: Option<u32>,
+) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() {
+        bail!("tenant name must not be empty");
+    }
+    let rpm = rpm.unwrap_or(config.limits.tenant_rpm);
+    let concurrency = concurrency.unwrap_or(config.limits.tenant_concurrency);
+    if rpm == 0 || concurrency == 0 {
+        bail!("RPM and CONCURRENCY must be at least 1");
+    }
+    let store = open_store(config)?;
+    let created = make_tenant(store.as_ref(), name, rpm, concurrency, None).await?;
+    println!(
+        "tenant created: {} ({})",
+        created.tenant.name, created.tenant.id
+    );
+    println!("  rpm={rpm} concurrency={concurrency}");
+    println!("  API key (shown once, store it now): {}", created.api_key);
+    Ok(())
+}
+
+pub struct ProviderKeyArgs {
+    pub provider: String,
+    pub key: String,
+    pub rpm: u32,
+    pub concurrency: u32,
+    pub endpoint: Option<String>,
+    pub priority: i32,
+    pub project: Option<String>,
+}
+
+const KNOWN_PROVIDERS: &[&str] = &["gemini", "openai", "midjourney"];
+
+pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::Result<()> {
+    let provider = args.provider.to_lowercase();
+    if !KNOWN_PROVIDERS.contains(&provider.as_str()) {
+        bail!(
+            "unknown provider '{}': expected one of {}",
+            args.provider,
+            KNOWN_PROVIDERS.join(", ")
+        );
+    }
+    if args.key.trim().is_empty() {
+        bail!("the key must not be empty");
+    }
+    if args.rpm == 0 || args.concurrency == 0 {
+        bail!("RPM and CONCURRENCY must be at least 1");
+    }
+    if let Some(endpoint) = &args.endpoint {
+        let parsed = url::Url::parse(endpoint).context("--endpoint is not a valid URL")?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            bail!("--endpoint must be an http or https URL");
+        }
+    }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let sealer = Sealer::load(
+        std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
+        &config.data_dir,
+    )?;
+    let store = open_store(&config)?;
+    let record = store
+        .provider_key_add(NewProviderKey {
+            id: format!("pk_{}", ulid::Ulid::new().to_string().to_lowercase()),
+            provider: provider.clone(),
+            secret_sealed: sealer.seal(args.key.trim()),
+            fingerprint: fingerprint(args.key.trim()),
+            rpm_limit: args.rpm,
+            concurrency_limit: args.concurrency,
+            endpoint: args.endpoint,
+            priority: args.priority,
+            project: args.project,
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(_) => {
+                anyhow::anyhow!("this {provider} key is already registered")
+            }
+            other => anyhow::anyhow!(other),
+        })?;
+    println!(
+        "provider key added: {} {} {} rpm={} concurrency={} priority={}",
+        record.id,
+        record.provider,
+        record.fingerprint,
+        record.rpm_limit,
+        record.concurrency_limit,
+        record.priority
+    );
+    Ok(())
+}
+
+/// `init`: a test tenant (with TEST_API_KEY if set) and the GEMINI_API_KEY_1..N keys.
+pub async fn init(config: Config) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let fixed = config
+        .auth
+        .test_api_key
+        .as_ref()
+        .map(|k| k.expose().to_owned());
+    let exists = match &fixed {
+        Some(key) => store
+            .api_key_find(&crate::accounts::keys::hash_key(key))
+            .await?
+            .is_some(),
+        None => false,
+    };
+    if exists {
+        println!("test tenant already exists (TEST_API_KEY)");
+    } else {
+        let created = make_tenant(
+            store.as_ref(),
+            "test",
+            config.limits.tenant_rpm,
+            config.limits.tenant_concurrency,
+            fixed.as_deref(),
+        )
+        .await?;
+        println!("test tenant created: {}", created.tenant.id);
+        if fixed.is_none() {
+            println!("  API key (shown once, store it now): {}", created.api_key);
+        }
+    }
+    drop(store);
+    let mut added = 0;
+    for n in 1..=64 {
+        let Ok(key) = std::env::var(format!("GEMINI_API_KEY_{n}")) else {
+            break;
+        };
+        let args = ProviderKeyArgs {
+            provider: "gemini".into(),
+            key,
+            rpm: 60,
+            concurrency: 2,
+            endpoint: None,
+            priority: 0,
+            project: None,
+        };
+        match add_provider_key(config.clone(), args).await {
+            Ok(()) => added += 1,
+            Err(e) => println!("  GEMINI_API_KEY_{n}: {e}"),
+        }
+    }
+    println!("init done: {added} provider key(s) added");
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The `easel` command line: `serve` (API, worker or both) and the origin's admin commands.
+//!
+//! Owns: argument parsing and what each command prints. Must not touch: SQL or HTTP
+//! internals; commands go through [`crate::app`] and the `Store` trait.
+
+mod admin;
+mod serve;
+mod test_api;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, FlagOverrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "easel",
+    version,
+    about = "Self-hosted asynchronous image-generation gateway"
+)]
+pub struct Cli {
+    /// TOML configuration file (default: ./easel.toml if present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Data folder for the SQLite database, images and generated secrets.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL (sqlite://path).
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// API, worker and maintenance in one process.
+    All,
+    /// Only the HTTP API.
+    Api,
+    /// Only the worker and maintenance.
+    Worker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run Easel.
+    Serve {
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
+        /// Port to listen on (origin: PORT).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Create test data: a tenant (TEST_API_KEY) and provider keys from GEMINI_API_KEY_1..N.
+    Init,
+    /// Delete all data. Needs `yes` or `--yes`.
+    Reset {
+        /// Type `yes` to confirm.
+        confirm: Option<String>,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List tenants and provider keys (never the keys themselves).
+    ShowKeys,
+    /// Create a tenant and print its API key once.
+    CreateTenant {
+        name: String,
+        /// Requests per minute.
+        rpm: Option<u32>,
+        /// Jobs running at once.
+        concurrency: Option<u32>,
+    },
+    /// Add an upstream provider key (stored encrypted).
+    AddProviderKey {
+        provider: String,
+        key: String,
+        rpm: u32,
+        concurrency: u32,
+        /// Base URL of the upstream (official endpoint or a relay).
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Cloud project the key belongs to (keys of one project share its quota).
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Submit a job to a running server and follow it to the end.
+    TestApi {
+        /// Server URL (default: http://127.0.0.1:<port>).
+        #[arg(long)]
+        url: Option<String>,
+        /// Tenant API key (default: TEST_API_KEY).
+        #[arg(long, env = "TEST_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[arg(long, default_value = "A lighthouse at dusk, watercolor")]
+        prompt: String,
+        #[arg(long, default_value = "draft")]
+        mode: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+}
+
+/// Parses the command line, loads configuration and runs the command.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let port = match &cli.command {
+        Command::Serve { port, .. } => *port,
+        _ => None,
+    };
+    let flags = FlagOverrides {
+        data_dir: cli.data_dir.clone(),
+        port,
+        database_url: cli.database_url.clone(),
+    };
+    let config = match Config::load(cli.config.as_deref(), &flags) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { role, .. } => serve::serve(config, role).await,
+        Command::Migrate => admin::migrate(&config).await,
+        Command::Init => admin::init(config).await,
+        Command::Reset { confirm, yes } => {
+            admin::reset(&config, yes || confirm.as_deref() == Some("yes")).await
+        }
+        Command::ShowKeys => admin::show_keys(&config).await,
+        Command::CreateTenant {
+            name,
+            rpm,
+            concurrency,
+        } => admin::create_tenant(&config, &name, rpm, concurrency).await,
+        Command::AddProviderKey {
+            provider,
+            key,
+            rpm,
+            concurrency,
+            endpoint,
+            priority,
+            project,
+        } => {
+            let args = admin::ProviderKeyArgs {
+                provider,
+                key,
+                rpm,
+                concurrency,
+                endpoint,
+                priority,
+                project,
+            };
+            admin::add_provider_key(config, args).await
+        }
+        Command::TestApi {
+            url,
+            api_key,
+            prompt,
+            mode,
+            timeout_secs,
+        } => {
+            let url = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", config.server.port));
+            let api_key = api_key
+                .ok_or_else(|| anyhow::anyhow!("no API key: pass --api-key or set TEST_API_KEY"))?;
+            test_api::run(&url, &api_key, &prompt, &mode, timeout_secs).await
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
