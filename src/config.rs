@@ -72,8 +72,8 @@ pub struct DatabaseConfig {
 pub struct WorkerConfig {
     /// Jobs run at once by one worker process. Origin name: `WORKER_CONCURRENCY`.
     pub concurrency: u32,
-    pub lease_secs: u64,
-    pub heartbeat_secs: u64,
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
     /// Safety-net poll when no wake-up arrives.
     pub poll_ms: u64,
     pub max_attempts: u32,
@@ -83,6 +83,8 @@ pub struct WorkerConfig {
     pub shutdown_grace_secs: u64,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    /// How often the maintenance pass (lease rescue, Cancel-After, deadlines) runs.
+    pub maintenance_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,14 +167,15 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             concurrency: 50,
-            lease_secs: 30,
-            heartbeat_secs: 10,
+            lease_ms: 30_000,
+            heartbeat_ms: 10_000,
             poll_ms: 500,
             max_attempts: 3,
             job_timeout_secs: 600,
             shutdown_grace_secs: 30,
             retry_base_ms: 1000,
             retry_max_ms: 60_000,
+            maintenance_ms: 1000,
         }
     }
 }
@@ -280,10 +283,10 @@ impl Config {
                 });
             }
         }
-        if self.worker.heartbeat_secs == 0 || self.worker.heartbeat_secs >= self.worker.lease_secs {
+        if self.worker.heartbeat_ms == 0 || self.worker.heartbeat_ms >= self.worker.lease_ms {
             return Err(ConfigError::Invalid {
-                key: "worker.heartbeat_secs",
-                problem: "must be at least 1 and shorter than worker.lease_secs".into(),
+                key: "worker.heartbeat_ms",
+                problem: "must be at least 1 and shorter than worker.lease_ms".into(),
             });
         }
         for (key, size) in [

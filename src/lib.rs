@@ -8,5 +8,6 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod providers;
+pub mod server;
 pub mod storage;
 pub mod store;

@@ -52,7 +52,7 @@ impl Worker {
         let tracker = TaskTracker::new();
         // Fired after the grace period: attempts still running give their jobs back.
         let abort = CancellationToken::new();
-        let lease = Duration::from_secs(deps.config.lease_secs);
+        let lease = Duration::from_millis(deps.config.lease_ms);
         let poll = Duration::from_millis(deps.config.poll_ms);
         tracing::info!(worker = %self.id, concurrency = deps.config.concurrency, "worker started");
         while !stop.is_cancelled() {
@@ -136,10 +136,10 @@ pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: Cancella
     }
 }
 
-/// Extends the lease every `heartbeat_secs`; returns only when the lease is lost.
+/// Extends the lease every `heartbeat_ms`; returns only when the lease is lost.
 async fn heartbeat_loop(deps: &WorkerDeps, job_id: &str, fence: i64, lost: CancellationToken) {
-    let every = Duration::from_secs(deps.config.heartbeat_secs);
-    let lease = Duration::from_secs(deps.config.lease_secs);
+    let every = Duration::from_millis(deps.config.heartbeat_ms);
+    let lease = Duration::from_millis(deps.config.lease_ms);
     loop {
         tokio::time::sleep(every).await;
         match deps.store.job_heartbeat(job_id, fence, lease).await {

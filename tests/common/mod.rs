@@ -1,0 +1,143 @@
+//! Shared test harness: a real Easel (API + worker) on 127.0.0.1:0 with a fresh data folder.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use easel::app::{create_tenant, App};
+use easel::config::Config;
+use easel::server::{self, Roles};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub base: String,
+    pub api_key: String,
+    pub tenant_id: String,
+    pub app: App,
+    pub http: reqwest::Client,
+    pub stop: CancellationToken,
+    pub handle: tokio::task::JoinHandle<()>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A config for tests: temp data folder, tiny images, fast polling.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = dir.to_path_buf();
+    config.server.host = "127.0.0.1".into();
+    config.worker.poll_ms = 50;
+    config.worker.maintenance_ms = 100;
+    config.worker.retry_base_ms = 10;
+    config.worker.retry_max_ms = 100;
+    config.providers.local.draft_size = 16;
+    config.providers.local.final_size = 32;
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}, Roles::ALL).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), roles: Roles) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(dir.path());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    config.server.port = addr.port();
+    tweak(&mut config);
+    let app = App::build(config).await.expect("build app");
+    let created = create_tenant(app.store.as_ref(), "test", 10_000, 50, None)
+        .await
+        .expect("tenant");
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(server::run(
+        app.clone(),
+        roles,
+        Some(listener),
+        stop.clone(),
+    ));
+    TestApp {
+        base: format!("http://{addr}"),
+        api_key: created.api_key,
+        tenant_id: created.tenant.id,
+        app,
+        http: reqwest::Client::new(),
+        stop,
+        handle,
+        dir,
+    }
+}
+
+impl TestApp {
+    /// Another tenant on the same server: (tenant id, API key).
+    pub async fn new_tenant(&self, name: &str, rpm: u32, concurrency: u32) -> (String, String) {
+        let created = create_tenant(self.app.store.as_ref(), name, rpm, concurrency, None)
+            .await
+            .expect("tenant");
+        (created.tenant.id, created.api_key)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POST /v1/images/generate with this app's key.
+    pub async fn submit(&self, body: Value) -> reqwest::Response {
+        self.submit_as(&self.api_key, body, None).await
+    }
+
+    pub async fn submit_as(
+        &self,
+        key: &str,
+        body: Value,
+        idempotency_key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url("/v1/images/generate"))
+            .bearer_auth(key)
+            .json(&body);
+        if let Some(k) = idempotency_key {
+            request = request.header("Idempotency-Key", k);
+        }
+        request.send().await.expect("send")
+    }
+
+    pub async fn get_job(&self, key: &str, job_id: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/jobs/{job_id}")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// Polls the job until its status is one of `wanted`; panics after `timeout`.
+    pub async fn wait_for(&self, job_id: &str, wanted: &[&str], timeout: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let job: Value = self
+                .get_job(&self.api_key, job_id)
+                .await
+                .json()
+                .await
+                .expect("json");
+            if wanted.contains(&job["status"].as_str().unwrap_or("")) {
+                return job;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "job {job_id} still {} after {timeout:?}",
+                job["status"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
