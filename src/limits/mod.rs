@@ -15,12 +15,14 @@
 
 pub mod gcra;
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use self::redis::RedisLimiter;
 pub use memory::{Clock, ManualClock, MemoryLimiter, SystemClock};
 
 /// A request rate: `per_minute` sustained, up to `burst` at once.
