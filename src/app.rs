@@ -11,6 +11,7 @@ use crate::accounts::auth::Authenticator;
 use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
 use crate::config::Config;
+use crate::limits::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::providers::Registry;
 use crate::storage::urls::UrlSigner;
 use crate::storage::{ObjectStore, ObjectStoreBackend};
@@ -26,6 +27,7 @@ pub struct App {
     pub providers: Registry,
     pub auth: Authenticator,
     pub sealer: Sealer,
+    pub limiter: Arc<dyn Limiter>,
     /// Submits poke this so an idle worker in the same process claims at once.
     pub wake: Arc<Notify>,
 }
@@ -43,6 +45,19 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         bail!("PostgreSQL is not supported by this build yet; use a sqlite:// DATABASE_URL");
     }
     bail!("database.url: unsupported scheme (expected sqlite://...)")
+}
+
+/// In memory on one node; in Redis when `REDIS_URL` is set, so limits hold across nodes.
+async fn open_limiter(config: &Config) -> anyhow::Result<Arc<dyn Limiter>> {
+    match &config.redis.url {
+        Some(url) => {
+            let limiter = RedisLimiter::connect(url.expose(), config.redis.prefix.clone())
+                .await
+                .context("connecting to Redis (REDIS_URL)")?;
+            Ok(Arc::new(limiter))
+        }
+        None => Ok(Arc::new(MemoryLimiter::new())),
+    }
 }
 
 impl App {
@@ -70,6 +85,7 @@ impl App {
         let master_key = std::env::var("EASEL_MASTER_KEY").ok();
         let sealer = Sealer::load(master_key.as_deref(), &config.data_dir)?;
         let providers = Registry::local_only(config.providers.local.clone());
+        let limiter = open_limiter(&config).await?;
         Ok(App {
             auth: Authenticator::new(store.clone()),
             config: Arc::new(config),
@@ -78,6 +94,7 @@ impl App {
             urls,
             providers,
             sealer,
+            limiter,
             wake: Arc::new(Notify::new()),
         })
     }

@@ -44,6 +44,25 @@ pub struct Config {
     pub storage: StorageConfig,
     pub providers: ProvidersConfig,
     pub auth: AuthConfig,
+    pub redis: RedisConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    /// Origin name: `REDIS_URL`. When set, limits live in Redis and hold across nodes.
+    pub url: Option<Secret>,
+    /// Prefix of every Redis key Easel writes.
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            prefix: "easel:".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +165,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             providers: ProvidersConfig::default(),
             auth: AuthConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -216,6 +236,7 @@ impl Default for LocalProviderConfig {
 const ORIGIN_ENV: &[(&str, &str)] = &[
     ("PORT", "server.port"),
     ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
     ("TEST_API_KEY", "auth.test_api_key"),
     ("WORKER_CONCURRENCY", "worker.concurrency"),
     ("GLOBAL_RPM_LIMIT", "limits.global_rpm"),

@@ -40,6 +40,7 @@ pub async fn submit(
     let idempotency_key =
         parse_idempotency_key(headers.get("idempotency-key").map(|v| v.as_bytes()))?;
     let cancel_after = parse_cancel_after(headers.get("cancel-after").map(|v| v.as_bytes()))?;
+    let rate_headers = super::ratelimit::check_tenant(&app, &tenant).await?;
     let now = now_millis();
     let job = NewJob {
         id: new_job_id(),
@@ -58,14 +59,14 @@ pub async fn submit(
         cancel_at: cancel_after.map(|d| now + d.as_millis() as i64),
         deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
     };
-    match app.store.job_submit(job).await? {
+    let mut response = match app.store.job_submit(job).await? {
         SubmitOutcome::Created { job_id } => {
             app.wake.notify_one();
             let body = Accepted {
                 job_id: &job_id,
                 status: JobStatus::Queued,
             };
-            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+            (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         SubmitOutcome::Replayed { job_id, status } => {
             let body = Accepted {
@@ -76,13 +77,19 @@ pub async fn submit(
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(response)
+            response
         }
-        SubmitOutcome::KeyReused => Err(ApiError::new(
-            ErrorCode::IdempotencyKeyReused,
-            "this Idempotency-Key was already used with a different request body",
-        )),
+        SubmitOutcome::KeyReused => {
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was already used with a different request body",
+            ))
+        }
+    };
+    for (name, value) in rate_headers {
+        response.headers_mut().insert(name, value);
     }
+    Ok(response)
 }
 
 /// `GET /v1/jobs/{jobId}`: the origin fields plus timings, attempts and queue position.

@@ -7,6 +7,7 @@
 mod extract;
 mod files;
 mod jobs;
+pub mod ratelimit;
 pub mod submit;
 
 use axum::extract::DefaultBodyLimit;
