@@ -1,7 +1,8 @@
 //! Request extractors that turn HTTP input into typed values or contract errors: the tenant
-//! behind a bearer key, and a JSON object body.
+//! behind a bearer key, a job id from the path, and a JSON object body.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use bytes::Bytes;
@@ -38,6 +39,25 @@ impl FromRequestParts<App> for AuthTenant {
         match app.auth.authenticate(key).await? {
             Some(tenant) => Ok(AuthTenant(tenant)),
             None => Err(ApiError::new(ErrorCode::InvalidApiKey, "invalid API key")),
+        }
+    }
+}
+
+/// The `{job_id}` of a job route. A segment that does not decode (invalid UTF-8) names no
+/// job, so it is a contract 404 rather than axum's plain-text 400.
+pub struct JobId(pub String);
+
+impl FromRequestParts<App> for JobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, app).await {
+            Ok(Path(job_id)) => Ok(JobId(job_id)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::job_not_found()),
+            Err(e) => {
+                tracing::error!(error = %e, "job route without a job id");
+                Err(ApiError::new(ErrorCode::UnknownError, "internal error"))
+            }
         }
     }
 }

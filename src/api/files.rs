@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,23 +16,24 @@ use crate::storage::StorageError;
 
 pub async fn get(
     State(app): State<App>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let now = now_millis() / 1000;
     let expires = query.get("expires").and_then(|e| e.parse::<i64>().ok());
-    let sig = query.get("sig");
-    let valid = match (expires, sig) {
-        (Some(expires), Some(sig)) => app.urls.verify(&key, expires, sig, now),
-        _ => false,
+    // A key that does not decode was never signed here: refused like any other bad link.
+    let key = match (key, expires, query.get("sig")) {
+        (Ok(Path(key)), Some(expires), Some(sig)) if app.urls.verify(&key, expires, sig, now) => {
+            key
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidSignature,
+                "this link is invalid or has expired; fetch the job again for a fresh one",
+            ))
+        }
     };
-    if !valid {
-        return Err(ApiError::new(
-            ErrorCode::InvalidSignature,
-            "this link is invalid or has expired; fetch the job again for a fresh one",
-        ));
-    }
     let object = match app.objects.get(&key).await {
         Ok(object) => object,
         Err(StorageError::NotFound | StorageError::InvalidKey) => {

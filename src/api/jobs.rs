@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use serde::Serialize;
 
-use super::extract::{AuthTenant, JsonObject};
+use super::extract::{AuthTenant, JobId, JsonObject};
 use super::submit::{parse_body, parse_cancel_after, parse_idempotency_key};
 use crate::app::App;
 use crate::error::{ApiError, ErrorCode};
@@ -129,7 +129,7 @@ fn result_urls(app: &App, job: &Job) -> Vec<String> {
 pub async fn get(
     State(app): State<App>,
     AuthTenant(tenant): AuthTenant,
-    Path(job_id): Path<String>,
+    JobId(job_id): JobId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job = app
@@ -276,7 +276,7 @@ pub async fn list(
 pub async fn cancel(
     State(app): State<App>,
     AuthTenant(tenant): AuthTenant,
-    Path(job_id): Path<String>,
+    JobId(job_id): JobId,
 ) -> Result<Response, ApiError> {
     match app.store.job_cancel(&tenant.id, &job_id).await? {
         CancelOutcome::Canceled => Ok(Json(Accepted {

@@ -36,6 +36,12 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config
 }
 
+/// The HTTP API alone: jobs stay where they are until a test starts a worker.
+pub const API_ONLY: Roles = Roles {
+    api: true,
+    worker: false,
+};
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}, Roles::ALL).await
 }
@@ -138,8 +144,78 @@ impl TestApp {
         }
     }
 
+    /// Starts a worker (with its maintenance pass) on this app's store, as a second process
+    /// would; it stops when the returned token fires or the app shuts down.
+    pub fn start_worker(&self) -> CancellationToken {
+        let stop = self.stop.child_token();
+        let worker = Roles {
+            api: false,
+            worker: true,
+        };
+        tokio::spawn(server::run(self.app.clone(), worker, None, stop.clone()));
+        stop
+    }
+
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.handle.await;
     }
+}
+
+/// Asserts an error response of the contract: this status, `{"error": code, "message": ...}`
+/// as JSON with exactly those two fields and a non-empty message, which it returns.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    let got = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let text = response.text().await.expect("body");
+    assert_eq!(got, status, "status for body {text}");
+    assert!(
+        content_type.starts_with("application/json"),
+        "content-type {content_type:?} for body {text}"
+    );
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text}"));
+    let object = body.as_object().expect("error body is an object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["error", "message"], "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    let message = body["message"].as_str().expect("message is a string");
+    assert!(!message.trim().is_empty(), "empty message: {body}");
+    message.to_owned()
+}
+
+/// Asserts an RFC 3339 UTC timestamp with milliseconds (`2026-01-26T09:36:16.288Z`) and
+/// returns it as Unix milliseconds.
+pub fn timestamp_millis(value: &Value) -> i64 {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp is not a string: {value}"));
+    const SHAPE: &[u8] = b"0000-00-00T00:00:00.000Z";
+    let shaped = text.len() == SHAPE.len()
+        && text.bytes().zip(SHAPE).all(|(c, &s)| match s {
+            b'0' => c.is_ascii_digit(),
+            _ => c == s,
+        });
+    assert!(shaped, "timestamp {text:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ");
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("timestamp {text:?}: {e}"))
+        .timestamp_millis()
+}
+
+/// The sorted field names of a JSON object.
+pub fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort_unstable();
+    keys
 }
