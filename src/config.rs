@@ -390,6 +390,18 @@ mod tests {
     }
 
     #[test]
+    fn example_file_matches_the_defaults() {
+        let example: Config = Figment::from(Toml::string(include_str!("../easel.example.toml")))
+            .extract()
+            .expect("example parses");
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&example).expect("json"),
+            serde_json::to_value(&defaults).expect("json")
+        );
+    }
+
+    #[test]
     fn secret_debug_hides_value() {
         let s = Secret::new("img_supersecret");
         assert_eq!(format!("{s:?}"), "****");

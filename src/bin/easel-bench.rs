@@ -26,7 +26,12 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { jobs: 20_000, connections: 64, rate: 1000, seconds: 5 };
+    let mut args = Args {
+        jobs: 20_000,
+        connections: 64,
+        rate: 1000,
+        seconds: 5,
+    };
     let raw: Vec<String> = std::env::args().skip(1).collect();
     for pair in raw.chunks(2) {
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -36,7 +41,9 @@ fn parse_args() -> Args {
             ("--rate", Some(v)) => args.rate = v,
             ("--seconds", Some(v)) => args.seconds = v,
             _ => {
-                eprintln!("usage: easel-bench [--jobs N] [--connections C] [--rate R] [--seconds S]");
+                eprintln!(
+                    "usage: easel-bench [--jobs N] [--connections C] [--rate R] [--seconds S]"
+                );
                 std::process::exit(2);
             }
         }
@@ -66,7 +73,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
-    let mut config = Config { data_dir: dir.clone(), ..Config::default() };
+    let mut config = Config {
+        data_dir: dir.clone(),
+        ..Config::default()
+    };
     config.server.host = "127.0.0.1".into();
     config.worker.concurrency = 256;
     config.worker.poll_ms = 50;
@@ -80,7 +90,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     let tenant = create_tenant(app.store.as_ref(), "bench", 1_000_000_000, 1_000_000, None).await?;
     let stop = CancellationToken::new();
-    let server = tokio::spawn(server::run(app.clone(), Roles::ALL, Some(listener), stop.clone()));
+    let server = tokio::spawn(server::run(
+        app.clone(),
+        Roles::ALL,
+        Some(listener),
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = rss_kb();
 
@@ -96,15 +111,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
     };
     let base = format!("http://{addr}");
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.connections as usize).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections as usize)
+        .build()?;
 
     // Phase 1: throughput.
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
     for _ in 0..args.connections {
-        let (http, base, key, next, total) =
-            (http.clone(), base.clone(), tenant.api_key.clone(), next.clone(), args.jobs);
+        let (http, base, key, next, total) = (
+            http.clone(),
+            base.clone(),
+            tenant.api_key.clone(),
+            next.clone(),
+            args.jobs,
+        );
         senders.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 submit(&http, &base, &key).await;
@@ -126,7 +148,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         done_in.as_secs_f64(),
         args.jobs as f64 / done_in.as_secs_f64()
     );
-    println!("  (submit to SUCCEEDED under saturation, queueing included) p50 {} ms, p99 {} ms", stats.0, stats.1);
+    println!(
+        "  (submit to SUCCEEDED under saturation, queueing included) p50 {} ms, p99 {} ms",
+        stats.0, stats.1
+    );
     let peak_phase1 = peak.load(Ordering::Relaxed);
 
     // Phase 2: overhead at a steady rate below saturation.
@@ -184,7 +209,10 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn open_db(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
-    Ok(rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?)
+    Ok(rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?)
 }
 
 async fn wait_all_done(path: &std::path::Path, expected: u64) -> anyhow::Result<()> {
@@ -197,11 +225,18 @@ async fn wait_all_done(path: &std::path::Path, expected: u64) -> anyhow::Result<
             |r| r.get(0),
         )?;
         if done >= expected {
-            let failed: u64 = conn.query_row("SELECT count(*) FROM jobs WHERE status <> 'SUCCEEDED'", [], |r| r.get(0))?;
+            let failed: u64 = conn.query_row(
+                "SELECT count(*) FROM jobs WHERE status <> 'SUCCEEDED'",
+                [],
+                |r| r.get(0),
+            )?;
             anyhow::ensure!(failed == 0, "{failed} jobs did not succeed");
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {done} of {expected} jobs done after 600 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {expected} jobs done after 600 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -213,8 +248,16 @@ fn max_seq(path: &std::path::Path) -> anyhow::Result<i64> {
 /// p50 and p99 of `finished_at - created_at` (ms) for jobs after `from_seq`, and their count.
 fn phase_stats(path: &std::path::Path, from_seq: i64) -> anyhow::Result<(i64, i64, usize)> {
     let conn = open_db(path)?;
-    let mut stmt = conn.prepare("SELECT finished_at - created_at FROM jobs WHERE seq > ?1 ORDER BY 1")?;
-    let values: Vec<i64> = stmt.query_map([from_seq], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    let pick = |q: f64| values.get(((values.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0);
+    let mut stmt =
+        conn.prepare("SELECT finished_at - created_at FROM jobs WHERE seq > ?1 ORDER BY 1")?;
+    let values: Vec<i64> = stmt
+        .query_map([from_seq], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let pick = |q: f64| {
+        values
+            .get(((values.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     Ok((pick(0.5), pick(0.99), values.len()))
 }
