@@ -1,4 +1,22 @@
 //! Easel: a self-hosted, asynchronous, multi-tenant image-generation gateway.
+//!
+//! A job's path through the modules:
+//!
+//! 1. [`api`] authenticates the tenant's key ([`accounts::auth`], cached), validates the
+//!    request ([`api::submit`]), takes a token from the tenant's rate ([`limits`]) and calls
+//!    [`store::Store::job_submit`], which writes the idempotency record, the job (QUEUED) and
+//!    its first event in one transaction. The client gets `202 {jobId}` at once.
+//! 2. A [`jobs::worker`] claims jobs round-robin over tenants ([`store::Store::job_claim`]),
+//!    each with a lease and a fencing token, and runs an attempt beside a heartbeat.
+//! 3. The attempt calls a [`providers::Provider`] (the local renderer by default), stores the
+//!    images through [`storage::ObjectStore`] and ends the attempt with
+//!    [`store::Store::job_finish`]: SUCCEEDED, RETRYING (backoff from [`jobs::retry`]) or
+//!    FAILED. A worker whose lease was lost cannot write.
+//! 4. [`jobs::maintenance`] requeues jobs of dead workers, applies `Cancel-After` and deadlines.
+//! 5. Clients read the job through [`api`]; result links are signed by [`storage::urls`].
+//!
+//! [`config`] loads settings, [`app`] builds the shared parts, [`server`] runs the roles of a
+//! process and [`cli`] is the `easel` command line.
 
 pub mod accounts;
 pub mod api;

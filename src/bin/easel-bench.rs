@@ -8,6 +8,10 @@
 //! time from submit to SUCCEEDED visible (`finished_at - created_at` of each job), p50/p99.
 //! RSS is sampled idle and under load. Usage: `easel-bench [--jobs N] [--connections C]
 //! [--rate R] [--seconds S]`.
+//!
+//! `easel-bench stats DB_PATH` instead waits until every job in that database has ended and
+//! prints jobs/s from first submit to last SUCCEEDED and the submit-to-SUCCEEDED p50/p99; the
+//! `bench/e2e.sh` script uses it after driving a separate `easel serve` with wrk.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,6 +67,13 @@ fn rss_kb() -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("stats") {
+        let path = argv
+            .get(2)
+            .ok_or_else(|| anyhow::anyhow!("usage: easel-bench stats DB_PATH"))?;
+        return stats_only(std::path::Path::new(path));
+    }
     let args = parse_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -184,6 +195,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stop.cancel();
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Reports on a database another process filled.
+fn stats_only(path: &std::path::Path) -> anyhow::Result<()> {
+    let conn = open_db(path)?;
+    let total: u64 = conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(wait_all_done(path, total))?;
+    let (first, last): (i64, i64) = conn.query_row(
+        "SELECT min(created_at), max(finished_at) FROM jobs",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (p50, p99, n) = phase_stats(path, 0)?;
+    let secs = ((last - first).max(1)) as f64 / 1000.0;
+    println!(
+        "RESULT jobs={n} e2e_jobs_per_s={:.0} span_s={secs:.2} submit_to_succeeded_p50_ms={p50} p99_ms={p99}",
+        n as f64 / secs
+    );
     Ok(())
 }
 

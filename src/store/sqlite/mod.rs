@@ -149,14 +149,13 @@ fn in_savepoint<R>(
     conn: &Connection,
     op: impl FnOnce(&Connection) -> StoreResult<R>,
 ) -> StoreResult<R> {
-    conn.execute_batch("SAVEPOINT op")?;
+    // Cached statements: these run for every write, so they are parsed once.
+    conn.prepare_cached("SAVEPOINT op")?.execute([])?;
     let result = op(conn);
-    let end = if result.is_ok() {
-        "RELEASE op"
-    } else {
-        "ROLLBACK TO op; RELEASE op"
-    };
-    conn.execute_batch(end)?;
+    if result.is_err() {
+        conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
+    }
+    conn.prepare_cached("RELEASE op")?.execute([])?;
     result
 }
 
@@ -170,14 +169,21 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
             // Dropping the ops drops their reply senders: each caller sees Unavailable.
             tracing::error!(error = %e, "sqlite writer cannot begin a transaction");
             batch.clear();
             continue;
         }
         let deliveries: Vec<Delivery> = batch.drain(..).map(|op| op(&conn)).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let commit = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(|e| e.to_string());
         if commit.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
