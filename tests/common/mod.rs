@@ -22,8 +22,10 @@ pub struct TestApp {
 
 /// A config for tests: temp data folder, tiny images, fast polling.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.to_path_buf();
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     config.server.host = "127.0.0.1".into();
     config.worker.poll_ms = 50;
     config.worker.maintenance_ms = 100;
