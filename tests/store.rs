@@ -1049,8 +1049,10 @@ async fn next_run_at_is_the_earliest_waiting_job(b: Bundle) {
     let s = b.store.as_ref();
     assert_eq!(s.job_next_run_at().await.unwrap(), None);
     let t = tenant(s, "A", 5).await;
-    let first = new_job(&t.id);
-    let first_at = first.created_at;
+    // Both in the past, so both are claimable at once.
+    let first_at = now_millis() - 10;
+    let mut first = new_job(&t.id);
+    first.created_at = first_at;
     submit(s, first).await;
     let mut second = new_job(&t.id);
     second.created_at = first_at + 5;
