@@ -9,6 +9,11 @@ use crate::config::Config;
 use crate::server::{self, Roles};
 
 pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    // The handlers are installed before anything is announced: a signal handler that is
+    // only registered when a spawned task first runs leaves a window after "listening" in
+    // which SIGTERM still kills the process outright.
+    let stop = CancellationToken::new();
+    tokio::spawn(wait_for_signal(Signals::install(), stop.clone()));
     let app = App::build(config).await?;
     if let Some(created) = ensure_default_tenant(&app).await? {
         if app.config.auth.test_api_key.is_some() {
@@ -21,8 +26,6 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
             println!("API key (shown once, store it now): {}", created.api_key);
         }
     }
-    let stop = CancellationToken::new();
-    tokio::spawn(wait_for_signal(stop.clone()));
     let roles = Roles {
         api: role != Role::Worker,
         worker: role != Role::Api,
@@ -42,27 +45,45 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal(stop: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM listeners, registered when made (not when first polled).
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    stop.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    unix: std::io::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = signal(SignalKind::interrupt())
+                .and_then(|int| Ok((int, signal(SignalKind::terminate())?)));
+            Signals { unix }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+}
+
+async fn wait_for_signal(signals: Signals, stop: CancellationToken) {
+    #[cfg(unix)]
+    match signals.unix {
+        Ok((mut int, mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGINT/SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let Signals {} = signals;
+        let _ = tokio::signal::ctrl_c().await;
+    }
     tracing::info!("shutting down: no new claims, running jobs get the grace period");
     stop.cancel();
 }

@@ -286,13 +286,24 @@ fn lease_millis(lease: Duration) -> i64 {
 /// Picks up to `max` runnable jobs, one per tenant per round, tenants served longest ago
 /// first, skipping tenants at their concurrency limit.
 fn claim_pick(conn: &Connection, max: u32, now: Millis) -> StoreResult<Vec<(i64, String)>> {
+    // Only tenants that can take a job now enter the window: tenants at their concurrency
+    // limit or whose waiting jobs are all backing off would otherwise fill it and hide
+    // runnable work from every claim.
     let mut tenants_stmt = conn.prepare_cached(
-        "SELECT t.id, t.concurrency_limit -
-             (SELECT count(*) FROM jobs j WHERE j.tenant_id = t.id AND j.status = 'RUNNING')
-         FROM tenants t WHERE t.waiting > 0 ORDER BY t.last_claim LIMIT ?1",
+        "SELECT id, free FROM (
+             SELECT t.id, t.last_claim, t.concurrency_limit -
+                 (SELECT count(*) FROM jobs j WHERE j.tenant_id = t.id AND j.status = 'RUNNING')
+                 AS free
+             FROM tenants t
+             WHERE t.waiting > 0 AND EXISTS (
+                 SELECT 1 FROM jobs j WHERE j.tenant_id = t.id
+                     AND j.status IN ('QUEUED', 'RETRYING') AND j.run_at <= ?2))
+         WHERE free > 0 ORDER BY last_claim LIMIT ?1",
     )?;
     let tenants: Vec<(String, i64)> = tenants_stmt
-        .query_map([CLAIM_TENANT_WINDOW], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![CLAIM_TENANT_WINDOW, now], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<Result<_, _>>()?;
     let mut jobs_stmt = conn.prepare_cached(
         "SELECT seq FROM jobs WHERE tenant_id = ?1 AND status IN ('QUEUED', 'RETRYING')

@@ -1,0 +1,1208 @@
+//! The `Store` conformance suite: every test is written once against `Arc<dyn Store>` and runs
+//! unchanged on each backend (DESIGN.md decision 2, "two stores, one behaviour").
+//!
+//! Backends: SQLite always (a fresh database file per test). PostgreSQL is added by writing
+//! one factory, `Bundle::postgres`, and one line, `suite!(postgres, Bundle::postgres);` (both
+//! sketched at the bottom of this file): it must give each test a fresh schema or database,
+//! since tests run in parallel and claims see every tenant's jobs.
+//!
+//! Time: the store stamps claims and leases with its own clock, so tests use short leases
+//! (1 ms) and pass a future `now` to `job_maintain` instead of sleeping.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use easel::jobs::model::{
+    now_millis, ClaimedJob, Finish, IdempotencyClaim, Job, JobListQuery, JobParams, JobStatus,
+    Millis, NewJob, SubmitOutcome,
+};
+use easel::providers::Mode;
+use easel::store::sqlite::SqliteStore;
+use easel::store::{
+    CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant, Store, StoreError, Tenant,
+};
+
+const HOUR: Millis = 3_600_000;
+const TINY_LEASE: Duration = Duration::from_millis(1);
+const LONG_LEASE: Duration = Duration::from_secs(600);
+
+/// One backend under test, with a fresh, empty database.
+struct Bundle {
+    store: Arc<dyn Store>,
+    /// Keeps the SQLite folder alive for the test's duration.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Bundle {
+    async fn sqlite() -> Option<Bundle> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("easel.db")).expect("open sqlite");
+        Some(Bundle {
+            store: Arc::new(store),
+            _dir: Some(dir),
+        })
+    }
+}
+
+// ---- factories for test data ----
+
+fn ulid() -> String {
+    ulid::Ulid::new().to_string().to_lowercase()
+}
+
+fn key_hash(seed: &str) -> [u8; 32] {
+    easel::accounts::keys::hash_key(seed)
+}
+
+fn api_key(seed: &str) -> NewApiKey {
+    NewApiKey {
+        id: format!("key_{}", ulid()),
+        key_hash: key_hash(seed),
+        prefix: seed.chars().take(8).collect(),
+    }
+}
+
+async fn tenant(store: &dyn Store, name: &str, concurrency: u32) -> Tenant {
+    store
+        .tenant_create(
+            NewTenant {
+                id: format!("ten_{}", ulid()),
+                name: name.to_owned(),
+                rpm_limit: 600,
+                concurrency_limit: concurrency,
+            },
+            api_key(&format!("img_{name}_{}", ulid())),
+        )
+        .await
+        .expect("tenant_create")
+}
+
+fn new_job(tenant_id: &str) -> NewJob {
+    NewJob {
+        id: format!("job_{}", ulid()),
+        tenant_id: tenant_id.to_owned(),
+        prompt: "a lighthouse at dusk".into(),
+        mode: Mode::Draft,
+        input_image_url: None,
+        params: JobParams::default(),
+        provider: "local".into(),
+        max_attempts: 3,
+        created_at: now_millis(),
+        cancel_at: None,
+        deadline_at: now_millis() + HOUR,
+        idempotency: None,
+    }
+}
+
+async fn submit(store: &dyn Store, job: NewJob) -> String {
+    match store.job_submit(job).await.expect("job_submit") {
+        SubmitOutcome::Created { job_id } => job_id,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+async fn submit_n(store: &dyn Store, tenant_id: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(submit(store, new_job(tenant_id)).await);
+    }
+    ids
+}
+
+async fn get(store: &dyn Store, tenant_id: &str, job_id: &str) -> Job {
+    store
+        .job_get(tenant_id, job_id)
+        .await
+        .expect("job_get")
+        .unwrap_or_else(|| panic!("job {job_id} not found"))
+}
+
+async fn claim(store: &dyn Store, max: u32, lease: Duration) -> Vec<ClaimedJob> {
+    store
+        .job_claim("wrk_test", max, lease)
+        .await
+        .expect("claim")
+}
+
+async fn claim_one(store: &dyn Store, lease: Duration) -> ClaimedJob {
+    let mut claimed = claim(store, 1, lease).await;
+    assert_eq!(claimed.len(), 1, "expected one claimable job");
+    claimed.remove(0)
+}
+
+async fn statuses(store: &dyn Store, job_id: &str) -> Vec<(JobStatus, u32, Option<String>)> {
+    store
+        .job_events(job_id)
+        .await
+        .expect("job_events")
+        .into_iter()
+        .map(|e| (e.status, e.attempt, e.error_code))
+        .collect()
+}
+
+fn failed(code: &str) -> Finish {
+    Finish::Failed {
+        error_code: code.into(),
+        error_message: format!("{code} happened"),
+    }
+}
+
+fn succeeded(keys: &[&str]) -> Finish {
+    Finish::Succeeded {
+        result_keys: keys.iter().map(|k| k.to_string()).collect(),
+        meta: Some(serde_json::json!({"modelVersion": "local-1"})),
+    }
+}
+
+fn retry(run_at: Millis) -> Finish {
+    Finish::Retry {
+        run_at,
+        error_code: "UPSTREAM_RATE_LIMITED".into(),
+        error_message: "429 from upstream".into(),
+    }
+}
+
+// ---- tenants and keys ----
+
+async fn tenant_create_and_list(b: Bundle) {
+    let s = b.store.as_ref();
+    assert!(s.tenant_list().await.unwrap().is_empty());
+    let before = now_millis();
+    let acme = tenant(s, "Acme", 5).await;
+    let zeta = tenant(s, "Zeta", 7).await;
+    let after = now_millis();
+    assert_eq!((acme.name.as_str(), acme.rpm_limit), ("Acme", 600));
+    assert_eq!(acme.concurrency_limit, 5);
+    assert!((before..=after).contains(&acme.created_at));
+    let mut listed = s.tenant_list().await.unwrap();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(listed, vec![acme, zeta]);
+}
+
+async fn api_key_find_by_hash(b: Bundle) {
+    let s = b.store.as_ref();
+    let acme = tenant(s, "Acme", 5).await;
+    let key = api_key("img_acme_second");
+    s.api_key_add(&acme.id, key.clone()).await.unwrap();
+    let found = s.api_key_find(&key.key_hash).await.unwrap().expect("found");
+    assert_eq!(found.key_hash, key.key_hash);
+    assert_eq!(found.tenant, acme);
+    assert!(s
+        .api_key_find(&key_hash("img_nobody"))
+        .await
+        .unwrap()
+        .is_none());
+    let orphan = s.api_key_add("ten_missing", api_key("img_orphan")).await;
+    assert!(matches!(orphan, Err(StoreError::NotFound)), "{orphan:?}");
+    assert!(s
+        .api_key_find(&key_hash("img_orphan"))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn duplicate_key_hash_is_a_conflict(b: Bundle) {
+    let s = b.store.as_ref();
+    let acme = tenant(s, "Acme", 5).await;
+    let key = api_key("img_shared");
+    s.api_key_add(&acme.id, key.clone()).await.unwrap();
+    let again = s.api_key_add(&acme.id, api_key("img_shared")).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    // A new tenant whose first key collides is not created at all (one transaction).
+    let other = s
+        .tenant_create(
+            NewTenant {
+                id: "ten_other".into(),
+                name: "Other".into(),
+                rpm_limit: 60,
+                concurrency_limit: 1,
+            },
+            api_key("img_shared"),
+        )
+        .await;
+    assert!(matches!(other, Err(StoreError::Conflict(_))), "{other:?}");
+    let names: Vec<String> = s
+        .tenant_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, vec!["Acme".to_owned()]);
+    let owner = s.api_key_find(&key.key_hash).await.unwrap().unwrap();
+    assert_eq!(owner.tenant.id, acme.id);
+}
+
+async fn provider_keys_add_and_list(b: Bundle) {
+    let s = b.store.as_ref();
+    let key = |provider: &str, fp: &str, priority: i32| NewProviderKey {
+        id: format!("pk_{}", ulid()),
+        provider: provider.into(),
+        secret_sealed: vec![1, 2, 3, fp.len() as u8],
+        fingerprint: fp.into(),
+        rpm_limit: 60,
+        concurrency_limit: 2,
+        endpoint: (priority > 0).then(|| "https://relay.example.com".into()),
+        priority,
+        project: Some(format!("proj-{fp}")),
+    };
+    let low = key("gemini", "sha256:aaaa", 0);
+    let record = s.provider_key_add(low.clone()).await.unwrap();
+    assert_eq!(record.id, low.id);
+    assert_eq!(record.secret_sealed, low.secret_sealed);
+    assert_eq!(record.endpoint, None);
+    assert_eq!(record.project.as_deref(), Some("proj-sha256:aaaa"));
+    assert!(record.enabled);
+    let high = key("gemini", "sha256:bbbb", 5);
+    s.provider_key_add(high.clone()).await.unwrap();
+    let openai = key("openai", "sha256:cccc", 1);
+    s.provider_key_add(openai.clone()).await.unwrap();
+    let listed = s.provider_key_list().await.unwrap();
+    let order: Vec<&str> = listed.iter().map(|k| k.id.as_str()).collect();
+    // By provider, then highest priority first.
+    assert_eq!(order, vec![&high.id[..], &low.id[..], &openai.id[..]]);
+    assert_eq!(
+        listed[0].endpoint.as_deref(),
+        Some("https://relay.example.com")
+    );
+    assert_eq!((listed[0].rpm_limit, listed[0].concurrency_limit), (60, 2));
+    assert_eq!(listed[0].priority, 5);
+    let dup = s.provider_key_add(key("gemini", "sha256:aaaa", 3)).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    assert_eq!(s.provider_key_list().await.unwrap().len(), 3);
+}
+
+// ---- submit, read, list, cancel ----
+
+async fn submit_creates_queued_job_and_one_event(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "Acme", 5).await;
+    let mut job = new_job(&t.id);
+    job.mode = Mode::Final;
+    job.input_image_url = Some("https://example.com/in.png".into());
+    job.params = JobParams {
+        seed: Some(42),
+        n: Some(2),
+        aspect_ratio: Some("16:9".into()),
+        image_size: Some("2K".into()),
+    };
+    job.cancel_at = Some(job.created_at + 5_000);
+    let id = submit(s, job.clone()).await;
+    assert_eq!(id, job.id);
+    let got = get(s, &t.id, &id).await;
+    assert_eq!(got.status, JobStatus::Queued);
+    assert_eq!(
+        (got.prompt.as_str(), got.mode),
+        (job.prompt.as_str(), Mode::Final)
+    );
+    assert_eq!(got.input_image_url, job.input_image_url);
+    assert_eq!(got.params, job.params);
+    assert_eq!(got.provider, "local");
+    assert_eq!((got.attempts, got.max_attempts), (0, 3));
+    assert_eq!(
+        (got.created_at, got.updated_at),
+        (job.created_at, job.created_at)
+    );
+    assert_eq!(
+        (got.cancel_at, got.deadline_at),
+        (job.cancel_at, job.deadline_at)
+    );
+    assert_eq!((got.started_at, got.finished_at), (None, None));
+    assert!(got.result_keys.is_empty() && got.error_code.is_none());
+    let events = s.job_events(&id).await.unwrap();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        (e.status, e.attempt, e.at),
+        (JobStatus::Queued, 0, job.created_at)
+    );
+    assert_eq!(
+        (e.job_id.as_str(), e.tenant_id.as_str()),
+        (&id[..], &t.id[..])
+    );
+    let dup = s.job_submit(job).await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    assert_eq!(s.job_events(&id).await.unwrap().len(), 1);
+}
+
+async fn idempotency_replays_refuses_and_is_per_tenant(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 5).await;
+    let other = tenant(s, "B", 5).await;
+    let with_key = |tenant_id: &str, hash: &str| {
+        let mut job = new_job(tenant_id);
+        job.idempotency = Some(IdempotencyClaim {
+            key: "order-17".into(),
+            request_hash: hash.into(),
+        });
+        job
+    };
+    let first = submit(s, with_key(&a.id, "h1")).await;
+    let replay = s.job_submit(with_key(&a.id, "h1")).await.unwrap();
+    assert_eq!(
+        replay,
+        SubmitOutcome::Replayed {
+            job_id: first.clone(),
+            status: JobStatus::Queued
+        }
+    );
+    let reused = s.job_submit(with_key(&a.id, "h2")).await.unwrap();
+    assert_eq!(reused, SubmitOutcome::KeyReused);
+    // Neither the replay nor the refusal wrote a job or an event.
+    let page = s
+        .job_list(JobListQuery {
+            tenant_id: a.id.clone(),
+            status: None,
+            limit: 10,
+            before_seq: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(s.job_events(&first).await.unwrap().len(), 1);
+    // The replay reports the job's current status.
+    claim_one(s, LONG_LEASE).await;
+    let replay = s.job_submit(with_key(&a.id, "h1")).await.unwrap();
+    assert_eq!(
+        replay,
+        SubmitOutcome::Replayed {
+            job_id: first.clone(),
+            status: JobStatus::Running
+        }
+    );
+    // The same key under another tenant is another job.
+    let theirs = submit(s, with_key(&other.id, "h2")).await;
+    assert_ne!(theirs, first);
+    assert_eq!(get(s, &other.id, &theirs).await.status, JobStatus::Queued);
+}
+
+async fn job_get_is_scoped_by_tenant(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 5).await;
+    let other = tenant(s, "B", 5).await;
+    let id = submit(s, new_job(&a.id)).await;
+    assert_eq!(get(s, &a.id, &id).await.tenant_id, a.id);
+    assert_eq!(s.job_get(&other.id, &id).await.unwrap(), None);
+    assert_eq!(s.job_get(&a.id, "job_missing").await.unwrap(), None);
+}
+
+async fn list_newest_first_with_filter_and_paging(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 5).await;
+    let other = tenant(s, "B", 5).await;
+    let ids = submit_n(s, &a.id, 5).await;
+    submit_n(s, &other.id, 2).await;
+    let query = |status: Option<JobStatus>, limit: u32, before_seq: Option<i64>| JobListQuery {
+        tenant_id: a.id.clone(),
+        status,
+        limit,
+        before_seq,
+    };
+    let all = s.job_list(query(None, 10, None)).await.unwrap();
+    let listed: Vec<&str> = all.items.iter().map(|j| j.id.as_str()).collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(listed, newest_first);
+    assert!(!all.has_more);
+    assert!(all.items.windows(2).all(|w| w[0].seq > w[1].seq));
+    // Pages of two, each starting below the previous page's last seq.
+    let mut paged = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page = s.job_list(query(None, 2, before)).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 2);
+        paged.extend(page.items.iter().map(|j| j.id.clone()));
+        if !page.has_more {
+            break;
+        }
+        before = Some(page.items.last().unwrap().seq);
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(paged, newest_first);
+    // Status filter.
+    assert_eq!(
+        s.job_cancel(&a.id, &ids[1]).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    let canceled = s
+        .job_list(query(Some(JobStatus::Canceled), 10, None))
+        .await
+        .unwrap();
+    assert_eq!(canceled.items.len(), 1);
+    assert_eq!(canceled.items[0].id, ids[1]);
+    let queued = s
+        .job_list(query(Some(JobStatus::Queued), 10, None))
+        .await
+        .unwrap();
+    assert_eq!(queued.items.len(), 4);
+    assert!(queued.items.iter().all(|j| j.status == JobStatus::Queued));
+    let running = s
+        .job_list(query(Some(JobStatus::Running), 10, None))
+        .await
+        .unwrap();
+    assert!(running.items.is_empty() && !running.has_more);
+}
+
+async fn cancel_outcomes(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 5).await;
+    let other = tenant(s, "B", 5).await;
+    let running = submit(s, new_job(&a.id)).await;
+    let claimed = claim_one(s, LONG_LEASE).await;
+    assert_eq!(claimed.job.id, running);
+    let queued = submit(s, new_job(&a.id)).await;
+
+    assert_eq!(
+        s.job_cancel(&other.id, &queued).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    assert_eq!(get(s, &a.id, &queued).await.status, JobStatus::Queued);
+    assert_eq!(
+        s.job_cancel(&a.id, "job_missing").await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    assert_eq!(
+        s.job_cancel(&a.id, &running).await.unwrap(),
+        CancelOutcome::InvalidState(JobStatus::Running)
+    );
+    assert_eq!(get(s, &a.id, &running).await.status, JobStatus::Running);
+
+    let before = now_millis();
+    assert_eq!(
+        s.job_cancel(&a.id, &queued).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    let job = get(s, &a.id, &queued).await;
+    assert_eq!(job.status, JobStatus::Canceled);
+    assert!(job.finished_at.is_some_and(|t| t >= before));
+    assert_eq!(
+        statuses(s, &queued).await,
+        vec![(JobStatus::Queued, 0, None), (JobStatus::Canceled, 0, None)]
+    );
+    assert_eq!(
+        s.job_cancel(&a.id, &queued).await.unwrap(),
+        CancelOutcome::InvalidState(JobStatus::Canceled)
+    );
+    // A job waiting between attempts can be canceled too; a canceled job is never claimed.
+    s.job_finish(&running, claimed.fence, retry(now_millis()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.job_cancel(&a.id, &running).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    assert!(claim(s, 10, LONG_LEASE).await.is_empty());
+    assert_eq!(s.job_next_run_at().await.unwrap(), None);
+}
+
+// ---- claim ----
+
+async fn claim_bumps_attempt_and_fence_and_sets_lease(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 50).await;
+    let ids = submit_n(s, &t.id, 5).await;
+    let lease = Duration::from_secs(30);
+    let before = now_millis();
+    let first = claim(s, 3, lease).await;
+    let after = now_millis();
+    let got: Vec<&str> = first.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(got, ids[..3].iter().map(String::as_str).collect::<Vec<_>>());
+    for c in &first {
+        assert_eq!((c.job.status, c.job.attempts), (JobStatus::Running, 1));
+        assert!((before + 30_000..=after + 30_000).contains(&c.lease_until));
+        assert!(c
+            .job
+            .started_at
+            .is_some_and(|t| (before..=after).contains(&t)));
+        let stored = get(s, &t.id, &c.job.id).await;
+        assert_eq!(stored.status, JobStatus::Running);
+        assert_eq!((stored.attempts, stored.started_at), (1, c.job.started_at));
+        assert_eq!(
+            statuses(s, &c.job.id).await,
+            vec![(JobStatus::Queued, 0, None), (JobStatus::Running, 1, None)]
+        );
+    }
+    assert_eq!(claim(s, 3, lease).await.len(), 2, "only two were left");
+    assert!(claim(s, 3, lease).await.is_empty());
+    // A second attempt gets a larger fence and attempt 2, and keeps the first start time.
+    let c = &first[0];
+    s.job_finish(&c.job.id, c.fence, retry(now_millis()))
+        .await
+        .unwrap();
+    let again = claim_one(s, lease).await;
+    assert_eq!(again.job.id, c.job.id);
+    assert!(again.fence > c.fence, "{} > {}", again.fence, c.fence);
+    assert_eq!(again.job.attempts, 2);
+    assert_eq!(again.job.started_at, c.job.started_at);
+    assert_eq!(
+        again.job.error_code, None,
+        "a new attempt clears the last error"
+    );
+}
+
+async fn claim_max_zero_claims_nothing(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, new_job(&t.id)).await;
+    assert!(claim(s, 0, LONG_LEASE).await.is_empty());
+    assert_eq!(get(s, &t.id, &id).await.status, JobStatus::Queued);
+}
+
+async fn concurrent_claimers_never_share_a_job(b: Bundle) {
+    let s = b.store.clone();
+    let mut all = HashSet::new();
+    for name in ["A", "B", "C", "D"] {
+        let t = tenant(s.as_ref(), name, 1000).await;
+        all.extend(submit_n(s.as_ref(), &t.id, 50).await);
+    }
+    assert_eq!(all.len(), 200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = s
+                    .job_claim(&format!("wrk_{worker}"), 3, LONG_LEASE)
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|c| (c.job.id, c.fence)));
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut busy_workers = 0;
+    while let Some(mine) = tasks.join_next().await {
+        let mine = mine.expect("claimer task");
+        busy_workers += usize::from(!mine.is_empty());
+        for (id, fence) in mine {
+            assert_eq!(fence, 1, "first claim of {id}");
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    assert!(busy_workers >= 2, "claims should interleave across workers");
+    let claimed: HashSet<String> = seen.keys().cloned().collect();
+    assert_eq!(claimed, all, "every job claimed");
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "claimed more than once: {twice:?}");
+    for id in all.iter().take(20) {
+        let running = statuses(s.as_ref(), id)
+            .await
+            .into_iter()
+            .filter(|(st, _, _)| *st == JobStatus::Running)
+            .count();
+        assert_eq!(running, 1, "one RUNNING event for {id}");
+    }
+}
+
+async fn claim_is_fair_across_tenants(b: Bundle) {
+    let s = b.store.as_ref();
+    let big = tenant(s, "Big", 1000).await;
+    let small = tenant(s, "Small", 1000).await;
+    submit_n(s, &big.id, 100).await;
+    let lone = submit(s, new_job(&small.id)).await;
+    let batch = claim(s, 2, LONG_LEASE).await;
+    let tenants: HashSet<&str> = batch.iter().map(|c| c.job.tenant_id.as_str()).collect();
+    assert_eq!(batch.len(), 2);
+    assert_eq!(tenants, HashSet::from([&big.id[..], &small.id[..]]));
+    assert!(batch.iter().any(|c| c.job.id == lone));
+    // Round-robin: a tenant that has just been served waits behind one that has not.
+    claim(s, 5, LONG_LEASE).await;
+    let late = submit(s, new_job(&small.id)).await;
+    let next = claim_one(s, LONG_LEASE).await;
+    assert_eq!(
+        next.job.id, late,
+        "the tenant served longest ago goes first"
+    );
+}
+
+/// Tenants whose only work waits for a later `run_at` (or a free slot) must not hide a
+/// tenant with runnable work from the claim, however many of them there are.
+async fn claim_finds_runnable_work_behind_many_blocked_tenants(b: Bundle) {
+    let s = b.store.as_ref();
+    let mut blocked = Vec::new();
+    for i in 0..300 {
+        let t = tenant(s, &format!("Blocked{i}"), 1).await;
+        submit(s, new_job(&t.id)).await;
+        blocked.push(t);
+    }
+    let late = tenant(s, "Late", 5).await;
+    // Serve every blocked tenant once, then the late one, so it was served most recently.
+    let mut first = Vec::new();
+    while first.len() < 300 {
+        let batch = claim(s, 1000, LONG_LEASE).await;
+        assert!(
+            !batch.is_empty(),
+            "blocked tenants' first jobs are claimable"
+        );
+        first.extend(batch);
+    }
+    let warmup = submit(s, new_job(&late.id)).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    assert_eq!(c.job.id, warmup);
+    s.job_finish(&warmup, c.fence, succeeded(&["k"]))
+        .await
+        .unwrap();
+    // Half the blocked tenants wait on a retry far in the future; the other half are at
+    // their concurrency limit with more work queued.
+    for (i, c) in first.iter().enumerate() {
+        if i % 2 == 0 {
+            s.job_finish(&c.job.id, c.fence, retry(now_millis() + HOUR))
+                .await
+                .unwrap();
+        } else {
+            submit(s, new_job(&c.job.tenant_id)).await;
+        }
+    }
+    let runnable = submit(s, new_job(&late.id)).await;
+    let batch = claim(s, 10, LONG_LEASE).await;
+    let ids: Vec<&str> = batch.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(ids, vec![&runnable[..]], "runnable work was not claimed");
+}
+
+async fn claim_respects_tenant_concurrency(b: Bundle) {
+    let s = b.store.as_ref();
+    let limited = tenant(s, "Limited", 2).await;
+    let free = tenant(s, "Free", 100).await;
+    submit_n(s, &limited.id, 5).await;
+    submit_n(s, &free.id, 3).await;
+    let batch = claim(s, 10, LONG_LEASE).await;
+    let count =
+        |batch: &[ClaimedJob], t: &Tenant| batch.iter().filter(|c| c.job.tenant_id == t.id).count();
+    assert_eq!((count(&batch, &limited), count(&batch, &free)), (2, 3));
+    assert!(claim(s, 10, LONG_LEASE).await.is_empty(), "limited is full");
+    let done = batch
+        .iter()
+        .find(|c| c.job.tenant_id == limited.id)
+        .unwrap();
+    s.job_finish(&done.job.id, done.fence, succeeded(&["k"]))
+        .await
+        .unwrap();
+    let next = claim(s, 10, LONG_LEASE).await;
+    assert_eq!(next.len(), 1, "one slot freed");
+    assert_eq!(next[0].job.tenant_id, limited.id);
+}
+
+// ---- heartbeat, finish, release ----
+
+async fn heartbeat_extends_lease_and_detects_a_stale_fence(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, TINY_LEASE).await;
+    let before = now_millis();
+    let until = s
+        .job_heartbeat(&id, c.fence, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(until >= before + 60_000 && until <= now_millis() + 60_000);
+    // The extended lease survives a maintenance pass that the 1 ms lease would not have.
+    let m = s.job_maintain(now_millis() + 1000).await.unwrap();
+    assert_eq!(m, Maintenance::default());
+    assert_eq!(get(s, &t.id, &id).await.status, JobStatus::Running);
+    for stale in [c.fence - 1, c.fence + 1] {
+        let hb = s.job_heartbeat(&id, stale, LONG_LEASE).await;
+        assert!(matches!(hb, Err(StoreError::LeaseLost)), "{hb:?}");
+    }
+    s.job_finish(&id, c.fence, succeeded(&["a"])).await.unwrap();
+    let hb = s.job_heartbeat(&id, c.fence, LONG_LEASE).await;
+    assert!(
+        matches!(hb, Err(StoreError::LeaseLost)),
+        "after finish: {hb:?}"
+    );
+    let missing = s.job_heartbeat("job_missing", 1, LONG_LEASE).await;
+    assert!(matches!(missing, Err(StoreError::LeaseLost)), "{missing:?}");
+}
+
+async fn finish_with_a_stale_fence_writes_nothing(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    let job_before = get(s, &t.id, &id).await;
+    let events_before = s.job_events(&id).await.unwrap();
+    for finish in [succeeded(&["x"]), failed("BOOM"), retry(now_millis())] {
+        let r = s.job_finish(&id, c.fence + 1, finish).await;
+        assert!(matches!(r, Err(StoreError::LeaseLost)), "{r:?}");
+    }
+    let r = s.job_release(&id, c.fence - 1).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost)), "{r:?}");
+    assert_eq!(get(s, &t.id, &id).await, job_before);
+    assert_eq!(s.job_events(&id).await.unwrap(), events_before);
+    let r = s.job_finish("job_missing", 1, failed("X")).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost)), "{r:?}");
+}
+
+async fn finish_succeeded_sets_results(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    let before = now_millis();
+    s.job_finish(&id, c.fence, succeeded(&["t/j/1-0.png", "t/j/1-1.png"]))
+        .await
+        .unwrap();
+    let job = get(s, &t.id, &id).await;
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.result_keys, vec!["t/j/1-0.png", "t/j/1-1.png"]);
+    assert_eq!(
+        job.result_meta,
+        Some(serde_json::json!({"modelVersion": "local-1"}))
+    );
+    assert!(job.finished_at.is_some_and(|f| f >= before));
+    assert_eq!((job.attempts, job.error_code), (1, None));
+    assert_eq!(
+        statuses(s, &id).await,
+        vec![
+            (JobStatus::Queued, 0, None),
+            (JobStatus::Running, 1, None),
+            (JobStatus::Succeeded, 1, None)
+        ]
+    );
+    // Once ended, the same fence can write nothing more.
+    let again = s.job_finish(&id, c.fence, failed("LATE")).await;
+    assert!(matches!(again, Err(StoreError::LeaseLost)), "{again:?}");
+    assert_eq!(get(s, &t.id, &id).await.status, JobStatus::Succeeded);
+    assert!(claim(s, 5, LONG_LEASE).await.is_empty());
+}
+
+async fn finish_failed_sets_the_error(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    s.job_finish(&id, c.fence, failed("CONTENT_BLOCKED"))
+        .await
+        .unwrap();
+    let job = get(s, &t.id, &id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error_code.as_deref(), Some("CONTENT_BLOCKED"));
+    assert_eq!(
+        job.error_message.as_deref(),
+        Some("CONTENT_BLOCKED happened")
+    );
+    assert!(job.finished_at.is_some() && job.result_keys.is_empty());
+    let events = s.job_events(&id).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!((last.status, last.attempt), (JobStatus::Failed, 1));
+    assert_eq!(last.error_code.as_deref(), Some("CONTENT_BLOCKED"));
+    assert_eq!(
+        last.error_message.as_deref(),
+        Some("CONTENT_BLOCKED happened")
+    );
+    assert!(claim(s, 5, LONG_LEASE).await.is_empty());
+}
+
+async fn finish_retry_waits_until_run_at(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    let run_at = now_millis() + 300;
+    s.job_finish(&id, c.fence, retry(run_at)).await.unwrap();
+    let job = get(s, &t.id, &id).await;
+    assert_eq!((job.status, job.attempts), (JobStatus::Retrying, 1));
+    assert_eq!(job.error_code.as_deref(), Some("UPSTREAM_RATE_LIMITED"));
+    assert_eq!(job.finished_at, None);
+    assert_eq!(
+        statuses(s, &id).await.last().cloned(),
+        Some((
+            JobStatus::Retrying,
+            1,
+            Some("UPSTREAM_RATE_LIMITED".to_owned())
+        ))
+    );
+    assert_eq!(s.job_next_run_at().await.unwrap(), Some(run_at));
+    // Not claimable before run_at; claimable from then on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        let polled_at = now_millis();
+        let batch = claim(s, 5, LONG_LEASE).await;
+        if let Some(c) = batch.into_iter().next() {
+            break c;
+        }
+        assert!(
+            polled_at < run_at + 1000,
+            "still not claimable well past run_at"
+        );
+        assert!(Instant::now() < deadline, "never claimable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(now_millis() >= run_at, "claimed before run_at");
+    assert_eq!((again.job.id.as_str(), again.job.attempts), (&id[..], 2));
+}
+
+async fn release_puts_the_job_back(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    s.job_release(&id, c.fence).await.unwrap();
+    let job = get(s, &t.id, &id).await;
+    assert_eq!(job.status, JobStatus::Retrying);
+    assert_eq!(job.attempts, 0, "a released attempt does not count");
+    assert_eq!(job.error_code.as_deref(), Some("WORKER_SHUTDOWN"));
+    assert_eq!(
+        statuses(s, &id).await.last().cloned(),
+        Some((JobStatus::Retrying, 0, Some("WORKER_SHUTDOWN".to_owned())))
+    );
+    // The released fence is dead; the job is claimable at once by someone else.
+    let late = s.job_finish(&id, c.fence, succeeded(&["late"])).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+    let again = claim_one(s, LONG_LEASE).await;
+    assert_eq!((again.job.id.as_str(), again.job.attempts), (&id[..], 1));
+    assert!(again.fence > c.fence);
+}
+
+// ---- maintenance ----
+
+async fn maintain_rescues_an_expired_lease(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, TINY_LEASE).await;
+    let m = s.job_maintain(now_millis() + 1000).await.unwrap();
+    assert_eq!(
+        m,
+        Maintenance {
+            rescued: 1,
+            ..Default::default()
+        }
+    );
+    let job = get(s, &t.id, &id).await;
+    assert_eq!((job.status, job.attempts), (JobStatus::Retrying, 1));
+    assert_eq!(job.error_code.as_deref(), Some("WORKER_LOST"));
+    assert_eq!(
+        statuses(s, &id).await.last().cloned(),
+        Some((JobStatus::Retrying, 1, Some("WORKER_LOST".to_owned())))
+    );
+    assert_eq!(
+        s.job_maintain(now_millis() + 1000).await.unwrap().rescued,
+        0
+    );
+    let again = claim_one(s, LONG_LEASE).await;
+    assert_eq!((again.job.id.as_str(), again.job.attempts), (&id[..], 2));
+    let late = s.job_finish(&id, c.fence, succeeded(&["late"])).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+    s.job_finish(&id, again.fence, succeeded(&["ok"]))
+        .await
+        .unwrap();
+    assert_eq!(get(s, &t.id, &id).await.result_keys, vec!["ok"]);
+}
+
+async fn maintain_fails_an_expired_lease_out_of_attempts(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let mut job = new_job(&t.id);
+    job.max_attempts = 2;
+    let id = submit(s, job).await;
+    let c = claim_one(s, TINY_LEASE).await;
+    s.job_maintain(now_millis() + 1000).await.unwrap();
+    let c2 = claim_one(s, TINY_LEASE).await;
+    assert_eq!((c2.job.attempts, c2.fence > c.fence), (2, true));
+    let m = s.job_maintain(now_millis() + 1000).await.unwrap();
+    assert_eq!(m.rescued, 1);
+    let job = get(s, &t.id, &id).await;
+    assert_eq!((job.status, job.attempts), (JobStatus::Failed, 2));
+    assert_eq!(job.error_code.as_deref(), Some("WORKER_LOST"));
+    assert!(job.finished_at.is_some());
+    assert!(claim(s, 5, LONG_LEASE).await.is_empty());
+    let late = s.job_finish(&id, c2.fence, succeeded(&["late"])).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+}
+
+async fn maintain_applies_cancel_after(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let now = now_millis();
+    let with_cancel_at = || {
+        let mut job = new_job(&t.id);
+        job.cancel_at = Some(now + 10_000);
+        job
+    };
+    let started = submit(s, with_cancel_at()).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    assert_eq!(c.job.id, started);
+    let waiting = submit(s, with_cancel_at()).await;
+    assert_eq!(
+        s.job_maintain(now + 5_000).await.unwrap(),
+        Maintenance::default()
+    );
+    let m = s.job_maintain(now + 20_000).await.unwrap();
+    assert_eq!(
+        m,
+        Maintenance {
+            canceled: 1,
+            ..Default::default()
+        }
+    );
+    let job = get(s, &t.id, &waiting).await;
+    assert_eq!(job.status, JobStatus::Canceled);
+    assert_eq!(job.error_code.as_deref(), Some("CANCEL_AFTER_ELAPSED"));
+    assert_eq!(job.finished_at, Some(now + 20_000));
+    assert_eq!(
+        statuses(s, &waiting).await.last().cloned(),
+        Some((
+            JobStatus::Canceled,
+            0,
+            Some("CANCEL_AFTER_ELAPSED".to_owned())
+        ))
+    );
+    // Cancel-After only stops jobs that have not started.
+    assert_eq!(get(s, &t.id, &started).await.status, JobStatus::Running);
+    s.job_finish(&started, c.fence, succeeded(&["k"]))
+        .await
+        .unwrap();
+}
+
+async fn maintain_fails_jobs_past_their_deadline(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let now = now_millis();
+    let with_deadline = |deadline_at| {
+        let mut job = new_job(&t.id);
+        job.deadline_at = deadline_at;
+        job
+    };
+    let running = submit(s, with_deadline(now + 10_000)).await;
+    let retrying = submit(s, with_deadline(now + 10_000)).await;
+    let queued = submit(s, with_deadline(now + 10_000)).await;
+    let later = submit(s, with_deadline(now + 60_000)).await;
+    let c_running = claim_one(s, LONG_LEASE).await;
+    let c_retrying = claim_one(s, LONG_LEASE).await;
+    assert_eq!(
+        (c_running.job.id.as_str(), c_retrying.job.id.as_str()),
+        (&running[..], &retrying[..])
+    );
+    s.job_finish(&retrying, c_retrying.fence, retry(now + 50_000))
+        .await
+        .unwrap();
+    let m = s.job_maintain(now + 20_000).await.unwrap();
+    assert_eq!(
+        m,
+        Maintenance {
+            expired: 3,
+            ..Default::default()
+        }
+    );
+    for id in [&running, &retrying, &queued] {
+        let job = get(s, &t.id, id).await;
+        assert_eq!(job.status, JobStatus::Failed, "{id}");
+        assert_eq!(job.error_code.as_deref(), Some("JOB_TIMEOUT"), "{id}");
+        assert_eq!(job.finished_at, Some(now + 20_000));
+        let last = s.job_events(id).await.unwrap().pop().unwrap();
+        assert_eq!(last.status, JobStatus::Failed);
+        assert_eq!(last.error_code.as_deref(), Some("JOB_TIMEOUT"));
+    }
+    assert_eq!(get(s, &t.id, &later).await.status, JobStatus::Queued);
+    // The running attempt's fence is dead: no late result, no heartbeat.
+    let late = s
+        .job_finish(&running, c_running.fence, succeeded(&["late"]))
+        .await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+    let hb = s.job_heartbeat(&running, c_running.fence, LONG_LEASE).await;
+    assert!(matches!(hb, Err(StoreError::LeaseLost)), "{hb:?}");
+    assert_eq!(
+        get(s, &t.id, &running).await.result_keys,
+        Vec::<String>::new()
+    );
+    // Only the job with time left is still claimable.
+    let next = claim(s, 5, LONG_LEASE).await;
+    let ids: Vec<&str> = next.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(ids, vec![&later[..]]);
+}
+
+// ---- queue position, next run, idempotency purge, reset ----
+
+async fn queue_position_counts_waiting_jobs_ahead(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 100).await;
+    let other = tenant(s, "B", 100).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let t = if i % 2 == 0 { &a } else { &other };
+        ids.push((t.id.clone(), submit(s, new_job(&t.id)).await));
+    }
+    for (expected, (tenant_id, id)) in ids.iter().enumerate() {
+        let job = get(s, tenant_id, id).await;
+        assert_eq!(s.job_queue_position(&job).await.unwrap(), expected as u64);
+    }
+    // Claiming and canceling jobs ahead moves the last one up.
+    let claimed = claim(s, 2, LONG_LEASE).await;
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(
+        s.job_cancel(&ids[2].0, &ids[2].1).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    let (tenant_id, last) = &ids[4];
+    let job = get(s, tenant_id, last).await;
+    assert_eq!(s.job_queue_position(&job).await.unwrap(), 1);
+}
+
+async fn next_run_at_is_the_earliest_waiting_job(b: Bundle) {
+    let s = b.store.as_ref();
+    assert_eq!(s.job_next_run_at().await.unwrap(), None);
+    let t = tenant(s, "A", 5).await;
+    // Both in the past, so both are claimable at once.
+    let first_at = now_millis() - 10;
+    let mut first = new_job(&t.id);
+    first.created_at = first_at;
+    submit(s, first).await;
+    let mut second = new_job(&t.id);
+    second.created_at = first_at + 5;
+    submit(s, second).await;
+    assert_eq!(s.job_next_run_at().await.unwrap(), Some(first_at));
+    let c = claim_one(s, LONG_LEASE).await;
+    assert_eq!(s.job_next_run_at().await.unwrap(), Some(first_at + 5));
+    let c2 = claim_one(s, LONG_LEASE).await;
+    assert_eq!(s.job_next_run_at().await.unwrap(), None, "nothing waits");
+    let run_at = now_millis() + 60_000;
+    s.job_finish(&c.job.id, c.fence, retry(run_at))
+        .await
+        .unwrap();
+    s.job_finish(&c2.job.id, c2.fence, retry(run_at + 10))
+        .await
+        .unwrap();
+    assert_eq!(s.job_next_run_at().await.unwrap(), Some(run_at));
+}
+
+async fn idempotency_purge_forgets_old_keys(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let now = now_millis();
+    let keyed = |key: &str, created_at: Millis| {
+        let mut job = new_job(&t.id);
+        job.created_at = created_at;
+        job.idempotency = Some(IdempotencyClaim {
+            key: key.into(),
+            request_hash: "h".into(),
+        });
+        job
+    };
+    let old = submit(s, keyed("old", now - 2 * HOUR)).await;
+    let fresh = submit(s, keyed("fresh", now)).await;
+    assert_eq!(s.idempotency_purge(now - HOUR).await.unwrap(), 1);
+    assert_eq!(s.idempotency_purge(now - HOUR).await.unwrap(), 0);
+    // The purged key makes a new job; the kept one still replays.
+    let reborn = submit(s, keyed("old", now)).await;
+    assert_ne!(reborn, old);
+    assert_eq!(
+        s.job_submit(keyed("fresh", now)).await.unwrap(),
+        SubmitOutcome::Replayed {
+            job_id: fresh,
+            status: JobStatus::Queued
+        }
+    );
+    // Purging forgets keys, never jobs.
+    assert_eq!(get(s, &t.id, &old).await.status, JobStatus::Queued);
+}
+
+async fn reset_deletes_everything(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let key = api_key("img_reset_me");
+    s.api_key_add(&t.id, key.clone()).await.unwrap();
+    s.provider_key_add(NewProviderKey {
+        id: "pk_1".into(),
+        provider: "gemini".into(),
+        secret_sealed: vec![9; 16],
+        fingerprint: "sha256:1".into(),
+        rpm_limit: 1,
+        concurrency_limit: 1,
+        endpoint: None,
+        priority: 0,
+        project: None,
+    })
+    .await
+    .unwrap();
+    let id = submit(s, new_job(&t.id)).await;
+    submit(s, new_job(&t.id)).await;
+    claim_one(s, LONG_LEASE).await;
+    s.reset().await.unwrap();
+    assert!(s.tenant_list().await.unwrap().is_empty());
+    assert!(s.provider_key_list().await.unwrap().is_empty());
+    assert!(s.api_key_find(&key.key_hash).await.unwrap().is_none());
+    assert_eq!(s.job_get(&t.id, &id).await.unwrap(), None);
+    assert!(s.job_events(&id).await.unwrap().is_empty());
+    assert_eq!(s.job_next_run_at().await.unwrap(), None);
+    assert!(claim(s, 10, LONG_LEASE).await.is_empty());
+    // The store works as new afterwards, the same key included.
+    let t2 = tenant(s, "B", 5).await;
+    s.api_key_add(&t2.id, key.clone()).await.unwrap();
+    let id2 = submit(s, new_job(&t2.id)).await;
+    assert_eq!(claim_one(s, LONG_LEASE).await.job.id, id2);
+}
+
+// ---- one test per (backend, scenario) ----
+
+/// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
+/// each on a fresh bundle from `factory` (an `async fn() -> Option<Bundle>`; `None` skips).
+macro_rules! suite {
+    ($backend:ident, $factory:path) => {
+        suite!(@module $backend, $factory;
+            tenant_create_and_list,
+            api_key_find_by_hash,
+            duplicate_key_hash_is_a_conflict,
+            provider_keys_add_and_list,
+            submit_creates_queued_job_and_one_event,
+            idempotency_replays_refuses_and_is_per_tenant,
+            job_get_is_scoped_by_tenant,
+            list_newest_first_with_filter_and_paging,
+            cancel_outcomes,
+            claim_bumps_attempt_and_fence_and_sets_lease,
+            claim_max_zero_claims_nothing,
+            concurrent_claimers_never_share_a_job,
+            claim_is_fair_across_tenants,
+            claim_respects_tenant_concurrency,
+            claim_finds_runnable_work_behind_many_blocked_tenants,
+            heartbeat_extends_lease_and_detects_a_stale_fence,
+            finish_with_a_stale_fence_writes_nothing,
+            finish_succeeded_sets_results,
+            finish_failed_sets_the_error,
+            finish_retry_waits_until_run_at,
+            release_puts_the_job_back,
+            maintain_rescues_an_expired_lease,
+            maintain_fails_an_expired_lease_out_of_attempts,
+            maintain_applies_cancel_after,
+            maintain_fails_jobs_past_their_deadline,
+            queue_position_counts_waiting_jobs_ahead,
+            next_run_at_is_the_earliest_waiting_job,
+            idempotency_purge_forgets_old_keys,
+            reset_deletes_everything,
+        );
+    };
+    (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(bundle) = $factory().await else {
+                        eprintln!("{} skipped: backend not configured", stringify!($backend));
+                        return;
+                    };
+                    super::$name(bundle).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(sqlite, crate::Bundle::sqlite);
+
+// PostgreSQL, once `easel::store::postgres::PgStore` exists: add this factory to `Bundle`
+// and the `suite!` line below it. Each call must hand out an empty schema of its own.
+//
+//     async fn postgres() -> Option<Bundle> {
+//         let url = std::env::var("EASEL_TEST_PG_URL").ok().filter(|u| !u.is_empty())?;
+//         let schema = format!("easel_test_{}", ulid());
+//         let store = PgStore::connect_with_schema(&url, &schema).await.expect("connect");
+//         Some(Bundle { store: Arc::new(store), _dir: None })
+//     }
+//
+// suite!(postgres, crate::Bundle::postgres);
