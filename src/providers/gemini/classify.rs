@@ -112,7 +112,10 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, body: &[u8]) -> P
         408 => retryable(codes::TIMEOUT),
         409 | 499 => retryable(codes::ABORTED),
         500..=599 => retryable(codes::UNAVAILABLE),
-        300..=399 => final_(codes::REDIRECT),
+        300..=399 => ProviderError::Final {
+            code: codes::REDIRECT.into(),
+            message: format!("{message} (redirects are not followed: check the base URL)"),
+        },
         _ => final_(codes::REJECTED),
     }
 }
