@@ -228,10 +228,9 @@ async fn n_images_in_parallel_when_configured() {
         .set_fault(KEY, Fault::latency(Duration::from_millis(300)));
     let mut r = request(Mode::Draft);
     r.n = 4;
-    let started = Instant::now();
     let out = b.run(&r).await.expect("generate");
     assert_eq!(out.images.len(), 4);
-    assert!(started.elapsed() < Duration::from_millis(1000));
+    // All four were at the fake at once (one after another would never overlap).
     assert_eq!(b.fake.stats(KEY).max_in_flight, 4);
 }
 

@@ -280,7 +280,8 @@ pub fn validate(request: &GenerateRequest, config: &GeminiConfig) -> Result<(), 
         }
     }
     if let Some(image) = &request.input_image {
-        if !cap.image_to_image {
+        // Imagen's `predict` has no place for an input image, whatever the table says.
+        if !cap.image_to_image || is_imagen(model) {
             return Err(format!("{model} ({mode}) does not take an input image"));
         }
         if !INPUT_MIME_TYPES.contains(&image.mime.as_str()) {

@@ -89,6 +89,7 @@ impl GeminiProvider {
             let body = encode(&build_predict(request, cap))?;
             let reply = self.call(&url, &credential.secret, body).await?;
             let mut out = parse_off_thread(reply, classify::parse_predict).await?;
+            out.images.truncate(request.n.max(1) as usize);
             out.model_version.get_or_insert_with(|| model.to_owned());
             return Ok(out);
         }
