@@ -30,3 +30,4 @@ pub mod providers;
 pub mod server;
 pub mod storage;
 pub mod store;
+pub mod testing;

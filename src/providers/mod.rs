@@ -7,6 +7,7 @@
 //! request and at most one credential and returns images or a classified error; retries,
 //! key choice and bookkeeping happen in `jobs/`.
 
+pub mod gemini;
 pub mod local;
 
 use std::fmt;
