@@ -11,6 +11,7 @@ use crate::accounts::auth::Authenticator;
 use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
 use crate::config::Config;
+use crate::jobs::input_image::InputFetcher;
 use crate::limits::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::providers::Registry;
 use crate::storage::urls::UrlSigner;
@@ -28,6 +29,8 @@ pub struct App {
     pub auth: Authenticator,
     pub sealer: Sealer,
     pub limiter: Arc<dyn Limiter>,
+    /// Fetches `inputImageUrl`s with the SSRF rules.
+    pub inputs: Arc<InputFetcher>,
     /// Submits poke this so an idle worker in the same process claims at once.
     pub wake: Arc<Notify>,
 }
@@ -86,6 +89,8 @@ impl App {
         let sealer = Sealer::load(master_key.as_deref(), &config.data_dir)?;
         let providers = Registry::local_only(config.providers.local.clone());
         let limiter = open_limiter(&config).await?;
+        let inputs =
+            Arc::new(InputFetcher::new(config.inputs.clone()).map_err(anyhow::Error::msg)?);
         Ok(App {
             auth: Authenticator::new(store.clone()),
             config: Arc::new(config),
@@ -95,6 +100,7 @@ impl App {
             providers,
             sealer,
             limiter,
+            inputs,
             wake: Arc::new(Notify::new()),
         })
     }

@@ -45,6 +45,8 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub auth: AuthConfig,
     pub redis: RedisConfig,
+    /// Fetching of `inputImageUrl` (size, timeout, SSRF allow-list).
+    pub inputs: crate::jobs::input_image::InputImageConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +138,7 @@ pub struct ProvidersConfig {
     /// Provider used for new jobs. Default: `local` unless another provider is configured.
     pub default: Option<String>,
     pub local: LocalProviderConfig,
+    pub gemini: crate::providers::gemini::GeminiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +169,7 @@ impl Default for Config {
             providers: ProvidersConfig::default(),
             auth: AuthConfig::default(),
             redis: RedisConfig::default(),
+            inputs: Default::default(),
         }
     }
 }
@@ -327,6 +331,19 @@ impl Config {
                 });
             }
         }
+        self.providers
+            .gemini
+            .validate()
+            .map_err(|problem| ConfigError::Invalid {
+                key: "providers.gemini",
+                problem,
+            })?;
+        crate::jobs::input_image::InputFetcher::new(self.inputs.clone()).map_err(|problem| {
+            ConfigError::Invalid {
+                key: "inputs.allow_networks",
+                problem,
+            }
+        })?;
         Ok(())
     }
 

@@ -29,13 +29,7 @@ impl Roles {
 pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: CancellationToken) {
     let mut tasks = JoinSet::new();
     if roles.worker {
-        let deps = WorkerDeps {
-            store: app.store.clone(),
-            objects: app.objects.clone(),
-            providers: app.providers.clone(),
-            config: app.config.worker.clone(),
-            wake: app.wake.clone(),
-        };
+        let deps = WorkerDeps::from_app(&app);
         tasks.spawn(Worker::new(deps).run(stop.clone()));
         tasks.spawn(maintenance::run(
             app.store.clone(),

@@ -243,10 +243,7 @@ async fn a_late_write_from_a_lost_lease_is_refused() {
     // ...and through the worker's own attempt path, which runs the job and then reports.
     let deps = WorkerDeps {
         store: store.clone(),
-        objects: app.objects.clone(),
-        providers: app.providers.clone(),
-        config: app.config.worker.clone(),
-        wake: app.wake.clone(),
+        ..WorkerDeps::from_app(&app)
     };
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -40,6 +40,12 @@ pub async fn submit(
     let idempotency_key =
         parse_idempotency_key(headers.get("idempotency-key").map(|v| v.as_bytes()))?;
     let cancel_after = parse_cancel_after(headers.get("cancel-after").map(|v| v.as_bytes()))?;
+    if let Some(url) = &request.input_image_url {
+        // What can be known without the network is refused now, not at run time.
+        app.inputs
+            .precheck(url)
+            .map_err(|e| ApiError::invalid(format!("inputImageUrl: {}", e.message)))?;
+    }
     let rate_headers = super::ratelimit::check_tenant(&app, &tenant).await?;
     let now = now_millis();
     let job = NewJob {

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::input_image::InputFetcher;
 use super::model::{now_millis, ClaimedJob, Finish};
 use super::retry::backoff;
 use crate::config::WorkerConfig;
@@ -25,8 +26,23 @@ pub struct WorkerDeps {
     pub objects: Arc<dyn ObjectStore>,
     pub providers: Registry,
     pub config: WorkerConfig,
+    pub inputs: Arc<InputFetcher>,
     /// Poked by submits in this process so an idle worker claims at once.
     pub wake: Arc<Notify>,
+}
+
+impl WorkerDeps {
+    /// The worker's share of the process's parts.
+    pub fn from_app(app: &crate::app::App) -> WorkerDeps {
+        WorkerDeps {
+            store: app.store.clone(),
+            objects: app.objects.clone(),
+            providers: app.providers.clone(),
+            config: app.config.worker.clone(),
+            inputs: app.inputs.clone(),
+            wake: app.wake.clone(),
+        }
+    }
 }
 
 pub struct Worker {
@@ -167,11 +183,24 @@ async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob) -> Finish {
             ),
         };
     };
+    let input_image = match &job.input_image_url {
+        None => None,
+        Some(url) => match deps.inputs.fetch(url).await {
+            Ok(image) => Some(image),
+            Err(e) if e.retryable => return retry_or_fail(deps, claimed, e.code, &e.message, None),
+            Err(e) => {
+                return Finish::Failed {
+                    error_code: e.code.to_owned(),
+                    error_message: e.message,
+                }
+            }
+        },
+    };
     let request = GenerateRequest {
         job_id: job.id.clone(),
         prompt: job.prompt.clone(),
         mode: job.mode,
-        input_image: None,
+        input_image,
         seed: job.params.seed,
         n: job.params.n.unwrap_or(1),
         aspect_ratio: job.params.aspect_ratio.clone(),

@@ -56,7 +56,16 @@ impl Provider for LocalProvider {
             Mode::Final => self.config.final_size,
         };
         let prompt = request.prompt.clone();
-        let seed = request.seed.unwrap_or(0);
+        // An input image steers the picture too, so image-to-image gives a different result.
+        let seed = match &request.input_image {
+            Some(input) => {
+                let digest = <sha2::Sha256 as sha2::Digest>::digest(&input.bytes);
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&digest[..8]);
+                request.seed.unwrap_or(0) ^ u64::from_le_bytes(first)
+            }
+            None => request.seed.unwrap_or(0),
+        };
         let n = request.n.max(1);
         // Rendering is CPU work: keep it off the async workers.
         let images = tokio::task::spawn_blocking(move || {
