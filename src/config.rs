@@ -155,6 +155,8 @@ pub struct LocalProviderConfig {
 pub struct AuthConfig {
     /// Origin name: `TEST_API_KEY`. Used as the default tenant's key on first start.
     pub test_api_key: Option<Secret>,
+    /// Bearer token for the admin API (`/admin/v1/...`); the admin API is off without it.
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for Config {

@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use super::keys::hash_key;
 use crate::store::{Store, StoreError, Tenant};
 
-const CACHE_TTL: Duration = Duration::from_secs(30);
+const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Past this many entries the cache is cleared rather than grown without bound.
 const CACHE_MAX: usize = 100_000;
 
@@ -53,6 +53,13 @@ impl Authenticator {
             cache.insert(hash, (record.tenant.clone(), Instant::now()));
         }
         Ok(Some(record.tenant))
+    }
+
+    /// Forgets cached entries of a tenant (its limits changed in this process).
+    pub fn forget_tenant(&self, tenant_id: &str) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.retain(|_, (tenant, _)| tenant.id != tenant_id);
+        }
     }
 
     fn cached(&self, hash: &[u8; 32]) -> Option<Tenant> {

@@ -4,6 +4,7 @@
 //! touch: SQL or upstream wire formats; handlers speak to the store and object store through
 //! their traits and report errors as [`crate::error::ApiError`].
 
+mod admin;
 mod extract;
 mod files;
 mod jobs;
@@ -32,6 +33,14 @@ pub fn router(app: App) -> Router {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/files/{*key}", get(files::get))
+        .route(
+            "/admin/v1/tenants",
+            get(admin::list_tenants).post(admin::create),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant_id}",
+            axum::routing::patch(admin::update),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

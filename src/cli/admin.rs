@@ -92,6 +92,30 @@ pub async fn create_tenant(
     Ok(())
 }
 
+pub async fn set_tenant_limits(
+    config: &Config,
+    tenant_id: &str,
+    rpm: u32,
+    concurrency: u32,
+) -> anyhow::Result<()> {
+    if rpm == 0 || concurrency == 0 {
+        bail!("RPM and CONCURRENCY must be at least 1");
+    }
+    let store = open_store(config)?;
+    let tenant = store
+        .tenant_update_limits(tenant_id, rpm, concurrency)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => anyhow::anyhow!("no tenant {tenant_id}"),
+            other => anyhow::anyhow!(other),
+        })?;
+    println!(
+        "tenant {} ({}): rpm={} concurrency={}",
+        tenant.name, tenant.id, tenant.rpm_limit, tenant.concurrency_limit
+    );
+    Ok(())
+}
+
 pub struct ProviderKeyArgs {
     pub provider: String,
     pub key: String,

@@ -74,6 +74,12 @@ pub enum Command {
         /// Jobs running at once.
         concurrency: Option<u32>,
     },
+    /// Change a tenant's limits at run time (running servers see it within seconds).
+    SetTenantLimits {
+        tenant_id: String,
+        rpm: u32,
+        concurrency: u32,
+    },
     /// Add an upstream provider key (stored encrypted).
     AddProviderKey {
         provider: String,
@@ -160,6 +166,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             rpm,
             concurrency,
         } => admin::create_tenant(&config, &name, rpm, concurrency).await,
+        Command::SetTenantLimits {
+            tenant_id,
+            rpm,
+            concurrency,
+        } => admin::set_tenant_limits(&config, &tenant_id, rpm, concurrency).await,
         Command::AddProviderKey {
             provider,
             key,

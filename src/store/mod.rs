@@ -123,6 +123,14 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a tenant together with its first API key.
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant>;
     async fn tenant_list(&self) -> StoreResult<Vec<Tenant>>;
+    async fn tenant_get(&self, tenant_id: &str) -> StoreResult<Option<Tenant>>;
+    /// Changes a tenant's limits; they apply to the next submit and the next claim.
+    async fn tenant_update_limits(
+        &self,
+        tenant_id: &str,
+        rpm_limit: u32,
+        concurrency_limit: u32,
+    ) -> StoreResult<Tenant>;
     /// Adds another API key to an existing tenant.
     async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()>;
     /// Finds the live key with this hash.

@@ -235,6 +235,22 @@ impl Store for SqliteStore {
         self.read(tenants::list).await
     }
 
+    async fn tenant_get(&self, tenant_id: &str) -> StoreResult<Option<Tenant>> {
+        let tenant_id = tenant_id.to_owned();
+        self.read(move |c| tenants::get(c, &tenant_id)).await
+    }
+
+    async fn tenant_update_limits(
+        &self,
+        tenant_id: &str,
+        rpm_limit: u32,
+        concurrency_limit: u32,
+    ) -> StoreResult<Tenant> {
+        let tenant_id = tenant_id.to_owned();
+        self.write(move |c| tenants::update_limits(c, &tenant_id, rpm_limit, concurrency_limit))
+            .await
+    }
+
     async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()> {
         let tenant_id = tenant_id.to_owned();
         self.write(move |c| tenants::api_key_add(c, &tenant_id, &key))

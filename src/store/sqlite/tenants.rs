@@ -50,6 +50,29 @@ pub fn list(conn: &Connection) -> StoreResult<Vec<Tenant>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+pub fn get(conn: &Connection, tenant_id: &str) -> StoreResult<Option<Tenant>> {
+    let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants t WHERE t.id = ?1");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([tenant_id], tenant_from_row)
+        .optional()?)
+}
+
+pub fn update_limits(
+    conn: &Connection,
+    tenant_id: &str,
+    rpm_limit: u32,
+    concurrency_limit: u32,
+) -> StoreResult<Tenant> {
+    let updated = conn
+        .prepare_cached("UPDATE tenants SET rpm_limit = ?2, concurrency_limit = ?3 WHERE id = ?1")?
+        .execute(params![tenant_id, rpm_limit, concurrency_limit])?;
+    if updated == 0 {
+        return Err(StoreError::NotFound);
+    }
+    get(conn, tenant_id)?.ok_or(StoreError::NotFound)
+}
+
 pub fn api_key_add(conn: &Connection, tenant_id: &str, key: &NewApiKey) -> StoreResult<()> {
     let inserted = conn
         .prepare_cached(

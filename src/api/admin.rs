@@ -1,0 +1,147 @@
+//! The admin API (`/admin/v1/...`): tenants and their limits, changed at run time. Off unless
+//! `auth.admin_token` is set; every call needs `Authorization: Bearer <admin token>`.
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use super::extract::JsonObject;
+use crate::accounts::keys::bearer;
+use crate::app::{create_tenant, App};
+use crate::error::{ApiError, ErrorCode};
+use crate::jobs::model::format_millis;
+use crate::store::{StoreError, Tenant};
+
+/// Proof that the caller holds the admin token.
+pub struct Admin;
+
+impl FromRequestParts<App> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let Some(expected) = &app.config.auth.admin_token else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "the admin API is not enabled (set auth.admin_token)",
+            ));
+        };
+        let presented = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .unwrap_or("");
+        if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::InvalidApiKey,
+                "invalid admin token",
+            ))
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TenantView {
+    id: String,
+    name: String,
+    rpm_limit: u32,
+    concurrency_limit: u32,
+    created_at: String,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        TenantView {
+            id: t.id,
+            name: t.name,
+            rpm_limit: t.rpm_limit,
+            concurrency_limit: t.concurrency_limit,
+            created_at: format_millis(t.created_at),
+        }
+    }
+}
+
+fn limit_field(body: &Map<String, Value>, field: &str) -> Result<Option<u32>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+            .map(|n| Some(n as u32))
+            .ok_or_else(|| ApiError::invalid(format!("{field} must be a positive integer"))),
+    }
+}
+
+pub async fn list_tenants(_: Admin, State(app): State<App>) -> Result<Response, ApiError> {
+    let tenants: Vec<TenantView> = app
+        .store
+        .tenant_list()
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(serde_json::json!({ "items": tenants })).into_response())
+}
+
+pub async fn create(
+    _: Admin,
+    State(app): State<App>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let name = match body.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+        _ => return Err(ApiError::invalid("name is required")),
+    };
+    let rpm = limit_field(&body, "rpmLimit")?.unwrap_or(app.config.limits.tenant_rpm);
+    let concurrency =
+        limit_field(&body, "concurrencyLimit")?.unwrap_or(app.config.limits.tenant_concurrency);
+    let created = create_tenant(app.store.as_ref(), &name, rpm, concurrency, None)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "tenant creation failed");
+            ApiError::new(ErrorCode::UnknownError, "tenant creation failed")
+        })?;
+    let body = serde_json::json!({
+        "tenant": TenantView::from(created.tenant),
+        "apiKey": created.api_key,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `PATCH /admin/v1/tenants/{id}` with `rpmLimit` and/or `concurrencyLimit`.
+pub async fn update(
+    _: Admin,
+    State(app): State<App>,
+    Path(tenant_id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let current = app
+        .store
+        .tenant_get(&tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such tenant"))?;
+    let rpm = limit_field(&body, "rpmLimit")?.unwrap_or(current.rpm_limit);
+    let concurrency = limit_field(&body, "concurrencyLimit")?.unwrap_or(current.concurrency_limit);
+    let updated = match app
+        .store
+        .tenant_update_limits(&tenant_id, rpm, concurrency)
+        .await
+    {
+        Ok(t) => t,
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such tenant"))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    app.auth.forget_tenant(&tenant_id);
+    Ok(Json(TenantView::from(updated)).into_response())
+}
