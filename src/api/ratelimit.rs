@@ -6,18 +6,17 @@ use axum::http::{HeaderName, HeaderValue};
 
 use crate::app::App;
 use crate::error::{ApiError, ErrorCode};
+use crate::jobs::gate::minute_quota;
 use crate::limits::{RateDecision, RateQuota};
 use crate::store::Tenant;
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// A tenant's submit quota: never more than `rpm` in any 60 s window, with a small burst
-/// (1/20 of a minute) so a client may send a few requests at once; the sustained rate stays
-/// within 95% of the allowance.
+/// A tenant's submit quota: never more than `rpm` in any 60 s window, with a small burst so a
+/// client may send a few requests at once (see [`minute_quota`]).
 pub fn tenant_quota(rpm: u32) -> RateQuota {
-    let burst = (rpm / 20).max(1);
-    RateQuota::capped(rpm, burst).unwrap_or(RateQuota::per_minute(rpm.max(1)))
+    minute_quota(rpm)
 }
 
 /// The headers a submit answer carries, allowed or not.

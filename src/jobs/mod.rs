@@ -4,6 +4,7 @@
 //! Owns: what happens to a job between submit and its terminal status. Must not touch: HTTP
 //! or SQL (it speaks to the store through the `Store` trait only).
 
+pub mod gate;
 pub mod input_image;
 pub mod maintenance;
 pub mod model;

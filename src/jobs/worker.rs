@@ -11,6 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::gate::{Capacity, Gate, GlobalTicket};
 use super::input_image::InputFetcher;
 use super::model::{now_millis, ClaimedJob, Finish};
 use super::retry::backoff;
@@ -27,6 +28,8 @@ pub struct WorkerDeps {
     pub providers: Registry,
     pub config: WorkerConfig,
     pub inputs: Arc<InputFetcher>,
+    /// Global concurrency and rate at execution.
+    pub gate: Gate,
     /// Poked by submits in this process so an idle worker claims at once.
     pub wake: Arc<Notify>,
 }
@@ -40,6 +43,7 @@ impl WorkerDeps {
             providers: app.providers.clone(),
             config: app.config.worker.clone(),
             inputs: app.inputs.clone(),
+            gate: Gate::new(app.limiter.clone(), &app.config.limits),
             wake: app.wake.clone(),
         }
     }
@@ -78,7 +82,18 @@ impl Worker {
                 _ = stop.cancelled() => break,
             };
             let free = slots.available_permits() as u32 + 1;
-            let claimed = match deps.store.job_claim(&self.id, free, lease).await {
+            let wanted = match deps.gate.capacity(free).await {
+                Capacity::Jobs(n) => n,
+                Capacity::WaitFor(wait) => {
+                    drop(first);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait.min(poll)) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            let claimed = match deps.store.job_claim(&self.id, wanted, lease).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!(error = %e, "claim failed; retrying after the poll interval");
@@ -126,21 +141,31 @@ impl Worker {
 pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: CancellationToken) {
     let job_id = claimed.job.id.clone();
     let fence = claimed.fence;
-    let lease_lost = CancellationToken::new();
-    let heartbeat = heartbeat_loop(deps, &job_id, fence, lease_lost.clone());
-    let attempt = attempt(deps, &claimed);
-    tokio::pin!(attempt);
-    tokio::pin!(heartbeat);
-    let finish = tokio::select! {
-        finish = &mut attempt => finish,
-        _ = &mut heartbeat => return, // lease lost: another worker owns the job now
-        _ = abort.cancelled() => {
-            if let Err(e) = deps.store.job_release(&job_id, fence).await {
-                tracing::warn!(job = %job_id, error = %e, "release failed; the rescuer will requeue it");
-            }
-            return;
+    // Admission: a global slot (and rate token). The claim was sized to what was free, so
+    // this waits only when another worker got there first.
+    let ticket = {
+        let admit = wait_for_admission(deps);
+        let heartbeat = heartbeat_loop(deps, &job_id, fence, None);
+        tokio::select! {
+            ticket = admit => ticket,
+            _ = heartbeat => return, // lease lost: another worker owns the job now
+            _ = abort.cancelled() => return release(deps, &job_id, fence).await,
         }
     };
+    let finish = {
+        let attempt = attempt(deps, &claimed);
+        let heartbeat = heartbeat_loop(deps, &job_id, fence, Some(&ticket));
+        tokio::select! {
+            finish = attempt => Some(finish),
+            _ = heartbeat => None,
+            _ = abort.cancelled() => {
+                release(deps, &job_id, fence).await;
+                None
+            }
+        }
+    };
+    deps.gate.release(ticket).await;
+    let Some(finish) = finish else { return };
     match deps.store.job_finish(&job_id, fence, finish).await {
         Ok(()) => {}
         Err(StoreError::LeaseLost) => {
@@ -152,8 +177,34 @@ pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: Cancella
     }
 }
 
-/// Extends the lease every `heartbeat_ms`; returns only when the lease is lost.
-async fn heartbeat_loop(deps: &WorkerDeps, job_id: &str, fence: i64, lost: CancellationToken) {
+async fn release(deps: &WorkerDeps, job_id: &str, fence: i64) {
+    if let Err(e) = deps.store.job_release(job_id, fence).await {
+        tracing::warn!(job = %job_id, error = %e, "release failed; the rescuer will requeue it");
+    }
+}
+
+async fn wait_for_admission(deps: &WorkerDeps) -> GlobalTicket {
+    let lease = Duration::from_millis(deps.config.lease_ms);
+    loop {
+        if let Some(ticket) = deps.gate.admit(lease).await {
+            return ticket;
+        }
+        let wait = match deps.gate.capacity(1).await {
+            Capacity::WaitFor(d) => d,
+            Capacity::Jobs(_) => Duration::from_millis(5),
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Extends the job's lease (and the ticket's permits) every `heartbeat_ms`; returns only
+/// when the job's lease is lost.
+async fn heartbeat_loop(
+    deps: &WorkerDeps,
+    job_id: &str,
+    fence: i64,
+    ticket: Option<&GlobalTicket>,
+) {
     let every = Duration::from_millis(deps.config.heartbeat_ms);
     let lease = Duration::from_millis(deps.config.lease_ms);
     loop {
@@ -162,11 +213,13 @@ async fn heartbeat_loop(deps: &WorkerDeps, job_id: &str, fence: i64, lost: Cance
             Ok(_) => {}
             Err(StoreError::LeaseLost) => {
                 tracing::warn!(job = %job_id, fence, "lease lost; abandoning the attempt");
-                lost.cancel();
                 return;
             }
             // A store hiccup: try again next beat; the lease has slack for that.
             Err(e) => tracing::warn!(job = %job_id, error = %e, "heartbeat failed"),
+        }
+        if let Some(ticket) = ticket {
+            deps.gate.renew(ticket, lease).await;
         }
     }
 }
