@@ -68,6 +68,9 @@ fn rss_kb() -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("limiter") {
+        return limiter_bench(&argv[2..]);
+    }
     if argv.get(1).map(String::as_str) == Some("stats") {
         let path = argv
             .get(2)
@@ -196,6 +199,60 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// `easel-bench limiter [--redis URL] [--seconds S] [--concurrency C]`: GCRA decisions per
+/// second through the `Limiter` trait over 10,000 keys (T = 10 ms, burst 20, as the anchor's
+/// bare Lua script), from C concurrent tasks on 2 runtime threads.
+fn limiter_bench(args: &[String]) -> anyhow::Result<()> {
+    use easel::limits::{Limiter, MemoryLimiter, RateQuota, RedisLimiter};
+    let mut redis = None;
+    let (mut seconds, mut concurrency) = (5u64, 50usize);
+    for pair in args.chunks(2) {
+        let value = pair.get(1).cloned().unwrap_or_default();
+        match pair[0].as_str() {
+            "--redis" => redis = Some(value),
+            "--seconds" => seconds = value.parse()?,
+            "--concurrency" => concurrency = value.parse()?,
+            other => anyhow::bail!("unknown option {other}"),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let limiter: Arc<dyn Limiter> = match &redis {
+            Some(url) => Arc::new(RedisLimiter::connect(url, format!("bench{}:", std::process::id())).await?),
+            None => Arc::new(MemoryLimiter::new()),
+        };
+        let quota = RateQuota::with_burst(6000, 20); // T = 10 ms, burst 20
+        let stop_at = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..concurrency {
+            let limiter = limiter.clone();
+            tasks.spawn(async move {
+                let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+                let mut key = worker as u64 * 7919;
+                while Instant::now() < stop_at {
+                    key = (key * 6364136223846793005 + 1442695040888963407) % 10_000;
+                    let started = Instant::now();
+                    let _ = limiter.rate_acquire(&format!("rl:{key}"), quota, 1).await;
+                    let _ = hist.record(started.elapsed().as_nanos() as u64);
+                }
+                hist
+            });
+        }
+        let mut all = hdrhistogram::Histogram::<u64>::new(3)?;
+        while let Some(h) = tasks.join_next().await {
+            all.add(h?)?;
+        }
+        println!(
+            "RESULT limiter={} decisions_per_s={:.0} p50_us={:.1} p99_us={:.1}",
+            if redis.is_some() { "redis" } else { "memory" },
+            all.len() as f64 / seconds as f64,
+            all.value_at_quantile(0.5) as f64 / 1000.0,
+            all.value_at_quantile(0.99) as f64 / 1000.0
+        );
+        anyhow::Ok(())
+    })
 }
 
 /// Reports on a database another process filled.
