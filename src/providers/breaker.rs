@@ -151,7 +151,11 @@ impl Breaker {
     /// Outcomes and failures in the window at `now` (closed breakers only; 0 otherwise).
     pub fn window_counts(&self, now: u64) -> (u32, u32) {
         let (mut total, mut failed) = (0, 0);
-        for &(_, fail) in self.outcomes.iter().filter(|(at, _)| self.in_window(*at, now)) {
+        for &(_, fail) in self
+            .outcomes
+            .iter()
+            .filter(|(at, _)| self.in_window(*at, now))
+        {
             total += 1;
             failed += u32::from(fail);
         }
