@@ -846,6 +846,40 @@ async fn snapshot_shows_in_flight_from_the_limiter() {
     assert!(f.acquire().await.is_some());
 }
 
+#[tokio::test]
+async fn renew_keeps_a_long_call_counted_and_its_probe_slot() {
+    let f = fixture(&[spec("k").concurrency(1)]).await;
+    let short = Duration::from_secs(10);
+    let lease = f.pool.acquire(GEMINI, short).await.unwrap().expect("lease");
+    f.advance(Duration::from_secs(8));
+    assert!(f.pool.renew(&lease, short).await.unwrap());
+    f.advance(Duration::from_secs(8));
+    assert_eq!(f.status("k").await.in_flight, 1);
+    assert!(f.acquire().await.is_none(), "still held");
+    f.advance(Duration::from_secs(2));
+    assert_eq!(f.status("k").await.in_flight, 0);
+    assert!(!f.pool.renew(&lease, short).await.unwrap(), "expired");
+    f.report(lease, Outcome::Success).await;
+
+    // A renewed probe keeps the half-open slot past its first lease.
+    // (Nine failures and the success above make ten outcomes at 90 %: open.)
+    for _ in 0..9 {
+        f.advance(Duration::from_millis(10));
+        let lease = f.acquire().await.expect("lease");
+        f.report(lease, failure()).await;
+    }
+    assert_eq!(f.status("k").await.breaker, BreakerState::Open);
+    f.advance(Duration::from_secs(30));
+    let probe = f.pool.acquire(GEMINI, short).await.unwrap().expect("probe");
+    assert!(probe.is_probe());
+    f.advance(Duration::from_secs(8));
+    assert!(f.pool.renew(&probe, short).await.unwrap());
+    f.advance(Duration::from_secs(8));
+    assert!(f.acquire().await.is_none(), "the probe is still out");
+    f.report(probe, Outcome::Success).await;
+    assert_eq!(f.status("k").await.breaker, BreakerState::Closed);
+}
+
 // ---- with the real provider against the fake Gemini upstream ----
 
 #[tokio::test]
