@@ -656,6 +656,21 @@ async fn the_scheduled_probe_re_enables_only_keys_the_pool_disabled() {
     }
     f.pool.disable("by_hand").await.expect("disable");
     assert_eq!(f.pool.enabled_keys(GEMINI), 0);
+    // An operator's disable through the store (another process: the CLI) reaches the pool at
+    // its next reload, and counts as an operator's even after upstream errors on the key.
+    add_keys(f.store.as_ref(), &f.sealer, &[spec("cli_off")]).await;
+    f.pool.load().await.expect("reload");
+    f.advance(Duration::from_millis(10));
+    let lease = f.acquire().await.expect("lease");
+    assert_eq!(lease.key_id, "cli_off");
+    f.report(lease, failure()).await;
+    f.store
+        .provider_key_set_enabled("cli_off", false, None)
+        .await
+        .expect("disable in the store");
+    f.pool.load().await.expect("reload");
+    assert!(!f.status("cli_off").await.enabled);
+    assert_eq!(f.pool.enabled_keys(GEMINI), 0);
 
     let probed = std::sync::Mutex::new(Vec::new());
     let reports = f

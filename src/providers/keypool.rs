@@ -653,7 +653,10 @@ impl KeyPool {
                     if entry.key.enabled && !was_enabled {
                         entry.revive();
                     } else if !entry.key.enabled {
-                        entry.last_error = stored_error.or(entry.last_error.take());
+                        // For a disabled key the stored reason is the truth: none means an
+                        // operator disabled it, and the scheduled probe must leave it alone
+                        // even if this process saw upstream errors on it before.
+                        entry.last_error = stored_error;
                     }
                     entry
                 }
