@@ -273,6 +273,43 @@ async fn provider_keys_add_and_list(b: Bundle) {
     assert_eq!(s.provider_key_list().await.unwrap().len(), 3);
 }
 
+async fn provider_key_set_enabled_records_why(b: Bundle) {
+    let s = b.store.as_ref();
+    let record = s
+        .provider_key_add(NewProviderKey {
+            id: format!("pk_{}", ulid()),
+            provider: "gemini".into(),
+            secret_sealed: vec![7; 16],
+            fingerprint: "sha256:state".into(),
+            rpm_limit: 60,
+            concurrency_limit: 2,
+            endpoint: None,
+            priority: 0,
+            project: None,
+        })
+        .await
+        .unwrap();
+    assert!(record.enabled);
+    assert_eq!(record.last_error, None);
+    s.provider_key_set_enabled(&record.id, false, Some("403 PERMISSION_DENIED"))
+        .await
+        .unwrap();
+    let listed = s.provider_key_list().await.unwrap();
+    assert!(!listed[0].enabled);
+    assert_eq!(
+        listed[0].last_error.as_deref(),
+        Some("403 PERMISSION_DENIED")
+    );
+    s.provider_key_set_enabled(&record.id, true, None)
+        .await
+        .unwrap();
+    let listed = s.provider_key_list().await.unwrap();
+    assert!(listed[0].enabled);
+    assert_eq!(listed[0].last_error, None);
+    let missing = s.provider_key_set_enabled("pk_missing", false, None).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+}
+
 // ---- submit, read, list, cancel ----
 
 async fn submit_creates_queued_job_and_one_event(b: Bundle) {
@@ -1150,6 +1187,7 @@ macro_rules! suite {
             api_key_find_by_hash,
             duplicate_key_hash_is_a_conflict,
             provider_keys_add_and_list,
+            provider_key_set_enabled_records_why,
             submit_creates_queued_job_and_one_event,
             idempotency_replays_refuses_and_is_per_tenant,
             job_get_is_scoped_by_tenant,

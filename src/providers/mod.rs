@@ -4,10 +4,17 @@
 //! `local` renderer), their declared capabilities, and the classification of every upstream
 //! failure into [`ProviderError`] (retryable, final, key rejected, content blocked).
 //! Must not touch: the store, job state, limits or key selection. A provider is handed one
-//! request and at most one credential and returns images or a classified error; retries,
-//! key choice and bookkeeping happen in `jobs/`.
+//! request and at most one credential and returns images or a classified error; retries and
+//! bookkeeping happen in `jobs/`.
+//!
+//! The one exception sits beside the providers rather than in them: [`keypool`] (with its
+//! per-key [`breaker`]) owns the upstream keys, picks one per call through the limiter and
+//! turns each classified error into key health. Providers never see the pool; the worker asks
+//! the pool for a key and hands the provider only the credential.
 
+pub mod breaker;
 pub mod gemini;
+pub mod keypool;
 pub mod local;
 
 use std::fmt;

@@ -95,6 +95,9 @@ pub struct ProviderKeyRecord {
     pub priority: i32,
     pub project: Option<String>,
     pub enabled: bool,
+    /// Why the key pool disabled the key (the upstream rejected it); `None` while enabled or
+    /// when an operator disabled it.
+    pub last_error: Option<String>,
     pub created_at: Millis,
 }
 
@@ -138,6 +141,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn provider_key_add(&self, key: NewProviderKey) -> StoreResult<ProviderKeyRecord>;
     async fn provider_key_list(&self) -> StoreResult<Vec<ProviderKeyRecord>>;
+    /// Enables or disables a key and records why (`last_error`, replaced every time: `None`
+    /// clears it). `NotFound` if there is no such key.
+    async fn provider_key_set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        last_error: Option<&str>,
+    ) -> StoreResult<()>;
 
     /// One transaction: idempotency record (if any), job row (QUEUED) and its first event.
     async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome>;

@@ -28,7 +28,12 @@ use crate::jobs::model::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
 };
 
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_init.sql")];
+/// Applied in order; `PRAGMA user_version` counts those already applied. Never edit a shipped
+/// file: add the next one.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../../migrations/sqlite/0002_provider_key_state.sql"),
+];
 
 /// Writes gathered into one transaction at most.
 const MAX_GROUP: usize = 512;
@@ -270,6 +275,20 @@ impl Store for SqliteStore {
 
     async fn provider_key_list(&self) -> StoreResult<Vec<ProviderKeyRecord>> {
         self.read(tenants::provider_key_list).await
+    }
+
+    async fn provider_key_set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        last_error: Option<&str>,
+    ) -> StoreResult<()> {
+        let id = id.to_owned();
+        let last_error = last_error.map(str::to_owned);
+        self.write(move |c| {
+            tenants::provider_key_set_enabled(c, &id, enabled, last_error.as_deref())
+        })
+        .await
     }
 
     async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome> {

@@ -111,7 +111,7 @@ pub fn api_key_find(conn: &Connection, key_hash: &[u8; 32]) -> StoreResult<Optio
 }
 
 const PROVIDER_KEY_COLUMNS: &str = "id, provider, secret_sealed, fingerprint, rpm_limit, \
-     concurrency_limit, endpoint, priority, project, enabled, created_at";
+     concurrency_limit, endpoint, priority, project, enabled, created_at, last_error";
 
 fn provider_key_from_row(row: &Row<'_>) -> rusqlite::Result<ProviderKeyRecord> {
     Ok(ProviderKeyRecord {
@@ -126,6 +126,7 @@ fn provider_key_from_row(row: &Row<'_>) -> rusqlite::Result<ProviderKeyRecord> {
         project: row.get(8)?,
         enabled: row.get(9)?,
         created_at: row.get(10)?,
+        last_error: row.get(11)?,
     })
 }
 
@@ -160,4 +161,19 @@ pub fn provider_key_list(conn: &Connection) -> StoreResult<Vec<ProviderKeyRecord
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([], provider_key_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn provider_key_set_enabled(
+    conn: &Connection,
+    id: &str,
+    enabled: bool,
+    last_error: Option<&str>,
+) -> StoreResult<()> {
+    let changed = conn
+        .prepare_cached("UPDATE provider_keys SET enabled = ?2, last_error = ?3 WHERE id = ?1")?
+        .execute(params![id, enabled, last_error])?;
+    if changed == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
 }
