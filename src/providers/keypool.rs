@@ -693,6 +693,30 @@ impl KeyPool {
             .count()
     }
 
+    /// How many more calls this process could start on `provider`'s usable keys, counting
+    /// only its own leases: an upper bound the worker uses to size its claims, so jobs wait in
+    /// the queue rather than holding a claim while no key is free. `acquire` decides for real.
+    pub fn free_slots(&self, provider: &str) -> u32 {
+        let now = self.clock.now_micros();
+        let mut inner = self.lock();
+        let ids: Vec<String> = inner
+            .keys
+            .values()
+            .filter(|e| e.key.provider == provider)
+            .map(|e| e.key.id.clone())
+            .collect();
+        let mut free = 0u32;
+        for id in ids {
+            let usable = inner.keys.get(&id).is_some_and(|e| inner.usable(e, now));
+            if let Some(entry) = inner.keys.get_mut(&id) {
+                if usable {
+                    free = free.saturating_add(entry.key.concurrency.saturating_sub(entry.in_flight(now)));
+                }
+            }
+        }
+        free
+    }
+
     /// A copy of one key, secret included (for a `test-provider-key` command); `None` if the
     /// pool does not hold it.
     pub fn key(&self, key_id: &str) -> Option<PoolKey> {
