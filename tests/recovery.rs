@@ -247,6 +247,7 @@ async fn a_late_write_from_a_lost_lease_is_refused() {
         providers: app.providers.clone(),
         config: app.config.worker.clone(),
         wake: app.wake.clone(),
+        events: app.events.clone(),
     };
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::model::{now_millis, ClaimedJob, Finish};
 use super::retry::backoff;
 use crate::config::WorkerConfig;
+use crate::events::{Change, EventBus};
 use crate::providers::{GenerateRequest, ProviderError, Registry};
 use crate::storage::ObjectStore;
 use crate::store::{Store, StoreError};
@@ -27,6 +28,8 @@ pub struct WorkerDeps {
     pub config: WorkerConfig,
     /// Poked by submits in this process so an idle worker claims at once.
     pub wake: Arc<Notify>,
+    /// Told of every status change this worker commits.
+    pub events: Arc<dyn EventBus>,
 }
 
 pub struct Worker {
@@ -78,6 +81,10 @@ impl Worker {
                 }
                 continue;
             }
+            for c in &claimed {
+                deps.events
+                    .publish(Change::job(&c.job.tenant_id, &c.job.id));
+            }
             let mut first = Some(first);
             for job in claimed {
                 let permit = match first.take() {
@@ -110,6 +117,7 @@ impl Worker {
 pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: CancellationToken) {
     let job_id = claimed.job.id.clone();
     let fence = claimed.fence;
+    let changed = Change::job(&claimed.job.tenant_id, &job_id);
     let lease_lost = CancellationToken::new();
     let heartbeat = heartbeat_loop(deps, &job_id, fence, lease_lost.clone());
     let attempt = attempt(deps, &claimed);
@@ -119,14 +127,15 @@ pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: Cancella
         finish = &mut attempt => finish,
         _ = &mut heartbeat => return, // lease lost: another worker owns the job now
         _ = abort.cancelled() => {
-            if let Err(e) = deps.store.job_release(&job_id, fence).await {
-                tracing::warn!(job = %job_id, error = %e, "release failed; the rescuer will requeue it");
+            match deps.store.job_release(&job_id, fence).await {
+                Ok(()) => deps.events.publish(changed),
+                Err(e) => tracing::warn!(job = %job_id, error = %e, "release failed; the rescuer will requeue it"),
             }
             return;
         }
     };
     match deps.store.job_finish(&job_id, fence, finish).await {
-        Ok(()) => {}
+        Ok(()) => deps.events.publish(changed),
         Err(StoreError::LeaseLost) => {
             tracing::warn!(job = %job_id, fence, "lease lost before the result was written; result dropped");
         }
