@@ -1,5 +1,5 @@
 //! The process's shared parts, built once from [`Config`]: store, object store, link signer,
-//! providers, authenticator and the wake-up signal between API and worker.
+//! providers, authenticator, the wake-up signal between API and worker, and the event bus.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use crate::accounts::auth::Authenticator;
 use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
 use crate::config::Config;
+use crate::events::{EventBus, LocalBus};
 use crate::jobs::input_image::InputFetcher;
 use crate::limits::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::providers::Registry;
@@ -33,6 +34,8 @@ pub struct App {
     pub inputs: Arc<InputFetcher>,
     /// Submits poke this so an idle worker in the same process claims at once.
     pub wake: Arc<Notify>,
+    /// Committed status changes are announced here; live event streams listen.
+    pub events: Arc<dyn EventBus>,
 }
 
 /// Opens the store named by the database URL.
@@ -102,6 +105,7 @@ impl App {
             limiter,
             inputs,
             wake: Arc::new(Notify::new()),
+            events: Arc::new(LocalBus::new()),
         })
     }
 }

@@ -14,6 +14,8 @@
 //!    FAILED. A worker whose lease was lost cannot write.
 //! 4. [`jobs::maintenance`] requeues jobs of dead workers, applies `Cancel-After` and deadlines.
 //! 5. Clients read the job through [`api`]; result links are signed by [`storage::urls`].
+//!    Every committed status change is announced on the [`events`] bus, and live SSE and
+//!    WebSocket streams re-read the job events table from their last event id.
 //!
 //! [`config`] loads settings, [`app`] builds the shared parts, [`server`] runs the roles of a
 //! process and [`cli`] is the `easel` command line.
@@ -24,6 +26,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod jobs;
 pub mod limits;
 pub mod providers;

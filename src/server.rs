@@ -36,15 +36,21 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
             Duration::from_millis(app.config.worker.maintenance_ms),
             Duration::from_secs(app.config.server.idempotency_ttl_hours * 3600),
             app.wake.clone(),
+            app.events.clone(),
             stop.clone(),
         ));
     }
     if let (true, Some(listener)) = (roles.api, listener) {
         let router = crate::api::router(app.clone());
         let shutdown = stop.clone();
+        let events = app.events.clone();
         tasks.spawn(async move {
             let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .with_graceful_shutdown(async move {
+                    shutdown.cancelled().await;
+                    // Live event streams never end by themselves; this closes them.
+                    events.close();
+                })
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");

@@ -1176,6 +1176,72 @@ async fn reset_deletes_everything(b: Bundle) {
     assert_eq!(claim_one(s, LONG_LEASE).await.job.id, id2);
 }
 
+// ---- job events after a cursor (live streams) ----
+
+async fn events_after_pages_in_id_order_per_tenant_and_job(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 5).await;
+    let other = tenant(s, "B", 5).await;
+    assert_eq!(s.job_events_last_id(&a.id).await.unwrap(), 0);
+    assert!(s
+        .job_events_after(&a.id, None, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let a1 = submit(s, new_job(&a.id)).await;
+    let b1 = submit(s, new_job(&other.id)).await;
+    let a2 = submit(s, new_job(&a.id)).await;
+    let claimed = claim(s, 10, LONG_LEASE).await;
+    for c in &claimed {
+        s.job_finish(&c.job.id, c.fence, succeeded(&["k.png"]))
+            .await
+            .unwrap();
+    }
+    let all = s.job_events_after(&a.id, None, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(all.iter().all(|e| e.tenant_id == a.id));
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "{all:?}");
+    assert_eq!(
+        s.job_events_last_id(&a.id).await.unwrap(),
+        all.last().unwrap().id
+    );
+    // Paging by the last id seen walks the same list, each event once.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.job_events_after(&a.id, None, after, 4).await.unwrap();
+        assert!(page.len() <= 4);
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    // One job: only its events, after the cursor.
+    let job = s.job_events_after(&a.id, Some(&a2), 0, 100).await.unwrap();
+    assert_eq!(job, s.job_events(&a2).await.unwrap());
+    assert_eq!(
+        job.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [JobStatus::Queued, JobStatus::Running, JobStatus::Succeeded]
+    );
+    let rest = s
+        .job_events_after(&a.id, Some(&a2), job[0].id, 100)
+        .await
+        .unwrap();
+    assert_eq!(rest, job[1..]);
+    // Another tenant's job is not visible through this tenant.
+    assert!(s
+        .job_events_after(&a.id, Some(&b1), 0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!s
+        .job_events_after(&other.id, Some(&b1), 0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(all.iter().any(|e| e.job_id == a1));
+}
+
 // ---- one test per (backend, scenario) ----
 
 /// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
@@ -1213,6 +1279,7 @@ macro_rules! suite {
             next_run_at_is_the_earliest_waiting_job,
             idempotency_purge_forgets_old_keys,
             reset_deletes_everything,
+            events_after_pages_in_id_order_per_tenant_and_job,
         );
     };
     (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {

@@ -13,6 +13,7 @@ use super::extract::{AuthTenant, JobId, JsonObject};
 use super::submit::{parse_body, parse_cancel_after, parse_idempotency_key};
 use crate::app::App;
 use crate::error::{ApiError, ErrorCode};
+use crate::events::Change;
 use crate::jobs::model::{
     format_millis, new_job_id, now_millis, IdempotencyClaim, Job, JobListQuery, JobStatus, NewJob,
     SubmitOutcome,
@@ -68,6 +69,7 @@ pub async fn submit(
     let mut response = match app.store.job_submit(job).await? {
         SubmitOutcome::Created { job_id } => {
             app.wake.notify_one();
+            app.events.publish(Change::job(&tenant.id, &job_id));
             let body = Accepted {
                 job_id: &job_id,
                 status: JobStatus::Queued,
@@ -124,7 +126,7 @@ struct JobView {
     cancel_at: Option<String>,
 }
 
-fn result_urls(app: &App, job: &Job) -> Vec<String> {
+pub(super) fn result_urls(app: &App, job: &Job) -> Vec<String> {
     let now_secs = now_millis() / 1000;
     job.result_keys
         .iter()
@@ -285,11 +287,14 @@ pub async fn cancel(
     JobId(job_id): JobId,
 ) -> Result<Response, ApiError> {
     match app.store.job_cancel(&tenant.id, &job_id).await? {
-        CancelOutcome::Canceled => Ok(Json(Accepted {
-            job_id: &job_id,
-            status: JobStatus::Canceled,
-        })
-        .into_response()),
+        CancelOutcome::Canceled => {
+            app.events.publish(Change::job(&tenant.id, &job_id));
+            Ok(Json(Accepted {
+                job_id: &job_id,
+                status: JobStatus::Canceled,
+            })
+            .into_response())
+        }
         CancelOutcome::InvalidState(status) => Err(ApiError::new(
             ErrorCode::InvalidState,
             format!("a {status} job cannot be canceled; only QUEUED or RETRYING jobs can"),

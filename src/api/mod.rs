@@ -5,6 +5,8 @@
 //! their traits and report errors as [`crate::error::ApiError`].
 
 mod admin;
+mod events;
+mod events_ws;
 mod extract;
 mod files;
 mod jobs;
@@ -32,6 +34,9 @@ pub fn router(app: App) -> Router {
         .route("/v1/images/generate", axum::routing::post(jobs::submit))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v1/jobs/{job_id}/events", get(events::job_stream))
+        .route("/v1/events", get(events::tenant_stream))
+        .route("/v1/events/ws", get(events_ws::socket))
         .route("/v1/files/{*key}", get(files::get))
         .route(
             "/admin/v1/tenants",

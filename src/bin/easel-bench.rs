@@ -217,10 +217,15 @@ fn limiter_bench(args: &[String]) -> anyhow::Result<()> {
             other => anyhow::bail!("unknown option {other}"),
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let limiter: Arc<dyn Limiter> = match &redis {
-            Some(url) => Arc::new(RedisLimiter::connect(url, format!("bench{}:", std::process::id())).await?),
+            Some(url) => {
+                Arc::new(RedisLimiter::connect(url, format!("bench{}:", std::process::id())).await?)
+            }
             None => Arc::new(MemoryLimiter::new()),
         };
         let quota = RateQuota::with_burst(6000, 20); // T = 10 ms, burst 20

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::model::now_millis;
+use crate::events::{Change, EventBus};
 use crate::store::Store;
 
 pub async fn run(
@@ -17,6 +18,7 @@ pub async fn run(
     every: Duration,
     idempotency_ttl: Duration,
     wake: Arc<Notify>,
+    events: Arc<dyn EventBus>,
     stop: CancellationToken,
 ) {
     let mut ticks: u64 = 0;
@@ -25,7 +27,11 @@ pub async fn run(
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        match store.job_maintain(now_millis()).await {
+        let maintained = store.job_maintain(now_millis()).await;
+        if matches!(&maintained, Ok(d) if d.rescued + d.canceled + d.expired > 0) {
+            events.publish(Change::anyone());
+        }
+        match maintained {
             Ok(done) if done.rescued > 0 => {
                 tracing::info!(
                     rescued = done.rescued,

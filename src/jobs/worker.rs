@@ -16,6 +16,7 @@ use super::input_image::InputFetcher;
 use super::model::{now_millis, ClaimedJob, Finish};
 use super::retry::backoff;
 use crate::config::WorkerConfig;
+use crate::events::{Change, EventBus};
 use crate::providers::{GenerateRequest, ProviderError, Registry};
 use crate::storage::ObjectStore;
 use crate::store::{Store, StoreError};
@@ -32,6 +33,8 @@ pub struct WorkerDeps {
     pub gate: Gate,
     /// Poked by submits in this process so an idle worker claims at once.
     pub wake: Arc<Notify>,
+    /// Told of every status change this worker commits.
+    pub events: Arc<dyn EventBus>,
 }
 
 impl WorkerDeps {
@@ -44,6 +47,7 @@ impl WorkerDeps {
             config: app.config.worker.clone(),
             inputs: app.inputs.clone(),
             gate: Gate::new(app.limiter.clone(), &app.config.limits),
+            events: app.events.clone(),
             wake: app.wake.clone(),
         }
     }
@@ -109,6 +113,10 @@ impl Worker {
                 }
                 continue;
             }
+            for c in &claimed {
+                deps.events
+                    .publish(Change::job(&c.job.tenant_id, &c.job.id));
+            }
             let mut first = Some(first);
             for job in claimed {
                 let permit = match first.take() {
@@ -149,7 +157,7 @@ pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: Cancella
         tokio::select! {
             ticket = admit => ticket,
             _ = heartbeat => return, // lease lost: another worker owns the job now
-            _ = abort.cancelled() => return release(deps, &job_id, fence).await,
+            _ = abort.cancelled() => return release(deps, &claimed, fence).await,
         }
     };
     let finish = {
@@ -159,7 +167,7 @@ pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: Cancella
             finish = attempt => Some(finish),
             _ = heartbeat => None,
             _ = abort.cancelled() => {
-                release(deps, &job_id, fence).await;
+                release(deps, &claimed, fence).await;
                 None
             }
         }
@@ -167,7 +175,9 @@ pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: Cancella
     deps.gate.release(ticket).await;
     let Some(finish) = finish else { return };
     match deps.store.job_finish(&job_id, fence, finish).await {
-        Ok(()) => {}
+        Ok(()) => deps
+            .events
+            .publish(Change::job(&claimed.job.tenant_id, &job_id)),
         Err(StoreError::LeaseLost) => {
             tracing::warn!(job = %job_id, fence, "lease lost before the result was written; result dropped");
         }
@@ -177,9 +187,13 @@ pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: Cancella
     }
 }
 
-async fn release(deps: &WorkerDeps, job_id: &str, fence: i64) {
-    if let Err(e) = deps.store.job_release(job_id, fence).await {
-        tracing::warn!(job = %job_id, error = %e, "release failed; the rescuer will requeue it");
+async fn release(deps: &WorkerDeps, claimed: &ClaimedJob, fence: i64) {
+    let job = &claimed.job;
+    match deps.store.job_release(&job.id, fence).await {
+        Ok(()) => deps.events.publish(Change::job(&job.tenant_id, &job.id)),
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "release failed; the rescuer will requeue it")
+        }
     }
 }
 

@@ -710,7 +710,8 @@ impl KeyPool {
             let usable = inner.keys.get(&id).is_some_and(|e| inner.usable(e, now));
             if let Some(entry) = inner.keys.get_mut(&id) {
                 if usable {
-                    free = free.saturating_add(entry.key.concurrency.saturating_sub(entry.in_flight(now)));
+                    free = free
+                        .saturating_add(entry.key.concurrency.saturating_sub(entry.in_flight(now)));
                 }
             }
         }

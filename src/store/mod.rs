@@ -159,6 +159,23 @@ pub trait Store: Send + Sync + 'static {
     async fn job_list(&self, query: JobListQuery) -> StoreResult<JobPage>;
     async fn job_cancel(&self, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome>;
     async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>>;
+    /// The tenant's events (or one of its jobs' events) with an id above `after_id`, in id
+    /// order, at most `limit`: how a live stream catches up and resumes.
+    ///
+    /// Contract: an event becomes visible here only after every event with a smaller id is
+    /// visible, so a reader that remembers the last id it saw never skips one. (SQLite gets
+    /// this from its single writer; a backend whose ids can commit out of order must hold
+    /// back rows above an uncommitted id.)
+    async fn job_events_after(
+        &self,
+        tenant_id: &str,
+        job_id: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<JobEvent>>;
+    /// The id of the tenant's newest event; 0 when it has none. A stream that starts "now"
+    /// starts after it.
+    async fn job_events_last_id(&self, tenant_id: &str) -> StoreResult<i64>;
 
     /// Claims up to `max` runnable jobs, round-robin over tenants under their concurrency
     /// limit. Each claim bumps the attempt and the fencing token and sets a lease.

@@ -320,6 +320,24 @@ impl Store for SqliteStore {
         self.read(move |c| jobs::events(c, &job_id)).await
     }
 
+    async fn job_events_after(
+        &self,
+        tenant_id: &str,
+        job_id: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<JobEvent>> {
+        let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.map(str::to_owned));
+        self.read(move |c| jobs::events_after(c, &tenant_id, job_id.as_deref(), after_id, limit))
+            .await
+    }
+
+    async fn job_events_last_id(&self, tenant_id: &str) -> StoreResult<i64> {
+        let tenant_id = tenant_id.to_owned();
+        self.read(move |c| jobs::events_last_id(c, &tenant_id))
+            .await
+    }
+
     async fn job_claim(
         &self,
         worker_id: &str,

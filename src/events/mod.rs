@@ -1,0 +1,161 @@
+//! Live job events: the event bus that says "something changed", and the job-event feed that
+//! turns it into an ordered, resumable stream for SSE and WebSocket clients.
+//!
+//! Owns: publish/subscribe of change notices ([`EventBus`], in process: [`LocalBus`]) and
+//! [`EventFeed`], one subscriber's cursor over the `job_events` table. Must not touch: HTTP
+//! (the API renders feeds as SSE or WebSocket) or SQL (the feed reads through the `Store`).
+//!
+//! The events table is the source of truth (DESIGN.md decision 8). A notice on the bus
+//! carries no event, only which tenant (and job) changed; a feed that hears one re-reads the
+//! store from the last event id it delivered. So a notice that is lost, late, duplicated or
+//! dropped because a slow subscriber lagged costs at most a delay, never an event, and no
+//! event is delivered twice. Notices are published after the status change committed, by the
+//! code that committed it in this process (`api::jobs`, `jobs::worker`,
+//! `jobs::maintenance`); changes committed by other processes are found by each feed's
+//! periodic re-read ([`SAFETY_POLL`]) until a cross-node bus carries them.
+//!
+//! Across nodes, a Redis pub/sub (or PostgreSQL `NOTIFY`) bus implements the same trait: its
+//! `publish` hands the notice to a background task that sends it on the channel, and a
+//! subscriber task feeds every notice it hears, local ones included, into a local
+//! `tokio::sync::broadcast` sender from which [`Subscription`]s are made, exactly as
+//! [`LocalBus`] does. Nothing above the trait changes.
+
+mod feed;
+mod local;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_util::sync::CancellationToken;
+
+pub use feed::EventFeed;
+pub use local::LocalBus;
+
+/// How often a feed re-reads the store without a notice: the safety net for changes made by
+/// other processes and for notices that never came.
+pub const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// A notice: events were committed for this tenant (and job, when known). `tenant_id: None`
+/// means "any tenant may have changed" (the maintenance pass does not say which).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub tenant_id: Option<Arc<str>>,
+    pub job_id: Option<Arc<str>>,
+}
+
+impl Change {
+    /// One job of one tenant changed.
+    pub fn job(tenant_id: &str, job_id: &str) -> Change {
+        Change {
+            tenant_id: Some(tenant_id.into()),
+            job_id: Some(job_id.into()),
+        }
+    }
+
+    /// Jobs of unknown tenants changed: every feed re-reads.
+    pub fn anyone() -> Change {
+        Change {
+            tenant_id: None,
+            job_id: None,
+        }
+    }
+
+    /// Whether a feed over this tenant (and job, if it follows one) should re-read.
+    pub fn concerns(&self, tenant_id: &str, job_id: Option<&str>) -> bool {
+        let tenant_matches = self.tenant_id.as_deref().is_none_or(|t| t == tenant_id);
+        let job_matches = match (job_id, self.job_id.as_deref()) {
+            (Some(wanted), Some(changed)) => wanted == changed,
+            _ => true,
+        };
+        tenant_matches && job_matches
+    }
+}
+
+/// Publish/subscribe of [`Change`] notices.
+pub trait EventBus: Send + Sync + 'static {
+    /// Announces committed changes. Never blocks and never fails: a notice is a wake-up hint,
+    /// so publishers (the submit path, workers) are never held up by subscribers.
+    fn publish(&self, change: Change);
+    /// A new subscription; it hears notices published from now on.
+    fn subscribe(&self) -> Subscription;
+    /// Ends every subscription, present and future (shutdown): feeds end, streams close.
+    fn close(&self);
+}
+
+/// What a subscription heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    Changed(Change),
+    /// The subscriber fell behind and notices were dropped: re-read to be safe.
+    Missed,
+    /// The bus closed (shutdown).
+    Closed,
+}
+
+/// One subscriber's end of the bus: a bounded queue of notices. A subscriber that does not
+/// keep up loses the oldest notices (and hears [`Wake::Missed`]); publishers never wait.
+pub struct Subscription {
+    notices: broadcast::Receiver<Change>,
+    closed: CancellationToken,
+}
+
+impl Subscription {
+    /// Made by bus implementations from their local broadcast sender.
+    pub fn new(notices: broadcast::Receiver<Change>, closed: CancellationToken) -> Subscription {
+        Subscription { notices, closed }
+    }
+
+    /// Waits for the next notice. Cancel-safe.
+    pub async fn recv(&mut self) -> Wake {
+        if self.closed.is_cancelled() {
+            return Wake::Closed;
+        }
+        tokio::select! {
+            biased;
+            _ = self.closed.cancelled() => Wake::Closed,
+            heard = self.notices.recv() => match heard {
+                Ok(change) => Wake::Changed(change),
+                Err(RecvError::Lagged(_)) => Wake::Missed,
+                Err(RecvError::Closed) => Wake::Closed,
+            },
+        }
+    }
+
+    /// Throws away the notices already queued. A read of the store that starts after this
+    /// sees every change they announced, since notices are published after the commit.
+    pub fn drain(&mut self) {
+        loop {
+            match self.notices.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => return,
+            }
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concerns_matches_tenant_and_job() {
+        let change = Change::job("t1", "j1");
+        assert!(change.concerns("t1", None));
+        assert!(change.concerns("t1", Some("j1")));
+        assert!(!change.concerns("t1", Some("j2")));
+        assert!(!change.concerns("t2", None));
+        assert!(Change::anyone().concerns("t2", Some("j9")));
+        let tenant_only = Change {
+            tenant_id: Some("t1".into()),
+            job_id: None,
+        };
+        assert!(tenant_only.concerns("t1", Some("j2")));
+        assert!(!tenant_only.concerns("t2", Some("j2")));
+    }
+}
