@@ -8,16 +8,19 @@ use base64::Engine;
 use tokio::sync::Notify;
 
 use crate::accounts::auth::Authenticator;
+use crate::accounts::crypto::fingerprint;
 use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
 use crate::config::Config;
 use crate::events::{EventBus, LocalBus};
 use crate::jobs::input_image::InputFetcher;
 use crate::limits::{Limiter, MemoryLimiter, RedisLimiter};
+use crate::providers::keypool::{KeyPool, KeyPoolConfig};
 use crate::providers::Registry;
 use crate::storage::urls::UrlSigner;
 use crate::storage::{ObjectStore, ObjectStoreBackend};
 use crate::store::sqlite::SqliteStore;
+use crate::store::{NewProviderKey, StoreError};
 use crate::store::{NewTenant, Store, Tenant};
 
 #[derive(Clone)]
@@ -30,6 +33,8 @@ pub struct App {
     pub auth: Authenticator,
     pub sealer: Sealer,
     pub limiter: Arc<dyn Limiter>,
+    /// Upstream keys: selection, limits, breakers.
+    pub keys: Arc<KeyPool>,
     /// Fetches `inputImageUrl`s with the SSRF rules.
     pub inputs: Arc<InputFetcher>,
     /// Submits poke this so an idle worker in the same process claims at once.
@@ -90,8 +95,30 @@ impl App {
         );
         let master_key = std::env::var("EASEL_MASTER_KEY").ok();
         let sealer = Sealer::load(master_key.as_deref(), &config.data_dir)?;
-        let providers = Registry::local_only(config.providers.local.clone());
         let limiter = open_limiter(&config).await?;
+        let imported = import_env_keys(store.as_ref(), &sealer).await?;
+        if imported.added > 0 {
+            tracing::info!(
+                imported = imported.added,
+                "provider keys imported from GEMINI_API_KEY_n"
+            );
+        }
+        let keys = Arc::new(KeyPool::new(
+            limiter.clone(),
+            store.clone(),
+            sealer.clone(),
+            KeyPoolConfig::default(),
+        ));
+        let loaded = keys.load().await.context("loading provider keys")?;
+        for (id, why) in &loaded.skipped {
+            tracing::warn!(key = %id, reason = %why, "provider key skipped");
+        }
+        let with_keys: Vec<&str> = ["gemini"]
+            .into_iter()
+            .filter(|p| keys.enabled_keys(p) > 0)
+            .collect();
+        let providers =
+            Registry::build(&config.providers, &with_keys).map_err(anyhow::Error::msg)?;
         let inputs =
             Arc::new(InputFetcher::new(config.inputs.clone()).map_err(anyhow::Error::msg)?);
         Ok(App {
@@ -103,11 +130,84 @@ impl App {
             providers,
             sealer,
             limiter,
+            keys,
             inputs,
             wake: Arc::new(Notify::new()),
             events: Arc::new(LocalBus::new()),
         })
     }
+}
+
+/// What an upstream key is registered with.
+pub struct ProviderKeySpec {
+    pub provider: String,
+    pub key: String,
+    pub rpm: u32,
+    pub concurrency: u32,
+    pub endpoint: Option<String>,
+    pub priority: i32,
+    pub project: Option<String>,
+}
+
+/// Seals and stores an upstream key. `Conflict` if the same key is already registered.
+pub async fn add_provider_key(
+    store: &dyn Store,
+    sealer: &Sealer,
+    spec: ProviderKeySpec,
+) -> Result<crate::store::ProviderKeyRecord, StoreError> {
+    let key = spec.key.trim();
+    store
+        .provider_key_add(NewProviderKey {
+            id: format!("pk_{}", ulid::Ulid::new().to_string().to_lowercase()),
+            provider: spec.provider,
+            secret_sealed: sealer.seal(key),
+            fingerprint: fingerprint(key),
+            rpm_limit: spec.rpm,
+            concurrency_limit: spec.concurrency,
+            endpoint: spec.endpoint,
+            priority: spec.priority,
+            project: spec.project,
+        })
+        .await
+}
+
+/// What `import_env_keys` did.
+#[derive(Debug, Default)]
+pub struct ImportedKeys {
+    pub added: usize,
+    /// Variables whose key was already registered.
+    pub already_registered: Vec<String>,
+}
+
+/// Stores the origin's `GEMINI_API_KEY_1..N` keys (60 RPM, 2 at once, as the origin's
+/// `init`), skipping ones already registered.
+pub async fn import_env_keys(store: &dyn Store, sealer: &Sealer) -> anyhow::Result<ImportedKeys> {
+    let mut done = ImportedKeys::default();
+    for n in 1..=256 {
+        let Ok(key) = std::env::var(format!("GEMINI_API_KEY_{n}")) else {
+            break;
+        };
+        if key.trim().is_empty() {
+            continue;
+        }
+        let spec = ProviderKeySpec {
+            provider: "gemini".into(),
+            key,
+            rpm: 60,
+            concurrency: 2,
+            endpoint: None,
+            priority: 0,
+            project: None,
+        };
+        match add_provider_key(store, sealer, spec).await {
+            Ok(_) => done.added += 1,
+            Err(StoreError::Conflict(_)) => {
+                done.already_registered.push(format!("GEMINI_API_KEY_{n}"))
+            }
+            Err(e) => return Err(anyhow::anyhow!("GEMINI_API_KEY_{n}: {e}")),
+        }
+    }
+    Ok(done)
 }
 
 /// A tenant created by `create_tenant`, with its key in plain text (shown once).

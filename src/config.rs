@@ -106,6 +106,10 @@ pub struct WorkerConfig {
     pub retry_max_ms: u64,
     /// How often the maintenance pass (lease rescue, Cancel-After, deadlines) runs.
     pub maintenance_ms: u64,
+    /// How often provider keys are re-read from the database (keys added by the CLI).
+    pub key_refresh_ms: u64,
+    /// How often keys disabled by an upstream rejection are re-tested.
+    pub key_probe_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +206,8 @@ impl Default for WorkerConfig {
             retry_base_ms: 1000,
             retry_max_ms: 60_000,
             maintenance_ms: 1000,
+            key_refresh_ms: 30_000,
+            key_probe_secs: 300,
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::jobs::maintenance;
 use crate::jobs::worker::{Worker, WorkerDeps};
+use crate::providers::probe::probe_key;
 
 /// Which parts a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,9 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
             stop.clone(),
         ));
     }
+    if roles.worker {
+        tasks.spawn(keep_keys_fresh(app.clone(), stop.clone()));
+    }
     if let (true, Some(listener)) = (roles.api, listener) {
         let router = crate::api::router(app.clone());
         let shutdown = stop.clone();
@@ -58,4 +62,41 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Re-reads provider keys now and then (so `add-provider-key` needs no restart) and re-tests
+/// keys an upstream rejected, enabling those that work again.
+async fn keep_keys_fresh(app: App, stop: CancellationToken) {
+    let refresh = Duration::from_millis(app.config.worker.key_refresh_ms.max(100));
+    let probe_every = Duration::from_secs(app.config.worker.key_probe_secs.max(1));
+    let mut last_probe = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(refresh) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = app.keys.load().await {
+            tracing::warn!(error = %e, "provider key refresh failed");
+        }
+        if last_probe.elapsed() < probe_every {
+            continue;
+        }
+        last_probe = tokio::time::Instant::now();
+        let base = app.config.providers.gemini.base_url.clone();
+        let probed = app
+            .keys
+            .probe_disabled(|key| {
+                let (key, base) = (key.clone(), base.clone());
+                async move { probe_key(&key, &base).await.is_ok() }
+            })
+            .await;
+        match probed {
+            Ok(reports) => {
+                for r in reports.iter().filter(|r| r.enabled) {
+                    tracing::info!(key = %r.key_id, "provider key works again; re-enabled");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "provider key probe failed"),
+        }
+    }
 }

@@ -145,3 +145,54 @@ pub async fn update(
     app.auth.forget_tenant(&tenant_id);
     Ok(Json(TenantView::from(updated)).into_response())
 }
+
+fn pool_error(e: crate::providers::keypool::KeyPoolError) -> ApiError {
+    match e {
+        crate::providers::keypool::KeyPoolError::UnknownKey(_) => {
+            ApiError::new(ErrorCode::NotFound, "no such provider key")
+        }
+        other => {
+            tracing::error!(error = %other, "key pool error");
+            ApiError::new(ErrorCode::Unavailable, "key pool unavailable")
+        }
+    }
+}
+
+/// `GET /admin/v1/provider-keys`: every key's state in this process (never the secret).
+pub async fn list_keys(_: Admin, State(app): State<App>) -> Result<Response, ApiError> {
+    let keys = app.keys.snapshot().await.map_err(pool_error)?;
+    Ok(Json(serde_json::json!({ "items": keys })).into_response())
+}
+
+/// `POST /admin/v1/provider-keys/{id}/{enable|disable|test}`.
+pub async fn key_action(
+    _: Admin,
+    State(app): State<App>,
+    Path((key_id, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    match action.as_str() {
+        "enable" => app.keys.enable(&key_id).await.map_err(pool_error)?,
+        "disable" => app.keys.disable(&key_id).await.map_err(pool_error)?,
+        "test" => {
+            let key = app
+                .keys
+                .key(&key_id)
+                .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such provider key"))?;
+            let base = &app.config.providers.gemini.base_url;
+            if let Err(why) = crate::providers::probe::probe_key(&key, base).await {
+                let body = serde_json::json!({"keyId": key_id, "ok": false, "error": why});
+                return Ok(Json(body).into_response());
+            }
+            app.keys.enable(&key_id).await.map_err(pool_error)?;
+        }
+        _ => return Err(ApiError::new(ErrorCode::NotFound, "no such action")),
+    }
+    let status = app
+        .keys
+        .snapshot()
+        .await
+        .map_err(pool_error)?
+        .into_iter()
+        .find(|k| k.id == key_id);
+    Ok(Json(serde_json::json!({"keyId": key_id, "ok": true, "key": status})).into_response())
+}

@@ -46,6 +46,11 @@ pub fn router(app: App) -> Router {
             "/admin/v1/tenants/{tenant_id}",
             axum::routing::patch(admin::update),
         )
+        .route("/admin/v1/provider-keys", get(admin::list_keys))
+        .route(
+            "/admin/v1/provider-keys/{key_id}/{action}",
+            axum::routing::post(admin::key_action),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -3,10 +3,9 @@
 
 use anyhow::{bail, Context};
 
-use crate::accounts::crypto::{fingerprint, Sealer};
+use crate::accounts::crypto::Sealer;
 use crate::app::{create_tenant as make_tenant, open_store};
 use crate::config::Config;
-use crate::store::NewProviderKey;
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     open_store(config)?;
@@ -62,6 +61,9 @@ pub async fn show_keys(config: &Config) -> anyhow::Result<()> {
             k.endpoint.as_deref().unwrap_or("default"),
             if k.enabled { "enabled" } else { "DISABLED" },
         );
+        if let Some(why) = &k.last_error {
+            println!("      last error: {why}");
+        }
     }
     Ok(())
 }
@@ -155,18 +157,16 @@ pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::
         &config.data_dir,
     )?;
     let store = open_store(&config)?;
-    let record = store
-        .provider_key_add(NewProviderKey {
-            id: format!("pk_{}", ulid::Ulid::new().to_string().to_lowercase()),
-            provider: provider.clone(),
-            secret_sealed: sealer.seal(args.key.trim()),
-            fingerprint: fingerprint(args.key.trim()),
-            rpm_limit: args.rpm,
-            concurrency_limit: args.concurrency,
-            endpoint: args.endpoint,
-            priority: args.priority,
-            project: args.project,
-        })
+    let spec = crate::app::ProviderKeySpec {
+        provider: provider.clone(),
+        key: args.key,
+        rpm: args.rpm,
+        concurrency: args.concurrency,
+        endpoint: args.endpoint,
+        priority: args.priority,
+        project: args.project,
+    };
+    let record = crate::app::add_provider_key(store.as_ref(), &sealer, spec)
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict(_) => {
@@ -218,25 +218,51 @@ pub async fn init(config: Config) -> anyhow::Result<()> {
         }
     }
     drop(store);
-    let mut added = 0;
-    for n in 1..=64 {
-        let Ok(key) = std::env::var(format!("GEMINI_API_KEY_{n}")) else {
-            break;
-        };
-        let args = ProviderKeyArgs {
-            provider: "gemini".into(),
-            key,
-            rpm: 60,
-            concurrency: 2,
-            endpoint: None,
-            priority: 0,
-            project: None,
-        };
-        match add_provider_key(config.clone(), args).await {
-            Ok(()) => added += 1,
-            Err(e) => println!("  GEMINI_API_KEY_{n}: {e}"),
-        }
+    std::fs::create_dir_all(&config.data_dir)?;
+    let sealer = Sealer::load(
+        std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
+        &config.data_dir,
+    )?;
+    let imported = crate::app::import_env_keys(open_store(&config)?.as_ref(), &sealer).await?;
+    for name in &imported.already_registered {
+        println!("  {name}: this gemini key is already registered");
     }
+    let added = imported.added;
     println!("init done: {added} provider key(s) added");
     Ok(())
+}
+
+/// `test-provider-key`: a free upstream call with the key; enables it on success. Running
+/// servers pick the change up at their next key refresh.
+pub async fn test_provider_key(config: &Config, key_id: &str) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let record = store
+        .provider_key_list()
+        .await?
+        .into_iter()
+        .find(|k| k.id == key_id)
+        .ok_or_else(|| anyhow::anyhow!("no provider key {key_id}"))?;
+    let sealer = Sealer::load(
+        std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
+        &config.data_dir,
+    )?;
+    let key = crate::providers::keypool::PoolKey {
+        id: record.id.clone(),
+        provider: record.provider.clone(),
+        secret: sealer.open(&record.secret_sealed)?,
+        base_url: record.endpoint.clone(),
+        rpm: record.rpm_limit,
+        concurrency: record.concurrency_limit,
+        priority: record.priority,
+        project: record.project.clone(),
+        enabled: record.enabled,
+    };
+    match crate::providers::probe::probe_key(&key, &config.providers.gemini.base_url).await {
+        Ok(()) => {
+            store.provider_key_set_enabled(key_id, true, None).await?;
+            println!("{key_id} ({}): OK, enabled", record.fingerprint);
+            Ok(())
+        }
+        Err(why) => bail!("{key_id} ({}): {why}", record.fingerprint),
+    }
 }

@@ -95,6 +95,8 @@ pub enum Command {
         #[arg(long)]
         project: Option<String>,
     },
+    /// Re-test an upstream key with a free upstream call; enable it if it works.
+    TestProviderKey { key_id: String },
     /// Submit a job to a running server and follow it to the end.
     TestApi {
         /// Server URL (default: http://127.0.0.1:<port>).
@@ -191,6 +193,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             };
             admin::add_provider_key(config, args).await
         }
+        Command::TestProviderKey { key_id } => admin::test_provider_key(&config, &key_id).await,
         Command::TestApi {
             url,
             api_key,

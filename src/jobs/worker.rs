@@ -17,7 +17,8 @@ use super::model::{now_millis, ClaimedJob, Finish};
 use super::retry::backoff;
 use crate::config::WorkerConfig;
 use crate::events::{Change, EventBus};
-use crate::providers::{GenerateRequest, ProviderError, Registry};
+use crate::providers::keypool::{KeyLease, KeyPool, Outcome};
+use crate::providers::{GenerateRequest, Provider, ProviderError, Registry};
 use crate::storage::ObjectStore;
 use crate::store::{Store, StoreError};
 
@@ -31,6 +32,11 @@ pub struct WorkerDeps {
     pub inputs: Arc<InputFetcher>,
     /// Global concurrency and rate at execution.
     pub gate: Gate,
+    /// Upstream keys for providers that need them.
+    pub keys: Arc<KeyPool>,
+    /// How long a key's concurrency permit lasts: one upstream call at most, so a crashed
+    /// process's slot comes back soon.
+    pub key_lease: Duration,
     /// Poked by submits in this process so an idle worker claims at once.
     pub wake: Arc<Notify>,
     /// Told of every status change this worker commits.
@@ -48,6 +54,8 @@ impl WorkerDeps {
             inputs: app.inputs.clone(),
             gate: Gate::new(app.limiter.clone(), &app.config.limits),
             events: app.events.clone(),
+            keys: app.keys.clone(),
+            key_lease: Duration::from_secs(app.config.providers.gemini.timeout_secs + 10),
             wake: app.wake.clone(),
         }
     }
@@ -85,7 +93,15 @@ impl Worker {
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
                 _ = stop.cancelled() => break,
             };
-            let free = slots.available_permits() as u32 + 1;
+            let free = (slots.available_permits() as u32 + 1).min(key_capacity(&deps));
+            if free == 0 {
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep(poll.min(Duration::from_millis(50))) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
             let wanted = match deps.gate.capacity(free).await {
                 Capacity::Jobs(n) => n,
                 Capacity::WaitFor(wait) => {
@@ -142,6 +158,15 @@ impl Worker {
             tracker.wait().await;
         }
         tracing::info!(worker = %self.id, "worker stopped");
+    }
+}
+
+/// How many jobs the free upstream keys of the default provider can take now.
+fn key_capacity(deps: &WorkerDeps) -> u32 {
+    let name = deps.providers.default_name();
+    match deps.providers.get(name) {
+        Some(p) if p.capabilities().needs_key => deps.keys.free_slots(name),
+        _ => u32::MAX,
     }
 }
 
@@ -274,7 +299,8 @@ async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob) -> Finish {
         image_size: job.params.image_size.clone(),
     };
     let remaining = Duration::from_millis((job.deadline_at - now_millis()).max(0) as u64);
-    let outcome = match tokio::time::timeout(remaining, provider.generate(&request, None)).await {
+    let call = call_provider(deps, provider.as_ref(), &request);
+    let outcome = match tokio::time::timeout(remaining, call).await {
         Ok(outcome) => outcome,
         Err(_) => {
             return Finish::Failed {
@@ -286,6 +312,51 @@ async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob) -> Finish {
     match outcome {
         Ok(output) => store_images(deps, claimed, output).await,
         Err(error) => finish_for_error(deps, claimed, &error),
+    }
+}
+
+/// Upstream keys a job may try in one attempt when keys are rejected (401/403).
+const MAX_KEY_SWITCHES: usize = 3;
+
+/// Calls the provider, with a key from the pool when it needs one. A rejected key is
+/// disabled by the pool and the call moves to another key within the same attempt.
+async fn call_provider(
+    deps: &WorkerDeps,
+    provider: &dyn Provider,
+    request: &GenerateRequest,
+) -> Result<crate::providers::GenerateOutput, ProviderError> {
+    if !provider.capabilities().needs_key {
+        return provider.generate(request, None).await;
+    }
+    let mut last = None;
+    for _ in 0..MAX_KEY_SWITCHES {
+        let lease = wait_for_key(deps, provider.name()).await;
+        let result = provider.generate(request, Some(&lease.credential)).await;
+        if let Err(e) = deps.keys.report(lease, Outcome::of(&result)).await {
+            tracing::warn!(error = %e, "key pool report failed");
+        }
+        match result {
+            Err(ProviderError::KeyRejected { message }) => {
+                last = Some(ProviderError::KeyRejected { message });
+            }
+            other => return other,
+        }
+    }
+    Err(last.unwrap_or(ProviderError::KeyRejected {
+        message: "no upstream key was accepted".into(),
+    }))
+}
+
+/// Waits until the pool hands out a key; the claim was sized to the free keys, so this is
+/// short unless another process took them first.
+async fn wait_for_key(deps: &WorkerDeps, provider: &str) -> KeyLease {
+    loop {
+        match deps.keys.acquire(provider, deps.key_lease).await {
+            Ok(Some(lease)) => return lease,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "key pool unavailable"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -16,6 +16,7 @@ pub mod breaker;
 pub mod gemini;
 pub mod keypool;
 pub mod local;
+pub mod probe;
 
 use std::fmt;
 use std::time::Duration;
@@ -181,16 +182,37 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry with the local renderer as its only (and default) provider.
-    pub fn local_only(config: crate::config::LocalProviderConfig) -> Registry {
+    /// Every provider this build knows. The default is `providers.default` if set, otherwise
+    /// the first of `with_keys` (providers that have upstream keys), otherwise `local`: the
+    /// local renderer is the default only when nothing else is configured.
+    pub fn build(
+        config: &crate::config::ProvidersConfig,
+        with_keys: &[&str],
+    ) -> Result<Registry, String> {
+        let mut providers: std::collections::HashMap<&'static str, std::sync::Arc<dyn Provider>> =
+            std::collections::HashMap::new();
         let local: std::sync::Arc<dyn Provider> =
-            std::sync::Arc::new(local::LocalProvider::new(config));
-        let mut providers = std::collections::HashMap::new();
+            std::sync::Arc::new(local::LocalProvider::new(config.local.clone()));
         providers.insert(local.name(), local);
-        Registry {
-            providers,
-            default: "local",
-        }
+        let gemini: std::sync::Arc<dyn Provider> =
+            std::sync::Arc::new(gemini::GeminiProvider::new(config.gemini.clone())?);
+        providers.insert(gemini.name(), gemini);
+        let wanted = config
+            .default
+            .as_deref()
+            .or_else(|| {
+                with_keys
+                    .iter()
+                    .copied()
+                    .find(|p| providers.contains_key(p))
+            })
+            .unwrap_or("local");
+        let default = providers
+            .keys()
+            .copied()
+            .find(|name| *name == wanted)
+            .ok_or_else(|| format!("providers.default: unknown provider '{wanted}'"))?;
+        Ok(Registry { providers, default })
     }
 
     pub fn get(&self, name: &str) -> Option<std::sync::Arc<dyn Provider>> {

@@ -276,6 +276,7 @@ impl FakeGemini {
         });
         let router = Router::new()
             .route("/v1beta/models/{target}", post(handle))
+            .route("/v1beta/models", axum::routing::get(list_models))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(32 * 1024 * 1024))
             .with_state(shared.clone());
@@ -376,6 +377,32 @@ async fn not_found() -> Response {
         "The requested URL was not found on this server.",
         None,
     )
+}
+
+/// `GET /v1beta/models`: what key probes call. A key whose plan rejects keys is refused the
+/// same way; any other key gets a one-model list. Not counted in the key's request stats.
+async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let rejected = {
+        let inner = shared.lock();
+        let plan = inner.plans.get(&key).or(inner.default_plan.as_ref());
+        plan.is_some_and(|p| {
+            matches!(
+                p.fault.kind,
+                FaultKind::Unauthorized | FaultKind::Forbidden | FaultKind::InvalidKey
+            )
+        })
+    };
+    if key.is_empty() || rejected {
+        let body = serde_json::json!({"error": {"code": 401, "message": "API key not valid.", "status": "UNAUTHENTICATED"}});
+        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    let body = serde_json::json!({"models": [{"name": "models/gemini-2.5-flash-image"}]});
+    axum::Json(body).into_response()
 }
 
 async fn handle(

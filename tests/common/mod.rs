@@ -28,6 +28,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     };
     config.server.host = "127.0.0.1".into();
     config.worker.poll_ms = 50;
+    // Tests drive many jobs quickly; the global limits are tested on their own.
+    config.limits.global_rpm = 10_000_000;
     config.worker.maintenance_ms = 100;
     config.worker.retry_base_ms = 10;
     config.worker.retry_max_ms = 100;
@@ -56,7 +58,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), roles: Roles) -> Te
     config.server.port = addr.port();
     tweak(&mut config);
     let app = App::build(config).await.expect("build app");
-    let created = create_tenant(app.store.as_ref(), "test", 10_000, 50, None)
+    let created = create_tenant(app.store.as_ref(), "test", 1_000_000, 50, None)
         .await
         .expect("tenant");
     let stop = CancellationToken::new();

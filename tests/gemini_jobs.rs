@@ -1,0 +1,324 @@
+//! Jobs through the Gemini provider and the key pool, against the fake Gemini server: spread
+//! over keys, faults, key rejection, safety blocks, and limits as the upstream sees them.
+
+mod common;
+
+use std::time::Duration;
+
+use easel::app::{add_provider_key, ProviderKeySpec};
+use easel::testing::fake_gemini::{FakeGemini, Fault, FaultKind};
+use serde_json::{json, Value};
+
+async fn gemini_app(
+    fake: &FakeGemini,
+    keys: &[(&str, u32, u32)],
+    tweak: impl FnOnce(&mut easel::config::Config),
+) -> common::TestApp {
+    let base = fake.base_url.clone();
+    let app = common::spawn_app_with(
+        move |c| {
+            c.providers.default = Some("gemini".into());
+            c.providers.gemini.base_url = base;
+            c.worker.retry_base_ms = 5;
+            c.worker.retry_max_ms = 20;
+            tweak(c);
+        },
+        easel::server::Roles::ALL,
+    )
+    .await;
+    for (key, rpm, concurrency) in keys {
+        let spec = ProviderKeySpec {
+            provider: "gemini".into(),
+            key: (*key).into(),
+            rpm: *rpm,
+            concurrency: *concurrency,
+            endpoint: None,
+            priority: 0,
+            project: None,
+        };
+        add_provider_key(app.app.store.as_ref(), &app.app.sealer, spec)
+            .await
+            .expect("key");
+    }
+    app.app.keys.load().await.expect("reload keys");
+    app
+}
+
+async fn submit_many(app: &common::TestApp, n: usize) -> Vec<String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/v1/images/generate"),
+            app.api_key.clone(),
+        );
+        tasks.spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"prompt": format!("cat {i}"), "mode": "draft"}))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.expect("json")["jobId"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = tasks.join_next().await {
+        ids.push(id.expect("task"));
+    }
+    ids
+}
+
+async fn wait_all(app: &common::TestApp, ids: &[String]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(
+            app.wait_for(
+                id,
+                &["SUCCEEDED", "FAILED", "CANCELED"],
+                Duration::from_secs(60),
+            )
+            .await,
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_thousand_jobs_spread_evenly_over_three_keys_within_their_limits() {
+    let fake = FakeGemini::start().await;
+    for key in ["k-a", "k-b", "k-c"] {
+        fake.set_fault(key, Fault::latency(Duration::from_millis(5)));
+    }
+    let keys = [("k-a", 60_000, 4), ("k-b", 60_000, 4), ("k-c", 60_000, 4)];
+    let app = gemini_app(&fake, &keys, |_| {}).await;
+    let ids = submit_many(&app, 1000).await;
+    let jobs = wait_all(&app, &ids).await;
+    assert!(
+        jobs.iter().all(|j| j["status"] == "SUCCEEDED"),
+        "not all succeeded"
+    );
+    let counts: Vec<u64> = ["k-a", "k-b", "k-c"]
+        .iter()
+        .map(|k| fake.stats(k).requests)
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 1000, "{counts:?}");
+    for c in &counts {
+        let share = *c as f64 / (1000.0 / 3.0);
+        assert!((0.9..=1.1).contains(&share), "uneven spread {counts:?}");
+    }
+    for k in ["k-a", "k-b", "k-c"] {
+        assert!(
+            fake.stats(k).max_in_flight <= 4,
+            "{k} saw {} at once",
+            fake.stats(k).max_in_flight
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_twenty_percent_5xx_every_job_ends_within_max_attempts() {
+    let fake = FakeGemini::start().await;
+    fake.set_fault(
+        "k-1",
+        Fault::from(FaultKind::ServerError(503)).percent(20, 7),
+    );
+    fake.set_fault(
+        "k-2",
+        Fault::from(FaultKind::ServerError(500)).percent(20, 11),
+    );
+    let app = gemini_app(&fake, &[("k-1", 60_000, 8), ("k-2", 60_000, 8)], |c| {
+        // A 20% failure rate must not trip the breakers in this test.
+        let _ = c;
+    })
+    .await;
+    let ids = submit_many(&app, 300).await;
+    let jobs = wait_all(&app, &ids).await;
+    let succeeded = jobs.iter().filter(|j| j["status"] == "SUCCEEDED").count();
+    for job in &jobs {
+        assert!(job["attempts"].as_u64().unwrap_or(99) <= 3, "{job}");
+        if job["status"] == "FAILED" {
+            assert_eq!(job["errorCode"], "UPSTREAM_UNAVAILABLE", "{job}");
+            assert_eq!(job["attempts"], 3, "{job}");
+        }
+    }
+    // With independent 20% failures, P(3 failures) = 0.8%: nearly all succeed.
+    assert!(succeeded >= 285, "only {succeeded} of 300 succeeded");
+    let upstream = fake.stats("k-1").requests + fake.stats("k-2").requests;
+    let attempts: u64 = jobs
+        .iter()
+        .map(|j| j["attempts"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        upstream, attempts,
+        "every attempt made exactly one upstream call"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_disabled_and_the_job_moves_on() {
+    let fake = FakeGemini::start().await;
+    fake.set_fault("bad", FaultKind::Unauthorized);
+    let app = gemini_app(&fake, &[("bad", 60_000, 4), ("good", 60_000, 4)], |_| {}).await;
+    let ids = submit_many(&app, 20).await;
+    let jobs = wait_all(&app, &ids).await;
+    assert!(jobs.iter().all(|j| j["status"] == "SUCCEEDED"), "{jobs:?}");
+    assert!(
+        jobs.iter().all(|j| j["attempts"] == 1),
+        "a key switch is not a new attempt"
+    );
+    // Calls already in flight when the first 401 came back may also hit it: at most its
+    // concurrency, and none after it was disabled.
+    assert!(
+        fake.stats("bad").requests <= 4,
+        "bad key called {} times",
+        fake.stats("bad").requests
+    );
+    let keys = app.app.store.provider_key_list().await.expect("keys");
+    let bad = keys
+        .iter()
+        .find(|k| k.fingerprint == easel::accounts::crypto::fingerprint("bad"))
+        .expect("bad key");
+    assert!(!bad.enabled);
+    assert!(
+        bad.last_error.as_deref().unwrap_or("").contains("rejected"),
+        "{:?}",
+        bad.last_error
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_safety_block_fails_once_with_content_blocked() {
+    let fake = FakeGemini::start().await;
+    fake.set_fault("k", FaultKind::FinishReason("IMAGE_SAFETY".into()));
+    let app = gemini_app(&fake, &[("k", 60_000, 2)], |_| {}).await;
+    let ids = submit_many(&app, 1).await;
+    let job = &wait_all(&app, &ids).await[0];
+    assert_eq!(job["status"], "FAILED");
+    assert_eq!(job["errorCode"], "CONTENT_BLOCKED");
+    assert!(
+        job["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("IMAGE_SAFETY"),
+        "{job}"
+    );
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(fake.stats("k").requests, 1, "a safety block is not retried");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_rpm_is_never_exceeded_as_the_upstream_sees_it() {
+    let fake = FakeGemini::start().await;
+    let app = gemini_app(&fake, &[("slow", 30, 2)], |_| {}).await;
+    // 30 RPM, evenly spaced: one call every 2 s. Submit 4 and watch the spacing.
+    let ids = submit_many(&app, 4).await;
+    let jobs = wait_all(&app, &ids).await;
+    assert!(jobs.iter().all(|j| j["status"] == "SUCCEEDED"));
+    let times = fake.stats("slow").request_times;
+    assert_eq!(times.len(), 4);
+    for pair in times.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= Duration::from_millis(1900),
+            "calls {gap:?} apart at 30 RPM"
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn disabled_keys_are_visible_retested_and_re_enabled_without_restart() {
+    let fake = FakeGemini::start().await;
+    fake.set_fault("flaky-key-secret", FaultKind::Forbidden);
+    let app = gemini_app(
+        &fake,
+        &[("flaky-key-secret", 60_000, 1), ("spare", 60_000, 1)],
+        |c| {
+            c.auth.admin_token = Some(easel::config::Secret::new("adm"));
+            c.worker.key_refresh_ms = 100;
+            c.worker.key_probe_secs = 1;
+        },
+    )
+    .await;
+    let ids = submit_many(&app, 3).await;
+    assert!(wait_all(&app, &ids)
+        .await
+        .iter()
+        .all(|j| j["status"] == "SUCCEEDED"));
+
+    let list = || async {
+        let r = app
+            .http
+            .get(app.url("/admin/v1/provider-keys"))
+            .bearer_auth("adm")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("text")
+    };
+    let text = list().await;
+    assert!(
+        !text.contains("flaky-key-secret"),
+        "the secret leaked: {text}"
+    );
+    let keys: Value = serde_json::from_str(&text).expect("json");
+    let flaky_fp = easel::accounts::crypto::fingerprint("flaky-key-secret");
+    let flaky = keys["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|k| k["fingerprint"] == flaky_fp.as_str())
+        .cloned()
+        .expect("key");
+    assert_eq!(flaky["enabled"], false, "{flaky}");
+    let key_id = flaky["id"].as_str().expect("id").to_owned();
+
+    // A manual test while the upstream still refuses it: not enabled.
+    let tested: Value = app
+        .http
+        .post(app.url(&format!("/admin/v1/provider-keys/{key_id}/test")))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tested["ok"], false, "{tested}");
+
+    // The upstream accepts it again: the scheduled probe re-enables it by itself.
+    fake.clear_faults();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Value = serde_json::from_str(&list().await).expect("json");
+        let k = keys["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|k| k["id"] == key_id.as_str())
+            .cloned()
+            .expect("key");
+        if k["enabled"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never re-enabled: {k}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = app.app.store.provider_key_list().await.expect("keys");
+    assert!(stored.iter().find(|k| k.id == key_id).expect("key").enabled);
+    app.shutdown().await;
+}
