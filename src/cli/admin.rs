@@ -5,11 +5,11 @@ use anyhow::{bail, Context};
 
 use crate::accounts::crypto::{fingerprint, Sealer};
 use crate::app::{create_tenant as make_tenant, open_store};
-use crate::config::Config;
+use crate::config::{redact_url, Config};
 use crate::store::NewProviderKey;
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    open_store(config)?;
+    open_store(config).await?;
     println!(
         "database is up to date: {}",
         redact_url(&config.database_url())
@@ -17,28 +17,21 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hides a password in a database URL before it is printed.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("****"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
 pub async fn reset(config: &Config, confirmed: bool) -> anyhow::Result<()> {
     if !confirmed {
         bail!("reset deletes all data; run `easel reset yes` (or `--yes`) to confirm");
     }
-    open_store(config)?.reset().await.context("deleting data")?;
+    open_store(config)
+        .await?
+        .reset()
+        .await
+        .context("deleting data")?;
     println!("all data deleted");
     Ok(())
 }
 
 pub async fn show_keys(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let tenants = store.tenant_list().await?;
     println!("Tenants ({}):", tenants.len());
     for t in &tenants {
@@ -81,7 +74,7 @@ pub async fn create_tenant(
     if rpm == 0 || concurrency == 0 {
         bail!("RPM and CONCURRENCY must be at least 1");
     }
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let created = make_tenant(store.as_ref(), name, rpm, concurrency, None).await?;
     println!(
         "tenant created: {} ({})",
@@ -130,7 +123,7 @@ pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::
         std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
         &config.data_dir,
     )?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let record = store
         .provider_key_add(NewProviderKey {
             id: format!("pk_{}", ulid::Ulid::new().to_string().to_lowercase()),
@@ -164,7 +157,7 @@ pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::
 
 /// `init`: a test tenant (with TEST_API_KEY if set) and the GEMINI_API_KEY_1..N keys.
 pub async fn init(config: Config) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let fixed = config
         .auth
         .test_api_key
