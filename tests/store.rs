@@ -1412,7 +1412,8 @@ async fn postgres_notify_wakes_a_waiting_worker() {
         .await
         .expect("connect");
     let t = tenant(&submitter, "A", 5).await;
-    // The first wait starts the listener; nothing was notified yet, so it sleeps it out.
+    waiter.listen().await.expect("LISTEN");
+    // Nothing was notified yet, so the wait sleeps it out.
     let started = Instant::now();
     waiter.wait_for_work(Duration::from_millis(200)).await;
     assert!(

@@ -174,6 +174,15 @@ impl PgStore {
         &self.pool
     }
 
+    /// Starts listening for wake-ups now, if not yet. `wait_for_work` does this by itself on
+    /// its first call; calling it ahead means no notification sent before then is missed.
+    pub async fn listen(&self) -> StoreResult<()> {
+        self.listener
+            .get_or_try_init(|| self.start_listener())
+            .await
+            .map(drop)
+    }
+
     /// Connects the listener (its own connection, outside the pool) and starts its task.
     async fn start_listener(&self) -> StoreResult<ListenerTask> {
         let pool = PgPoolOptions::new()
@@ -324,12 +333,7 @@ impl Store for PgStore {
     /// listener cannot connect, this is a plain sleep: the caller's poll still finds the work.
     async fn wait_for_work(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        let started = tokio::time::timeout(
-            timeout,
-            self.listener.get_or_try_init(|| self.start_listener()),
-        )
-        .await;
-        match started {
+        match tokio::time::timeout(timeout, self.listen()).await {
             Ok(Ok(_)) => {
                 let _ = tokio::time::timeout_at(deadline, self.wake.notified()).await;
             }
