@@ -2,7 +2,7 @@
 //!
 //! Owns: the connection pool, the `migrations/postgres` schema (brought up to date at open,
 //! which is all `easel migrate` does), the SQL of every [`Store`] method (jobs in `jobs.rs`,
-//! tenants and keys in `tenants.rs`; each method one transaction, most of them one statement)
+//! the fair claim in `claim.rs`, tenants and keys in `tenants.rs`; each method one transaction, most of them one statement)
 //! and the `LISTEN easel_jobs` listener behind [`Store::wait_for_work`].
 //! Must not touch: HTTP, providers, object storage, limits or the worker loop. Never puts the
 //! database password in an error or a log line: URLs are shown through [`redact_url`].
@@ -22,6 +22,7 @@
 //!
 //! Timestamps are Easel's own clock in milliseconds, as on SQLite, never the server's `now()`.
 
+mod claim;
 mod jobs;
 mod tenants;
 
@@ -301,7 +302,7 @@ impl Store for PgStore {
         max: u32,
         lease: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
-        jobs::claim(&self.pool, worker_id, max, lease).await
+        claim::claim(&self.pool, worker_id, max, lease).await
     }
 
     async fn job_heartbeat(
