@@ -2,6 +2,7 @@
 //! providers, authenticator, the wake-up signal between API and worker, and the event bus.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use base64::Engine;
@@ -11,7 +12,7 @@ use crate::accounts::auth::Authenticator;
 use crate::accounts::crypto::fingerprint;
 use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
-use crate::config::Config;
+use crate::config::{redact_url, Config};
 use crate::events::{EventBus, LocalBus};
 use crate::jobs::input_image::InputFetcher;
 use crate::limits::{Limiter, MemoryLimiter, RedisLimiter};
@@ -19,6 +20,7 @@ use crate::providers::keypool::{KeyPool, KeyPoolConfig};
 use crate::providers::Registry;
 use crate::storage::urls::UrlSigner;
 use crate::storage::{ObjectStore, ObjectStoreBackend};
+use crate::store::postgres::{PgSettings, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{NewProviderKey, StoreError};
 use crate::store::{NewTenant, Store, Tenant};
@@ -43,8 +45,9 @@ pub struct App {
     pub events: Arc<dyn EventBus>,
 }
 
-/// Opens the store named by the database URL.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store named by the database URL (`sqlite://` or `postgres://`), bringing its
+/// schema up to date.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.database_url();
     if let Some(path) = url.strip_prefix("sqlite://") {
         let path = path.split('?').next().unwrap_or(path);
@@ -53,9 +56,19 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!("PostgreSQL is not supported by this build yet; use a sqlite:// DATABASE_URL");
+        let settings = PgSettings {
+            max_connections: config.database.max_connections,
+            acquire_timeout: Duration::from_secs(config.database.acquire_timeout_secs),
+        };
+        let store = PgStore::open(&url, &settings)
+            .await
+            .with_context(|| format!("opening PostgreSQL database {}", redact_url(&url)))?;
+        return Ok(Arc::new(store));
     }
-    bail!("database.url: unsupported scheme (expected sqlite://...)")
+    bail!(
+        "database.url: unsupported scheme {} (expected sqlite://... or postgres://...)",
+        redact_url(&url)
+    )
 }
 
 /// In memory on one node; in Redis when `REDIS_URL` is set, so limits hold across nodes.
@@ -75,7 +88,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
-        let store = open_store(&config)?;
+        let store = open_store(&config).await?;
         let objects: Arc<dyn ObjectStore> = Arc::new(
             ObjectStoreBackend::local(&config.storage_path()).context("opening image folder")?,
         );

@@ -81,11 +81,75 @@ pub struct ServerConfig {
     pub idempotency_ttl_hours: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DatabaseConfig {
-    /// Origin name: `DATABASE_URL`. Default: `sqlite://<data_dir>/easel.db`.
+    /// Origin name: `DATABASE_URL`. Default: `sqlite://<data_dir>/easel.db`; a
+    /// `postgres://` (or `postgresql://`) URL selects PostgreSQL.
     pub url: Option<String>,
+    /// PostgreSQL: connections in the pool of each process (the LISTEN wake-up listener
+    /// holds one more of its own). SQLite ignores it.
+    pub max_connections: u32,
+    /// PostgreSQL: how long a query waits for a free pooled connection before it fails
+    /// as unavailable.
+    pub acquire_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: 10,
+            acquire_timeout_secs: 10,
+        }
+    }
+}
+
+/// The URL may carry a password: `Debug` shows it redacted.
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
+            .finish()
+    }
+}
+
+/// A database URL fit for a log line or an error: its password (in the user part or a
+/// `password=` query parameter) replaced by `****`.
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // Not a URL we can take apart: show only its scheme, if any.
+        return match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://****"),
+            None => "****".to_owned(),
+        };
+    };
+    let has_password_param = parsed
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password"));
+    if parsed.password().is_none() && !has_password_param {
+        return url.to_owned();
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("****"));
+    }
+    if has_password_param {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "****".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +365,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
+            ("database.max_connections", self.database.max_connections),
             ("worker.concurrency", self.worker.concurrency),
             ("worker.max_attempts", self.worker.max_attempts),
             ("limits.global_rpm", self.limits.global_rpm),
@@ -315,6 +380,12 @@ impl Config {
                     problem: "must be at least 1".into(),
                 });
             }
+        }
+        if self.database.acquire_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "database.acquire_timeout_secs",
+                problem: "must be at least 1".into(),
+            });
         }
         if self.worker.heartbeat_ms == 0 || self.worker.heartbeat_ms >= self.worker.lease_ms {
             return Err(ConfigError::Invalid {
@@ -424,6 +495,29 @@ mod tests {
             serde_json::to_value(&example).expect("json"),
             serde_json::to_value(&defaults).expect("json")
         );
+    }
+
+    #[test]
+    fn database_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://easel:s3cret@db.example.com:5432/easel"),
+            "postgres://easel:****@db.example.com:5432/easel"
+        );
+        let query = redact_url("postgresql://db/easel?user=easel&password=s3cret&sslmode=require");
+        assert!(
+            !query.contains("s3cret") && query.contains("sslmode=require"),
+            "{query}"
+        );
+        assert_eq!(
+            redact_url("sqlite://./data/easel.db"),
+            "sqlite://./data/easel.db"
+        );
+        assert!(!redact_url("postgres://u:s3cret@[bad").contains("s3cret"));
+        let config = DatabaseConfig {
+            url: Some("postgres://easel:s3cret@db/easel".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]

@@ -510,6 +510,100 @@ fn migrate_creates_the_schema_and_is_idempotent() {
     assert_eq!(tables, 6);
 }
 
+/// `DATABASE_URL=postgres://...` runs the PostgreSQL migrations (in a schema of its own here,
+/// through the URL's `options`), and the password never reaches the output.
+#[test]
+fn migrate_on_postgres_creates_the_schema_and_hides_the_password() {
+    let Some(base) = std::env::var("EASEL_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("migrate_on_postgres skipped: EASEL_TEST_PG_URL unset");
+        return;
+    };
+    let schema = format!(
+        "easel_test_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .await
+            .expect("create schema");
+    });
+    // The test server trusts local connections, so any password is accepted.
+    let mut url = url::Url::parse(&base).expect("EASEL_TEST_PG_URL");
+    url.set_password(Some("pw-s3cret")).expect("password");
+    url.query_pairs_mut()
+        .append_pair("options", &format!("-c search_path={schema}"));
+    let cli = Cli::new();
+    for _ in 0..2 {
+        let out = cli.run_with(&["migrate"], &[("DATABASE_URL", url.as_str())]);
+        out.ok();
+        assert!(
+            out.stdout.contains("database is up to date: postgres"),
+            "{out:?}"
+        );
+        assert!(out.stdout.contains(":****@"), "{out:?}");
+        assert!(!format!("{out:?}").contains("pw-s3cret"), "{out:?}");
+    }
+    assert!(!cli.path().join("easel.db").exists(), "no SQLite database");
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect");
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND
+             table_name IN ('tenants', 'api_keys', 'provider_keys', 'jobs', 'job_events',
+                            'idempotency_keys')",
+        )
+        .bind(&schema)
+        .fetch_one(&mut conn)
+        .await
+        .expect("tables");
+        assert_eq!(tables, 6);
+        let applied: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {schema}._sqlx_migrations WHERE success"
+        ))
+        .fetch_one(&mut conn)
+        .await
+        .expect("migrations");
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+            .expect("migrations folder")
+            .count() as i64;
+        assert_eq!(applied, files, "every migration applied");
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut conn)
+            .await
+            .expect("drop schema");
+    });
+}
+
+/// An unreachable PostgreSQL fails the command with the URL redacted.
+#[test]
+fn postgres_connection_errors_never_print_the_password() {
+    let cli = Cli::new();
+    let out = cli.run_with(
+        &["migrate"],
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://easel:pw-s3cret@127.0.0.1:1/easel",
+            ),
+            ("EASEL_DATABASE__ACQUIRE_TIMEOUT_SECS", "1"),
+        ],
+    );
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("postgres://easel:****@127.0.0.1:1/easel"),
+        "{out:?}"
+    );
+    assert!(!format!("{out:?}").contains("pw-s3cret"), "{out:?}");
+}
+
 // ---- serve ----
 
 fn free_port() -> u16 {

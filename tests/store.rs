@@ -1,10 +1,11 @@
 //! The `Store` conformance suite: every test is written once against `Arc<dyn Store>` and runs
 //! unchanged on each backend (DESIGN.md decision 2, "two stores, one behaviour").
 //!
-//! Backends: SQLite always (a fresh database file per test). PostgreSQL is added by writing
-//! one factory, `Bundle::postgres`, and one line, `suite!(postgres, Bundle::postgres);` (both
-//! sketched at the bottom of this file): it must give each test a fresh schema or database,
-//! since tests run in parallel and claims see every tenant's jobs.
+//! Backends: SQLite always (a fresh database file per test); PostgreSQL when
+//! `EASEL_TEST_PG_URL` is set (a fresh schema per test, since tests run in parallel and claims
+//! see every tenant's jobs; without the variable each PostgreSQL test prints a skip note).
+//! PostgreSQL-only behaviour (the NOTIFY wake-up, concurrent submits from separate pools) is
+//! at the end.
 //!
 //! Time: the store stamps claims and leases with its own clock, so tests use short leases
 //! (1 ms) and pass a future `now` to `job_maintain` instead of sleeping.
@@ -18,6 +19,7 @@ use easel::jobs::model::{
     Millis, NewJob, SubmitOutcome,
 };
 use easel::providers::Mode;
+use easel::store::postgres::{PgSettings, PgStore};
 use easel::store::sqlite::SqliteStore;
 use easel::store::{
     CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant, Store, StoreError, Tenant,
@@ -43,6 +45,73 @@ impl Bundle {
             _dir: Some(dir),
         })
     }
+
+    /// A store in a schema of its own (migrated on open), or `None` without
+    /// `EASEL_TEST_PG_URL`.
+    async fn postgres() -> Option<Bundle> {
+        let (url, schema) = pg_schema().await?;
+        let store = PgStore::connect_with_schema(&url, &schema, &pg_settings())
+            .await
+            .expect("connect to EASEL_TEST_PG_URL");
+        Some(Bundle {
+            store: Arc::new(store),
+            _dir: None,
+        })
+    }
+}
+
+/// Small pools: tests run in parallel, one pool (plus a listener) each, on one server.
+fn pg_settings() -> PgSettings {
+    PgSettings {
+        max_connections: 5,
+        ..PgSettings::default()
+    }
+}
+
+fn pg_url() -> Option<String> {
+    std::env::var("EASEL_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+const PG_SCHEMA_PREFIX: &str = "easel_test_";
+
+/// A new schema name for one test. The first call in a process also drops the schemas that
+/// earlier runs left behind (named by a ULID, so their age is known): those over an hour old.
+async fn pg_schema() -> Option<(String, String)> {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let url = pg_url()?;
+    SWEPT
+        .get_or_init(|| async {
+            if let Err(e) = drop_stale_schemas(&url).await {
+                eprintln!("could not drop old test schemas: {e}");
+            }
+        })
+        .await;
+    Some((url, format!("{PG_SCHEMA_PREFIX}{}", ulid())))
+}
+
+async fn drop_stale_schemas(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)")
+            .bind(PG_SCHEMA_PREFIX)
+            .fetch_all(&mut conn)
+            .await?;
+    let hour_ago = now_millis() - HOUR;
+    for name in names {
+        let stale = name
+            .strip_prefix(PG_SCHEMA_PREFIX)
+            .and_then(|id| ulid::Ulid::from_string(&id.to_uppercase()).ok())
+            .is_some_and(|id| (id.timestamp_ms() as Millis) < hour_ago);
+        if stale {
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .execute(&mut conn)
+                .await?;
+        }
+    }
+    conn.close().await
 }
 
 // ---- factories for test data ----
@@ -534,6 +603,59 @@ async fn cancel_outcomes(b: Bundle) {
     assert_eq!(s.job_next_run_at().await.unwrap(), None);
 }
 
+/// Identical submits racing with one idempotency key make exactly one job; the rest replay
+/// it, and a different body under the same key is refused, never a second job.
+async fn concurrent_identical_submits_make_one_job(b: Bundle) {
+    let s = b.store.clone();
+    let t = tenant(s.as_ref(), "A", 5).await;
+    let keyed = |hash: &str| {
+        let mut job = new_job(&t.id);
+        job.idempotency = Some(IdempotencyClaim {
+            key: "order-50".into(),
+            request_hash: hash.into(),
+        });
+        job
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let s = s.clone();
+        let job = keyed(if i == 49 { "other-body" } else { "h1" });
+        tasks.spawn(async move { s.job_submit(job).await.expect("job_submit") });
+    }
+    let mut created = Vec::new();
+    let mut replayed = Vec::new();
+    let mut reused = 0;
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome.expect("submit task") {
+            SubmitOutcome::Created { job_id } => created.push(job_id),
+            SubmitOutcome::Replayed { job_id, status } => {
+                assert_eq!(status, JobStatus::Queued);
+                replayed.push(job_id);
+            }
+            SubmitOutcome::KeyReused => reused += 1,
+        }
+    }
+    // The odd body either lost the race (refused) or won it (then all 49 others are refused).
+    assert_eq!(created.len(), 1, "exactly one job: {created:?}");
+    assert!(
+        (reused == 1 && replayed.len() == 48) || (reused == 49 && replayed.is_empty()),
+        "reused {reused}, replayed {}",
+        replayed.len()
+    );
+    assert!(replayed.iter().all(|id| *id == created[0]));
+    let page = s
+        .job_list(JobListQuery {
+            tenant_id: t.id.clone(),
+            status: None,
+            limit: 100,
+            before_seq: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(s.job_events(&created[0]).await.unwrap().len(), 1);
+}
+
 // ---- claim ----
 
 async fn claim_bumps_attempt_and_fence_and_sets_lease(b: Bundle) {
@@ -724,6 +846,44 @@ async fn claim_respects_tenant_concurrency(b: Bundle) {
     let next = claim(s, 10, LONG_LEASE).await;
     assert_eq!(next.len(), 1, "one slot freed");
     assert_eq!(next[0].job.tenant_id, limited.id);
+}
+
+/// Claimers racing for one tenant never run more of its jobs at once than its limit.
+async fn concurrent_claimers_respect_tenant_concurrency(b: Bundle) {
+    let s = b.store.clone();
+    let limited = tenant(s.as_ref(), "Limited", 3).await;
+    submit_n(s.as_ref(), &limited.id, 40).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let mut mine = 0;
+            for _ in 0..5 {
+                mine += s
+                    .job_claim(&format!("wrk_{worker}"), 2, LONG_LEASE)
+                    .await
+                    .expect("claim")
+                    .len();
+                tokio::task::yield_now().await;
+            }
+            mine
+        });
+    }
+    let mut claimed = 0;
+    while let Some(mine) = tasks.join_next().await {
+        claimed += mine.expect("claimer task");
+    }
+    assert_eq!(claimed, 3, "the tenant's limit is 3");
+    let running = s
+        .job_list(JobListQuery {
+            tenant_id: limited.id.clone(),
+            status: Some(JobStatus::Running),
+            limit: 100,
+            before_seq: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.items.len(), 3);
 }
 
 // ---- heartbeat, finish, release ----
@@ -1055,6 +1215,35 @@ async fn maintain_fails_jobs_past_their_deadline(b: Bundle) {
     assert_eq!(ids, vec![&later[..]]);
 }
 
+/// Maintenance passes running at once rescue each expired lease exactly once.
+async fn concurrent_maintenance_rescues_each_job_once(b: Bundle) {
+    let s = b.store.clone();
+    let t = tenant(s.as_ref(), "A", 100).await;
+    let ids = submit_n(s.as_ref(), &t.id, 30).await;
+    assert_eq!(claim(s.as_ref(), 30, TINY_LEASE).await.len(), 30);
+    let later = now_millis() + 1000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let s = s.clone();
+        tasks.spawn(async move { s.job_maintain(later).await.expect("maintain") });
+    }
+    let mut rescued = 0;
+    while let Some(m) = tasks.join_next().await {
+        rescued += m.expect("maintenance task").rescued;
+    }
+    assert_eq!(rescued, 30);
+    for id in &ids {
+        let job = get(s.as_ref(), &t.id, id).await;
+        assert_eq!((job.status, job.attempts), (JobStatus::Retrying, 1), "{id}");
+        let retrying = statuses(s.as_ref(), id)
+            .await
+            .into_iter()
+            .filter(|(st, _, _)| *st == JobStatus::Retrying)
+            .count();
+        assert_eq!(retrying, 1, "one RETRYING event for {id}");
+    }
+}
+
 // ---- queue position, next run, idempotency purge, reset ----
 
 async fn queue_position_counts_waiting_jobs_ahead(b: Bundle) {
@@ -1256,6 +1445,7 @@ macro_rules! suite {
             provider_key_set_enabled_records_why,
             submit_creates_queued_job_and_one_event,
             idempotency_replays_refuses_and_is_per_tenant,
+            concurrent_identical_submits_make_one_job,
             job_get_is_scoped_by_tenant,
             list_newest_first_with_filter_and_paging,
             cancel_outcomes,
@@ -1264,6 +1454,7 @@ macro_rules! suite {
             concurrent_claimers_never_share_a_job,
             claim_is_fair_across_tenants,
             claim_respects_tenant_concurrency,
+            concurrent_claimers_respect_tenant_concurrency,
             claim_finds_runnable_work_behind_many_blocked_tenants,
             heartbeat_extends_lease_and_detects_a_stale_fence,
             finish_with_a_stale_fence_writes_nothing,
@@ -1275,6 +1466,7 @@ macro_rules! suite {
             maintain_fails_an_expired_lease_out_of_attempts,
             maintain_applies_cancel_after,
             maintain_fails_jobs_past_their_deadline,
+            concurrent_maintenance_rescues_each_job_once,
             queue_position_counts_waiting_jobs_ahead,
             next_run_at_is_the_earliest_waiting_job,
             idempotency_purge_forgets_old_keys,
@@ -1288,7 +1480,10 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let Some(bundle) = $factory().await else {
-                        eprintln!("{} skipped: backend not configured", stringify!($backend));
+                        eprintln!(
+                            "{} skipped: backend not configured (PostgreSQL: set EASEL_TEST_PG_URL)",
+                            stringify!($backend)
+                        );
                         return;
                     };
                     super::$name(bundle).await;
@@ -1300,14 +1495,69 @@ macro_rules! suite {
 
 suite!(sqlite, crate::Bundle::sqlite);
 
-// PostgreSQL, once `easel::store::postgres::PgStore` exists: add this factory to `Bundle`
-// and the `suite!` line below it. Each call must hand out an empty schema of its own.
-//
-//     async fn postgres() -> Option<Bundle> {
-//         let url = std::env::var("EASEL_TEST_PG_URL").ok().filter(|u| !u.is_empty())?;
-//         let schema = format!("easel_test_{}", ulid());
-//         let store = PgStore::connect_with_schema(&url, &schema).await.expect("connect");
-//         Some(Bundle { store: Arc::new(store), _dir: None })
-//     }
-//
-// suite!(postgres, crate::Bundle::postgres);
+suite!(postgres, crate::Bundle::postgres);
+
+// ---- PostgreSQL only ----
+
+/// `wait_for_work` returns at a NOTIFY from another pool's submit or requeue, and only for
+/// its own schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify_wakes_a_waiting_worker() {
+    let Some((url, schema)) = pg_schema().await else {
+        eprintln!("postgres_notify_wakes_a_waiting_worker skipped: EASEL_TEST_PG_URL unset");
+        return;
+    };
+    let settings = pg_settings();
+    let waiter = Arc::new(
+        PgStore::connect_with_schema(&url, &schema, &settings)
+            .await
+            .expect("connect"),
+    );
+    let submitter = PgStore::connect_with_schema(&url, &schema, &settings)
+        .await
+        .expect("connect");
+    let t = tenant(&submitter, "A", 5).await;
+    waiter.listen().await.expect("LISTEN");
+    // Nothing was notified yet, so the wait sleeps it out.
+    let started = Instant::now();
+    waiter.wait_for_work(Duration::from_millis(200)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "woken for nothing"
+    );
+    // Work in another schema of the same database is not this store's work.
+    let other = Bundle::postgres().await.expect("second schema");
+    let theirs = tenant(other.store.as_ref(), "B", 5).await;
+    submit(other.store.as_ref(), new_job(&theirs.id)).await;
+    let started = Instant::now();
+    waiter.wait_for_work(Duration::from_millis(300)).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "woken by another schema"
+    );
+
+    let wait = |waiter: Arc<PgStore>| {
+        tokio::spawn(async move {
+            let started = Instant::now();
+            waiter.wait_for_work(Duration::from_secs(30)).await;
+            started.elapsed()
+        })
+    };
+    // A submit from another pool wakes the waiter.
+    let waiting = wait(waiter.clone());
+    let id = submit(&submitter, new_job(&t.id)).await;
+    let waited = waiting.await.expect("waiter");
+    assert!(waited < Duration::from_secs(5), "not woken: {waited:?}");
+    let c = claim_one(waiter.as_ref(), LONG_LEASE).await;
+    assert_eq!(c.job.id, id);
+    // So does a retry that is runnable at once (a requeue).
+    waiter.wait_for_work(Duration::from_millis(1)).await; // spend any leftover wake-up
+    let waiting = wait(waiter.clone());
+    submitter
+        .job_finish(&id, c.fence, retry(now_millis()))
+        .await
+        .unwrap();
+    let waited = waiting.await.expect("waiter");
+    assert!(waited < Duration::from_secs(5), "not woken: {waited:?}");
+    assert_eq!(claim_one(waiter.as_ref(), LONG_LEASE).await.job.id, id);
+}

@@ -5,10 +5,10 @@ use anyhow::{bail, Context};
 
 use crate::accounts::crypto::Sealer;
 use crate::app::{create_tenant as make_tenant, open_store};
-use crate::config::Config;
+use crate::config::{redact_url, Config};
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    open_store(config)?;
+    open_store(config).await?;
     println!(
         "database is up to date: {}",
         redact_url(&config.database_url())
@@ -16,28 +16,21 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hides a password in a database URL before it is printed.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("****"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
 pub async fn reset(config: &Config, confirmed: bool) -> anyhow::Result<()> {
     if !confirmed {
         bail!("reset deletes all data; run `easel reset yes` (or `--yes`) to confirm");
     }
-    open_store(config)?.reset().await.context("deleting data")?;
+    open_store(config)
+        .await?
+        .reset()
+        .await
+        .context("deleting data")?;
     println!("all data deleted");
     Ok(())
 }
 
 pub async fn show_keys(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let tenants = store.tenant_list().await?;
     println!("Tenants ({}):", tenants.len());
     for t in &tenants {
@@ -83,7 +76,7 @@ pub async fn create_tenant(
     if rpm == 0 || concurrency == 0 {
         bail!("RPM and CONCURRENCY must be at least 1");
     }
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let created = make_tenant(store.as_ref(), name, rpm, concurrency, None).await?;
     println!(
         "tenant created: {} ({})",
@@ -103,7 +96,7 @@ pub async fn set_tenant_limits(
     if rpm == 0 || concurrency == 0 {
         bail!("RPM and CONCURRENCY must be at least 1");
     }
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let tenant = store
         .tenant_update_limits(tenant_id, rpm, concurrency)
         .await
@@ -156,7 +149,7 @@ pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::
         std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
         &config.data_dir,
     )?;
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let spec = crate::app::ProviderKeySpec {
         provider: provider.clone(),
         key: args.key,
@@ -188,7 +181,7 @@ pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::
 
 /// `init`: a test tenant (with TEST_API_KEY if set) and the GEMINI_API_KEY_1..N keys.
 pub async fn init(config: Config) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let fixed = config
         .auth
         .test_api_key
@@ -223,7 +216,8 @@ pub async fn init(config: Config) -> anyhow::Result<()> {
         std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
         &config.data_dir,
     )?;
-    let imported = crate::app::import_env_keys(open_store(&config)?.as_ref(), &sealer).await?;
+    let imported =
+        crate::app::import_env_keys(open_store(&config).await?.as_ref(), &sealer).await?;
     for name in &imported.already_registered {
         println!("  {name}: this gemini key is already registered");
     }
@@ -235,7 +229,7 @@ pub async fn init(config: Config) -> anyhow::Result<()> {
 /// `test-provider-key`: a free upstream call with the key; enables it on success. Running
 /// servers pick the change up at their next key refresh.
 pub async fn test_provider_key(config: &Config, key_id: &str) -> anyhow::Result<()> {
-    let store = open_store(config)?;
+    let store = open_store(config).await?;
     let record = store
         .provider_key_list()
         .await?

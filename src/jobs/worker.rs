@@ -124,7 +124,7 @@ impl Worker {
                 drop(first);
                 tokio::select! {
                     _ = deps.wake.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
+                    _ = deps.store.wait_for_work(poll) => {}
                     _ = stop.cancelled() => break,
                 }
                 continue;

@@ -6,8 +6,10 @@
 //! job and its first event together; `job_finish` changes the status only while the caller's
 //! fencing token is current.
 //! Must not touch: HTTP, providers, object storage or limits. Engines live in submodules
-//! (`sqlite` now, `postgres` at scale), each with its own SQL, all passing one conformance suite.
+//! (`sqlite`, the embedded default, and `postgres` at scale), each with its own SQL and
+//! migrations, all passing one conformance suite (`tests/store.rs`).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -196,6 +198,13 @@ pub trait Store: Send + Sync + 'static {
     async fn job_maintain(&self, now: Millis) -> StoreResult<Maintenance>;
     /// The earliest time a waiting job becomes runnable, if any is waiting.
     async fn job_next_run_at(&self) -> StoreResult<Option<Millis>>;
+
+    /// Waits until new work may have become claimable (a submit, a requeue, a freed slot), or
+    /// until `timeout` passes. A hint only: it may return early for nothing, and a caller
+    /// must still poll. The default sleeps `timeout`; PostgreSQL wakes on `NOTIFY`.
+    async fn wait_for_work(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
 
     /// Deletes idempotency records older than `before`.
     async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64>;

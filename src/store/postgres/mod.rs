@@ -1,0 +1,398 @@
+//! The PostgreSQL store: Easel at scale, one database shared by many API and worker processes.
+//!
+//! Owns: the connection pool, the `migrations/postgres` schema (brought up to date at open,
+//! which is all `easel migrate` does), the SQL of every [`Store`] method (jobs in `jobs.rs`,
+//! the fair claim in `claim.rs`, tenants and keys in `tenants.rs`; each method one transaction, most of them one statement)
+//! and the `LISTEN easel_jobs` listener behind [`Store::wait_for_work`].
+//! Must not touch: HTTP, providers, object storage, limits or the worker loop. Never puts the
+//! database password in an error or a log line: URLs are shown through [`redact_url`].
+//!
+//! Safe with any number of processes, with no locking of Easel's own:
+//! - A claimer locks the tenant rows it serves (`FOR NO KEY UPDATE SKIP LOCKED`), so the count
+//!   of a tenant's RUNNING jobs it checks against the concurrency limit cannot grow under it;
+//!   the job rows it takes are locked `FOR UPDATE SKIP LOCKED`, so no job goes to two workers.
+//!   `NO KEY` leaves submits free: their foreign-key check only needs `KEY SHARE`.
+//! - Heartbeat, finish and release are UPDATEs guarded by `id`, `fence` and
+//!   `status = 'RUNNING'`; no matching row is [`StoreError::LeaseLost`] and nothing is written.
+//! - The maintenance pass picks its rows `FOR UPDATE SKIP LOCKED`; several may run at once.
+//! - A submit with an idempotency key inserts the key first (`ON CONFLICT DO NOTHING`), so
+//!   concurrent identical submits wait for the first one and replay its job.
+//! - `NOTIFY easel_jobs` (payload: the schema, so deployments sharing a database in separate
+//!   schemas do not wake each other) is only a hint; polling stays the safety net.
+//!
+//! Timestamps are Easel's own clock in milliseconds, as on SQLite, never the server's `now()`.
+
+mod claim;
+mod jobs;
+mod tenants;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::error::ErrorKind;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::{Notify, OnceCell};
+
+use super::{
+    ApiKeyRecord, CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant,
+    ProviderKeyRecord, Store, StoreError, StoreResult, Tenant,
+};
+use crate::config::redact_url;
+use crate::jobs::model::{
+    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
+};
+
+/// The schema, embedded in the binary; applied in order, each file once.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel of the wake-up hint.
+const CHANNEL: &str = "easel_jobs";
+
+/// Pool settings (`database.max_connections`, `database.acquire_timeout_secs`).
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) => match db.kind() {
+                ErrorKind::UniqueViolation
+                | ErrorKind::ForeignKeyViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::CheckViolation => StoreError::Conflict(db.message().to_owned()),
+                // Class 22, data exception: the value itself was refused (a NUL character in
+                // text, a number out of range). Only the message: the detail may quote data.
+                _ if db.code().is_some_and(|c| c.starts_with("22")) => {
+                    StoreError::Conflict(db.message().to_owned())
+                }
+                _ => StoreError::Unavailable(format!(
+                    "postgres {}: {}",
+                    db.code().unwrap_or_default(),
+                    db.message()
+                )),
+            },
+            // Pool timeouts, I/O, TLS, protocol: none of them carries the URL.
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// PostgreSQL behind the [`Store`] trait.
+pub struct PgStore {
+    pool: PgPool,
+    /// Connection settings (with the password): only for the listener's own connection.
+    options: PgConnectOptions,
+    acquire_timeout: Duration,
+    /// `current_schema()`: the payload of the wake-ups meant for this store.
+    schema: String,
+    wake: Arc<Notify>,
+    /// Started by the first `wait_for_work`, so commands that never wait never listen.
+    listener: OnceCell<ListenerTask>,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://` or `postgresql://`) and brings the schema up to date.
+    pub async fn open(url: &str, settings: &PgSettings) -> StoreResult<PgStore> {
+        PgStore::open_with(parse_url(url)?, settings).await
+    }
+
+    /// As [`PgStore::open`], in `schema` (created if missing) rather than the URL's
+    /// `search_path`: one database can hold many independent stores (tests do this).
+    pub async fn connect_with_schema(
+        url: &str,
+        schema: &str,
+        settings: &PgSettings,
+    ) -> StoreResult<PgStore> {
+        let valid = !schema.is_empty()
+            && schema.len() <= 63
+            && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(StoreError::Conflict(format!(
+                "schema name {schema:?}: lowercase letters, digits and _ only"
+            )));
+        }
+        let options = parse_url(url)?;
+        let mut conn = options.connect().await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        PgStore::open_with(options.options([("search_path", schema)]), settings).await
+    }
+
+    async fn open_with(options: PgConnectOptions, settings: &PgSettings) -> StoreResult<PgStore> {
+        let options = if options.get_application_name().is_none() {
+            options.application_name("easel")
+        } else {
+            options
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("postgres migrations: {e}")))?;
+        let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await?;
+        let schema =
+            schema.ok_or_else(|| StoreError::Unavailable("no schema in the search_path".into()))?;
+        Ok(PgStore {
+            pool,
+            options,
+            acquire_timeout: settings.acquire_timeout,
+            schema,
+            wake: Arc::new(Notify::new()),
+            listener: OnceCell::new(),
+        })
+    }
+
+    /// The pool, for tests and tools that need to look at the tables directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Starts listening for wake-ups now, if not yet. `wait_for_work` does this by itself on
+    /// its first call; calling it ahead means no notification sent before then is missed.
+    pub async fn listen(&self) -> StoreResult<()> {
+        self.listener
+            .get_or_try_init(|| self.start_listener())
+            .await
+            .map(drop)
+    }
+
+    /// Connects the listener (its own connection, outside the pool) and starts its task.
+    async fn start_listener(&self) -> StoreResult<ListenerTask> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_lazy_with(self.options.clone());
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        let task = tokio::spawn(listen_loop(
+            listener,
+            self.wake.clone(),
+            self.schema.clone(),
+        ));
+        Ok(ListenerTask(task))
+    }
+}
+
+fn parse_url(url: &str) -> StoreResult<PgConnectOptions> {
+    // The parser's message never quotes the URL; ours names it redacted.
+    PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Unavailable(format!("database URL {}: {e}", redact_url(url))))
+}
+
+/// The listener's task; it ends with the store.
+struct ListenerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Wakes every waiter now, and leaves one permit for a waiter that is about to wait (it
+/// claimed just before the notification and would otherwise sleep through it).
+fn wake_all(wake: &Notify) {
+    wake.notify_waiters();
+    wake.notify_one();
+}
+
+async fn listen_loop(mut listener: PgListener, wake: Arc<Notify>, schema: String) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(note)) => {
+                if note.payload() == schema {
+                    wake_all(&wake);
+                }
+            }
+            Ok(None) => {
+                // The connection dropped and was re-established (LISTEN again included);
+                // whatever was notified meanwhile is lost, so everyone polls once.
+                tracing::warn!("postgres LISTEN connection was re-established");
+                wake_all(&wake);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "postgres LISTEN failed; retrying in 1 s, polling meanwhile");
+                wake_all(&wake);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant> {
+        tenants::create(&self.pool, &tenant, &key).await
+    }
+
+    async fn tenant_list(&self) -> StoreResult<Vec<Tenant>> {
+        tenants::list(&self.pool).await
+    }
+
+    async fn tenant_get(&self, tenant_id: &str) -> StoreResult<Option<Tenant>> {
+        tenants::get(&self.pool, tenant_id).await
+    }
+
+    async fn tenant_update_limits(
+        &self,
+        tenant_id: &str,
+        rpm_limit: u32,
+        concurrency_limit: u32,
+    ) -> StoreResult<Tenant> {
+        tenants::update_limits(&self.pool, tenant_id, rpm_limit, concurrency_limit).await
+    }
+
+    async fn provider_key_set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        last_error: Option<&str>,
+    ) -> StoreResult<()> {
+        tenants::provider_key_set_enabled(&self.pool, id, enabled, last_error).await
+    }
+
+    async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()> {
+        tenants::api_key_add(&self.pool, tenant_id, &key).await
+    }
+
+    async fn api_key_find(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRecord>> {
+        tenants::api_key_find(&self.pool, key_hash).await
+    }
+
+    async fn provider_key_add(&self, key: NewProviderKey) -> StoreResult<ProviderKeyRecord> {
+        tenants::provider_key_add(&self.pool, &key).await
+    }
+
+    async fn provider_key_list(&self) -> StoreResult<Vec<ProviderKeyRecord>> {
+        tenants::provider_key_list(&self.pool).await
+    }
+
+    async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome> {
+        jobs::submit(&self.pool, &job).await
+    }
+
+    async fn job_get(&self, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
+        jobs::get(&self.pool, tenant_id, job_id).await
+    }
+
+    async fn job_queue_position(&self, job: &Job) -> StoreResult<u64> {
+        jobs::queue_position(&self.pool, job.seq).await
+    }
+
+    async fn job_list(&self, query: JobListQuery) -> StoreResult<JobPage> {
+        jobs::list(&self.pool, &query).await
+    }
+
+    async fn job_cancel(&self, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
+        jobs::cancel(&self.pool, tenant_id, job_id).await
+    }
+
+    async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>> {
+        jobs::events(&self.pool, job_id).await
+    }
+
+    async fn job_events_after(
+        &self,
+        tenant_id: &str,
+        job_id: Option<&str>,
+        after_id: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<JobEvent>> {
+        jobs::events_after(&self.pool, tenant_id, job_id, after_id, limit).await
+    }
+
+    async fn job_events_last_id(&self, tenant_id: &str) -> StoreResult<i64> {
+        jobs::events_last_id(&self.pool, tenant_id).await
+    }
+
+    async fn job_claim(
+        &self,
+        worker_id: &str,
+        max: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedJob>> {
+        claim::claim(&self.pool, worker_id, max, lease).await
+    }
+
+    async fn job_heartbeat(
+        &self,
+        job_id: &str,
+        fence: i64,
+        lease: Duration,
+    ) -> StoreResult<Millis> {
+        jobs::heartbeat(&self.pool, job_id, fence, lease).await
+    }
+
+    async fn job_finish(&self, job_id: &str, fence: i64, finish: Finish) -> StoreResult<()> {
+        jobs::finish(&self.pool, job_id, fence, &finish).await
+    }
+
+    async fn job_release(&self, job_id: &str, fence: i64) -> StoreResult<()> {
+        jobs::release(&self.pool, job_id, fence).await
+    }
+
+    async fn job_maintain(&self, now: Millis) -> StoreResult<Maintenance> {
+        jobs::maintain(&self.pool, now).await
+    }
+
+    async fn job_next_run_at(&self) -> StoreResult<Option<Millis>> {
+        jobs::next_run_at(&self.pool).await
+    }
+
+    /// Returns at the first `NOTIFY easel_jobs` for this schema, or after `timeout`. When the
+    /// listener cannot connect, this is a plain sleep: the caller's poll still finds the work.
+    async fn wait_for_work(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout(timeout, self.listen()).await {
+            Ok(Ok(_)) => {
+                let _ = tokio::time::timeout_at(deadline, self.wake.notified()).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "postgres LISTEN unavailable; polling only");
+                tokio::time::sleep_until(deadline).await;
+            }
+            Err(_) => {} // the timeout passed while connecting
+        }
+    }
+
+    async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64> {
+        jobs::idempotency_purge(&self.pool, before).await
+    }
+
+    async fn reset(&self) -> StoreResult<()> {
+        // Identities keep counting (as SQLite's AUTOINCREMENT does): a seq is never reused.
+        sqlx::query(
+            "TRUNCATE job_events, idempotency_keys, jobs, api_keys, provider_keys, tenants",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
