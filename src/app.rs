@@ -106,8 +106,7 @@ impl App {
             config.storage.public_base_url.as_deref(),
             config.storage.url_ttl_secs,
         );
-        let master_key = std::env::var("EASEL_MASTER_KEY").ok();
-        let sealer = Sealer::load(master_key.as_deref(), &config.data_dir)?;
+        let sealer = Sealer::from_env(&config.data_dir)?;
         let limiter = open_limiter(&config).await?;
         let imported = import_env_keys(store.as_ref(), &sealer).await?;
         if imported.added > 0 {

@@ -6,7 +6,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use easel::app::{add_provider_key, ProviderKeySpec};
 use easel::testing::fake_gemini::{FakeGemini, Fault};
 use serde_json::json;
 
@@ -33,19 +32,7 @@ async fn limits_hold_over_a_minute_at_two_and_a_half_times_the_rate() {
         easel::server::Roles::ALL,
     )
     .await;
-    let spec = ProviderKeySpec {
-        provider: "gemini".into(),
-        key: "key".into(),
-        rpm: RPM,
-        concurrency: CONCURRENCY,
-        endpoint: None,
-        priority: 0,
-        project: None,
-    };
-    add_provider_key(app.app.store.as_ref(), &app.app.sealer, spec)
-        .await
-        .expect("key");
-    app.app.keys.load().await.expect("reload");
+    app.add_gemini_key("key", RPM, CONCURRENCY).await;
     let (_, key) = app.new_tenant("driven", TENANT_RPM, 10).await;
 
     // Drive at 2.5x the tenant's RPM for the whole run.

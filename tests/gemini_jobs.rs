@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use easel::app::{add_provider_key, ProviderKeySpec};
 use easel::testing::fake_gemini::{FakeGemini, Fault, FaultKind};
 use serde_json::{json, Value};
 
@@ -27,20 +26,8 @@ async fn gemini_app(
     )
     .await;
     for (key, rpm, concurrency) in keys {
-        let spec = ProviderKeySpec {
-            provider: "gemini".into(),
-            key: (*key).into(),
-            rpm: *rpm,
-            concurrency: *concurrency,
-            endpoint: None,
-            priority: 0,
-            project: None,
-        };
-        add_provider_key(app.app.store.as_ref(), &app.app.sealer, spec)
-            .await
-            .expect("key");
+        app.add_gemini_key(key, *rpm, *concurrency).await;
     }
-    app.app.keys.load().await.expect("reload keys");
     app
 }
 

@@ -45,6 +45,12 @@ impl Sealer {
         })
     }
 
+    /// The deployment's sealer: `EASEL_MASTER_KEY` if set, else `<data_dir>/master.key`.
+    pub fn from_env(data_dir: &Path) -> Result<Sealer, CryptoError> {
+        let configured = std::env::var("EASEL_MASTER_KEY").ok();
+        Sealer::load(configured.as_deref(), data_dir)
+    }
+
     pub fn seal(&self, plaintext: &str) -> Vec<u8> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         // Encryption into a Vec cannot fail for inputs under AES-GCM's size limit (64 GiB).

@@ -145,10 +145,7 @@ pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::
         }
     }
     std::fs::create_dir_all(&config.data_dir)?;
-    let sealer = Sealer::load(
-        std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
-        &config.data_dir,
-    )?;
+    let sealer = Sealer::from_env(&config.data_dir)?;
     let store = open_store(&config).await?;
     let spec = crate::app::ProviderKeySpec {
         provider: provider.clone(),
@@ -212,10 +209,7 @@ pub async fn init(config: Config) -> anyhow::Result<()> {
     }
     drop(store);
     std::fs::create_dir_all(&config.data_dir)?;
-    let sealer = Sealer::load(
-        std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
-        &config.data_dir,
-    )?;
+    let sealer = Sealer::from_env(&config.data_dir)?;
     let imported =
         crate::app::import_env_keys(open_store(&config).await?.as_ref(), &sealer).await?;
     for name in &imported.already_registered {
@@ -236,10 +230,7 @@ pub async fn test_provider_key(config: &Config, key_id: &str) -> anyhow::Result<
         .into_iter()
         .find(|k| k.id == key_id)
         .ok_or_else(|| anyhow::anyhow!("no provider key {key_id}"))?;
-    let sealer = Sealer::load(
-        std::env::var("EASEL_MASTER_KEY").ok().as_deref(),
-        &config.data_dir,
-    )?;
+    let sealer = Sealer::from_env(&config.data_dir)?;
     let key = crate::providers::keypool::PoolKey {
         id: record.id.clone(),
         provider: record.provider.clone(),

@@ -89,6 +89,23 @@ impl TestApp {
         (created.tenant.id, created.api_key)
     }
 
+    /// Registers an upstream Gemini key and reloads the pool so workers use it at once.
+    pub async fn add_gemini_key(&self, key: &str, rpm: u32, concurrency: u32) {
+        let spec = easel::app::ProviderKeySpec {
+            provider: "gemini".into(),
+            key: key.into(),
+            rpm,
+            concurrency,
+            endpoint: None,
+            priority: 0,
+            project: None,
+        };
+        easel::app::add_provider_key(self.app.store.as_ref(), &self.app.sealer, spec)
+            .await
+            .expect("add key");
+        self.app.keys.load().await.expect("reload keys");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
