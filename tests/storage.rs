@@ -35,8 +35,8 @@ impl Backend {
     }
 }
 
-/// The backends this run has, each an app built after `tweak`.
-async fn backends(tweak: impl Fn(&mut Config) + Clone) -> Vec<Backend> {
+/// The backends this run has for the test `name`, each an app built after `tweak`.
+async fn backends(name: &str, tweak: impl Fn(&mut Config) + Clone) -> Vec<Backend> {
     let t = tweak.clone();
     let mut all = vec![Backend {
         name: "local",
@@ -60,7 +60,7 @@ async fn backends(tweak: impl Fn(&mut Config) + Clone) -> Vec<Backend> {
                 s3: Some(s3),
             });
         }
-        None => eprintln!("S3 half skipped: EASEL_TEST_S3_URL unset"),
+        None => eprintln!("{name}: S3 half skipped: EASEL_TEST_S3_URL unset"),
     }
     all
 }
@@ -96,7 +96,7 @@ fn now_secs() -> i64 {
 
 #[tokio::test]
 async fn put_get_exists_and_not_found() {
-    for b in backends(|_| {}).await {
+    for b in backends("put_get_exists_and_not_found", |_| {}).await {
         let objects = b.objects();
         let key = format!("{}/job/1-0.png", fresh_prefix());
         assert!(!objects.exists(&key).await.expect("exists"), "{}", b.name);
@@ -127,7 +127,7 @@ async fn put_get_exists_and_not_found() {
 #[tokio::test]
 async fn content_type_and_etag() {
     let mut etags = Vec::new();
-    for b in backends(|_| {}).await {
+    for b in backends("content_type_and_etag", |_| {}).await {
         let objects = b.objects();
         let prefix = fresh_prefix();
         for (name, content_type) in [
@@ -158,7 +158,7 @@ async fn content_type_and_etag() {
 
 #[tokio::test]
 async fn keys_are_validated() {
-    for b in backends(|_| {}).await {
+    for b in backends("keys_are_validated", |_| {}).await {
         let objects = b.objects();
         for bad in [
             "",
@@ -207,7 +207,7 @@ async fn keys_are_validated() {
 /// `/v1/files` link on the local folder, a presigned GET to the bucket on S3.
 #[tokio::test]
 async fn result_links_download_the_bytes() {
-    for b in backends(|_| {}).await {
+    for b in backends("result_links_download_the_bytes", |_| {}).await {
         let key = format!("{}/job/1-0.png", fresh_prefix());
         b.objects()
             .put(&key, Bytes::from_static(PNG), "image/png")
@@ -262,7 +262,11 @@ async fn result_links_download_the_bytes() {
 /// here a tampered one is refused, and a 2-second presigned link is used in time, then late.
 #[tokio::test]
 async fn links_expire_and_cannot_be_forged() {
-    for b in backends(|c| c.storage.url_ttl_secs = 2).await {
+    for b in backends("links_expire_and_cannot_be_forged", |c| {
+        c.storage.url_ttl_secs = 2
+    })
+    .await
+    {
         let key = format!("{}/job/1-0.png", fresh_prefix());
         b.objects()
             .put(&key, Bytes::from_static(PNG), "image/png")
@@ -292,7 +296,7 @@ async fn links_expire_and_cannot_be_forged() {
 async fn public_base_url_wins() {
     let tweak =
         |c: &mut Config| c.storage.public_base_url = Some("https://cdn.example.com/".into());
-    for b in backends(tweak).await {
+    for b in backends("public_base_url_wins", tweak).await {
         let url = b.app.app.urls.url("ten_1/job_1/1-0.png", now_secs()).await;
         assert_eq!(
             url, "https://cdn.example.com/ten_1/job_1/1-0.png",
