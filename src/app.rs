@@ -12,13 +12,13 @@ use crate::accounts::auth::Authenticator;
 use crate::accounts::crypto::fingerprint;
 use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
-use crate::config::{redact_url, Config};
+use crate::config::{redact_url, Config, StorageKind};
 use crate::events::{EventBus, LocalBus};
 use crate::jobs::input_image::InputFetcher;
 use crate::limits::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::providers::keypool::{KeyPool, KeyPoolConfig};
 use crate::providers::Registry;
-use crate::storage::urls::UrlSigner;
+use crate::storage::urls::{ResultLinks, UrlSigner};
 use crate::storage::{ObjectStore, ObjectStoreBackend};
 use crate::store::postgres::{PgSettings, PgStore};
 use crate::store::sqlite::SqliteStore;
@@ -30,7 +30,8 @@ pub struct App {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub objects: Arc<dyn ObjectStore>,
-    pub urls: UrlSigner,
+    /// Makes the result URLs clients get (public, presigned or Easel-signed).
+    pub urls: ResultLinks,
     pub providers: Registry,
     pub auth: Authenticator,
     pub sealer: Sealer,
@@ -71,6 +72,34 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     )
 }
 
+/// The image store named by `storage.kind`. An S3 bucket that does not answer at start is
+/// reported loudly but is not fatal: the service may come up after Easel, and a job whose
+/// images cannot be stored is retried.
+async fn open_objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    match config.storage.kind {
+        StorageKind::Local => Ok(Arc::new(
+            ObjectStoreBackend::local(&config.storage_path()).context("opening image folder")?,
+        )),
+        StorageKind::S3 => {
+            let s3 = &config.storage.s3;
+            let backend = ObjectStoreBackend::s3(s3)?;
+            let endpoint = s3.endpoint.as_deref().unwrap_or("AWS S3");
+            let bucket = s3.bucket.as_deref().unwrap_or_default();
+            match backend.check().await {
+                Ok(()) => tracing::info!(endpoint, bucket, "object storage: S3 bucket answers"),
+                Err(e) => tracing::error!(
+                    endpoint,
+                    bucket,
+                    error = %e,
+                    "object storage: the S3 bucket does not answer; check storage.s3.endpoint, \
+                     storage.s3.bucket and the access key (storing results fails until it does)"
+                ),
+            }
+            Ok(Arc::new(backend))
+        }
+    }
+}
+
 /// In memory on one node; in Redis when `REDIS_URL` is set, so limits hold across nodes.
 async fn open_limiter(config: &Config) -> anyhow::Result<Arc<dyn Limiter>> {
     match &config.redis.url {
@@ -89,9 +118,7 @@ impl App {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data folder {}", config.data_dir.display()))?;
         let store = open_store(&config).await?;
-        let objects: Arc<dyn ObjectStore> = Arc::new(
-            ObjectStoreBackend::local(&config.storage_path()).context("opening image folder")?,
-        );
+        let objects = open_objects(&config).await?;
         let signing_secret = match &config.storage.signing_secret {
             Some(secret) => secret.expose().to_owned(),
             None => read_or_create_secret_file(&config.data_dir.join("url-signing.key"), || {
@@ -100,12 +127,18 @@ impl App {
             })
             .context("reading url-signing.key")?,
         };
-        let urls = UrlSigner::new(
+        let signer = UrlSigner::new(
             signing_secret.as_bytes(),
             &config.public_url(),
             config.storage.public_base_url.as_deref(),
             config.storage.url_ttl_secs,
         );
+        let urls = match config.storage.kind {
+            StorageKind::S3 if config.storage.s3.presign => {
+                ResultLinks::presigned(signer, objects.clone())
+            }
+            _ => ResultLinks::signed(signer),
+        };
         let sealer = Sealer::from_env(&config.data_dir)?;
         let limiter = open_limiter(&config).await?;
         let imported = import_env_keys(store.as_ref(), &sealer).await?;

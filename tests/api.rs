@@ -794,13 +794,13 @@ async fn result_links_refuse_tampering_and_expiry_with_403() {
 
     // A link this server signed, but whose time is up.
     let now_secs = now_millis() / 1000;
-    let expired = app.app.urls.url(&key, now_secs - 2 * 3600);
+    let expired = app.app.urls.url(&key, now_secs - 2 * 3600).await;
     let (_, expired_at, _) = signed_parts(&expired);
     assert!(expired_at.parse::<i64>().expect("expires") < now_secs);
     let response = app.http.get(&expired).send().await.expect("send");
     expect_error(response, 403, "INVALID_SIGNATURE").await;
     // The same signer, now, makes a link that works: the refusal above was the expiry.
-    let fresh = app.app.urls.url(&key, now_secs);
+    let fresh = app.app.urls.url(&key, now_secs).await;
     assert_eq!(
         app.http.get(&fresh).send().await.expect("send").status(),
         200

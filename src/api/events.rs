@@ -66,7 +66,7 @@ pub(super) async fn render(app: &App, event: &JobEvent) -> Result<String, ApiErr
             .job_get(&event.tenant_id, &event.job_id)
             .await?
             .ok_or_else(ApiError::job_not_found)?;
-        Some(super::jobs::result_urls(app, &job))
+        Some(super::jobs::result_urls(app, &job).await)
     } else {
         None
     };

@@ -1,4 +1,6 @@
-//! `GET /v1/files/{key}`: serves a stored image to whoever holds a valid signed link.
+//! `GET /v1/files/{key}`: serves a stored image to whoever holds a valid Easel-signed link,
+//! from whichever backend holds it: the local folder, or the S3 bucket as a proxy (when
+//! `storage.s3.presign = false`, or presigning failed; see `storage::urls`).
 
 use std::collections::HashMap;
 

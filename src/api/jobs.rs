@@ -126,12 +126,9 @@ struct JobView {
     cancel_at: Option<String>,
 }
 
-pub(super) fn result_urls(app: &App, job: &Job) -> Vec<String> {
-    let now_secs = now_millis() / 1000;
-    job.result_keys
-        .iter()
-        .map(|key| app.urls.url(key, now_secs))
-        .collect()
+/// The job's result links, as `storage` makes them (public, presigned or Easel-signed).
+pub(super) async fn result_urls(app: &App, job: &Job) -> Vec<String> {
+    app.urls.urls(&job.result_keys, now_millis() / 1000).await
 }
 
 pub async fn get(
@@ -156,7 +153,7 @@ pub async fn get(
         prompt: job.prompt.clone(),
         mode: job.mode.as_str(),
         input_image_url: job.input_image_url.clone(),
-        result_urls: result_urls(&app, &job),
+        result_urls: result_urls(&app, &job).await,
         error: job.error_message.clone(),
         error_code: job.error_code.clone(),
         error_message: job.error_message.clone(),
@@ -258,21 +255,20 @@ pub async fn list(
         (true, Some(last)) => Some(encode_cursor(last.seq)),
         _ => None,
     };
-    let items = page
-        .items
-        .iter()
-        .map(|job| ListItem {
+    let mut items = Vec::with_capacity(page.items.len());
+    for job in &page.items {
+        items.push(ListItem {
             id: job.id.clone(),
             status: job.status,
             prompt: job.prompt.clone(),
             mode: job.mode.as_str(),
-            result_urls: result_urls(&app, job),
+            result_urls: result_urls(&app, job).await,
             error_code: job.error_code.clone(),
             error_message: job.error_message.clone(),
             created_at: format_millis(job.created_at),
             updated_at: format_millis(job.updated_at),
-        })
-        .collect();
+        });
+    }
     Ok(Json(ListPage {
         items,
         has_more: page.has_more,

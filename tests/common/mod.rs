@@ -38,6 +38,32 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config
 }
 
+/// The S3-compatible server of the test run, from `EASEL_TEST_S3_URL` (its endpoint, e.g.
+/// `http://127.0.0.1:8014`), `EASEL_TEST_S3_BUCKET` (default `easel-test`, which must
+/// exist), `EASEL_TEST_S3_ACCESS_KEY_ID`, `EASEL_TEST_S3_SECRET_ACCESS_KEY`, and optionally
+/// `EASEL_TEST_S3_REGION` and `EASEL_TEST_S3_PATH_STYLE` (default `true`). `None` when
+/// `EASEL_TEST_S3_URL` is unset: S3 tests then print a skip note.
+pub fn test_s3_settings() -> Option<easel::config::S3Settings> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let endpoint = var("EASEL_TEST_S3_URL")?;
+    Some(easel::config::S3Settings {
+        allow_http: endpoint.starts_with("http://"),
+        endpoint: Some(endpoint),
+        bucket: Some(var("EASEL_TEST_S3_BUCKET").unwrap_or_else(|| "easel-test".into())),
+        region: var("EASEL_TEST_S3_REGION"),
+        access_key_id: var("EASEL_TEST_S3_ACCESS_KEY_ID"),
+        secret_access_key: var("EASEL_TEST_S3_SECRET_ACCESS_KEY").map(easel::config::Secret::new),
+        path_style: var("EASEL_TEST_S3_PATH_STYLE").is_none_or(|v| v != "false"),
+        ..Default::default()
+    })
+}
+
+/// Stores images in the test S3 bucket (see [`test_s3_settings`]).
+pub fn use_s3(config: &mut Config, s3: easel::config::S3Settings) {
+    config.storage.kind = easel::config::StorageKind::S3;
+    config.storage.s3 = s3;
+}
+
 /// The HTTP API alone: jobs stay where they are until a test starts a worker.
 pub const API_ONLY: Roles = Roles {
     api: true,
