@@ -92,6 +92,7 @@ fn new_job(tenant_id: &str) -> NewJob {
         cancel_at: None,
         deadline_at: now_millis() + HOUR,
         idempotency: None,
+        webhook_url: None,
     }
 }
 

@@ -65,6 +65,7 @@ pub async fn submit(
         created_at: now,
         cancel_at: cancel_after.map(|d| now + d.as_millis() as i64),
         deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
+        webhook_url: None,
     };
     let mut response = match app.store.job_submit(job).await? {
         SubmitOutcome::Created { job_id } => {
