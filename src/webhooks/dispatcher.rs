@@ -10,6 +10,10 @@
 //! environment proxies are not used (the connection goes to the checked address), and every
 //! attempt has a timeout. A dispatcher that dies mid-attempt loses its lease; the delivery
 //! is sent again later with the same id (at least once).
+//!
+//! An idle dispatcher looks for due deliveries every `webhooks.poll_ms`, and at once when the
+//! event bus announces a committed status change (a wake-up hint only: the outbox rows are
+//! the truth, so a lost notice costs at most one poll interval).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,7 @@ use super::target::{redact, TargetGuard};
 use super::WebhooksConfig;
 use crate::accounts::crypto::Sealer;
 use crate::config::Secret;
+use crate::events::{EventBus, Subscription, Wake};
 use crate::jobs::model::{now_millis, JobStatus, Millis};
 use crate::storage::urls::UrlSigner;
 use crate::store::{Store, StoreError};
@@ -131,7 +136,17 @@ pub struct Dispatcher {
     urls: UrlSigner,
     config: WebhooksConfig,
     guard: TargetGuard,
+    /// Status changes committed in this process are announced here: a reason to look now.
+    events: Option<Arc<dyn EventBus>>,
     id: String,
+}
+
+/// The next notice of the bus, or never when there is no (more) bus.
+async fn next_notice(sub: &mut Option<Subscription>) -> Wake {
+    match sub {
+        Some(sub) => sub.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Dispatcher {
@@ -140,6 +155,7 @@ impl Dispatcher {
         sealer: Sealer,
         urls: UrlSigner,
         config: WebhooksConfig,
+        events: Option<Arc<dyn EventBus>>,
     ) -> Result<Dispatcher, String> {
         let guard = TargetGuard::new(&config.allow_networks)?;
         Ok(Dispatcher {
@@ -148,6 +164,7 @@ impl Dispatcher {
             urls,
             config,
             guard,
+            events,
             id: format!("whd_{}", ulid::Ulid::new().to_string().to_lowercase()),
         })
     }
@@ -158,6 +175,7 @@ impl Dispatcher {
             app.sealer.clone(),
             app.urls.clone(),
             app.config.webhooks.clone(),
+            Some(app.events.clone()),
         )
     }
 
@@ -174,6 +192,7 @@ impl Dispatcher {
         let done = Arc::new(Notify::new());
         let poll = Duration::from_millis(this.config.poll_ms);
         let lease = this.timeout() + LEASE_SLACK;
+        let mut notices = this.events.as_ref().map(|bus| bus.subscribe());
         tracing::info!(dispatcher = %this.id, concurrency = this.config.concurrency, "webhook dispatcher started");
         loop {
             let first = tokio::select! {
@@ -213,6 +232,15 @@ impl Dispatcher {
                 tokio::select! {
                     _ = tokio::time::sleep(wait.unwrap_or(poll)) => {}
                     _ = done.notified() => {}
+                    wake = next_notice(&mut notices) => match wake {
+                        // The next read sees every change the queued notices announce.
+                        Wake::Changed(_) | Wake::Missed => {
+                            if let Some(sub) = notices.as_mut() {
+                                sub.drain();
+                            }
+                        }
+                        Wake::Closed => notices = None,
+                    },
                     _ = stop.cancelled() => break,
                 }
                 continue;
