@@ -85,6 +85,10 @@ CREATE INDEX webhook_deliveries_tenant_state ON webhook_deliveries (tenant_id, s
 -- without a tenant_webhooks row has no signing secret, so it gets no deliveries (the API
 -- refuses a per-job webhookUrl from such a tenant).
 --
+-- The payload is snapshotted from the event row (status, error message, time) and, for
+-- SUCCEEDED, the job's result_keys: every status change updates the jobs row before it
+-- inserts its event, so the keys are in place when the trigger runs.
+--
 -- The id is a ULID made in SQL: 10 Crockford base32 characters of the event's millisecond
 -- time, then 16 random ones (80 bits).
 --
