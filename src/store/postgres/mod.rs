@@ -45,6 +45,14 @@ use crate::config::redact_url;
 use crate::jobs::model::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
 };
+use crate::webhooks::model::{
+    AttemptReport, ClaimedDelivery, DeliveryListQuery, DeliveryPage, ReplayOutcome, SealedSecret,
+    TenantWebhook, WebhookSet,
+};
+
+fn webhooks_pending() -> StoreError {
+    StoreError::Unavailable("webhooks are not implemented on PostgreSQL yet".into())
+}
 
 /// The schema, embedded in the binary; applied in order, each file once.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -380,6 +388,64 @@ impl Store for PgStore {
             }
             Err(_) => {} // the timeout passed while connecting
         }
+    }
+
+    // Webhooks reach PostgreSQL with the next commits (migration 0003, webhooks.rs); until
+    // then every webhook method refuses.
+    async fn webhook_get(&self, _tenant_id: &str) -> StoreResult<Option<TenantWebhook>> {
+        Err(webhooks_pending())
+    }
+
+    async fn webhook_set(
+        &self,
+        _tenant_id: &str,
+        _set: WebhookSet,
+    ) -> StoreResult<(TenantWebhook, bool)> {
+        Err(webhooks_pending())
+    }
+
+    async fn webhook_rotate_secret(
+        &self,
+        _tenant_id: &str,
+        _secret: SealedSecret,
+        _prev_expires_at: Millis,
+    ) -> StoreResult<TenantWebhook> {
+        Err(webhooks_pending())
+    }
+
+    async fn webhook_claim(
+        &self,
+        _owner: &str,
+        _max: u32,
+        _lease: Duration,
+        _per_endpoint: u32,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        Err(webhooks_pending())
+    }
+
+    async fn webhook_complete(
+        &self,
+        _delivery_id: &str,
+        _claim_token: i64,
+        _report: AttemptReport,
+    ) -> StoreResult<()> {
+        Err(webhooks_pending())
+    }
+
+    async fn webhook_next_due_at(&self) -> StoreResult<Option<Millis>> {
+        Err(webhooks_pending())
+    }
+
+    async fn webhook_deliveries(&self, _query: DeliveryListQuery) -> StoreResult<DeliveryPage> {
+        Err(webhooks_pending())
+    }
+
+    async fn webhook_replay(
+        &self,
+        _tenant_id: &str,
+        _delivery_id: &str,
+    ) -> StoreResult<ReplayOutcome> {
+        Err(webhooks_pending())
     }
 
     async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64> {
