@@ -1772,6 +1772,90 @@ async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
     assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
 }
 
+/// Dispatchers claiming at the same moment never share a delivery, and together never put more
+/// than the cap in flight to one URL (on PostgreSQL, separate transactions on separate
+/// connections).
+async fn concurrent_webhook_claimers_respect_the_per_url_cap(b: Bundle) {
+    const CAP: u32 = 3;
+    const CLAIMERS: usize = 8;
+    let s = b.store.clone();
+    let t = tenant(s.as_ref(), "A", 5).await;
+    set_webhook(
+        s.as_ref(),
+        &t.id,
+        Some("https://a.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    // 16 deliveries to the tenant's URL, 8 to a job's own; a cancel is terminal.
+    for i in 0..24 {
+        let mut job = new_job(&t.id);
+        if i % 3 == 0 {
+            job.webhook_url = Some("https://b.example/hook".into());
+        }
+        let id = submit(s.as_ref(), job).await;
+        assert_eq!(
+            s.job_cancel(&t.id, &id).await.unwrap(),
+            CancelOutcome::Canceled
+        );
+    }
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for round in 0.. {
+        // Every claimer claims at once; nothing completes until all have claimed, so each
+        // round starts with nothing in flight.
+        let barrier = Arc::new(tokio::sync::Barrier::new(CLAIMERS));
+        let tasks: Vec<_> = (0..CLAIMERS)
+            .map(|i| {
+                let (s, barrier) = (s.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    s.webhook_claim(&format!("d{i}"), 4, LONG_LEASE, CAP)
+                        .await
+                        .expect("webhook_claim")
+                })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for task in tasks {
+            claimed.extend(task.await.expect("claimer"));
+        }
+        if claimed.is_empty() {
+            break;
+        }
+        let mut per_url: HashMap<String, u32> = HashMap::new();
+        for c in &claimed {
+            *per_url.entry(c.delivery.url.clone()).or_default() += 1;
+            *sent.entry(c.delivery.id.clone()).or_default() += 1;
+        }
+        for (url, n) in &per_url {
+            assert!(*n <= CAP, "round {round}: {n} in flight to {url}");
+        }
+        if round == 0 {
+            // Plenty due to both: the claimers together fill both caps.
+            assert_eq!(per_url.get("https://a.example/hook"), Some(&CAP));
+            assert_eq!(per_url.get("https://b.example/hook"), Some(&CAP));
+        }
+        for c in claimed {
+            s.webhook_complete(
+                &c.delivery.id,
+                c.claim_token,
+                report(AttemptOutcome::Delivered, Some(200)),
+            )
+            .await
+            .expect("webhook_complete");
+        }
+        assert!(round < 24, "the claims stopped making progress");
+    }
+    assert_eq!(sent.len(), 24, "every delivery claimed");
+    assert!(
+        sent.values().all(|n| *n == 1),
+        "a delivery was claimed twice"
+    );
+    let all = deliveries(s.as_ref(), &t.id, None).await;
+    assert_eq!(all.len(), 24);
+    assert!(all.iter().all(|d| d.state == DeliveryState::Succeeded));
+}
+
 async fn webhook_gone_disables_the_endpoint(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
@@ -2015,6 +2099,7 @@ macro_rules! suite {
             events_after_pages_in_id_order_per_tenant_and_job,
             webhook_outbox_follows_status_changes,
             webhook_claim_leases_caps_and_completes,
+            concurrent_webhook_claimers_respect_the_per_url_cap,
             webhook_gone_disables_the_endpoint,
             webhook_rotation_overlaps_then_drops_the_old_secret,
             webhook_logs_page_filter_scope_and_replay,
