@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::jobs::model::{
-    now_millis, ClaimedJob, Finish, IdempotencyClaim, Job, JobListQuery, JobParams, JobStatus,
-    Millis, NewJob, SubmitOutcome,
+    now_millis, ClaimedJob, Finish, IdempotencyClaim, Job, JobEvent, JobListQuery, JobParams,
+    JobStatus, Millis, NewJob, SubmitOutcome,
 };
 use easel::providers::Mode;
 use easel::store::postgres::{PgSettings, PgStore};
@@ -1372,6 +1372,22 @@ async fn reset_deletes_everything(b: Bundle) {
 
 // ---- job events after a cursor (live streams) ----
 
+/// The tenant's events after 0, once `expected` of them are visible (or 10 s passed). On
+/// PostgreSQL a reader only takes events whose transaction is older than every transaction
+/// still running in the database (migration 0002), and the tests running alongside keep
+/// opening stores, whose migrations are transactions of their own: committed events can show
+/// up a moment late, never out of order.
+async fn events_once_visible(s: &dyn Store, tenant_id: &str, expected: usize) -> Vec<JobEvent> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = s.job_events_after(tenant_id, None, 0, 100).await.unwrap();
+        if events.len() >= expected || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn events_after_pages_in_id_order_per_tenant_and_job(b: Bundle) {
     let s = b.store.as_ref();
     let a = tenant(s, "A", 5).await;
@@ -1391,7 +1407,7 @@ async fn events_after_pages_in_id_order_per_tenant_and_job(b: Bundle) {
             .await
             .unwrap();
     }
-    let all = s.job_events_after(&a.id, None, 0, 100).await.unwrap();
+    let all = events_once_visible(s, &a.id, 6).await;
     assert_eq!(all.len(), 6, "{all:?}");
     assert!(all.iter().all(|e| e.tenant_id == a.id));
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "{all:?}");
