@@ -47,6 +47,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Fetching of `inputImageUrl` (size, timeout, SSRF allow-list).
     pub inputs: crate::jobs::input_image::InputImageConfig,
+    /// Webhook delivery (timeouts, concurrency, retry schedule, SSRF allow-list).
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -469,6 +471,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             redis: RedisConfig::default(),
             inputs: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -720,6 +723,9 @@ impl Config {
                 problem,
             }
         })?;
+        self.webhooks
+            .validate()
+            .map_err(|(key, problem)| ConfigError::Invalid { key, problem })?;
         Ok(())
     }
 

@@ -16,6 +16,8 @@
 //! 5. Clients read the job through [`api`]; result links are signed by [`storage::urls`].
 //!    Every committed status change is announced on the [`events`] bus, and live SSE and
 //!    WebSocket streams re-read the job events table from their last event id.
+//!    A status change the tenant's webhook wants also wrote an outbox row in its transaction;
+//!    the [`webhooks`] dispatcher sends it, signed, with retries.
 //!
 //! [`config`] loads settings, [`app`] builds the shared parts, [`server`] runs the roles of a
 //! process and [`cli`] is the `easel` command line.
@@ -34,3 +36,4 @@ pub mod server;
 pub mod storage;
 pub mod store;
 pub mod testing;
+pub mod webhooks;

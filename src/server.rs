@@ -1,5 +1,5 @@
-//! Runs the roles of one process (HTTP API, worker, maintenance) until a stop signal, so the
-//! binary and the tests start Easel the same way.
+//! Runs the roles of one process (HTTP API, worker, maintenance, webhook dispatcher) until a
+//! stop signal, so the binary and the tests start Easel the same way.
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::jobs::maintenance;
 use crate::jobs::worker::{Worker, WorkerDeps};
 use crate::providers::probe::probe_key;
+use crate::webhooks::dispatcher::Dispatcher;
 
 /// Which parts a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,13 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
             app.events.clone(),
             stop.clone(),
         ));
+        // Beside the job workers, with its own slots: a slow receiver never holds a job.
+        match Dispatcher::from_app(&app) {
+            Ok(dispatcher) => {
+                tasks.spawn(dispatcher.run(stop.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "webhook dispatcher not started"),
+        }
     }
     if roles.worker {
         tasks.spawn(keep_keys_fresh(app.clone(), stop.clone()));

@@ -498,7 +498,7 @@ fn migrate_creates_the_schema_and_is_idempotent() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("user_version");
     // One per file in migrations/sqlite.
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let tables: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN

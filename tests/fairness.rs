@@ -43,6 +43,7 @@ async fn one_job_is_not_starved_by_ten_thousand_queued() {
                     cancel_at: None,
                     deadline_at: now + 3_600_000,
                     idempotency: None,
+                    webhook_url: None,
                 })
                 .await
                 .expect("submit")

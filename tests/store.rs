@@ -15,14 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::jobs::model::{
-    now_millis, ClaimedJob, Finish, IdempotencyClaim, Job, JobListQuery, JobParams, JobStatus,
-    Millis, NewJob, SubmitOutcome,
+    now_millis, ClaimedJob, Finish, IdempotencyClaim, Job, JobEvent, JobListQuery, JobParams,
+    JobStatus, Millis, NewJob, SubmitOutcome,
 };
 use easel::providers::Mode;
 use easel::store::postgres::{PgSettings, PgStore};
 use easel::store::sqlite::SqliteStore;
 use easel::store::{
     CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant, Store, StoreError, Tenant,
+};
+use easel::webhooks::model::{
+    AttemptOutcome, AttemptReport, Delivery, DeliveryListQuery, DeliverySource, DeliveryState,
+    ReplayOutcome, SealedSecret, WebhookEvents, WebhookSet,
 };
 
 const HOUR: Millis = 3_600_000;
@@ -161,6 +165,7 @@ fn new_job(tenant_id: &str) -> NewJob {
         cancel_at: None,
         deadline_at: now_millis() + HOUR,
         idempotency: None,
+        webhook_url: None,
     }
 }
 
@@ -1367,6 +1372,22 @@ async fn reset_deletes_everything(b: Bundle) {
 
 // ---- job events after a cursor (live streams) ----
 
+/// The tenant's events after 0, once `expected` of them are visible (or 10 s passed). On
+/// PostgreSQL a reader only takes events whose transaction is older than every transaction
+/// still running in the database (migration 0002), and the tests running alongside keep
+/// opening stores, whose migrations are transactions of their own: committed events can show
+/// up a moment late, never out of order.
+async fn events_once_visible(s: &dyn Store, tenant_id: &str, expected: usize) -> Vec<JobEvent> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = s.job_events_after(tenant_id, None, 0, 100).await.unwrap();
+        if events.len() >= expected || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn events_after_pages_in_id_order_per_tenant_and_job(b: Bundle) {
     let s = b.store.as_ref();
     let a = tenant(s, "A", 5).await;
@@ -1386,7 +1407,7 @@ async fn events_after_pages_in_id_order_per_tenant_and_job(b: Bundle) {
             .await
             .unwrap();
     }
-    let all = s.job_events_after(&a.id, None, 0, 100).await.unwrap();
+    let all = events_once_visible(s, &a.id, 6).await;
     assert_eq!(all.len(), 6, "{all:?}");
     assert!(all.iter().all(|e| e.tenant_id == a.id));
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "{all:?}");
@@ -1431,6 +1452,626 @@ async fn events_after_pages_in_id_order_per_tenant_and_job(b: Bundle) {
     assert!(all.iter().any(|e| e.job_id == a1));
 }
 
+// ---- webhooks: the outbox, the dispatcher's claim, endpoints, logs ----
+
+fn sealed(tag: &str) -> SealedSecret {
+    SealedSecret {
+        sealed: tag.as_bytes().to_vec(),
+        fingerprint: format!("sha256:{tag}"),
+    }
+}
+
+async fn set_webhook(
+    s: &dyn Store,
+    tenant_id: &str,
+    url: Option<&str>,
+    events: WebhookEvents,
+) -> bool {
+    let set = WebhookSet {
+        url: url.map(str::to_owned),
+        events,
+        secret_if_missing: sealed("first"),
+    };
+    s.webhook_set(tenant_id, set).await.expect("webhook_set").1
+}
+
+async fn deliveries(s: &dyn Store, tenant_id: &str, job_id: Option<&str>) -> Vec<Delivery> {
+    s.webhook_deliveries(DeliveryListQuery {
+        tenant_id: tenant_id.to_owned(),
+        job_id: job_id.map(str::to_owned),
+        state: None,
+        limit: 100,
+        before_seq: None,
+    })
+    .await
+    .expect("webhook_deliveries")
+    .items
+}
+
+/// Submits a job (with its own webhook URL if given) and runs it to SUCCEEDED.
+async fn run_to_success(s: &dyn Store, tenant_id: &str, webhook_url: Option<&str>) -> String {
+    let mut job = new_job(tenant_id);
+    job.webhook_url = webhook_url.map(str::to_owned);
+    let id = submit(s, job).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    assert_eq!(c.job.id, id);
+    s.job_finish(&id, c.fence, succeeded(&["k/0.png"]))
+        .await
+        .expect("finish");
+    id
+}
+
+fn report(outcome: AttemptOutcome, code: Option<u16>) -> AttemptReport {
+    AttemptReport {
+        outcome,
+        status_code: code,
+        error: code.filter(|c| *c >= 300).map(|c| format!("HTTP {c}")),
+        latency_ms: 12,
+        at: now_millis(),
+    }
+}
+
+async fn webhook_outbox_follows_status_changes(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    // No endpoint: no deliveries, whatever happens.
+    let quiet = run_to_success(s, &t.id, None).await;
+    assert!(deliveries(s, &t.id, Some(&quiet)).await.is_empty());
+    // The first set creates the secret; later ones keep it.
+    assert!(
+        set_webhook(
+            s,
+            &t.id,
+            Some("https://a.example/hook"),
+            WebhookEvents::Terminal
+        )
+        .await
+    );
+    let w = s.webhook_get(&t.id).await.unwrap().expect("endpoint");
+    assert_eq!(w.secret, sealed("first"));
+    let again = WebhookSet {
+        url: Some("https://a.example/hook".into()),
+        events: WebhookEvents::Terminal,
+        secret_if_missing: sealed("second"),
+    };
+    let (w2, created) = s.webhook_set(&t.id, again).await.unwrap();
+    assert!(!created);
+    assert_eq!(w2.secret, sealed("first"));
+
+    let job = run_to_success(s, &t.id, None).await;
+    let d = deliveries(s, &t.id, Some(&job)).await;
+    assert_eq!(d.len(), 1, "only the terminal event: {d:?}");
+    let d = &d[0];
+    assert!(d.id.starts_with("evt_") && d.id.len() == 30, "{}", d.id);
+    assert!(d.id[4..]
+        .chars()
+        .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+    assert_eq!(
+        (d.status, d.state, d.attempts, d.source),
+        (
+            JobStatus::Succeeded,
+            DeliveryState::Pending,
+            0,
+            DeliverySource::Tenant
+        )
+    );
+    assert_eq!(d.url, "https://a.example/hook");
+    assert_eq!(d.result_keys, vec!["k/0.png".to_owned()]);
+    assert_eq!(d.error, None);
+    let finished = get(s, &t.id, &job).await.finished_at.expect("finished");
+    assert_eq!(d.event_at, finished);
+
+    // A write refused for a lost lease writes no delivery either.
+    let lost = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    let r = s.job_finish(&lost, c.fence + 1, failed("LATE")).await;
+    assert!(matches!(r, Err(StoreError::LeaseLost)));
+    assert!(deliveries(s, &t.id, Some(&lost)).await.is_empty());
+    s.job_finish(&lost, c.fence, failed("BOOM")).await.unwrap();
+    let d = deliveries(s, &t.id, Some(&lost)).await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].status, d[0].error.as_deref()),
+        (JobStatus::Failed, Some("BOOM happened"))
+    );
+    assert!(d[0].result_keys.is_empty());
+
+    // A job's own URL wins; a cancel is terminal too.
+    let mut own = new_job(&t.id);
+    own.webhook_url = Some("https://job.example/x".into());
+    let own = submit(s, own).await;
+    assert_eq!(
+        s.job_cancel(&t.id, &own).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    let d = deliveries(s, &t.id, Some(&own)).await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].url.as_str(), d[0].source, d[0].status),
+        (
+            "https://job.example/x",
+            DeliverySource::Job,
+            JobStatus::Canceled
+        )
+    );
+
+    // Subscribed to all: every status change, in order.
+    set_webhook(s, &t.id, Some("https://a.example/hook"), WebhookEvents::All).await;
+    let id = submit(s, new_job(&t.id)).await;
+    let c = claim_one(s, LONG_LEASE).await;
+    s.job_finish(&id, c.fence, retry(now_millis()))
+        .await
+        .unwrap();
+    let c = claim_one(s, LONG_LEASE).await;
+    s.job_finish(&id, c.fence, succeeded(&["a", "b"]))
+        .await
+        .unwrap();
+    let mut d = deliveries(s, &t.id, Some(&id)).await;
+    d.reverse();
+    let got: Vec<JobStatus> = d.iter().map(|d| d.status).collect();
+    assert_eq!(
+        got,
+        [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Retrying,
+            JobStatus::Running,
+            JobStatus::Succeeded
+        ]
+    );
+    assert_eq!(d[2].error.as_deref(), Some("429 from upstream"));
+    let ids: HashSet<&str> = d.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids.len(), 5, "one event id per delivery");
+
+    // No tenant URL: only jobs with their own URL get deliveries.
+    set_webhook(s, &t.id, None, WebhookEvents::Terminal).await;
+    let none = run_to_success(s, &t.id, None).await;
+    assert!(deliveries(s, &t.id, Some(&none)).await.is_empty());
+    let some = run_to_success(s, &t.id, Some("https://job.example/y")).await;
+    assert_eq!(deliveries(s, &t.id, Some(&some)).await.len(), 1);
+    // Unknown tenants have no endpoint to set.
+    let r = s
+        .webhook_set(
+            "ten_missing",
+            WebhookSet {
+                url: None,
+                events: WebhookEvents::All,
+                secret_if_missing: sealed("x"),
+            },
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+}
+
+async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    assert_eq!(s.webhook_next_due_at().await.unwrap(), None);
+    set_webhook(
+        s,
+        &t.id,
+        Some("https://a.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    for _ in 0..3 {
+        run_to_success(s, &t.id, None).await;
+    }
+    run_to_success(s, &t.id, Some("https://b.example/hook")).await;
+    assert!(s.webhook_next_due_at().await.unwrap().expect("due") <= now_millis());
+    assert!(s
+        .webhook_claim("d1", 0, LONG_LEASE, 2)
+        .await
+        .unwrap()
+        .is_empty());
+    // Two to a.example (its cap), one to b.example.
+    let first = s.webhook_claim("d1", 10, LONG_LEASE, 2).await.unwrap();
+    let mut per_url: HashMap<&str, usize> = HashMap::new();
+    for c in &first {
+        *per_url.entry(c.delivery.url.as_str()).or_default() += 1;
+        assert_eq!(
+            (c.delivery.state, c.delivery.attempts),
+            (DeliveryState::Delivering, 1)
+        );
+        assert_eq!(c.secrets, vec![sealed("first")]);
+    }
+    assert_eq!(per_url["https://a.example/hook"], 2);
+    assert_eq!(per_url["https://b.example/hook"], 1);
+    // The cap holds across claimers.
+    assert!(s
+        .webhook_claim("d2", 10, LONG_LEASE, 2)
+        .await
+        .unwrap()
+        .is_empty());
+    let a = first
+        .iter()
+        .find(|c| c.delivery.url.starts_with("https://a."))
+        .expect("a");
+    let stale = s
+        .webhook_complete(
+            &a.delivery.id,
+            a.claim_token + 1,
+            report(AttemptOutcome::Delivered, Some(200)),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost)), "{stale:?}");
+    s.webhook_complete(
+        &a.delivery.id,
+        a.claim_token,
+        report(AttemptOutcome::Delivered, Some(204)),
+    )
+    .await
+    .unwrap();
+    let done = deliveries(s, &t.id, Some(&a.delivery.job_id)).await;
+    assert_eq!(done[0].state, DeliveryState::Succeeded);
+    assert_eq!(
+        (done[0].last_status_code, done[0].last_latency_ms),
+        (Some(204), Some(12))
+    );
+    assert!(done[0].delivered_at.is_some() && done[0].last_attempt_at.is_some());
+    // Recording twice is refused.
+    let twice = s
+        .webhook_complete(
+            &a.delivery.id,
+            a.claim_token,
+            report(AttemptOutcome::Delivered, Some(200)),
+        )
+        .await;
+    assert!(matches!(twice, Err(StoreError::LeaseLost)));
+    // A slot of a.example is free again: the third one goes.
+    let third = s.webhook_claim("d2", 10, LONG_LEASE, 2).await.unwrap();
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].delivery.url, "https://a.example/hook");
+    // A retry goes back to pending at its time.
+    let later = now_millis() + HOUR;
+    let t3 = &third[0];
+    s.webhook_complete(
+        &t3.delivery.id,
+        t3.claim_token,
+        report(
+            AttemptOutcome::Retry {
+                next_attempt_at: later,
+            },
+            Some(503),
+        ),
+    )
+    .await
+    .unwrap();
+    let d = deliveries(s, &t.id, Some(&t3.delivery.job_id)).await;
+    assert_eq!(
+        (d[0].state, d[0].next_attempt_at),
+        (DeliveryState::Pending, later)
+    );
+    assert_eq!(d[0].last_error.as_deref(), Some("HTTP 503"));
+    // Failed is final.
+    let b_claim = first
+        .iter()
+        .find(|c| c.delivery.url.starts_with("https://b."))
+        .expect("b");
+    s.webhook_complete(
+        &b_claim.delivery.id,
+        b_claim.claim_token,
+        report(AttemptOutcome::Failed, Some(500)),
+    )
+    .await
+    .unwrap();
+    // The other a.example claim is still in flight under a long lease: nothing is due now.
+    let lapsing = s.webhook_claim("d3", 10, LONG_LEASE, 5).await.unwrap();
+    assert!(lapsing.is_empty(), "nothing due: {lapsing:?}");
+    assert!(s.webhook_next_due_at().await.unwrap().expect("due") > now_millis());
+
+    let t2 = tenant(s, "B", 5).await;
+    set_webhook(
+        s,
+        &t2.id,
+        Some("https://c.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    run_to_success(s, &t2.id, None).await;
+    let short = s.webhook_claim("d4", 1, TINY_LEASE, 5).await.unwrap();
+    assert_eq!(short.len(), 1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(s.webhook_next_due_at().await.unwrap().expect("due") <= now_millis());
+    let retaken = s.webhook_claim("d5", 1, LONG_LEASE, 5).await.unwrap();
+    assert_eq!(retaken.len(), 1);
+    assert_eq!(retaken[0].delivery.id, short[0].delivery.id);
+    assert_eq!(retaken[0].delivery.attempts, 2);
+    assert!(retaken[0].claim_token > short[0].claim_token);
+    let late = s
+        .webhook_complete(
+            &short[0].delivery.id,
+            short[0].claim_token,
+            report(AttemptOutcome::Delivered, Some(200)),
+        )
+        .await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+}
+
+/// Dispatchers claiming at the same moment never share a delivery, and together never put more
+/// than the cap in flight to one URL (on PostgreSQL, separate transactions on separate
+/// connections).
+async fn concurrent_webhook_claimers_respect_the_per_url_cap(b: Bundle) {
+    const CAP: u32 = 3;
+    const CLAIMERS: usize = 8;
+    let s = b.store.clone();
+    let t = tenant(s.as_ref(), "A", 5).await;
+    set_webhook(
+        s.as_ref(),
+        &t.id,
+        Some("https://a.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    // 16 deliveries to the tenant's URL, 8 to a job's own; a cancel is terminal.
+    for i in 0..24 {
+        let mut job = new_job(&t.id);
+        if i % 3 == 0 {
+            job.webhook_url = Some("https://b.example/hook".into());
+        }
+        let id = submit(s.as_ref(), job).await;
+        assert_eq!(
+            s.job_cancel(&t.id, &id).await.unwrap(),
+            CancelOutcome::Canceled
+        );
+    }
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for round in 0.. {
+        // Every claimer claims at once; nothing completes until all have claimed, so each
+        // round starts with nothing in flight.
+        let barrier = Arc::new(tokio::sync::Barrier::new(CLAIMERS));
+        let tasks: Vec<_> = (0..CLAIMERS)
+            .map(|i| {
+                let (s, barrier) = (s.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    s.webhook_claim(&format!("d{i}"), 4, LONG_LEASE, CAP)
+                        .await
+                        .expect("webhook_claim")
+                })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for task in tasks {
+            claimed.extend(task.await.expect("claimer"));
+        }
+        if claimed.is_empty() {
+            break;
+        }
+        let mut per_url: HashMap<String, u32> = HashMap::new();
+        for c in &claimed {
+            *per_url.entry(c.delivery.url.clone()).or_default() += 1;
+            *sent.entry(c.delivery.id.clone()).or_default() += 1;
+        }
+        for (url, n) in &per_url {
+            assert!(*n <= CAP, "round {round}: {n} in flight to {url}");
+        }
+        if round == 0 {
+            // Plenty due to both: the claimers together fill both caps.
+            assert_eq!(per_url.get("https://a.example/hook"), Some(&CAP));
+            assert_eq!(per_url.get("https://b.example/hook"), Some(&CAP));
+        }
+        for c in claimed {
+            s.webhook_complete(
+                &c.delivery.id,
+                c.claim_token,
+                report(AttemptOutcome::Delivered, Some(200)),
+            )
+            .await
+            .expect("webhook_complete");
+        }
+        assert!(round < 24, "the claims stopped making progress");
+    }
+    assert_eq!(sent.len(), 24, "every delivery claimed");
+    assert!(
+        sent.values().all(|n| *n == 1),
+        "a delivery was claimed twice"
+    );
+    let all = deliveries(s.as_ref(), &t.id, None).await;
+    assert_eq!(all.len(), 24);
+    assert!(all.iter().all(|d| d.state == DeliveryState::Succeeded));
+}
+
+async fn webhook_gone_disables_the_endpoint(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    set_webhook(
+        s,
+        &t.id,
+        Some("https://gone.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    let j1 = run_to_success(s, &t.id, None).await;
+    let j2 = run_to_success(s, &t.id, None).await;
+    let j3 = run_to_success(s, &t.id, Some("https://other.example/hook")).await;
+    let c = s.webhook_claim("d1", 1, LONG_LEASE, 1).await.unwrap();
+    assert_eq!(c.len(), 1);
+    let gone_job = c[0].delivery.job_id.clone();
+    assert!(gone_job == j1 || gone_job == j2 || gone_job == j3);
+    // Make sure it is the tenant URL that answers 410.
+    let c = if c[0].delivery.url == "https://gone.example/hook" {
+        c
+    } else {
+        s.webhook_complete(
+            &c[0].delivery.id,
+            c[0].claim_token,
+            report(AttemptOutcome::Delivered, Some(200)),
+        )
+        .await
+        .unwrap();
+        s.webhook_claim("d1", 1, LONG_LEASE, 1).await.unwrap()
+    };
+    assert_eq!(c[0].delivery.url, "https://gone.example/hook");
+    s.webhook_complete(
+        &c[0].delivery.id,
+        c[0].claim_token,
+        report(AttemptOutcome::Gone, Some(410)),
+    )
+    .await
+    .unwrap();
+    for job in [&j1, &j2] {
+        let d = deliveries(s, &t.id, Some(job)).await;
+        assert_eq!(d[0].state, DeliveryState::Disabled, "{job}");
+    }
+    let other = deliveries(s, &t.id, Some(&j3)).await;
+    assert_ne!(other[0].state, DeliveryState::Disabled);
+    let w = s.webhook_get(&t.id).await.unwrap().expect("endpoint");
+    assert!(!w.enabled);
+    assert!(w.disabled_reason.unwrap_or_default().contains("410"));
+    // Disabled: new jobs write no delivery to it; a job's own URL still gets one.
+    let j4 = run_to_success(s, &t.id, None).await;
+    assert!(deliveries(s, &t.id, Some(&j4)).await.is_empty());
+    let j5 = run_to_success(s, &t.id, Some("https://other.example/hook")).await;
+    assert_eq!(deliveries(s, &t.id, Some(&j5)).await.len(), 1);
+    // Setting the endpoint again enables it.
+    set_webhook(
+        s,
+        &t.id,
+        Some("https://gone.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    let w = s.webhook_get(&t.id).await.unwrap().expect("endpoint");
+    assert!(w.enabled && w.disabled_reason.is_none());
+    let j6 = run_to_success(s, &t.id, None).await;
+    assert_eq!(deliveries(s, &t.id, Some(&j6)).await.len(), 1);
+}
+
+async fn webhook_rotation_overlaps_then_drops_the_old_secret(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let r = s
+        .webhook_rotate_secret(&t.id, sealed("new"), now_millis() + HOUR)
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    set_webhook(
+        s,
+        &t.id,
+        Some("https://a.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    let until = now_millis() + HOUR;
+    let w = s
+        .webhook_rotate_secret(&t.id, sealed("new"), until)
+        .await
+        .unwrap();
+    assert_eq!(w.secret, sealed("new"));
+    assert_eq!(w.prev_secret, Some(sealed("first")));
+    assert_eq!(w.prev_secret_expires_at, Some(until));
+    run_to_success(s, &t.id, None).await;
+    let c = s.webhook_claim("d", 5, LONG_LEASE, 5).await.unwrap();
+    assert_eq!(c[0].secrets, vec![sealed("new"), sealed("first")]);
+    s.webhook_complete(
+        &c[0].delivery.id,
+        c[0].claim_token,
+        report(AttemptOutcome::Delivered, Some(200)),
+    )
+    .await
+    .unwrap();
+    // Rotating again drops "first"; an expired previous secret no longer signs.
+    let w = s
+        .webhook_rotate_secret(&t.id, sealed("newer"), now_millis() - 1)
+        .await
+        .unwrap();
+    assert_eq!(w.prev_secret, Some(sealed("new")));
+    run_to_success(s, &t.id, None).await;
+    let c = s.webhook_claim("d", 5, LONG_LEASE, 5).await.unwrap();
+    assert_eq!(c[0].secrets, vec![sealed("newer")]);
+}
+
+async fn webhook_logs_page_filter_scope_and_replay(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let other = tenant(s, "B", 5).await;
+    set_webhook(
+        s,
+        &t.id,
+        Some("https://a.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for _ in 0..5 {
+        jobs.push(run_to_success(s, &t.id, None).await);
+    }
+    let all = deliveries(s, &t.id, None).await;
+    assert_eq!(all.len(), 5);
+    // Newest first, pages joined give everything once.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .webhook_deliveries(DeliveryListQuery {
+                tenant_id: t.id.clone(),
+                job_id: None,
+                state: None,
+                limit: 2,
+                before_seq: before,
+            })
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|d| d.id.clone()));
+        if !page.has_more {
+            break;
+        }
+        before = page.items.last().map(|d| d.seq);
+    }
+    assert_eq!(seen, all.iter().map(|d| d.id.clone()).collect::<Vec<_>>());
+    assert_eq!(all.first().unwrap().job_id, jobs[4]);
+    // Another tenant sees none of it, and cannot replay it.
+    assert!(deliveries(s, &other.id, None).await.is_empty());
+    assert_eq!(
+        s.webhook_replay(&other.id, &all[0].id).await.unwrap(),
+        ReplayOutcome::NotFound
+    );
+    // Fail one, then replay it: same id, pending now, a fresh budget.
+    let c = s.webhook_claim("d", 1, LONG_LEASE, 1).await.unwrap();
+    let target = c[0].delivery.id.clone();
+    assert_eq!(
+        s.webhook_replay(&t.id, &target).await.unwrap(),
+        ReplayOutcome::InFlight
+    );
+    s.webhook_complete(
+        &target,
+        c[0].claim_token,
+        report(AttemptOutcome::Failed, Some(500)),
+    )
+    .await
+    .unwrap();
+    let failed_page = s
+        .webhook_deliveries(DeliveryListQuery {
+            tenant_id: t.id.clone(),
+            job_id: None,
+            state: Some(DeliveryState::Failed),
+            limit: 10,
+            before_seq: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed_page.items.len(), 1);
+    assert_eq!(failed_page.items[0].id, target);
+    let ReplayOutcome::Queued(replayed) = s.webhook_replay(&t.id, &target).await.unwrap() else {
+        panic!("replay refused");
+    };
+    assert_eq!(
+        (replayed.id.as_str(), replayed.state, replayed.attempts),
+        (target.as_str(), DeliveryState::Pending, 0)
+    );
+    assert!(replayed.next_attempt_at <= now_millis());
+    assert_eq!(
+        replayed.last_status_code,
+        Some(500),
+        "the log keeps the last attempt"
+    );
+    // Reset forgets endpoints and deliveries.
+    s.reset().await.unwrap();
+    assert!(s.webhook_get(&t.id).await.unwrap().is_none());
+    assert_eq!(s.webhook_next_due_at().await.unwrap(), None);
+    assert!(deliveries(s, &t.id, None).await.is_empty());
+}
+
 // ---- one test per (backend, scenario) ----
 
 /// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
@@ -1472,6 +2113,12 @@ macro_rules! suite {
             idempotency_purge_forgets_old_keys,
             reset_deletes_everything,
             events_after_pages_in_id_order_per_tenant_and_job,
+            webhook_outbox_follows_status_changes,
+            webhook_claim_leases_caps_and_completes,
+            concurrent_webhook_claimers_respect_the_per_url_cap,
+            webhook_gone_disables_the_endpoint,
+            webhook_rotation_overlaps_then_drops_the_old_secret,
+            webhook_logs_page_filter_scope_and_replay,
         );
     };
     (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {

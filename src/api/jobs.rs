@@ -47,6 +47,10 @@ pub async fn submit(
             .precheck(url)
             .map_err(|e| ApiError::invalid(format!("inputImageUrl: {}", e.message)))?;
     }
+    let webhook_url = match &request.webhook_url {
+        Some(url) => Some(super::webhooks::check_job_webhook_url(&app, &tenant.id, url).await?),
+        None => None,
+    };
     let rate_headers = super::ratelimit::check_tenant(&app, &tenant).await?;
     let now = now_millis();
     let job = NewJob {
@@ -65,6 +69,7 @@ pub async fn submit(
         created_at: now,
         cancel_at: cancel_after.map(|d| now + d.as_millis() as i64),
         deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
+        webhook_url,
     };
     let mut response = match app.store.job_submit(job).await? {
         SubmitOutcome::Created { job_id } => {

@@ -12,6 +12,7 @@ mod files;
 mod jobs;
 pub mod ratelimit;
 pub mod submit;
+mod webhooks;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{ETAG, IF_NONE_MATCH};
@@ -37,6 +38,20 @@ pub fn router(app: App) -> Router {
         .route("/v1/jobs/{job_id}/events", get(events::job_stream))
         .route("/v1/events", get(events::tenant_stream))
         .route("/v1/events/ws", get(events_ws::socket))
+        .route("/v1/jobs/{job_id}/webhooks", get(webhooks::job_deliveries))
+        .route("/v1/webhooks/deliveries", get(webhooks::list_deliveries))
+        .route(
+            "/v1/webhooks/deliveries/{id}/replay",
+            axum::routing::post(webhooks::replay),
+        )
+        .route(
+            "/v1/webhook",
+            get(webhooks::get_endpoint).put(webhooks::put_endpoint),
+        )
+        .route(
+            "/v1/webhook/rotate-secret",
+            axum::routing::post(webhooks::rotate),
+        )
         .route("/v1/files/{*key}", get(files::get))
         .route(
             "/admin/v1/tenants",

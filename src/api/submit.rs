@@ -27,17 +27,23 @@ pub struct SubmitRequest {
     pub mode: Mode,
     pub input_image_url: Option<String>,
     pub params: JobParams,
+    /// The job's own webhook receiver (wins over the tenant's webhook URL).
+    pub webhook_url: Option<String>,
 }
 
 impl SubmitRequest {
     /// A fingerprint of what was asked, to tell a replay from a reuse of an idempotency key.
     pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "prompt": self.prompt,
             "mode": self.mode.as_str(),
             "inputImageUrl": self.input_image_url,
             "params": self.params,
         });
+        // Only when given, so fingerprints of requests without one are unchanged.
+        if let (Some(url), Some(map)) = (&self.webhook_url, canonical.as_object_mut()) {
+            map.insert("webhookUrl".into(), Value::String(url.clone()));
+        }
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 }
@@ -103,7 +109,10 @@ pub fn parse_body(
             .ok_or_else(|| ApiError::invalid(format!("mode '{m}' is not one of: draft, final")))?,
     };
     let input_image_url = optional_str(body, "inputImageUrl")?
-        .map(parse_image_url)
+        .map(|u| parse_url("inputImageUrl", u))
+        .transpose()?;
+    let webhook_url = optional_str(body, "webhookUrl")?
+        .map(|u| parse_url("webhookUrl", u))
         .transpose()?;
     let n = optional_uint(body, "n")?;
     if let Some(n) = n {
@@ -128,24 +137,26 @@ pub fn parse_body(
         mode,
         input_image_url,
         params,
+        webhook_url,
     })
 }
 
-fn parse_image_url(raw: &str) -> Result<String, ApiError> {
+/// An http(s) URL with a host, named `field` in refusals.
+fn parse_url(field: &str, raw: &str) -> Result<String, ApiError> {
     if raw.len() > MAX_URL_CHARS {
         return Err(ApiError::invalid(format!(
-            "inputImageUrl is longer than {MAX_URL_CHARS} characters"
+            "{field} is longer than {MAX_URL_CHARS} characters"
         )));
     }
     let url = url::Url::parse(raw)
-        .map_err(|e| ApiError::invalid(format!("inputImageUrl is not a valid URL: {e}")))?;
+        .map_err(|e| ApiError::invalid(format!("{field} is not a valid URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ApiError::invalid(
-            "inputImageUrl must be an http or https URL",
-        ));
+        return Err(ApiError::invalid(format!(
+            "{field} must be an http or https URL"
+        )));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(ApiError::invalid("inputImageUrl has no host"));
+        return Err(ApiError::invalid(format!("{field} has no host")));
     }
     Ok(url.to_string())
 }
@@ -224,6 +235,11 @@ mod tests {
                 10,
             ));
             assert!(err.contains("inputImageUrl"), "{url}: {err}");
+            let err = message(parse_body(
+                &body(json!({"prompt": "x", "webhookUrl": url})),
+                10,
+            ));
+            assert!(err.contains("webhookUrl"), "{url}: {err}");
         }
         assert!(message(parse_body(&body(json!({"prompt": "x", "n": 9})), 10)).contains("n must"));
         assert!(message(parse_body(
@@ -240,6 +256,12 @@ mod tests {
         let c = parse_body(&body(json!({"prompt": "y"})), 10).expect("ok");
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
+        let d = parse_body(
+            &body(json!({"prompt": "x", "webhookUrl": "https://example.com/h"})),
+            10,
+        )
+        .expect("ok");
+        assert_ne!(a.fingerprint(), d.fingerprint());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The origin's admin commands: migrate, init, reset, show-keys, create-tenant,
-//! add-provider-key.
+//! add-provider-key. (Webhook commands are in `webhooks.rs`.)
 
 use anyhow::{bail, Context};
 
@@ -66,6 +66,7 @@ pub async fn create_tenant(
     name: &str,
     rpm: Option<u32>,
     concurrency: Option<u32>,
+    webhook: Option<(String, crate::webhooks::model::WebhookEvents)>,
 ) -> anyhow::Result<()> {
     let name = name.trim();
     if name.is_empty() {
@@ -76,6 +77,13 @@ pub async fn create_tenant(
     if rpm == 0 || concurrency == 0 {
         bail!("RPM and CONCURRENCY must be at least 1");
     }
+    if let Some((url, _)) = &webhook {
+        // Refuse a bad URL before the tenant exists, not after.
+        crate::webhooks::target::TargetGuard::new(&config.webhooks.allow_networks)
+            .map_err(anyhow::Error::msg)?
+            .precheck(url)
+            .map_err(|e| anyhow::anyhow!("--webhook-url refused: {e}"))?;
+    }
     let store = open_store(config).await?;
     let created = make_tenant(store.as_ref(), name, rpm, concurrency, None).await?;
     println!(
@@ -84,6 +92,10 @@ pub async fn create_tenant(
     );
     println!("  rpm={rpm} concurrency={concurrency}");
     println!("  API key (shown once, store it now): {}", created.api_key);
+    if let Some((url, events)) = webhook {
+        super::webhooks::set_webhook_on(config, store.as_ref(), &created.tenant.id, &url, events)
+            .await?;
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 mod admin;
 mod serve;
 mod test_api;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -73,6 +74,27 @@ pub enum Command {
         rpm: Option<u32>,
         /// Jobs running at once.
         concurrency: Option<u32>,
+        /// Send signed webhooks to this URL (prints the signing secret once).
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// With --webhook-url: `terminal` (jobs that end) or `all` (every status change).
+        #[arg(long, default_value = "terminal")]
+        webhook_events: String,
+    },
+    /// Set a tenant's webhook URL (prints the signing secret once, when it is created).
+    SetWebhook {
+        tenant_id: String,
+        url: String,
+        /// `terminal` (jobs that end) or `all` (every status change).
+        #[arg(long, default_value = "terminal")]
+        events: String,
+    },
+    /// Make a new webhook signing secret (printed once); the old one signs beside it for a while.
+    RotateWebhookSecret {
+        tenant_id: String,
+        /// How long the previous secret keeps signing (default: webhooks.rotation_overlap_secs).
+        #[arg(long)]
+        overlap_secs: Option<u64>,
     },
     /// Change a tenant's limits at run time (running servers see it within seconds).
     SetTenantLimits {
@@ -167,7 +189,24 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             name,
             rpm,
             concurrency,
-        } => admin::create_tenant(&config, &name, rpm, concurrency).await,
+            webhook_url,
+            webhook_events,
+        } => {
+            let webhook = match webhook_url {
+                Some(url) => Some((url, webhooks::parse_events(&webhook_events)?)),
+                None => None,
+            };
+            admin::create_tenant(&config, &name, rpm, concurrency, webhook).await
+        }
+        Command::SetWebhook {
+            tenant_id,
+            url,
+            events,
+        } => webhooks::set_webhook(&config, &tenant_id, &url, &events).await,
+        Command::RotateWebhookSecret {
+            tenant_id,
+            overlap_secs,
+        } => webhooks::rotate(&config, &tenant_id, overlap_secs).await,
         Command::SetTenantLimits {
             tenant_id,
             rpm,

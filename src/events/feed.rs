@@ -236,6 +236,7 @@ mod tests {
             cancel_at: None,
             deadline_at: now_millis() + 3_600_000,
             idempotency: None,
+            webhook_url: None,
         };
         match store.job_submit(job).await.expect("submit") {
             SubmitOutcome::Created { job_id } => job_id,

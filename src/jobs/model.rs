@@ -145,6 +145,8 @@ pub struct NewJob {
     pub deadline_at: Millis,
     /// Idempotency key and the fingerprint of the request body it was first used with.
     pub idempotency: Option<IdempotencyClaim>,
+    /// The job's own webhook receiver; wins over the tenant's webhook URL.
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -1,10 +1,11 @@
 //! Durable state behind one [`Store`] trait: tenants, API keys, provider keys, jobs (the
-//! queue), job events and idempotency records.
+//! queue), job events, idempotency records, and the webhook outbox.
 //!
 //! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
 //! method here, so no backend can split it: `job_submit` writes the idempotency record, the
 //! job and its first event together; `job_finish` changes the status only while the caller's
-//! fencing token is current.
+//! fencing token is current. Every status change's job event also writes its webhook
+//! deliveries (the outbox) in that same transaction.
 //! Must not touch: HTTP, providers, object storage or limits. Engines live in submodules
 //! (`sqlite`, the embedded default, and `postgres` at scale), each with its own SQL and
 //! migrations, all passing one conformance suite (`tests/store.rs`).
@@ -19,6 +20,10 @@ use async_trait::async_trait;
 use crate::jobs::model::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, Millis, NewJob,
     SubmitOutcome,
+};
+use crate::webhooks::model::{
+    AttemptReport, ClaimedDelivery, DeliveryListQuery, DeliveryPage, ReplayOutcome, SealedSecret,
+    TenantWebhook, WebhookSet,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -205,6 +210,53 @@ pub trait Store: Send + Sync + 'static {
     async fn wait_for_work(&self, timeout: Duration) {
         tokio::time::sleep(timeout).await;
     }
+
+    /// The tenant's webhook endpoint, if it has one.
+    async fn webhook_get(&self, tenant_id: &str) -> StoreResult<Option<TenantWebhook>>;
+    /// Creates or updates the tenant's endpoint (URL and event filter) and enables it again.
+    /// The secret is written only when the tenant has none yet; the flag says whether it was
+    /// (then the caller shows it, once). `NotFound` for an unknown tenant.
+    async fn webhook_set(
+        &self,
+        tenant_id: &str,
+        set: WebhookSet,
+    ) -> StoreResult<(TenantWebhook, bool)>;
+    /// Makes `secret` current; the current one keeps signing until `prev_expires_at` (and an
+    /// older previous one is dropped). `NotFound` if the tenant has no endpoint yet.
+    async fn webhook_rotate_secret(
+        &self,
+        tenant_id: &str,
+        secret: SealedSecret,
+        prev_expires_at: Millis,
+    ) -> StoreResult<TenantWebhook>;
+    /// One transaction: claims up to `max` due deliveries (pending and due, or delivering with
+    /// an expired lease), oldest due first, never more than `per_endpoint` in flight to one URL
+    /// across all dispatchers. Each claim bumps `attempts` and the claim token, sets a lease
+    /// and returns the tenant's signing secrets that are still valid.
+    async fn webhook_claim(
+        &self,
+        owner: &str,
+        max: u32,
+        lease: Duration,
+        per_endpoint: u32,
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
+    /// Records an attempt; `LeaseLost` (and nothing written) if the claim token moved on.
+    async fn webhook_complete(
+        &self,
+        delivery_id: &str,
+        claim_token: i64,
+        report: AttemptReport,
+    ) -> StoreResult<()>;
+    /// The earliest time a delivery becomes claimable, if any is waiting or in flight.
+    async fn webhook_next_due_at(&self) -> StoreResult<Option<Millis>>;
+    /// A delivery log, newest first: the tenant's, or one job's (`job_id`).
+    async fn webhook_deliveries(&self, query: DeliveryListQuery) -> StoreResult<DeliveryPage>;
+    /// Re-queues a delivery now with the same id and a fresh attempt budget.
+    async fn webhook_replay(
+        &self,
+        tenant_id: &str,
+        delivery_id: &str,
+    ) -> StoreResult<ReplayOutcome>;
 
     /// Deletes idempotency records older than `before`.
     async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64>;

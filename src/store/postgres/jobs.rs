@@ -1,8 +1,9 @@
 //! The jobs table as a queue, on PostgreSQL: submit, read, list, cancel, claim, heartbeat,
 //! finish, release and the maintenance pass. Every status change writes its job event row in
 //! the same transaction, mostly in the same statement (a data-modifying `WITH`), so a write
-//! is one round trip wherever the behaviour allows it. The claim has a file of its own
-//! (`claim.rs`).
+//! is one round trip wherever the behaviour allows it. The event row's insert trigger
+//! (migration 0003) writes the webhook deliveries in that same transaction. The claim has a
+//! file of its own (`claim.rs`).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -104,8 +105,9 @@ static JOB_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH done AS (
              INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params,
-                 provider, max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at)
-             VALUES ($1, $2, 'QUEUED', $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11)
+                 provider, max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at,
+                 webhook_url)
+             VALUES ($1, $2, 'QUEUED', $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12)
              {EVENT_SOURCE}
          ), event AS ({})
          SELECT pg_notify('easel_jobs', current_schema()) FROM done",
@@ -128,6 +130,7 @@ async fn job_insert(conn: &mut PgConnection, job: &NewJob, params: &str) -> Stor
         .bind(job.created_at)
         .bind(job.cancel_at)
         .bind(job.deadline_at)
+        .bind(&job.webhook_url)
         .execute(conn)
         .await?;
     Ok(())

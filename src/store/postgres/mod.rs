@@ -2,12 +2,13 @@
 //!
 //! Owns: the connection pool, the `migrations/postgres` schema (brought up to date at open,
 //! which is all `easel migrate` does), the SQL of every [`Store`] method (jobs in `jobs.rs`,
-//! the fair claim in `claim.rs`, tenants and keys in `tenants.rs`; each method one transaction, most of them one statement)
-//! and the `LISTEN easel_jobs` listener behind [`Store::wait_for_work`].
+//! the fair claim in `claim.rs`, tenants and keys in `tenants.rs`, the webhook outbox in
+//! `webhooks.rs`; each method one transaction, most of them one statement) and the
+//! `LISTEN easel_jobs` listener behind [`Store::wait_for_work`].
 //! Must not touch: HTTP, providers, object storage, limits or the worker loop. Never puts the
 //! database password in an error or a log line: URLs are shown through [`redact_url`].
 //!
-//! Safe with any number of processes, with no locking of Easel's own:
+//! Safe with any number of processes; every lock is a PostgreSQL one, held by a transaction:
 //! - A claimer locks the tenant rows it serves (`FOR NO KEY UPDATE SKIP LOCKED`), so the count
 //!   of a tenant's RUNNING jobs it checks against the concurrency limit cannot grow under it;
 //!   the job rows it takes are locked `FOR UPDATE SKIP LOCKED`, so no job goes to two workers.
@@ -17,6 +18,11 @@
 //! - The maintenance pass picks its rows `FOR UPDATE SKIP LOCKED`; several may run at once.
 //! - A submit with an idempotency key inserts the key first (`ON CONFLICT DO NOTHING`), so
 //!   concurrent identical submits wait for the first one and replay its job.
+//! - Webhook deliveries are written by a trigger on `job_events` (migration 0003), so every
+//!   status change above writes its outbox rows in its own transaction. Webhook claims are
+//!   serialised by one advisory lock, which keeps the per-URL in-flight cap exact (see
+//!   `webhooks.rs`); their rows are taken `FOR UPDATE SKIP LOCKED`, and results are guarded
+//!   by the claim token as jobs are by their fence.
 //! - `NOTIFY easel_jobs` (payload: the schema, so deployments sharing a database in separate
 //!   schemas do not wake each other) is only a hint; polling stays the safety net.
 //!
@@ -25,6 +31,7 @@
 mod claim;
 mod jobs;
 mod tenants;
+mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -44,6 +51,10 @@ use super::{
 use crate::config::redact_url;
 use crate::jobs::model::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
+};
+use crate::webhooks::model::{
+    AttemptReport, ClaimedDelivery, DeliveryListQuery, DeliveryPage, ReplayOutcome, SealedSecret,
+    TenantWebhook, WebhookSet,
 };
 
 /// The schema, embedded in the binary; applied in order, each file once.
@@ -382,6 +393,62 @@ impl Store for PgStore {
         }
     }
 
+    async fn webhook_get(&self, tenant_id: &str) -> StoreResult<Option<TenantWebhook>> {
+        webhooks::get(&self.pool, tenant_id).await
+    }
+
+    async fn webhook_set(
+        &self,
+        tenant_id: &str,
+        set: WebhookSet,
+    ) -> StoreResult<(TenantWebhook, bool)> {
+        webhooks::set(&self.pool, tenant_id, &set).await
+    }
+
+    async fn webhook_rotate_secret(
+        &self,
+        tenant_id: &str,
+        secret: SealedSecret,
+        prev_expires_at: Millis,
+    ) -> StoreResult<TenantWebhook> {
+        webhooks::rotate_secret(&self.pool, tenant_id, &secret, prev_expires_at).await
+    }
+
+    async fn webhook_claim(
+        &self,
+        owner: &str,
+        max: u32,
+        lease: Duration,
+        per_endpoint: u32,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        webhooks::claim(&self.pool, owner, max, lease, per_endpoint).await
+    }
+
+    async fn webhook_complete(
+        &self,
+        delivery_id: &str,
+        claim_token: i64,
+        report: AttemptReport,
+    ) -> StoreResult<()> {
+        webhooks::complete(&self.pool, delivery_id, claim_token, &report).await
+    }
+
+    async fn webhook_next_due_at(&self) -> StoreResult<Option<Millis>> {
+        webhooks::next_due_at(&self.pool).await
+    }
+
+    async fn webhook_deliveries(&self, query: DeliveryListQuery) -> StoreResult<DeliveryPage> {
+        webhooks::list(&self.pool, &query).await
+    }
+
+    async fn webhook_replay(
+        &self,
+        tenant_id: &str,
+        delivery_id: &str,
+    ) -> StoreResult<ReplayOutcome> {
+        webhooks::replay(&self.pool, tenant_id, delivery_id).await
+    }
+
     async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64> {
         jobs::idempotency_purge(&self.pool, before).await
     }
@@ -389,7 +456,8 @@ impl Store for PgStore {
     async fn reset(&self) -> StoreResult<()> {
         // Identities keep counting (as SQLite's AUTOINCREMENT does): a seq is never reused.
         sqlx::query(
-            "TRUNCATE job_events, idempotency_keys, jobs, api_keys, provider_keys, tenants",
+            "TRUNCATE webhook_deliveries, tenant_webhooks, job_events, idempotency_keys, jobs,
+                 api_keys, provider_keys, tenants",
         )
         .execute(&self.pool)
         .await?;

@@ -1,6 +1,7 @@
 //! The jobs table as a queue, on SQLite: submit, read, list, cancel, claim, heartbeat,
 //! finish, release and the maintenance pass. Every status change writes a job event row in
-//! the same transaction.
+//! the same transaction (and, through the outbox trigger of migration 0003, its webhook
+//! deliveries).
 
 use std::time::Duration;
 
@@ -128,8 +129,8 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
         serde_json::to_string(&job.params).map_err(|e| StoreError::Conflict(e.to_string()))?;
     conn.prepare_cached(
         "INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params, provider,
-             max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at)
-         VALUES (?1, ?2, 'QUEUED', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11)",
+             max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at, webhook_url)
+         VALUES (?1, ?2, 'QUEUED', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         job.id,
@@ -142,7 +143,8 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
         job.max_attempts,
         job.created_at,
         job.cancel_at,
-        job.deadline_at
+        job.deadline_at,
+        job.webhook_url
     ])?;
     event_insert(
         conn,

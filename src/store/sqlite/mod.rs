@@ -11,6 +11,7 @@
 
 mod jobs;
 mod tenants;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,12 +28,17 @@ use super::{
 use crate::jobs::model::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
 };
+use crate::webhooks::model::{
+    AttemptReport, ClaimedDelivery, DeliveryListQuery, DeliveryPage, ReplayOutcome, SealedSecret,
+    TenantWebhook, WebhookSet,
+};
 
 /// Applied in order; `PRAGMA user_version` counts those already applied. Never edit a shipped
 /// file: add the next one.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_provider_key_state.sql"),
+    include_str!("../../../migrations/sqlite/0003_webhooks.sql"),
 ];
 
 /// Writes gathered into one transaction at most.
@@ -384,10 +390,78 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn webhook_get(&self, tenant_id: &str) -> StoreResult<Option<TenantWebhook>> {
+        let tenant_id = tenant_id.to_owned();
+        self.read(move |c| webhooks::get(c, &tenant_id)).await
+    }
+
+    async fn webhook_set(
+        &self,
+        tenant_id: &str,
+        set: WebhookSet,
+    ) -> StoreResult<(TenantWebhook, bool)> {
+        let tenant_id = tenant_id.to_owned();
+        self.write(move |c| webhooks::set(c, &tenant_id, &set))
+            .await
+    }
+
+    async fn webhook_rotate_secret(
+        &self,
+        tenant_id: &str,
+        secret: SealedSecret,
+        prev_expires_at: Millis,
+    ) -> StoreResult<TenantWebhook> {
+        let tenant_id = tenant_id.to_owned();
+        self.write(move |c| webhooks::rotate_secret(c, &tenant_id, &secret, prev_expires_at))
+            .await
+    }
+
+    async fn webhook_claim(
+        &self,
+        owner: &str,
+        max: u32,
+        lease: Duration,
+        per_endpoint: u32,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let owner = owner.to_owned();
+        self.write(move |c| webhooks::claim(c, &owner, max, lease, per_endpoint))
+            .await
+    }
+
+    async fn webhook_complete(
+        &self,
+        delivery_id: &str,
+        claim_token: i64,
+        report: AttemptReport,
+    ) -> StoreResult<()> {
+        let delivery_id = delivery_id.to_owned();
+        self.write(move |c| webhooks::complete(c, &delivery_id, claim_token, &report))
+            .await
+    }
+
+    async fn webhook_next_due_at(&self) -> StoreResult<Option<Millis>> {
+        self.read(webhooks::next_due_at).await
+    }
+
+    async fn webhook_deliveries(&self, query: DeliveryListQuery) -> StoreResult<DeliveryPage> {
+        self.read(move |c| webhooks::list(c, &query)).await
+    }
+
+    async fn webhook_replay(
+        &self,
+        tenant_id: &str,
+        delivery_id: &str,
+    ) -> StoreResult<ReplayOutcome> {
+        let (tenant_id, delivery_id) = (tenant_id.to_owned(), delivery_id.to_owned());
+        self.write(move |c| webhooks::replay(c, &tenant_id, &delivery_id))
+            .await
+    }
+
     async fn reset(&self) -> StoreResult<()> {
         self.write(|c| {
             c.execute_batch(
-                "DELETE FROM job_events; DELETE FROM idempotency_keys; DELETE FROM jobs;
+                "DELETE FROM webhook_deliveries; DELETE FROM tenant_webhooks;
+                 DELETE FROM job_events; DELETE FROM idempotency_keys; DELETE FROM jobs;
                  DELETE FROM api_keys; DELETE FROM provider_keys; DELETE FROM tenants;",
             )?;
             Ok(())
