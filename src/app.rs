@@ -14,7 +14,7 @@ use crate::accounts::crypto::fingerprint;
 use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
 use crate::config::{redact_url, Config};
-use crate::events::{EventBus, LocalBus};
+use crate::events::{EventBus, LocalBus, RedisBus};
 use crate::jobs::input_image::InputFetcher;
 use crate::jobs::model::now_millis;
 use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter};
@@ -112,6 +112,19 @@ async fn open_limiter(
     Ok(Arc::new(limiter))
 }
 
+/// One process's bus, or every node's through Redis pub/sub when `REDIS_URL` is set. The Redis
+/// bus connects in the background (and keeps reconnecting), so an unreachable Redis does not
+/// stop the start: live streams then fall back to their periodic re-read of the events table.
+fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+    match &config.redis.url {
+        Some(url) => {
+            let bus = RedisBus::start(url.expose(), &config.redis.prefix).context("REDIS_URL")?;
+            Ok(Arc::new(bus))
+        }
+        None => Ok(Arc::new(LocalBus::new())),
+    }
+}
+
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir)
@@ -138,6 +151,7 @@ impl App {
         let sealer = Sealer::load(master_key.as_deref(), &config.data_dir)?;
         let live_nodes = Arc::new(LiveNodes::new());
         let limiter = open_limiter(&config, store.as_ref(), &live_nodes).await?;
+        let events = open_bus(&config)?;
         let imported = import_env_keys(store.as_ref(), &sealer).await?;
         if imported.added > 0 {
             tracing::info!(
@@ -175,7 +189,7 @@ impl App {
             keys,
             inputs,
             wake: Arc::new(Notify::new()),
-            events: Arc::new(LocalBus::new()),
+            events,
             node_id: format!("node_{}", ulid::Ulid::new().to_string().to_lowercase()).into(),
             live_nodes,
         })
