@@ -12,8 +12,11 @@
 //! request's own cost, so a request Redis would accept is not turned into an error), a
 //! permit limit `max(1, limit / n)`; a limit of 0 stays 0. With every node doing the same, the
 //! nodes together stay within the limit (give or take the "at least 1" when a limit is
-//! smaller than the node count). Rates start afresh in memory (Redis' state is out of
-//! reach), so each node may use its share's burst at once when the outage begins.
+//! smaller than the node count). Every live process counts, whatever its role, so a limit only
+//! workers enforce (global concurrency) is also divided by the API-only nodes: stricter than
+//! needed, never looser. Rates start afresh in memory (Redis' state is out of reach), so each
+//! node may use its share's burst at once when the outage begins; the `RateLimit` header's
+//! `r=` then counts down this node's share.
 //!
 //! Loudly: a `tracing::error!` once when the limiter falls back, a `warn!` every
 //! [`FailoverConfig::warn_every`] while it stays there, an `info!` when it is back, and
