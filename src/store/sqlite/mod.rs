@@ -34,7 +34,7 @@ use crate::jobs::model::{
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_provider_key_state.sql"),
-    include_str!("../../../migrations/sqlite/0003_nodes.sql"),
+    include_str!("../../../migrations/sqlite/0004_nodes.sql"),
 ];
 
 /// Writes gathered into one transaction at most.
