@@ -1,5 +1,6 @@
 //! The process's shared parts, built once from [`Config`]: store, object store, link signer,
-//! providers, authenticator, the wake-up signal between API and worker, and the event bus.
+//! providers, authenticator, the wake-up signal between API and worker, the event bus, and
+//! this process's identity as a node (its id, and the live node count its heartbeats keep).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +14,10 @@ use crate::accounts::crypto::fingerprint;
 use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
 use crate::config::{redact_url, Config, StorageKind};
-use crate::events::{EventBus, LocalBus};
+use crate::events::{EventBus, LocalBus, RedisBus};
 use crate::jobs::input_image::InputFetcher;
-use crate::limits::{Limiter, MemoryLimiter, RedisLimiter};
+use crate::jobs::model::now_millis;
+use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter};
 use crate::providers::keypool::{KeyPool, KeyPoolConfig};
 use crate::providers::Registry;
 use crate::storage::urls::{ResultLinks, UrlSigner};
@@ -44,6 +46,11 @@ pub struct App {
     pub wake: Arc<Notify>,
     /// Committed status changes are announced here; live event streams listen.
     pub events: Arc<dyn EventBus>,
+    /// This process in the `nodes` table (`node_<ulid>`, new at every start).
+    pub node_id: Arc<str>,
+    /// Live nodes as last counted from the heartbeats ([`crate::server`] keeps it current);
+    /// the fallback limiter divides every limit by it while Redis is unreachable.
+    pub live_nodes: Arc<LiveNodes>,
 }
 
 /// Opens the store named by the database URL (`sqlite://` or `postgres://`), bringing its
@@ -100,16 +107,50 @@ async fn open_objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
     }
 }
 
-/// In memory on one node; in Redis when `REDIS_URL` is set, so limits hold across nodes.
-async fn open_limiter(config: &Config) -> anyhow::Result<Arc<dyn Limiter>> {
+/// In memory on one node; in Redis when `REDIS_URL` is set, so limits hold across nodes,
+/// with each node's share in memory while Redis is unreachable ([`FailoverLimiter`]).
+///
+/// A Redis that does not answer at start does not stop the process: it starts degraded (an
+/// error in the log, `/health` says `degraded`) and moves to Redis as soon as it answers. A
+/// gateway that cannot start while its limiter backend is briefly away is a worse outage than
+/// per-node limits for a while, and the process says loudly which one it is in. Only a
+/// malformed `REDIS_URL` is fatal.
+async fn open_limiter(
+    config: &Config,
+    store: &dyn Store,
+    live_nodes: &Arc<LiveNodes>,
+) -> anyhow::Result<Arc<dyn Limiter>> {
+    let Some(url) = &config.redis.url else {
+        return Ok(Arc::new(MemoryLimiter::new()));
+    };
+    // The nodes already running, and this one (its first heartbeat comes when it serves), so
+    // a fallback before then already divides by the right count.
+    let since = now_millis() - crate::server::NODE_TTL.as_millis() as i64;
+    match store.nodes_live(since).await {
+        Ok(others) => live_nodes.set(others.saturating_add(1)),
+        Err(e) => tracing::warn!(error = %e, "cannot count live nodes yet"),
+    }
+    let limiter = FailoverLimiter::connect(
+        url.expose(),
+        config.redis.prefix.clone(),
+        live_nodes.clone(),
+        FailoverConfig::default(),
+    )
+    .await
+    .context("REDIS_URL")?;
+    Ok(Arc::new(limiter))
+}
+
+/// One process's bus, or every node's through Redis pub/sub when `REDIS_URL` is set. The Redis
+/// bus connects in the background (and keeps reconnecting), so an unreachable Redis does not
+/// stop the start: live streams then fall back to their periodic re-read of the events table.
+fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
     match &config.redis.url {
         Some(url) => {
-            let limiter = RedisLimiter::connect(url.expose(), config.redis.prefix.clone())
-                .await
-                .context("connecting to Redis (REDIS_URL)")?;
-            Ok(Arc::new(limiter))
+            let bus = RedisBus::start(url.expose(), &config.redis.prefix).context("REDIS_URL")?;
+            Ok(Arc::new(bus))
         }
-        None => Ok(Arc::new(MemoryLimiter::new())),
+        None => Ok(Arc::new(LocalBus::new())),
     }
 }
 
@@ -140,7 +181,9 @@ impl App {
             _ => ResultLinks::signed(signer),
         };
         let sealer = Sealer::from_env(&config.data_dir)?;
-        let limiter = open_limiter(&config).await?;
+        let live_nodes = Arc::new(LiveNodes::new());
+        let limiter = open_limiter(&config, store.as_ref(), &live_nodes).await?;
+        let events = open_bus(&config)?;
         let imported = import_env_keys(store.as_ref(), &sealer).await?;
         if imported.added > 0 {
             tracing::info!(
@@ -178,7 +221,9 @@ impl App {
             keys,
             inputs,
             wake: Arc::new(Notify::new()),
-            events: Arc::new(LocalBus::new()),
+            events,
+            node_id: format!("node_{}", ulid::Ulid::new().to_string().to_lowercase()).into(),
+            live_nodes,
         })
     }
 }

@@ -54,9 +54,11 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisConfig {
-    /// Origin name: `REDIS_URL`. When set, limits live in Redis and hold across nodes.
+    /// Origin name: `REDIS_URL`. When set, limits live in Redis and hold across nodes (each
+    /// node's share in memory while Redis is unreachable), and job events fan out through
+    /// Redis pub/sub.
     pub url: Option<Secret>,
-    /// Prefix of every Redis key Easel writes.
+    /// Prefix of every Redis key Easel writes, and of its pub/sub channel (`<prefix>events`).
     pub prefix: String,
 }
 

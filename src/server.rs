@@ -1,5 +1,8 @@
 //! Runs the roles of one process (HTTP API, worker, maintenance, webhook dispatcher) until a
-//! stop signal, so the binary and the tests start Easel the same way.
+//! stop signal, so the binary and the tests start Easel the same way. Whatever its roles, a
+//! running process records itself in the store's `nodes` table every [`HEARTBEAT_EVERY`] and
+//! counts the live nodes ([`heartbeat_once`]): the count every limit is divided by when the
+//! shared limiter is unreachable (`limits::failover`).
 
 use std::time::Duration;
 
@@ -9,9 +12,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::jobs::maintenance;
+use crate::jobs::model::now_millis;
 use crate::jobs::worker::{Worker, WorkerDeps};
+use crate::limits::LiveNodes;
 use crate::providers::probe::probe_key;
+use crate::store::{Store, StoreResult};
 use crate::webhooks::dispatcher::Dispatcher;
+
+/// How often a process records itself in the `nodes` table.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// A node not heard from for this long (three heartbeats) no longer counts as live. Each node
+/// stamps heartbeats with its own clock, so clocks must agree to well within this (NTP).
+pub const NODE_TTL: Duration = Duration::from_secs(15);
+/// Nodes silent for this long are deleted from the table.
+const NODE_FORGET: Duration = Duration::from_secs(24 * 3600);
+/// How often the forgetting runs.
+const NODE_PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Which parts a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +41,71 @@ impl Roles {
         api: true,
         worker: true,
     };
+
+    /// The role recorded in the `nodes` table.
+    pub fn name(&self) -> &'static str {
+        match (self.api, self.worker) {
+            (true, true) => "api+worker",
+            (true, false) => "api",
+            (false, true) => "worker",
+            (false, false) => "none",
+        }
+    }
+}
+
+/// Records `node_id` as alive now and sets `live` to the nodes heard from within
+/// [`NODE_TTL`] (this one included). Returns that count.
+pub async fn heartbeat_once(
+    store: &dyn Store,
+    node_id: &str,
+    role: &str,
+    live: &LiveNodes,
+) -> StoreResult<u32> {
+    let now = now_millis();
+    store.node_heartbeat(node_id, role, now).await?;
+    let count = store.nodes_live(now - NODE_TTL.as_millis() as i64).await?;
+    live.set(count);
+    Ok(count)
+}
+
+/// Heartbeats until `stop`; logs when the live count changes. A store that cannot be reached
+/// leaves the last count in place (and says so).
+async fn heartbeat(app: App, role: &'static str, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_count = None;
+    let mut last_purge = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match heartbeat_once(app.store.as_ref(), &app.node_id, role, &app.live_nodes).await {
+            Ok(count) if last_count != Some(count) => {
+                tracing::info!(node = %app.node_id, live_nodes = count, "live nodes");
+                last_count = Some(count);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                live_nodes = app.live_nodes.get(),
+                "node heartbeat failed; keeping the last live node count"
+            ),
+        }
+        if last_purge.elapsed() >= NODE_PURGE_EVERY {
+            last_purge = tokio::time::Instant::now();
+            let before = now_millis() - NODE_FORGET.as_millis() as i64;
+            if let Err(e) = app.store.nodes_purge(before).await {
+                tracing::warn!(error = %e, "purging old nodes failed");
+            }
+        }
+    }
 }
 
 /// Starts the roles; returns when all of them have stopped after `stop` fired.
 pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: CancellationToken) {
     let mut tasks = JoinSet::new();
+    tasks.spawn(heartbeat(app.clone(), roles.name(), stop.clone()));
     if roles.worker {
         let deps = WorkerDeps::from_app(&app);
         tasks.spawn(Worker::new(deps).run(stop.clone()));

@@ -498,16 +498,20 @@ fn migrate_creates_the_schema_and_is_idempotent() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("user_version");
     // One per file in migrations/sqlite.
-    assert_eq!(version, 3);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .expect("migrations folder")
+        .count() as i64;
+    assert_eq!(version, files);
     let tables: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN
-             ('tenants', 'api_keys', 'provider_keys', 'jobs', 'job_events', 'idempotency_keys')",
+             ('tenants', 'api_keys', 'provider_keys', 'jobs', 'job_events', 'idempotency_keys',
+              'nodes')",
             [],
             |r| r.get(0),
         )
         .expect("tables");
-    assert_eq!(tables, 6);
+    assert_eq!(tables, 7);
 }
 
 /// `DATABASE_URL=postgres://...` runs the PostgreSQL migrations (in a schema of its own here,
@@ -557,13 +561,13 @@ fn migrate_on_postgres_creates_the_schema_and_hides_the_password() {
         let tables: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND
              table_name IN ('tenants', 'api_keys', 'provider_keys', 'jobs', 'job_events',
-                            'idempotency_keys')",
+                            'idempotency_keys', 'nodes')",
         )
         .bind(&schema)
         .fetch_one(&mut conn)
         .await
         .expect("tables");
-        assert_eq!(tables, 6);
+        assert_eq!(tables, 7);
         let applied: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM {schema}._sqlx_migrations WHERE success"
         ))

@@ -2072,6 +2072,42 @@ async fn webhook_logs_page_filter_scope_and_replay(b: Bundle) {
     assert!(deliveries(s, &t.id, None).await.is_empty());
 }
 
+// ---- node heartbeats ----
+
+async fn node_heartbeats_count_live_nodes(b: Bundle) {
+    let s = b.store.as_ref();
+    let t0: Millis = 1_000_000;
+    assert_eq!(s.nodes_live(0).await.unwrap(), 0);
+    s.node_heartbeat("node_a", "api", t0).await.unwrap();
+    s.node_heartbeat("node_b", "worker", t0).await.unwrap();
+    assert_eq!(s.nodes_live(t0).await.unwrap(), 2, "since is inclusive");
+    assert_eq!(s.nodes_live(t0 + 1).await.unwrap(), 0);
+    // A later heartbeat keeps a node alive; the other one ages out of the window.
+    s.node_heartbeat("node_a", "api+worker", t0 + 5_000)
+        .await
+        .unwrap();
+    assert_eq!(s.nodes_live(t0 + 3_000).await.unwrap(), 1);
+    assert_eq!(s.nodes_live(t0).await.unwrap(), 2);
+    // A late heartbeat (sent before the one already stored) never moves a node back.
+    s.node_heartbeat("node_a", "api", t0 + 4_000).await.unwrap();
+    assert_eq!(s.nodes_live(t0 + 4_500).await.unwrap(), 1);
+    // A third node, then the purge of the ones gone quiet.
+    s.node_heartbeat("node_c", "worker", t0 + 6_000)
+        .await
+        .unwrap();
+    assert_eq!(s.nodes_live(t0 + 3_000).await.unwrap(), 2);
+    assert_eq!(s.nodes_purge(t0 + 3_000).await.unwrap(), 1);
+    assert_eq!(s.nodes_live(0).await.unwrap(), 2);
+    assert_eq!(s.nodes_purge(t0 + 3_000).await.unwrap(), 0);
+    // A purged node that comes back counts again.
+    s.node_heartbeat("node_b", "worker", t0 + 7_000)
+        .await
+        .unwrap();
+    assert_eq!(s.nodes_live(t0 + 5_000).await.unwrap(), 3);
+    s.reset().await.unwrap();
+    assert_eq!(s.nodes_live(0).await.unwrap(), 0);
+}
+
 // ---- one test per (backend, scenario) ----
 
 /// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
@@ -2119,6 +2155,7 @@ macro_rules! suite {
             webhook_gone_disables_the_endpoint,
             webhook_rotation_overlaps_then_drops_the_old_secret,
             webhook_logs_page_filter_scope_and_replay,
+            node_heartbeats_count_live_nodes,
         );
     };
     (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {

@@ -14,7 +14,7 @@ pub mod ratelimit;
 pub mod submit;
 mod webhooks;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -75,8 +75,30 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "timestamp": format_millis(now_millis())}))
+/// `200 {"status": "ok", "timestamp": ...}` (the contract's shape) while every part works.
+/// While the limiter runs on its per-node fallback (Redis unreachable), still 200 (the node
+/// serves) but `"status": "degraded"`, with what decides instead and counters:
+/// `{"status": "degraded", "limiter": "memory-fallback", "timestamp", "degradedSince",
+/// "liveNodes", "limiterFallbacks", "limiterFallbackDecisions"}`.
+async fn health(State(app): State<App>) -> Json<serde_json::Value> {
+    let timestamp = format_millis(now_millis());
+    let Some(degraded) = app.limiter.degraded() else {
+        return Json(serde_json::json!({"status": "ok", "timestamp": timestamp}));
+    };
+    let since = degraded
+        .since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Json(serde_json::json!({
+        "status": "degraded",
+        "limiter": degraded.mode,
+        "timestamp": timestamp,
+        "degradedSince": format_millis(since),
+        "liveNodes": degraded.live_nodes,
+        "limiterFallbacks": degraded.fallbacks,
+        "limiterFallbackDecisions": degraded.fallback_decisions,
+    }))
 }
 
 async fn not_found() -> ApiError {

@@ -1,27 +1,28 @@
 //! Live job events: the event bus that says "something changed", and the job-event feed that
 //! turns it into an ordered, resumable stream for SSE and WebSocket clients.
 //!
-//! Owns: publish/subscribe of change notices ([`EventBus`], in process: [`LocalBus`]) and
-//! [`EventFeed`], one subscriber's cursor over the `job_events` table. Must not touch: HTTP
-//! (the API renders feeds as SSE or WebSocket) or SQL (the feed reads through the `Store`).
+//! Owns: publish/subscribe of change notices ([`EventBus`]: in process, [`LocalBus`]; across
+//! nodes, [`RedisBus`]) and [`EventFeed`], one subscriber's cursor over the `job_events`
+//! table. Must not touch: HTTP (the API renders feeds as SSE or WebSocket) or SQL (the feed
+//! reads through the `Store`).
 //!
 //! The events table is the source of truth (DESIGN.md decision 8). A notice on the bus
 //! carries no event, only which tenant (and job) changed; a feed that hears one re-reads the
 //! store from the last event id it delivered. So a notice that is lost, late, duplicated or
 //! dropped because a slow subscriber lagged costs at most a delay, never an event, and no
 //! event is delivered twice. Notices are published after the status change committed, by the
-//! code that committed it in this process (`api::jobs`, `jobs::worker`,
-//! `jobs::maintenance`); changes committed by other processes are found by each feed's
-//! periodic re-read ([`SAFETY_POLL`]) until a cross-node bus carries them.
+//! code that committed it (`api::jobs`, `jobs::worker`, `jobs::maintenance`).
 //!
-//! Across nodes, a Redis pub/sub (or PostgreSQL `NOTIFY`) bus implements the same trait: its
-//! `publish` hands the notice to a background task that sends it on the channel, and a
-//! subscriber task feeds every notice it hears, local ones included, into a local
-//! `tokio::sync::broadcast` sender from which [`Subscription`]s are made, exactly as
-//! [`LocalBus`] does. Nothing above the trait changes.
+//! Across nodes (`REDIS_URL` set), [`RedisBus`] delivers each notice to this process's
+//! subscribers at once and sends it on a Redis pub/sub channel; a subscriber task feeds the
+//! notices of other nodes into the same local broadcast. Without Redis, [`LocalBus`] serves
+//! one process, and changes committed by other processes are found by each feed's periodic
+//! re-read ([`SAFETY_POLL`]), which also stays on with Redis as the safety net. (A PostgreSQL
+//! `NOTIFY` bus would implement the same trait; nothing above it would change.)
 
 mod feed;
 mod local;
+pub mod redis_bus;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use feed::EventFeed;
 pub use local::LocalBus;
+pub use redis_bus::RedisBus;
 
 /// How often a feed re-reads the store without a notice: the safety net for changes made by
 /// other processes and for notices that never came.

@@ -13,16 +13,18 @@
 //! lease ends, so a crashed process never leaks a slot (a counter that is incremented and
 //! decremented does, the first time a process dies in between).
 
+pub mod failover;
 pub mod gcra;
 pub mod memory;
 pub mod redis;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
 pub use self::redis::RedisLimiter;
+pub use failover::{FailoverConfig, FailoverLimiter, LiveNodes};
 pub use memory::{Clock, ManualClock, MemoryLimiter, SystemClock};
 
 /// A request rate: `per_minute` sustained, up to `burst` at once.
@@ -143,6 +145,22 @@ pub enum LimitError {
     Invalid(String),
 }
 
+/// What a limiter that is not enforcing its limits across nodes right now says about itself
+/// (see [`Limiter::degraded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    /// What decides instead: `"memory-fallback"` (each node its share, in memory).
+    pub mode: &'static str,
+    /// When the limiter fell back.
+    pub since: SystemTime,
+    /// The live nodes every limit is divided by now.
+    pub live_nodes: u32,
+    /// Times this limiter has fallen back since the process started (this time included).
+    pub fallbacks: u64,
+    /// Calls answered by the fallback since the process started.
+    pub fallback_decisions: u64,
+}
+
 /// Rate and concurrency decisions. Implementations are atomic per call: concurrent callers,
 /// in one process or many, never together exceed a quota or a permit limit.
 #[async_trait]
@@ -180,6 +198,13 @@ pub trait Limiter: Send + Sync {
 
     /// Live (unexpired, unreleased) permits holding a slot in `key`.
     async fn in_use(&self, key: &str) -> Result<u32, LimitError>;
+
+    /// `Some` while the limiter answers from a per-node fallback instead of its shared
+    /// backend, so limits hold only approximately across nodes (`/health` reports
+    /// `degraded`). Limiters without a fallback are never degraded.
+    fn degraded(&self) -> Option<Degraded> {
+        None
+    }
 }
 
 /// Leases and rate spans stay below this, so every time value (microseconds since the Unix

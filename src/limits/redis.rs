@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::gcra::{Gcra, Step};
@@ -65,6 +65,29 @@ impl RedisLimiter {
         Ok(RedisLimiter::new(conn, prefix))
     }
 
+    /// A limiter that connects on first use rather than now, so it can be made while Redis is
+    /// down. Every connection attempt and every answer is bounded by `timeout`, and a lost
+    /// connection is retried once after ~50 ms rather than through the redis crate's default
+    /// backoff (six tries, up to ~6 s during which every call waits): the
+    /// [`FailoverLimiter`](super::FailoverLimiter) wants to learn of an outage quickly and
+    /// re-probes by itself.
+    pub fn lazy(
+        url: &str,
+        prefix: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<RedisLimiter, LimitError> {
+        let client =
+            redis::Client::open(url).map_err(|e| LimitError::Invalid(format!("redis url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(100))
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        Ok(RedisLimiter::new(conn, prefix))
+    }
+
     /// Uses an existing connection (e.g. with tuned timeouts); it reconnects by itself.
     pub fn new(conn: ConnectionManager, prefix: impl Into<String>) -> RedisLimiter {
         RedisLimiter {
@@ -76,6 +99,16 @@ impl RedisLimiter {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// One `PING`: whether Redis answers now (also makes the connection if there is none).
+    pub async fn ping(&self) -> Result<(), LimitError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     fn rate_key(&self, key: &str) -> String {

@@ -1,5 +1,5 @@
 //! Durable state behind one [`Store`] trait: tenants, API keys, provider keys, jobs (the
-//! queue), job events, idempotency records, and the webhook outbox.
+//! queue), job events, idempotency records, the webhook outbox and node heartbeats.
 //!
 //! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
 //! method here, so no backend can split it: `job_submit` writes the idempotency record, the
@@ -260,6 +260,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes idempotency records older than `before`.
     async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64>;
+
+    /// Records that the process `node_id` (role `api`, `worker` or `api+worker`) is alive at
+    /// `now`: a new node starts at `now`, a known one moves its `last_seen` forward (never
+    /// back, so a late heartbeat is harmless).
+    async fn node_heartbeat(&self, node_id: &str, role: &str, now: Millis) -> StoreResult<()>;
+    /// How many nodes have heartbeaten at or after `since`: the live nodes a limit is divided
+    /// by while the shared limiter is unreachable.
+    async fn nodes_live(&self, since: Millis) -> StoreResult<u32>;
+    /// Forgets nodes last seen before `before` (processes long gone).
+    async fn nodes_purge(&self, before: Millis) -> StoreResult<u64>;
     /// Deletes all data (the `reset` command).
     async fn reset(&self) -> StoreResult<()>;
 }

@@ -3,7 +3,7 @@
 //! Owns: the connection pool, the `migrations/postgres` schema (brought up to date at open,
 //! which is all `easel migrate` does), the SQL of every [`Store`] method (jobs in `jobs.rs`,
 //! the fair claim in `claim.rs`, tenants and keys in `tenants.rs`, the webhook outbox in
-//! `webhooks.rs`; each method one transaction, most of them one statement) and the
+//! `webhooks.rs`, node heartbeats in `nodes.rs`; each method one transaction, most of them one statement) and the
 //! `LISTEN easel_jobs` listener behind [`Store::wait_for_work`].
 //! Must not touch: HTTP, providers, object storage, limits or the worker loop. Never puts the
 //! database password in an error or a log line: URLs are shown through [`redact_url`].
@@ -30,6 +30,7 @@
 
 mod claim;
 mod jobs;
+mod nodes;
 mod tenants;
 mod webhooks;
 
@@ -453,11 +454,23 @@ impl Store for PgStore {
         jobs::idempotency_purge(&self.pool, before).await
     }
 
+    async fn node_heartbeat(&self, node_id: &str, role: &str, now: Millis) -> StoreResult<()> {
+        nodes::heartbeat(&self.pool, node_id, role, now).await
+    }
+
+    async fn nodes_live(&self, since: Millis) -> StoreResult<u32> {
+        nodes::live(&self.pool, since).await
+    }
+
+    async fn nodes_purge(&self, before: Millis) -> StoreResult<u64> {
+        nodes::purge(&self.pool, before).await
+    }
+
     async fn reset(&self) -> StoreResult<()> {
         // Identities keep counting (as SQLite's AUTOINCREMENT does): a seq is never reused.
         sqlx::query(
             "TRUNCATE webhook_deliveries, tenant_webhooks, job_events, idempotency_keys, jobs,
-                 api_keys, provider_keys, tenants",
+                 api_keys, provider_keys, tenants, nodes",
         )
         .execute(&self.pool)
         .await?;

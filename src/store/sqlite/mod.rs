@@ -10,6 +10,7 @@
 //! thread, which sqlx's async pool does not give.
 
 mod jobs;
+mod nodes;
 mod tenants;
 mod webhooks;
 
@@ -39,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_init.sql"),
     include_str!("../../../migrations/sqlite/0002_provider_key_state.sql"),
     include_str!("../../../migrations/sqlite/0003_webhooks.sql"),
+    include_str!("../../../migrations/sqlite/0004_nodes.sql"),
 ];
 
 /// Writes gathered into one transaction at most.
@@ -457,12 +459,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn node_heartbeat(&self, node_id: &str, role: &str, now: Millis) -> StoreResult<()> {
+        let (node_id, role) = (node_id.to_owned(), role.to_owned());
+        self.write(move |c| nodes::heartbeat(c, &node_id, &role, now))
+            .await
+    }
+
+    async fn nodes_live(&self, since: Millis) -> StoreResult<u32> {
+        self.read(move |c| nodes::live(c, since)).await
+    }
+
+    async fn nodes_purge(&self, before: Millis) -> StoreResult<u64> {
+        self.write(move |c| nodes::purge(c, before)).await
+    }
+
     async fn reset(&self) -> StoreResult<()> {
         self.write(|c| {
             c.execute_batch(
                 "DELETE FROM webhook_deliveries; DELETE FROM tenant_webhooks;
                  DELETE FROM job_events; DELETE FROM idempotency_keys; DELETE FROM jobs;
-                 DELETE FROM api_keys; DELETE FROM provider_keys; DELETE FROM tenants;",
+                 DELETE FROM api_keys; DELETE FROM provider_keys; DELETE FROM tenants;
+                 DELETE FROM nodes;",
             )?;
             Ok(())
         })
