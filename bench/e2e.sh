@@ -11,9 +11,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin easel --bin easel-bench
 BIN=$ROOT/target/release
-WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 KEY=$("$BIN/easel" --data-dir "$WORK" create-tenant bench 1000000000 1000000 | grep -o 'img_[A-Za-z0-9]*')
 export EASEL_PROVIDERS__LOCAL__DRAFT_SIZE=8 EASEL_WORKER__CONCURRENCY=256 EASEL_WORKER__POLL_MS=50
+# The origin's global defaults (GLOBAL_RPM_LIMIT 1000) would be the bottleneck, not Easel.
+export GLOBAL_RPM_LIMIT=1000000000 GLOBAL_CONCURRENCY_LIMIT=100000
 RUST_LOG=warn "$BIN/easel" --data-dir "$WORK" serve --port 4003 >/dev/null 2>&1 & EPID=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:4003/health >/dev/null && break; sleep 0.1; done
 idle=$(awk '/VmRSS/{print $2}' /proc/$EPID/status)

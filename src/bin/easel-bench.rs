@@ -97,6 +97,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.server.host = "127.0.0.1".into();
     config.worker.concurrency = 256;
     config.worker.poll_ms = 50;
+    // The origin's global defaults (1000 RPM) would be the bottleneck, not Easel.
+    config.limits.global_rpm = 1_000_000_000;
+    config.limits.global_concurrency = 100_000;
     config.providers.local.draft_size = 8;
     config.providers.local.final_size = 8;
     config.providers.local.delay_ms = 0;
