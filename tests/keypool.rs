@@ -302,6 +302,33 @@ async fn none_when_every_key_is_busy() {
     f.report(b, Outcome::Success).await;
 }
 
+/// An RPM above what the limiter can count (one per microsecond, 60,000,000) means "no rate
+/// limit": such a key is held to the limiter's fastest rate, not refused, and it does not make
+/// the pool fail for the other keys.
+#[tokio::test]
+async fn a_key_with_an_rpm_above_the_limiters_resolution_is_usable() {
+    let f = fixture(&[
+        spec("huge").rpm(1_000_000_000).priority(1),
+        spec("max").rpm(u32::MAX),
+        spec("normal"),
+    ])
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let lease = f.acquire().await.expect("a key");
+        held.push(lease);
+        f.advance(Duration::from_millis(1));
+    }
+    let mut ids: Vec<&str> = held.iter().map(|l| l.key_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["huge", "huge", "huge"]);
+    for lease in held {
+        f.report(lease, Outcome::Success).await;
+    }
+    let f = fixture(&[spec("max").rpm(u32::MAX).project("p")]).await;
+    assert_eq!(f.acquire_id().await.as_deref(), Some("max"));
+}
+
 // ---- limits ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::LimitsConfig;
-use crate::limits::{Limiter, Permit, PermitSpec, RateQuota};
+use crate::limits::{Limiter, Permit, PermitSpec, RateQuota, MAX_PER_MINUTE};
 
 const GLOBAL_PERMITS: &str = "conc:global";
 const GLOBAL_RATE: &str = "rate:global";
@@ -18,6 +18,8 @@ const GLOBAL_RATE: &str = "rate:global";
 /// The quota for a per-minute limit: never more than `rpm` in any 60 s window, with a burst
 /// of 1/20 of a minute; the sustained rate stays within 95% of the allowance.
 pub fn minute_quota(rpm: u32) -> RateQuota {
+    // Beyond what the limiter counts means "unlimited": held to the limiter's fastest rate.
+    let rpm = rpm.min(MAX_PER_MINUTE);
     let burst = (rpm / 20).max(1);
     RateQuota::capped(rpm, burst).unwrap_or(RateQuota::per_minute(rpm.max(1)))
 }
@@ -123,6 +125,20 @@ mod tests {
             ..LimitsConfig::default()
         };
         Gate::new(Arc::new(MemoryLimiter::new()), &limits)
+    }
+
+    #[tokio::test]
+    async fn an_rpm_beyond_the_limiters_resolution_means_unlimited_not_invalid() {
+        // Tenants and bench scripts use 1,000,000,000 RPM for "no limit"; such a quota used
+        // to be refused as invalid, so every check took the limiter-failure path.
+        let limiter = MemoryLimiter::new();
+        for rpm in [MAX_PER_MINUTE, 1_000_000_000, u32::MAX] {
+            let decision = limiter
+                .rate_acquire(&format!("rate:{rpm}"), minute_quota(rpm), 1)
+                .await
+                .expect("a valid quota");
+            assert!(decision.allowed, "{rpm}");
+        }
     }
 
     #[tokio::test]

@@ -42,6 +42,11 @@ pub use memory::{Clock, ManualClock, MemoryLimiter, SystemClock};
 /// So `burst = 1` ([`RateQuota::per_minute`]) means "never more than `per_minute` in any
 /// 60 s window" but also evenly spaced requests; [`RateQuota::capped`] keeps a hard per-window
 /// cap while allowing bursts, by lowering the sustained rate to make room for them.
+/// The fastest rate a limiter counts: one unit per microsecond. Limits configured above it
+/// (keys or tenants given a huge RPM to mean "no rate limit") must be held to it with
+/// [`RateQuota::per_minute_clamped`]; a quota above it is refused as invalid.
+pub const MAX_PER_MINUTE: u32 = 60_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RateQuota {
     /// Sustained rate; one unit is earned back every `60 s / per_minute`.
@@ -57,6 +62,17 @@ impl RateQuota {
             per_minute: n,
             burst: 1,
         }
+    }
+
+    /// As [`RateQuota::per_minute`], with `n` held to [`MAX_PER_MINUTE`]: for limits that
+    /// come from configuration, where a number beyond what the limiter can count means
+    /// "unlimited", not "invalid".
+    pub const fn per_minute_clamped(n: u32) -> RateQuota {
+        RateQuota::per_minute(if n > MAX_PER_MINUTE {
+            MAX_PER_MINUTE
+        } else {
+            n
+        })
     }
 
     /// `per_minute` sustained with bursts of up to `burst`; at most

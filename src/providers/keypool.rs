@@ -796,14 +796,14 @@ impl KeyPool {
         lease: Duration,
     ) -> Result<Option<Permit>, LimitError> {
         let key = key_limit_key(&candidate.id);
-        let key_quota = RateQuota::per_minute(candidate.rpm);
+        let key_quota = RateQuota::per_minute_clamped(candidate.rpm);
         // Peeks first, so a key over its rate neither takes a slot nor burns its project's
         // token (see the module docs for the race this leaves).
         if !self.limiter.rate_peek(&key, key_quota).await?.allowed {
             return Ok(None);
         }
         if let Some((project, rpm)) = &candidate.project {
-            let quota = RateQuota::per_minute(*rpm);
+            let quota = RateQuota::per_minute_clamped(*rpm);
             if !self.limiter.rate_peek(project, quota).await?.allowed {
                 return Ok(None);
             }
@@ -838,7 +838,7 @@ impl KeyPool {
             return Ok(false);
         }
         if let Some((project, rpm)) = &candidate.project {
-            let quota = RateQuota::per_minute(*rpm);
+            let quota = RateQuota::per_minute_clamped(*rpm);
             if !self.limiter.rate_acquire(project, quota, 1).await?.allowed {
                 return Ok(false);
             }
