@@ -6,7 +6,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use serde::Serialize;
 
 use super::extract::{AuthTenant, JobId, JsonObject};
@@ -20,8 +19,6 @@ use crate::jobs::model::{
 };
 use crate::store::CancelOutcome;
 
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 100;
 const CURSOR_PREFIX: &str = "v1:";
 
 #[derive(Serialize)]
@@ -197,35 +194,11 @@ struct ListPage {
     next_cursor: Option<String>,
 }
 
-fn encode_cursor(seq: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{seq}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<i64> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    text.strip_prefix(CURSOR_PREFIX)?
-        .parse()
-        .ok()
-        .filter(|s| *s > 0)
-}
-
 fn parse_list_query(
     tenant_id: &str,
     q: &HashMap<String, String>,
 ) -> Result<JobListQuery, ApiError> {
-    let limit = match q.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid(format!("limit must be an integer between 1 and {MAX_PAGE}"))
-            })?,
-    };
+    let (limit, before_seq) = super::paging::page(CURSOR_PREFIX, q)?;
     let status = match q.get("status") {
         None => None,
         Some(raw) => Some(JobStatus::parse(raw).ok_or_else(|| {
@@ -233,12 +206,6 @@ fn parse_list_query(
                 "status '{raw}' is not one of: QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELED"
             ))
         })?),
-    };
-    let before_seq = match q.get("cursor") {
-        None => None,
-        Some(raw) => {
-            Some(decode_cursor(raw).ok_or_else(|| ApiError::invalid("cursor is invalid"))?)
-        }
     };
     Ok(JobListQuery {
         tenant_id: tenant_id.to_owned(),
@@ -257,7 +224,7 @@ pub async fn list(
     let query = parse_list_query(&tenant.id, &query)?;
     let page = app.store.job_list(query).await?;
     let next_cursor = match (page.has_more, page.items.last()) {
-        (true, Some(last)) => Some(encode_cursor(last.seq)),
+        (true, Some(last)) => Some(super::paging::encode_cursor(CURSOR_PREFIX, last.seq)),
         _ => None,
     };
     let mut items = Vec::with_capacity(page.items.len());
@@ -310,10 +277,29 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
-        assert_eq!(decode_cursor("nope"), None);
-        assert_eq!(decode_cursor(&encode_cursor(0)), None);
+        assert_eq!(
+            crate::api::paging::decode_cursor(
+                CURSOR_PREFIX,
+                &crate::api::paging::encode_cursor(CURSOR_PREFIX, 42)
+            ),
+            Some(42)
+        );
+        assert_eq!(
+            crate::api::paging::decode_cursor(CURSOR_PREFIX, "nope"),
+            None
+        );
+        assert_eq!(
+            crate::api::paging::decode_cursor(
+                CURSOR_PREFIX,
+                &crate::api::paging::encode_cursor(CURSOR_PREFIX, 0)
+            ),
+            None
+        );
+        use base64::Engine;
         let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1:abc");
-        assert_eq!(decode_cursor(&forged), None);
+        assert_eq!(
+            crate::api::paging::decode_cursor(CURSOR_PREFIX, &forged),
+            None
+        );
     }
 }

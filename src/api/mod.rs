@@ -10,6 +10,7 @@ mod events_ws;
 mod extract;
 mod files;
 mod jobs;
+pub(crate) mod paging;
 pub mod ratelimit;
 pub mod submit;
 mod webhooks;

@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -24,8 +23,6 @@ use crate::webhooks::model::{
 use crate::webhooks::target::{redact, TargetGuard};
 use crate::webhooks::{rotate_secret, set_endpoint, ManageError};
 
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 100;
 const CURSOR_PREFIX: &str = "d1:";
 const MAX_OVERLAP_SECS: u64 = 7 * 24 * 3600;
 
@@ -107,22 +104,6 @@ struct DeliveryPageView {
     next_cursor: Option<String>,
 }
 
-fn encode_cursor(seq: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{seq}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<i64> {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    String::from_utf8(raw)
-        .ok()?
-        .strip_prefix(CURSOR_PREFIX)?
-        .parse()
-        .ok()
-        .filter(|s| *s > 0)
-}
-
 type RawQuery = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
 fn parse_query(
@@ -131,16 +112,7 @@ fn parse_query(
     query: RawQuery,
 ) -> Result<DeliveryListQuery, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query string: {e}")))?;
-    let limit = match q.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid(format!("limit must be an integer between 1 and {MAX_PAGE}"))
-            })?,
-    };
+    let (limit, before_seq) = super::paging::page(CURSOR_PREFIX, &q)?;
     let state = match q.get("status") {
         None => None,
         Some(raw) => Some(DeliveryState::parse(raw).ok_or_else(|| {
@@ -148,12 +120,6 @@ fn parse_query(
                 "status '{raw}' is not one of: pending, delivering, succeeded, failed, disabled"
             ))
         })?),
-    };
-    let before_seq = match q.get("cursor") {
-        None => None,
-        Some(raw) => {
-            Some(decode_cursor(raw).ok_or_else(|| ApiError::invalid("cursor is invalid"))?)
-        }
     };
     Ok(DeliveryListQuery {
         tenant_id: tenant_id.to_owned(),
@@ -167,7 +133,7 @@ fn parse_query(
 async fn page(app: &App, query: DeliveryListQuery) -> Result<Response, ApiError> {
     let page = app.store.webhook_deliveries(query).await?;
     let next_cursor = match (page.has_more, page.items.last()) {
-        (true, Some(last)) => Some(encode_cursor(last.seq)),
+        (true, Some(last)) => Some(super::paging::encode_cursor(CURSOR_PREFIX, last.seq)),
         _ => None,
     };
     Ok(Json(DeliveryPageView {
@@ -383,9 +349,22 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_job_cursors() {
-        assert_eq!(decode_cursor(&encode_cursor(7)), Some(7));
+        assert_eq!(
+            crate::api::paging::decode_cursor(
+                CURSOR_PREFIX,
+                &crate::api::paging::encode_cursor(CURSOR_PREFIX, 7)
+            ),
+            Some(7)
+        );
+        use base64::Engine;
         let job_cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("v1:7");
-        assert_eq!(decode_cursor(&job_cursor), None);
-        assert_eq!(decode_cursor("garbage"), None);
+        assert_eq!(
+            crate::api::paging::decode_cursor(CURSOR_PREFIX, &job_cursor),
+            None
+        );
+        assert_eq!(
+            crate::api::paging::decode_cursor(CURSOR_PREFIX, "garbage"),
+            None
+        );
     }
 }
