@@ -379,11 +379,7 @@ async fn store_images(
             "image/webp" => "webp",
             _ => "png",
         };
-        // The attempt number keeps a late duplicate run from overwriting a winner's files.
-        let key = format!(
-            "{}/{}/{}-{index}.{ext}",
-            job.tenant_id, job.id, claimed.fence
-        );
+        let key = object_key(job, claimed.fence, index, ext);
         if let Err(e) = deps.objects.put(&key, image.bytes, &image.mime).await {
             return retry_or_fail(deps, claimed, "STORAGE_ERROR", &e.to_string(), None);
         }
@@ -400,6 +396,17 @@ async fn store_images(
         result_keys: keys,
         meta: Some(meta),
     }
+}
+
+/// `tenant/YYYY-MM-DD/job-fence-index.ext`: one folder per tenant and day rather than per
+/// job, because creating a directory per job was the largest cost of a local-disk run; the
+/// day also gives operators a prefix to expire or archive by. The fence keeps a late
+/// duplicate run from overwriting the winner's files.
+fn object_key(job: &super::model::Job, fence: i64, index: usize, ext: &str) -> String {
+    let day = super::model::format_millis(job.created_at);
+    let day = day.get(..10).unwrap_or("0000-00-00");
+    let (tenant, id) = (&job.tenant_id, &job.id);
+    format!("{tenant}/{day}/{id}-{fence}-{index}.{ext}")
 }
 
 fn finish_for_error(deps: &WorkerDeps, claimed: &ClaimedJob, error: &ProviderError) -> Finish {
@@ -442,5 +449,42 @@ fn retry_or_fail(
         run_at: now_millis() + delay.as_millis() as i64,
         error_code: code.to_owned(),
         error_message: message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_keys_share_a_folder_per_tenant_and_day() {
+        let job = crate::jobs::model::Job {
+            id: "job_1".into(),
+            seq: 1,
+            tenant_id: "ten_a".into(),
+            status: crate::jobs::model::JobStatus::Running,
+            prompt: "p".into(),
+            mode: crate::providers::Mode::Draft,
+            input_image_url: None,
+            params: Default::default(),
+            provider: "local".into(),
+            result_keys: vec![],
+            error_code: None,
+            error_message: None,
+            attempts: 1,
+            max_attempts: 3,
+            created_at: 1_763_946_000_000, // 2025-11-24 01:00 UTC
+            updated_at: 0,
+            started_at: None,
+            finished_at: None,
+            cancel_at: None,
+            deadline_at: 0,
+            result_meta: None,
+        };
+        assert_eq!(
+            object_key(&job, 3, 0, "png"),
+            "ten_a/2025-11-24/job_1-3-0.png"
+        );
+        assert_ne!(object_key(&job, 3, 0, "png"), object_key(&job, 4, 0, "png"));
     }
 }

@@ -64,6 +64,8 @@ pub struct ObjectStoreBackend {
     signer: Option<Arc<dyn Signer>>,
     /// Whether puts carry `Content-Type` and `Cache-Control` (the local folder refuses them).
     attributes: bool,
+    /// For a local folder, puts are written straight to their file (see [`LocalWriter`]).
+    local: Option<LocalWriter>,
 }
 
 /// Timeouts and retries for S3 calls: a worker storing a result or a proxied download
@@ -88,6 +90,7 @@ impl ObjectStoreBackend {
             inner: Arc::new(fs),
             signer: None,
             attributes: false,
+            local: Some(LocalWriter::new(root)),
         })
     }
 
@@ -112,6 +115,7 @@ impl ObjectStoreBackend {
             inner: store,
             signer,
             attributes: true,
+            local: None,
         })
     }
 
@@ -204,6 +208,53 @@ fn object_path(key: &str) -> Result<ObjectPath, StorageError> {
     ObjectPath::parse(key).map_err(|_| StorageError::InvalidKey)
 }
 
+/// Writes local objects in place: `object_store`'s local folder stages every put in a
+/// temporary file and renames it, which doubled the directory work per image; Easel's keys
+/// are write-once (they carry the attempt's fence) and are published only after the write
+/// returns, so a half-written file is never linked and in-place is safe.
+struct LocalWriter {
+    root: std::path::PathBuf,
+    /// Bounds the blocking threads creating files at once: creates in one folder serialize
+    /// on its lock, and more writers than cores only spin on it.
+    writers: Arc<tokio::sync::Semaphore>,
+}
+
+impl LocalWriter {
+    fn new(root: &Path) -> LocalWriter {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        LocalWriter {
+            root: root.to_path_buf(),
+            writers: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
+    }
+
+    async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), StorageError> {
+        let file = self.root.join(path.as_ref());
+        let _slot = self
+            .writers
+            .acquire()
+            .await
+            .map_err(|_| StorageError::Unavailable("local writer closed".into()))?;
+        tokio::task::spawn_blocking(move || write_file(&file, &bytes))
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("local write task: {e}")))?
+            .map_err(|e| StorageError::Unavailable(format!("local write: {e}")))
+    }
+}
+
+fn write_file(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::write(file, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // First object of its folder.
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(file, bytes)
+        }
+        other => other,
+    }
+}
+
 fn content_type_for(key: &str) -> &'static str {
     match key.rsplit('.').next() {
         Some("png") => "image/png",
@@ -224,6 +275,9 @@ fn map_err(e: object_store::Error) -> StorageError {
 impl ObjectStore for ObjectStoreBackend {
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError> {
         let path = object_path(key)?;
+        if let Some(local) = &self.local {
+            return local.put(&path, bytes).await;
+        }
         let mut options = PutOptions::default();
         if self.attributes {
             let mut attributes = Attributes::new();

@@ -1,0 +1,98 @@
+//! What the modes share: the runtime, submits, RSS, and reading a finished SQLite run.
+
+use std::time::{Duration, Instant};
+
+/// Two runtime threads: the machine the figures are for has two cores.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// This process's resident set, in KiB.
+pub fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub async fn submit(http: &reqwest::Client, base: &str, key: &str) {
+    let response = http
+        .post(format!("{base}/v1/images/generate"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(r#"{"prompt":"a watercolor lighthouse at dusk","mode":"draft"}"#)
+        .send()
+        .await;
+    match response {
+        Ok(r) if r.status() == 202 => {}
+        Ok(r) => eprintln!("submit answered {}", r.status()),
+        Err(e) => eprintln!("submit failed: {e}"),
+    }
+}
+
+pub fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("easel-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+pub fn open_db(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
+    Ok(rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?)
+}
+
+pub async fn wait_all_done(path: &std::path::Path, expected: u64) -> anyhow::Result<()> {
+    let conn = open_db(path)?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: u64 = conn.query_row(
+            "SELECT count(*) FROM jobs WHERE status IN ('SUCCEEDED','FAILED','CANCELED')",
+            [],
+            |r| r.get(0),
+        )?;
+        if done >= expected {
+            let failed: u64 = conn.query_row(
+                "SELECT count(*) FROM jobs WHERE status <> 'SUCCEEDED'",
+                [],
+                |r| r.get(0),
+            )?;
+            anyhow::ensure!(failed == 0, "{failed} jobs did not succeed");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {done} of {expected} jobs done after 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn max_seq(path: &std::path::Path) -> anyhow::Result<i64> {
+    Ok(open_db(path)?.query_row("SELECT coalesce(max(seq), 0) FROM jobs", [], |r| r.get(0))?)
+}
+
+/// p50 and p99 of `finished_at - created_at` (ms) for jobs after `from_seq`, and their count.
+pub fn phase_stats(path: &std::path::Path, from_seq: i64) -> anyhow::Result<(i64, i64, usize)> {
+    let conn = open_db(path)?;
+    let mut stmt =
+        conn.prepare("SELECT finished_at - created_at FROM jobs WHERE seq > ?1 ORDER BY 1")?;
+    let values: Vec<i64> = stmt
+        .query_map([from_seq], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let pick = |q: f64| {
+        values
+            .get(((values.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok((pick(0.5), pick(0.99), values.len()))
+}

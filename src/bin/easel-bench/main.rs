@@ -1,0 +1,37 @@
+//! Benchmarks for Easel, one mode per subcommand; each prints `RESULT` lines.
+//!
+//! - `easel-bench [--jobs N] [--connections C] [--rate R] [--seconds S]`: end to end on the
+//!   embedded default (see [`e2e`]).
+//! - `easel-bench stats DB_PATH`: jobs/s and latency of a database another process filled.
+//! - `easel-bench limiter`: GCRA decisions/s through the `Limiter` trait (see [`limiter`]).
+//! - `easel-bench gemini`: jobs through the fake Gemini and the key pool (see [`gemini`]).
+//! - `easel-bench claim`: PostgreSQL claims/s through the `Store` (see [`claim`]).
+//! - `easel-bench fake-gemini`: the fake upstream as a process (see [`fake_gemini`]).
+//!
+//! The server and the load generator share the same cores: figures are meant to be read as
+//! ratios against the anchors in `../shared/anchors`, measured in the same run.
+
+mod claim;
+mod common;
+mod e2e;
+mod fake_gemini;
+mod gemini;
+mod limiter;
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    let rest = argv.get(2..).unwrap_or_default();
+    match argv.get(1).map(String::as_str) {
+        Some("limiter") => limiter::run(rest),
+        Some("gemini") => gemini::run(rest),
+        Some("claim") => claim::run(rest),
+        Some("fake-gemini") => fake_gemini::run(rest),
+        Some("stats") => {
+            let path = rest
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("usage: easel-bench stats DB_PATH"))?;
+            e2e::stats_only(std::path::Path::new(path))
+        }
+        _ => e2e::run(&argv[1..]),
+    }
+}
