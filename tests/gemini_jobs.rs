@@ -309,3 +309,32 @@ async fn disabled_keys_are_visible_retested_and_re_enabled_without_restart() {
     assert!(stored.iter().find(|k| k.id == key_id).expect("key").enabled);
     app.shutdown().await;
 }
+
+/// A worker claims no more jobs than its free keys can start: the others stay QUEUED (and
+/// cancellable, and fair to other tenants) instead of RUNNING while they wait for a key.
+#[tokio::test]
+async fn jobs_wait_queued_not_running_while_every_key_is_busy() {
+    let fake = FakeGemini::start().await;
+    fake.set_default_fault(Fault::latency(Duration::from_millis(600)));
+    let app = gemini_app(&fake, &[("k1", 100_000, 2)], |c| {
+        c.worker.concurrency = 16;
+    })
+    .await;
+    let ids = submit_many(&app, 8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let page: Value = app
+        .http
+        .get(app.url("/v1/jobs?status=RUNNING&limit=100"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let running = page["items"].as_array().expect("items").len();
+    assert_eq!(running, 2, "one key of concurrency 2: {page}");
+    let done = wait_all(&app, &ids).await;
+    assert!(done.iter().all(|j| j["status"] == "SUCCEEDED"));
+    assert_eq!(fake.stats("k1").max_in_flight, 2);
+}

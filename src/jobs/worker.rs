@@ -4,6 +4,7 @@
 //! A worker never trusts its own memory over the store: if a heartbeat or the final write
 //! says the lease was lost, the attempt's result is dropped (another worker owns the job).
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub struct WorkerDeps {
     pub wake: Arc<Notify>,
     /// Told of every status change this worker commits.
     pub events: Arc<dyn EventBus>,
+    /// Claimed jobs that will need an upstream key and do not hold one yet: the next claim
+    /// is sized to the free keys minus these, or it would take jobs no key can run soon.
+    pub awaiting_keys: Arc<AtomicU32>,
 }
 
 impl WorkerDeps {
@@ -57,7 +61,54 @@ impl WorkerDeps {
             keys: app.keys.clone(),
             key_lease: Duration::from_secs(app.config.providers.gemini.timeout_secs + 10),
             wake: app.wake.clone(),
+            awaiting_keys: Arc::default(),
         }
+    }
+}
+
+/// One claimed job counted in [`WorkerDeps::awaiting_keys`] until it gets its key (or ends).
+pub struct AwaitingKey {
+    count: Option<Arc<AtomicU32>>,
+    settled: AtomicBool,
+}
+
+impl AwaitingKey {
+    fn new(deps: &WorkerDeps, provider: &str) -> AwaitingKey {
+        let needs_key = deps
+            .providers
+            .get(provider)
+            .is_some_and(|p| p.capabilities().needs_key);
+        let count = needs_key.then(|| {
+            deps.awaiting_keys.fetch_add(1, Ordering::Relaxed);
+            deps.awaiting_keys.clone()
+        });
+        AwaitingKey {
+            count,
+            settled: AtomicBool::new(false),
+        }
+    }
+
+    /// Not counted: the job runs without a key (tests, other entry points).
+    pub fn none() -> AwaitingKey {
+        AwaitingKey {
+            count: None,
+            settled: AtomicBool::new(true),
+        }
+    }
+
+    /// The job holds its key now (idempotent).
+    fn settle(&self) {
+        if let Some(count) = &self.count {
+            if !self.settled.swap(true, Ordering::Relaxed) {
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for AwaitingKey {
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 
@@ -144,8 +195,9 @@ impl Worker {
                 };
                 let deps = deps.clone();
                 let abort = abort.clone();
+                let awaiting = AwaitingKey::new(&deps, &job.job.provider);
                 tracker.spawn(async move {
-                    run_claimed(&deps, job, abort).await;
+                    run_claimed_awaiting(&deps, job, abort, awaiting).await;
                     drop(permit);
                 });
             }
@@ -161,17 +213,30 @@ impl Worker {
     }
 }
 
-/// How many jobs the free upstream keys of the default provider can take now.
+/// How many more jobs the free upstream keys of the default provider can take now, counting
+/// the claimed jobs still waiting for theirs.
 fn key_capacity(deps: &WorkerDeps) -> u32 {
     let name = deps.providers.default_name();
     match deps.providers.get(name) {
-        Some(p) if p.capabilities().needs_key => deps.keys.free_slots(name),
+        Some(p) if p.capabilities().needs_key => deps
+            .keys
+            .free_slots(name)
+            .saturating_sub(deps.awaiting_keys.load(Ordering::Relaxed)),
         _ => u32::MAX,
     }
 }
 
 /// Runs one claimed attempt to its end: success, retry, failure, lease lost or released.
 pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: CancellationToken) {
+    run_claimed_awaiting(deps, claimed, abort, AwaitingKey::none()).await
+}
+
+async fn run_claimed_awaiting(
+    deps: &WorkerDeps,
+    claimed: ClaimedJob,
+    abort: CancellationToken,
+    awaiting: AwaitingKey,
+) {
     let job_id = claimed.job.id.clone();
     let fence = claimed.fence;
     // Admission: a global slot (and rate token). The claim was sized to what was free, so
@@ -186,7 +251,7 @@ pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: Cancella
         }
     };
     let finish = {
-        let attempt = attempt(deps, &claimed);
+        let attempt = attempt(deps, &claimed, &awaiting);
         let heartbeat = heartbeat_loop(deps, &job_id, fence, Some(&ticket));
         tokio::select! {
             finish = attempt => Some(finish),
@@ -264,7 +329,7 @@ async fn heartbeat_loop(
 }
 
 /// One attempt: provider call bounded by the job's deadline, then the images are stored.
-async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob) -> Finish {
+async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob, awaiting: &AwaitingKey) -> Finish {
     let job = &claimed.job;
     let Some(provider) = deps.providers.get(&job.provider) else {
         return Finish::Failed {
@@ -299,7 +364,7 @@ async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob) -> Finish {
         image_size: job.params.image_size.clone(),
     };
     let remaining = Duration::from_millis((job.deadline_at - now_millis()).max(0) as u64);
-    let call = call_provider(deps, provider.as_ref(), &request);
+    let call = call_provider(deps, provider.as_ref(), &request, awaiting);
     let outcome = match tokio::time::timeout(remaining, call).await {
         Ok(outcome) => outcome,
         Err(_) => {
@@ -324,6 +389,7 @@ async fn call_provider(
     deps: &WorkerDeps,
     provider: &dyn Provider,
     request: &GenerateRequest,
+    awaiting: &AwaitingKey,
 ) -> Result<crate::providers::GenerateOutput, ProviderError> {
     if !provider.capabilities().needs_key {
         return provider.generate(request, None).await;
@@ -331,6 +397,7 @@ async fn call_provider(
     let mut last = None;
     for _ in 0..MAX_KEY_SWITCHES {
         let lease = wait_for_key(deps, provider.name()).await;
+        awaiting.settle();
         let result = provider.generate(request, Some(&lease.credential)).await;
         if let Err(e) = deps.keys.report(lease, Outcome::of(&result)).await {
             tracing::warn!(error = %e, "key pool report failed");

@@ -235,6 +235,8 @@ struct Inner {
     default_plan: Option<Plan>,
     stats: HashMap<String, KeyStats>,
     total: u64,
+    /// When the answer to each prompt was ready (Unix ms), if asked to record them.
+    answered: Option<HashMap<String, i64>>,
 }
 
 struct Shared {
@@ -329,6 +331,17 @@ impl FakeGemini {
     /// Requests received, all keys together.
     pub fn total_requests(&self) -> u64 {
         self.shared.lock().total
+    }
+
+    /// From now on, notes when the answer to each prompt (its first text part) was ready, for
+    /// measuring what the caller adds after the upstream has answered.
+    pub fn record_answers(&self) {
+        self.shared.lock().answered.get_or_insert_with(HashMap::new);
+    }
+
+    /// When the successful answer to `prompt` was ready, in Unix milliseconds.
+    pub fn answered_at(&self, prompt: &str) -> Option<i64> {
+        self.shared.lock().answered.as_ref()?.get(prompt).copied()
     }
 
     /// Forgets the stats of every key.
@@ -520,9 +533,29 @@ async fn handle(
         Method::Predict => predict(&model, &request),
     };
     drop(guard);
+    if reply.is_ok() {
+        note_answer(&shared, &request);
+    }
     match reply {
         Ok(body) => json_response(200, body.to_string()),
         Err(refusal) => refusal.into_response(),
+    }
+}
+
+fn note_answer(shared: &Shared, request: &Value) {
+    let mut inner = shared.lock();
+    let Some(answered) = inner.answered.as_mut() else {
+        return;
+    };
+    let prompt = request
+        .pointer("/contents/0/parts/0/text")
+        .or_else(|| request.pointer("/instances/0/prompt"))
+        .and_then(Value::as_str);
+    if let Some(prompt) = prompt {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        answered.insert(prompt.to_owned(), now);
     }
 }
 

@@ -23,11 +23,15 @@ pub fn rss_kb() -> u64 {
 }
 
 pub async fn submit(http: &reqwest::Client, base: &str, key: &str) {
+    submit_prompt(http, base, key, "a watercolor lighthouse at dusk").await
+}
+
+pub async fn submit_prompt(http: &reqwest::Client, base: &str, key: &str, prompt: &str) {
+    let body = serde_json::json!({ "prompt": prompt, "mode": "draft" });
     let response = http
         .post(format!("{base}/v1/images/generate"))
         .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(r#"{"prompt":"a watercolor lighthouse at dusk","mode":"draft"}"#)
+        .json(&body)
         .send()
         .await;
     match response {
