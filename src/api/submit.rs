@@ -97,6 +97,17 @@ pub fn parse_body(
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt must not be empty"));
     }
+    // NUL cannot be stored in PostgreSQL text, and no control character but tab and line
+    // breaks belongs in a prompt: refused here rather than failing later.
+    if let Some(bad) = prompt
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(ApiError::invalid(format!(
+            "prompt must not contain control characters (found U+{:04X})",
+            u32::from(bad)
+        )));
+    }
     let chars = prompt.chars().count();
     if chars > max_prompt_chars {
         return Err(ApiError::invalid(format!(
@@ -216,6 +227,12 @@ mod tests {
         assert!(message(parse_body(&body(json!({})), 10)).contains("prompt is required"));
         assert!(message(parse_body(&body(json!({"prompt": "  "})), 10)).contains("empty"));
         assert!(message(parse_body(&body(json!({"prompt": 3})), 10)).contains("string"));
+        for bad in ["a\u{0}b", "a\u{7}b", "a\u{1b}[31mb", "a\u{85}b"] {
+            let m = message(parse_body(&body(json!({ "prompt": bad })), 100));
+            assert!(m.contains("control characters"), "{bad:?}: {m}");
+        }
+        let r = parse_body(&body(json!({"prompt": "line one\nline\ttwo"})), 100).expect("ok");
+        assert_eq!(r.prompt, "line one\nline\ttwo");
         assert!(
             message(parse_body(&body(json!({"prompt": "x".repeat(11)})), 10)).contains("limit")
         );
