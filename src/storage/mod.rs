@@ -192,7 +192,7 @@ fn virtual_hosted_endpoint(endpoint: &str, bucket: &str) -> Result<String, Stora
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
-/// Object keys are made by Easel (`tenant/job/0.png`); anything else is refused.
+/// Object keys are made by Easel (`tenant/2026-11-23/job-1-0.png`); anything else is refused.
 fn object_path(key: &str) -> Result<ObjectPath, StorageError> {
     let valid = !key.is_empty()
         && key.len() <= 512

@@ -7,7 +7,7 @@
 //! Phase 2 (overhead): submit at `--rate` jobs/s (below saturation) and report Easel's own
 //! time from submit to SUCCEEDED visible (`finished_at - created_at` of each job), p50/p99.
 //! RSS is sampled idle and under load. Usage: `easel-bench [--jobs N] [--connections C]
-//! [--rate R] [--seconds S]`.
+//! [--rate R] [--seconds S]`; with `EASEL_BENCH_KEEP` set, the data folder is kept.
 //!
 //! `easel-bench stats DB_PATH` instead waits until every job in that database has ended and
 //! prints jobs/s from first submit to last SUCCEEDED and the submit-to-SUCCEEDED p50/p99; the
@@ -178,7 +178,11 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     );
     stop.cancel();
     let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("EASEL_BENCH_KEEP").is_some() {
+        println!("data kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 
