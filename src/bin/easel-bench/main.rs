@@ -7,6 +7,8 @@
 //! - `easel-bench gemini`: jobs through the fake Gemini and the key pool (see [`gemini`]).
 //! - `easel-bench claim`: PostgreSQL claims/s through the `Store` (see [`claim`]).
 //! - `easel-bench fake-gemini`: the fake upstream as a process (see [`fake_gemini`]).
+//! - `easel-bench webhooks`: job end to webhook received, through the dispatcher (see
+//!   [`webhooks`]).
 //!
 //! The server and the load generator share the same cores: figures are meant to be read as
 //! ratios against the anchors in `../shared/anchors`, measured in the same run.
@@ -17,6 +19,7 @@ mod e2e;
 mod fake_gemini;
 mod gemini;
 mod limiter;
+mod webhooks;
 
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
@@ -26,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         Some("gemini") => gemini::run(rest),
         Some("claim") => claim::run(rest),
         Some("fake-gemini") => fake_gemini::run(rest),
+        Some("webhooks") => webhooks::run(rest),
         Some("stats") => {
             let path = rest
                 .first()
