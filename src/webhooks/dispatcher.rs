@@ -15,6 +15,7 @@
 //! event bus announces a committed status change (a wake-up hint only: the outbox rows are
 //! the truth, so a lost notice costs at most one poll interval).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,7 +135,59 @@ pub struct Dispatcher {
     guard: TargetGuard,
     /// Status changes committed in this process are announced here: a reason to look now.
     events: Option<Arc<dyn EventBus>>,
+    clients: ClientCache,
     id: String,
+}
+
+/// Clients most recently used, at most this many (one per receiver host and address).
+const MAX_CLIENTS: usize = 256;
+
+/// HTTP clients by (host, checked address), so attempts to one receiver reuse its
+/// connections instead of building a client (and loading the TLS roots) and opening a
+/// connection each. A client is pinned to the address it is keyed by (`resolve`), so it only
+/// ever connects where the guard allowed, whatever DNS says later: a host that resolves
+/// elsewhere at the next attempt gets (after the check) another client.
+#[derive(Default)]
+struct ClientCache {
+    clients: std::sync::Mutex<std::collections::HashMap<(String, SocketAddr), reqwest::Client>>,
+}
+
+impl ClientCache {
+    fn get(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Client> {
+        let key = (host.to_owned(), addr);
+        if let Some(client) = self.lock().get(&key) {
+            return Ok(client.clone());
+        }
+        // Built outside the lock: building loads the TLS roots, which takes a while.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(USER_AGENT)
+            .resolve(host, addr)
+            .build()?;
+        let mut clients = self.lock();
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
+            // Any one goes (with its idle connections); a receiver still in use builds again.
+            if let Some(old) = clients.keys().next().cloned() {
+                clients.remove(&old);
+            }
+        }
+        Ok(clients.entry(key).or_insert(client).clone())
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, SocketAddr), reqwest::Client>>
+    {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The next notice of the bus, or never when there is no (more) bus.
@@ -161,6 +214,7 @@ impl Dispatcher {
             config,
             guard,
             events,
+            clients: ClientCache::default(),
             id: format!("whd_{}", ulid::Ulid::new().to_string().to_lowercase()),
         })
     }
@@ -354,15 +408,7 @@ impl Dispatcher {
             Err(_) => return Attempt::failed("timed out resolving the host", false),
         };
         let host = url.host_str().unwrap_or_default().to_owned();
-        let client = match reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(self.timeout())
-            .connect_timeout(self.timeout())
-            .user_agent(USER_AGENT)
-            .resolve(&host, addr)
-            .build()
-        {
+        let client = match self.clients.get(&host, addr, self.timeout()) {
             Ok(client) => client,
             Err(e) => return Attempt::failed(format!("cannot build the HTTP client: {e}"), false),
         };
