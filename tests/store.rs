@@ -25,8 +25,8 @@ use easel::store::{
     CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant, Store, StoreError, Tenant,
 };
 use easel::webhooks::model::{
-    AttemptOutcome, AttemptReport, Delivery, DeliveryListQuery, DeliverySource, DeliveryState,
-    ReplayOutcome, SealedSecret, WebhookEvents, WebhookSet,
+    AttemptOutcome, AttemptReport, Delivery, DeliveryClaim, DeliveryListQuery, DeliverySource,
+    DeliveryState, ReplayOutcome, SealedSecret, WebhookEvents, WebhookSet,
 };
 
 const HOUR: Millis = 3_600_000;
@@ -1872,6 +1872,85 @@ async fn concurrent_webhook_claimers_respect_the_per_url_cap(b: Bundle) {
     assert!(all.iter().all(|d| d.state == DeliveryState::Succeeded));
 }
 
+/// A dispatcher whose attempt ended records it and takes its next delivery in one call: the
+/// slot it freed is under the cap again; a stale token records nothing and claims nothing.
+async fn webhook_complete_and_claim_hands_the_slot_on(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    set_webhook(
+        s,
+        &t.id,
+        Some("https://a.example/hook"),
+        WebhookEvents::Terminal,
+    )
+    .await;
+    for _ in 0..3 {
+        run_to_success(s, &t.id, None).await;
+    }
+    let next = |max| DeliveryClaim {
+        owner: "d1".into(),
+        max,
+        lease: LONG_LEASE,
+        per_endpoint: 1,
+    };
+    let first = s.webhook_claim("d1", 10, LONG_LEASE, 1).await.unwrap();
+    assert_eq!(first.len(), 1, "the cap is one");
+    let first = &first[0];
+    // A stale token: LeaseLost, and the slot is not handed on.
+    let stale = s
+        .webhook_complete_and_claim(
+            &first.delivery.id,
+            first.claim_token + 1,
+            report(AttemptOutcome::Delivered, Some(200)),
+            &next(1),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost)), "{stale:?}");
+    let pending = |all: &[Delivery]| {
+        all.iter()
+            .filter(|d| d.state == DeliveryState::Pending)
+            .count()
+    };
+    assert_eq!(pending(&deliveries(s, &t.id, None).await), 2);
+    // Recorded, and the next one taken in the slot it freed (the cap of one holds).
+    let second = s
+        .webhook_complete_and_claim(
+            &first.delivery.id,
+            first.claim_token,
+            report(AttemptOutcome::Delivered, Some(200)),
+            &next(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].delivery.id, first.delivery.id);
+    assert_eq!(second[0].delivery.state, DeliveryState::Delivering);
+    assert_eq!(second[0].secrets, vec![sealed("first")]);
+    let all = deliveries(s, &t.id, None).await;
+    let state_of = |id: &str| all.iter().find(|d| d.id == id).expect("delivery").state;
+    assert_eq!(state_of(&first.delivery.id), DeliveryState::Succeeded);
+    assert_eq!(pending(&all), 1);
+    // Nothing more asked for: recorded, nothing claimed.
+    let none = s
+        .webhook_complete_and_claim(
+            &second[0].delivery.id,
+            second[0].claim_token,
+            report(AttemptOutcome::Delivered, Some(200)),
+            &next(0),
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let all = deliveries(s, &t.id, None).await;
+    assert_eq!(pending(&all), 1);
+    assert_eq!(
+        all.iter()
+            .filter(|d| d.state == DeliveryState::Succeeded)
+            .count(),
+        2
+    );
+}
+
 async fn webhook_gone_disables_the_endpoint(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
@@ -2152,6 +2231,7 @@ macro_rules! suite {
             webhook_outbox_follows_status_changes,
             webhook_claim_leases_caps_and_completes,
             concurrent_webhook_claimers_respect_the_per_url_cap,
+            webhook_complete_and_claim_hands_the_slot_on,
             webhook_gone_disables_the_endpoint,
             webhook_rotation_overlaps_then_drops_the_old_secret,
             webhook_logs_page_filter_scope_and_replay,

@@ -22,8 +22,8 @@ use crate::jobs::model::{
     SubmitOutcome,
 };
 use crate::webhooks::model::{
-    AttemptReport, ClaimedDelivery, DeliveryListQuery, DeliveryPage, ReplayOutcome, SealedSecret,
-    TenantWebhook, WebhookSet,
+    AttemptReport, ClaimedDelivery, DeliveryClaim, DeliveryListQuery, DeliveryPage, ReplayOutcome,
+    SealedSecret, TenantWebhook, WebhookSet,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -247,6 +247,23 @@ pub trait Store: Send + Sync + 'static {
         claim_token: i64,
         report: AttemptReport,
     ) -> StoreResult<()>;
+    /// Records an attempt as [`Store::webhook_complete`] does, then claims as
+    /// [`Store::webhook_claim`] does: how a dispatcher whose attempt ended takes its next
+    /// delivery without a second round trip. `LeaseLost`: nothing recorded, nothing claimed.
+    /// Any other error may come from either step. The default makes the two calls; SQLite
+    /// does both in one write.
+    async fn webhook_complete_and_claim(
+        &self,
+        delivery_id: &str,
+        claim_token: i64,
+        report: AttemptReport,
+        next: &DeliveryClaim,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        self.webhook_complete(delivery_id, claim_token, report)
+            .await?;
+        self.webhook_claim(&next.owner, next.max, next.lease, next.per_endpoint)
+            .await
+    }
     /// The earliest time a delivery becomes claimable, if any is waiting or in flight.
     async fn webhook_next_due_at(&self) -> StoreResult<Option<Millis>>;
     /// A delivery log, newest first: the tenant's, or one job's (`job_id`).

@@ -13,7 +13,10 @@
 //!
 //! An idle dispatcher looks for due deliveries every `webhooks.poll_ms`, and at once when the
 //! event bus announces a committed status change (a wake-up hint only: the outbox rows are
-//! the truth, so a lost notice costs at most one poll interval).
+//! the truth, so a lost notice costs at most one poll interval). A busy slot does not go back
+//! to that loop: the store call that records its attempt also claims its next due delivery
+//! ([`Store::webhook_complete_and_claim`]), so a backlog drains at one store write per
+//! delivery. Attempts to one receiver share an HTTP client and its connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::model::{AttemptOutcome, AttemptReport, ClaimedDelivery, Delivery};
+use super::model::{AttemptOutcome, AttemptReport, ClaimedDelivery, Delivery, DeliveryClaim};
 use super::signing;
 use super::target::{redact, TargetGuard};
 use super::WebhooksConfig;
@@ -233,6 +236,11 @@ impl Dispatcher {
         Duration::from_secs(self.config.timeout_secs)
     }
 
+    /// A claim's lease: the attempt's timeout and some slack to record it.
+    fn lease(&self) -> Duration {
+        self.timeout() + LEASE_SLACK
+    }
+
     /// Runs until `stop` fires, then gives attempts in flight one timeout to end.
     pub async fn run(self, stop: CancellationToken) {
         let this = Arc::new(self);
@@ -241,7 +249,7 @@ impl Dispatcher {
         // Poked when an attempt ends: its slot and its URL's cap are free again.
         let done = Arc::new(Notify::new());
         let poll = Duration::from_millis(this.config.poll_ms);
-        let lease = this.timeout() + LEASE_SLACK;
+        let lease = this.lease();
         let mut notices = this.events.as_ref().map(|bus| bus.subscribe());
         tracing::info!(dispatcher = %this.id, concurrency = this.config.concurrency, "webhook dispatcher started");
         loop {
@@ -301,10 +309,9 @@ impl Dispatcher {
                     Some(p) => Some(p),
                     None => slots.clone().try_acquire_owned().ok(),
                 };
-                let this = this.clone();
-                let done = done.clone();
+                let (this, done, stop) = (this.clone(), done.clone(), stop.clone());
                 tracker.spawn(async move {
-                    this.attempt(claim).await;
+                    this.attempts_from(claim, &stop).await;
                     drop(permit);
                     done.notify_one();
                 });
@@ -320,11 +327,45 @@ impl Dispatcher {
         tracing::info!(dispatcher = %this.id, "webhook dispatcher stopped");
     }
 
-    /// One attempt of one delivery, recorded under its claim token.
-    async fn attempt(&self, claim: ClaimedDelivery) {
+    /// Sends `claim`, records the attempt and, in the same store call, claims the next due
+    /// delivery for this slot; repeats until nothing is due (or the dispatcher stops). A busy
+    /// slot thus costs one store write per delivery, and never waits for the claim loop.
+    async fn attempts_from(&self, mut claim: ClaimedDelivery, stop: &CancellationToken) {
+        loop {
+            let report = self.attempt(&claim).await;
+            let next = DeliveryClaim {
+                owner: self.id.clone(),
+                max: u32::from(!stop.is_cancelled()),
+                lease: self.lease(),
+                per_endpoint: self.config.per_endpoint_concurrency,
+            };
+            let delivery = &claim.delivery;
+            match self
+                .store
+                .webhook_complete_and_claim(&delivery.id, claim.claim_token, report, &next)
+                .await
+            {
+                Ok(mut more) => match more.pop() {
+                    Some(next) => claim = next,
+                    None => return,
+                },
+                Err(StoreError::LeaseLost) => {
+                    tracing::warn!(delivery = %delivery.id, "webhook claim lost before the attempt was recorded");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(delivery = %delivery.id, error = %e, "cannot record a webhook attempt (or claim the next); it will be sent again");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One attempt of one delivery, and its report for the store.
+    async fn attempt(&self, claim: &ClaimedDelivery) -> AttemptReport {
         let delivery = &claim.delivery;
         let started = Instant::now();
-        let attempt = self.send(&claim).await;
+        let attempt = self.send(claim).await;
         let latency_ms = started.elapsed().as_millis() as u64;
         let outcome = if attempt.ok {
             AttemptOutcome::Delivered
@@ -354,25 +395,12 @@ impl Dispatcher {
         if matches!(outcome, AttemptOutcome::Gone) {
             tracing::warn!(url = %redact(&delivery.url), tenant = %delivery.tenant_id, "webhook endpoint answered 410 Gone; disabled");
         }
-        let report = AttemptReport {
+        AttemptReport {
             outcome,
             status_code: attempt.status_code,
             error: attempt.error,
             latency_ms,
             at: now_millis(),
-        };
-        match self
-            .store
-            .webhook_complete(&delivery.id, claim.claim_token, report)
-            .await
-        {
-            Ok(()) => {}
-            Err(StoreError::LeaseLost) => {
-                tracing::warn!(delivery = %delivery.id, "webhook claim lost before the attempt was recorded");
-            }
-            Err(e) => {
-                tracing::error!(delivery = %delivery.id, error = %e, "cannot record a webhook attempt; it will be sent again")
-            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! and what one attempt reports back to the store.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +182,18 @@ pub struct ClaimedDelivery {
     pub delivery: Delivery,
     pub claim_token: i64,
     pub secrets: Vec<SealedSecret>,
+}
+
+/// What a dispatcher asks a claim for (see [`crate::store::Store::webhook_claim`]).
+#[derive(Debug, Clone)]
+pub struct DeliveryClaim {
+    /// The dispatcher's id, recorded as the lease's owner.
+    pub owner: String,
+    /// At most this many deliveries.
+    pub max: u32,
+    pub lease: Duration,
+    /// At most this many in flight to one URL, across all dispatchers.
+    pub per_endpoint: u32,
 }
 
 /// How an attempt ended, as the dispatcher decided.

@@ -30,8 +30,8 @@ use crate::jobs::model::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
 };
 use crate::webhooks::model::{
-    AttemptReport, ClaimedDelivery, DeliveryListQuery, DeliveryPage, ReplayOutcome, SealedSecret,
-    TenantWebhook, WebhookSet,
+    AttemptReport, ClaimedDelivery, DeliveryClaim, DeliveryListQuery, DeliveryPage, ReplayOutcome,
+    SealedSecret, TenantWebhook, WebhookSet,
 };
 
 /// Applied in order; `PRAGMA user_version` counts those already applied. Never edit a shipped
@@ -439,6 +439,23 @@ impl Store for SqliteStore {
         let delivery_id = delivery_id.to_owned();
         self.write(move |c| webhooks::complete(c, &delivery_id, claim_token, &report))
             .await
+    }
+
+    async fn webhook_complete_and_claim(
+        &self,
+        delivery_id: &str,
+        claim_token: i64,
+        report: AttemptReport,
+        next: &DeliveryClaim,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let delivery_id = delivery_id.to_owned();
+        let next = next.clone();
+        // One savepoint: a lost claim token rolls back both, so nothing is claimed either.
+        self.write(move |c| {
+            webhooks::complete(c, &delivery_id, claim_token, &report)?;
+            webhooks::claim(c, &next.owner, next.max, next.lease, next.per_endpoint)
+        })
+        .await
     }
 
     async fn webhook_next_due_at(&self) -> StoreResult<Option<Millis>> {
