@@ -112,7 +112,10 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
         tasks.spawn(maintenance::run(
             app.store.clone(),
             Duration::from_millis(app.config.worker.maintenance_ms),
-            Duration::from_secs(app.config.server.idempotency_ttl_hours * 3600),
+            maintenance::Retention {
+                idempotency: Duration::from_secs(app.config.server.idempotency_ttl_hours * 3600),
+                webhook_deliveries: app.config.webhooks.retention(),
+            },
             app.wake.clone(),
             app.events.clone(),
             stop.clone(),

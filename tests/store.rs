@@ -1951,6 +1951,116 @@ async fn webhook_complete_and_claim_hands_the_slot_on(b: Bundle) {
     );
 }
 
+/// Deliveries that ended (succeeded, failed, disabled) are deleted once they ended before the
+/// cut-off, oldest first, at most `limit` a call; pending and in-flight ones never are, however
+/// old, and stay claimable.
+async fn webhook_purge_deletes_ended_deliveries_only(b: Bundle) {
+    let s = b.store.as_ref();
+    let start = now_millis();
+    let t = tenant(s, "A", 5).await;
+    set_webhook(s, &t.id, None, WebhookEvents::Terminal).await;
+    // One delivery per kind, each to its own URL (a 410 sweeps only its own URL).
+    for kind in ["ok1", "ok2", "fail", "gone", "retry", "slow"] {
+        run_to_success(s, &t.id, Some(&format!("https://{kind}.example/hook"))).await;
+    }
+    let claimed = s.webhook_claim("d1", 10, LONG_LEASE, 5).await.unwrap();
+    assert_eq!(claimed.len(), 6);
+    let kind_of = |url: &str| {
+        url.trim_start_matches("https://")
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut ids: HashMap<String, String> = HashMap::new();
+    // ok1 ends first, so it is the oldest.
+    let mut claimed = claimed;
+    claimed.sort_by_key(|c| kind_of(&c.delivery.url) != "ok1");
+    for c in &claimed {
+        let kind = kind_of(&c.delivery.url);
+        ids.insert(kind.clone(), c.delivery.id.clone());
+        let outcome = match kind.as_str() {
+            "ok1" | "ok2" => (AttemptOutcome::Delivered, 200),
+            "fail" => (AttemptOutcome::Failed, 500),
+            "gone" => (AttemptOutcome::Gone, 410),
+            "retry" => (
+                AttemptOutcome::Retry {
+                    next_attempt_at: now_millis() + HOUR,
+                },
+                503,
+            ),
+            _ => continue, // "slow": still in flight
+        };
+        s.webhook_complete(
+            &c.delivery.id,
+            c.claim_token,
+            report(outcome.0, Some(outcome.1)),
+        )
+        .await
+        .unwrap();
+        if kind == "ok1" {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Never attempted: pending and due.
+    run_to_success(s, &t.id, Some("https://later.example/hook")).await;
+    let state_by_kind = |all: &[Delivery]| -> HashMap<String, DeliveryState> {
+        all.iter().map(|d| (kind_of(&d.url), d.state)).collect()
+    };
+    assert_eq!(deliveries(s, &t.id, None).await.len(), 7);
+
+    // Nothing ended before the test began.
+    assert_eq!(s.webhook_purge(start, 100).await.unwrap(), 0);
+    // A batch of one: the oldest.
+    let cutoff = now_millis() + HOUR;
+    assert_eq!(s.webhook_purge(cutoff, 1).await.unwrap(), 1);
+    let left = state_by_kind(&deliveries(s, &t.id, None).await);
+    assert!(
+        !left.contains_key("ok1") && left.contains_key("ok2"),
+        "{left:?}"
+    );
+    // Then the other ended ones; then nothing.
+    assert_eq!(s.webhook_purge(cutoff, 100).await.unwrap(), 3);
+    assert_eq!(s.webhook_purge(cutoff, 100).await.unwrap(), 0);
+    let left = state_by_kind(&deliveries(s, &t.id, None).await);
+    assert_eq!(
+        left,
+        HashMap::from([
+            ("retry".to_owned(), DeliveryState::Pending),
+            ("slow".to_owned(), DeliveryState::Delivering),
+            ("later".to_owned(), DeliveryState::Pending),
+        ])
+    );
+    assert_eq!(
+        s.webhook_replay(&t.id, &ids["ok1"]).await.unwrap(),
+        ReplayOutcome::NotFound
+    );
+    // What was kept still works: the pending one is claimed, the in-flight one recorded.
+    let later = s.webhook_claim("d2", 10, LONG_LEASE, 5).await.unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(kind_of(&later[0].delivery.url), "later");
+    let slow = claimed
+        .iter()
+        .find(|c| kind_of(&c.delivery.url) == "slow")
+        .expect("slow");
+    s.webhook_complete(
+        &slow.delivery.id,
+        slow.claim_token,
+        report(AttemptOutcome::Delivered, Some(200)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.webhook_purge(now_millis() + HOUR, 100).await.unwrap(), 1);
+    let left = state_by_kind(&deliveries(s, &t.id, None).await);
+    assert_eq!(
+        left,
+        HashMap::from([
+            ("retry".to_owned(), DeliveryState::Pending),
+            ("later".to_owned(), DeliveryState::Delivering),
+        ])
+    );
+}
+
 async fn webhook_gone_disables_the_endpoint(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
@@ -2232,6 +2342,7 @@ macro_rules! suite {
             webhook_claim_leases_caps_and_completes,
             concurrent_webhook_claimers_respect_the_per_url_cap,
             webhook_complete_and_claim_hands_the_slot_on,
+            webhook_purge_deletes_ended_deliveries_only,
             webhook_gone_disables_the_endpoint,
             webhook_rotation_overlaps_then_drops_the_old_secret,
             webhook_logs_page_filter_scope_and_replay,

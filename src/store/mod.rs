@@ -266,6 +266,10 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The earliest time a delivery becomes claimable, if any is waiting or in flight.
     async fn webhook_next_due_at(&self) -> StoreResult<Option<Millis>>;
+    /// Deletes up to `limit` deliveries that ended (`succeeded`, `failed`, `disabled`) before
+    /// `before`, oldest first, and returns how many; a caller with more to purge calls again
+    /// while it gets `limit`. Pending and in-flight deliveries are never deleted, however old.
+    async fn webhook_purge(&self, before: Millis, limit: u32) -> StoreResult<u64>;
     /// A delivery log, newest first: the tenant's, or one job's (`job_id`).
     async fn webhook_deliveries(&self, query: DeliveryListQuery) -> StoreResult<DeliveryPage>;
     /// Re-queues a delivery now with the same id and a fresh attempt budget.

@@ -53,6 +53,9 @@ pub struct WebhooksConfig {
     pub rotation_overlap_secs: u64,
     /// Private networks receivers may live in (e.g. `10.0.0.0/8`, `127.0.0.0/8` in tests).
     pub allow_networks: Vec<String>,
+    /// How long the delivery log keeps a delivery after it ended (succeeded, failed or
+    /// disabled); the maintenance pass deletes older ones. Pending deliveries are kept.
+    pub retention_days: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -69,6 +72,7 @@ impl Default for WebhooksConfig {
             max_retry_after_secs: 86400,
             rotation_overlap_secs: 86400,
             allow_networks: Vec::new(),
+            retention_days: 7,
         }
     }
 }
@@ -105,12 +109,23 @@ impl WebhooksConfig {
             return Err(("webhooks.jitter", "must be at least 0 and below 1".into()));
         }
         TargetGuard::new(&self.allow_networks).map_err(|p| ("webhooks.allow_networks", p))?;
+        if !(1..=36500).contains(&self.retention_days) {
+            return Err((
+                "webhooks.retention_days",
+                "must be between 1 and 36500".into(),
+            ));
+        }
         Ok(())
     }
 
     /// Attempts in all: the first one and one per scheduled delay.
     pub fn max_attempts(&self) -> u32 {
         1 + self.retry_schedule_secs.len() as u32
+    }
+
+    /// How long an ended delivery stays in the log.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_days.saturating_mul(86400))
     }
 
     pub fn rotation_overlap(&self) -> Duration {
@@ -222,6 +237,15 @@ mod tests {
         assert_eq!(
             bad.validate().expect_err("net").0,
             "webhooks.allow_networks"
+        );
+        assert_eq!(c.retention(), Duration::from_secs(7 * 86400));
+        let bad = WebhooksConfig {
+            retention_days: 0,
+            ..WebhooksConfig::default()
+        };
+        assert_eq!(
+            bad.validate().expect_err("retention").0,
+            "webhooks.retention_days"
         );
     }
 }

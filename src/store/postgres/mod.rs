@@ -438,6 +438,10 @@ impl Store for PgStore {
         webhooks::next_due_at(&self.pool).await
     }
 
+    async fn webhook_purge(&self, before: Millis, limit: u32) -> StoreResult<u64> {
+        webhooks::purge(&self.pool, before, limit).await
+    }
+
     async fn webhook_deliveries(&self, query: DeliveryListQuery) -> StoreResult<DeliveryPage> {
         webhooks::list(&self.pool, &query).await
     }

@@ -454,6 +454,29 @@ pub async fn next_due_at(pool: &PgPool) -> StoreResult<Option<Millis>> {
     .await?)
 }
 
+pub async fn purge(pool: &PgPool, before: Millis, limit: u32) -> StoreResult<u64> {
+    // `doomed` walks the `webhook_deliveries_ended` index. It is MATERIALIZED, so it runs
+    // once: as an `IN (subquery)` the planner may rescan it per outer row, and each rescan
+    // skips the rows this statement already deleted and locks `limit` more. Its rows are
+    // locked SKIP LOCKED (one a replay is changing right now is left for the next pass), and
+    // the DELETE repeats the state and age: a row a replay committed since the snapshot is
+    // re-checked against them, so a delivery that is pending again is never deleted.
+    const SQL: &str = "WITH doomed AS MATERIALIZED (
+             SELECT seq FROM webhook_deliveries
+             WHERE state IN ('succeeded', 'failed', 'disabled') AND updated_at < $1
+             ORDER BY updated_at LIMIT $2
+             FOR UPDATE SKIP LOCKED)
+         DELETE FROM webhook_deliveries d USING doomed
+         WHERE d.seq = doomed.seq
+           AND d.state IN ('succeeded', 'failed', 'disabled') AND d.updated_at < $1";
+    Ok(sqlx::query(SQL)
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
 // ---- logs and replay ----
 
 pub async fn list(pool: &PgPool, q: &DeliveryListQuery) -> StoreResult<DeliveryPage> {

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0002_provider_key_state.sql"),
     include_str!("../../../migrations/sqlite/0003_webhooks.sql"),
     include_str!("../../../migrations/sqlite/0004_nodes.sql"),
+    include_str!("../../../migrations/sqlite/0005_webhook_retention.sql"),
 ];
 
 /// Writes gathered into one transaction at most.
@@ -460,6 +461,10 @@ impl Store for SqliteStore {
 
     async fn webhook_next_due_at(&self) -> StoreResult<Option<Millis>> {
         self.read(webhooks::next_due_at).await
+    }
+
+    async fn webhook_purge(&self, before: Millis, limit: u32) -> StoreResult<u64> {
+        self.write(move |c| webhooks::purge(c, before, limit)).await
     }
 
     async fn webhook_deliveries(&self, query: DeliveryListQuery) -> StoreResult<DeliveryPage> {

@@ -341,6 +341,19 @@ pub fn next_due_at(conn: &Connection) -> StoreResult<Option<Millis>> {
         .query_row([], |r| r.get(0))?)
 }
 
+pub fn purge(conn: &Connection, before: Millis, limit: u32) -> StoreResult<u64> {
+    // The inner query walks the `webhook_deliveries_ended` index (its WHERE is the index's).
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM webhook_deliveries WHERE seq IN (
+                 SELECT seq FROM webhook_deliveries
+                 WHERE state IN ('succeeded', 'failed', 'disabled') AND updated_at < ?1
+                 ORDER BY updated_at LIMIT ?2)",
+        )?
+        .execute(params![before, limit])?;
+    Ok(deleted as u64)
+}
+
 pub fn list(conn: &Connection, q: &DeliveryListQuery) -> StoreResult<DeliveryPage> {
     let sql = format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
