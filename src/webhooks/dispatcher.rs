@@ -13,8 +13,10 @@
 //!
 //! An idle dispatcher looks for due deliveries every `webhooks.poll_ms`, and at once when the
 //! event bus announces a committed status change (a wake-up hint only: the outbox rows are
-//! the truth, so a lost notice costs at most one poll interval). A busy slot does not go back
-//! to that loop: the store call that records its attempt also claims its next due delivery
+//! the truth, so a lost notice costs at most one poll interval). While every URL with due
+//! work is at its cap, notices are ignored (a claim would only find nothing again): it looks
+//! again when an attempt ends or after a short pause. A busy slot does not go back to that
+//! loop: the store call that records its attempt also claims its next due delivery
 //! ([`Store::webhook_complete_and_claim`]), so a backlog drains at one store write per
 //! delivery. Attempts to one receiver share an HTTP client and its connections.
 
@@ -43,6 +45,10 @@ pub const USER_AGENT: &str = concat!("Easel-Webhooks/", env!("CARGO_PKG_VERSION"
 
 /// Lease slack beyond the attempt's own timeout.
 const LEASE_SLACK: Duration = Duration::from_secs(30);
+
+/// How soon a dispatcher that found due work but could claim none (every such URL at its
+/// cap) looks again, unless an attempt ends first.
+const CAPPED_PAUSE: Duration = Duration::from_millis(50);
 
 /// The contract payload, fields in the contract's order.
 #[derive(Serialize)]
@@ -287,10 +293,19 @@ impl Dispatcher {
             };
             if claimed.is_empty() {
                 drop(first);
+                // Work was due but none could be claimed: each URL with due work is at its cap
+                // (or the claim failed). Every notice would repeat that claim, a write, for
+                // nothing; so until an attempt ends, look again only after a short pause.
+                let capped = wait.is_none();
+                let pause = if capped {
+                    poll.min(CAPPED_PAUSE)
+                } else {
+                    wait.unwrap_or(poll)
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(wait.unwrap_or(poll)) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = done.notified() => {}
-                    wake = next_notice(&mut notices) => match wake {
+                    wake = next_notice(&mut notices), if !capped => match wake {
                         // The next read sees every change the queued notices announce.
                         Wake::Changed(_) | Wake::Missed => {
                             if let Some(sub) = notices.as_mut() {

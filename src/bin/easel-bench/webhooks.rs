@@ -1,10 +1,13 @@
-//! `easel-bench webhooks [--jobs N] [--connections C] [--database-url URL]`: webhook
-//! deliveries end to end. Easel runs in this process (API, worker and webhook dispatcher;
-//! SQLite by default, the local renderer at 0 ms and 8x8 px) beside a receiver (axum on
-//! 127.0.0.1, allow-listed as the webhook tests do) that answers 200 at once. One tenant's
-//! webhook points at the receiver; `--jobs` jobs are submitted over `--connections`
-//! connections, and the run ends when every job's terminal delivery has been received and the
-//! outbox has nothing pending or in flight.
+//! `easel-bench webhooks [--jobs N] [--connections C] [--per-endpoint P] [--concurrency D]
+//! [--database-url URL]`: webhook deliveries end to end. Easel runs in this process (API,
+//! worker and webhook dispatcher; SQLite by default, or an empty database at `--database-url`;
+//! the local renderer at 0 ms and 8x8 px) beside a receiver (axum on 127.0.0.1, allow-listed
+//! as the webhook tests do) that answers 200 at once. One tenant's webhook points at the
+//! receiver; `--jobs` jobs are submitted over `--connections` connections, and the run ends
+//! when every job's terminal delivery has been received and the outbox has nothing pending or
+//! in flight. The dispatcher runs with the defaults of `[webhooks]` unless `--per-endpoint`
+//! (`per_endpoint_concurrency`: one receiver gets at most this many attempts at once, so it
+//! bounds this benchmark) or `--concurrency` is given.
 //!
 //! Reports deliveries/s (first job end to last delivery received), the lag from a job's end
 //! (`finished_at`) to its delivery's arrival at the receiver, p50/p99, and checks that the
@@ -29,11 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{runtime, tempfile_dir};
 
-const USAGE: &str = "usage: easel-bench webhooks [--jobs N] [--connections C] [--database-url URL]";
+const USAGE: &str = "usage: easel-bench webhooks [--jobs N] [--connections C] \
+     [--per-endpoint P] [--concurrency D] [--database-url URL]";
 
 struct Args {
     jobs: u64,
     connections: u64,
+    per_endpoint: Option<u32>,
+    concurrency: Option<u32>,
     database_url: Option<String>,
 }
 
@@ -41,6 +47,8 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Args> {
     let mut args = Args {
         jobs: 5000,
         connections: 64,
+        per_endpoint: None,
+        concurrency: None,
         database_url: None,
     };
     for pair in raw.chunks(2) {
@@ -49,6 +57,8 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Args> {
         match pair[0].as_str() {
             "--jobs" => args.jobs = number()?,
             "--connections" => args.connections = number()?.max(1),
+            "--per-endpoint" => args.per_endpoint = Some(number()?.clamp(1, 10_000) as u32),
+            "--concurrency" => args.concurrency = Some(number()?.clamp(1, 10_000) as u32),
             "--database-url" => args.database_url = Some(value.clone()),
             _ => anyhow::bail!(USAGE),
         }
@@ -161,6 +171,12 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     config.providers.local.delay_ms = 0;
     // The receiver is on loopback, which the SSRF guard refuses unless allow-listed.
     config.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
+    if let Some(p) = args.per_endpoint {
+        config.webhooks.per_endpoint_concurrency = p;
+    }
+    if let Some(d) = args.concurrency {
+        config.webhooks.concurrency = d;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     config.server.port = addr.port();
@@ -331,9 +347,11 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
         "sqlite"
     };
     println!(
-        "RESULT webhooks engine={engine} jobs={} connections={} deliveries_per_s={:.0} span_s={span_s:.2} jobs_per_s={:.0} lag_p50_ms={} lag_p99_ms={} received={total} distinct={distinct} duplicates={duplicates} exactly_one_per_job={exact}",
+        "RESULT webhooks engine={engine} jobs={} connections={} per_endpoint={} concurrency={} deliveries_per_s={:.0} span_s={span_s:.2} jobs_per_s={:.0} lag_p50_ms={} lag_p99_ms={} received={total} distinct={distinct} duplicates={duplicates} exactly_one_per_job={exact}",
         args.jobs,
         args.connections,
+        webhooks_config.per_endpoint_concurrency,
+        webhooks_config.concurrency,
         distinct as f64 / span_s,
         args.jobs as f64 / jobs_span_s,
         percentile(&lags, 0.5),
