@@ -2061,6 +2061,50 @@ async fn webhook_purge_deletes_ended_deliveries_only(b: Bundle) {
     );
 }
 
+/// The claim serves the URL due longest first, whatever the URLs' order, and passes over a URL
+/// whose pending deliveries are all due later.
+async fn webhook_claim_takes_the_url_due_longest_first(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    set_webhook(s, &t.id, None, WebhookEvents::Terminal).await;
+    // a.example: pending, but not due for an hour.
+    run_to_success(s, &t.id, Some("https://a.example/hook")).await;
+    let a = s.webhook_claim("d1", 1, LONG_LEASE, 5).await.unwrap();
+    assert_eq!(a.len(), 1);
+    s.webhook_complete(
+        &a[0].delivery.id,
+        a[0].claim_token,
+        report(
+            AttemptOutcome::Retry {
+                next_attempt_at: now_millis() + HOUR,
+            },
+            Some(503),
+        ),
+    )
+    .await
+    .unwrap();
+    // c.example ends before b.example: it has waited longer.
+    run_to_success(s, &t.id, Some("https://c.example/hook")).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    run_to_success(s, &t.id, Some("https://b.example/hook")).await;
+    run_to_success(s, &t.id, Some("https://b.example/hook")).await;
+    let urls = |claimed: &[easel::webhooks::model::ClaimedDelivery]| -> Vec<String> {
+        claimed.iter().map(|c| c.delivery.url.clone()).collect()
+    };
+    let first = s.webhook_claim("d1", 1, LONG_LEASE, 5).await.unwrap();
+    assert_eq!(urls(&first), ["https://c.example/hook"]);
+    let rest = s.webhook_claim("d1", 10, LONG_LEASE, 5).await.unwrap();
+    assert_eq!(
+        urls(&rest),
+        ["https://b.example/hook", "https://b.example/hook"]
+    );
+    assert!(s
+        .webhook_claim("d1", 10, LONG_LEASE, 5)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn webhook_gone_disables_the_endpoint(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
@@ -2342,6 +2386,7 @@ macro_rules! suite {
             webhook_claim_leases_caps_and_completes,
             concurrent_webhook_claimers_respect_the_per_url_cap,
             webhook_complete_and_claim_hands_the_slot_on,
+            webhook_claim_takes_the_url_due_longest_first,
             webhook_purge_deletes_ended_deliveries_only,
             webhook_gone_disables_the_endpoint,
             webhook_rotation_overlaps_then_drops_the_old_secret,

@@ -249,7 +249,12 @@ const CLAIM_REQUEUE_LAPSED: &str = "UPDATE webhook_deliveries d SET state = 'pen
      WHERE d.seq = lapsed.seq";
 
 /// The claim itself, one statement (so one snapshot, taken after the lock):
-/// 1. `urls`: the first `$2` URLs with due work, the URL due longest first.
+/// 1. `urls`: the first `$2` URLs with due work, the URL due longest first. `pending_urls`
+///    finds each URL with pending deliveries and its earliest by a skip scan of
+///    `webhook_deliveries_url_due` (url, next_attempt_at): the first entry past a URL is the
+///    next URL's earliest. One index probe per URL, not one row per pending delivery: claims
+///    take turns on the lock, so a claim that read a whole backlog of thousands would hold
+///    every dispatcher to a few hundred claims a second.
 /// 2. `due`: up to `min($3 max, $4 cap - in flight)` due deliveries of each, oldest due
 ///    first, locked `FOR UPDATE SKIP LOCKED`, each numbered within its URL (`round`).
 /// 3. `picked`: round-robin over the URLs, so one busy receiver cannot take every slot of
@@ -262,10 +267,18 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
         .map(|c| format!("c.{c}"))
         .collect();
     format!(
-        "WITH urls AS MATERIALIZED (
-             SELECT url, min(next_attempt_at) AS due FROM webhook_deliveries
-             WHERE state = 'pending' AND next_attempt_at <= $1
-             GROUP BY url ORDER BY due, url LIMIT $2
+        "WITH RECURSIVE pending_urls (url, due) AS (
+             (SELECT url, next_attempt_at FROM webhook_deliveries WHERE state = 'pending'
+              ORDER BY url, next_attempt_at LIMIT 1)
+             UNION ALL
+             SELECT n.url, n.next_attempt_at FROM pending_urls p
+             CROSS JOIN LATERAL (
+                 SELECT w.url, w.next_attempt_at FROM webhook_deliveries w
+                 WHERE w.state = 'pending' AND w.url > p.url
+                 ORDER BY w.url, w.next_attempt_at LIMIT 1
+             ) n
+         ), urls AS MATERIALIZED (
+             SELECT url, due FROM pending_urls WHERE due <= $1 ORDER BY due, url LIMIT $2
          ), due AS MATERIALIZED (
              SELECT d.seq, u.due, u.url,
                  row_number() OVER (PARTITION BY u.url ORDER BY d.next_attempt_at, d.seq)

@@ -25,7 +25,7 @@ const DELIVERY_COLUMNS: &str = "seq, id, job_id, tenant_id, url, source, status,
      last_latency_ms, last_attempt_at, created_at, updated_at, delivered_at, claim_token";
 
 /// URLs with due work considered per claim.
-const CLAIM_URL_WINDOW: u32 = 256;
+const CLAIM_URL_WINDOW: usize = 256;
 
 fn bad_column(index: usize, what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -183,6 +183,32 @@ fn live_secrets(conn: &Connection, tenant_id: &str, now: Millis) -> StoreResult<
     Ok(secrets)
 }
 
+/// The URLs with due deliveries, the one due longest first, at most [`CLAIM_URL_WINDOW`].
+/// A skip scan of `webhook_deliveries_url_due` (url, next_attempt_at): the first entry past a
+/// URL is the next URL's earliest delivery, so this costs one index probe per URL with pending
+/// deliveries, not one step per pending delivery (a backlog of thousands to one receiver is
+/// one probe, and the claim runs in the single writer, for every delivery sent).
+fn due_urls(conn: &Connection, now: Millis) -> StoreResult<Vec<String>> {
+    let mut next = conn.prepare_cached(
+        "SELECT url, next_attempt_at FROM webhook_deliveries
+         WHERE state = 'pending' AND url > ?1 ORDER BY url, next_attempt_at LIMIT 1",
+    )?;
+    let mut due: Vec<(Millis, String)> = Vec::new();
+    let mut after = String::new();
+    while let Some((url, earliest)) = next
+        .query_row([&after], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))
+        .optional()?
+    {
+        if earliest <= now {
+            due.push((earliest, url.clone()));
+        }
+        after = url;
+    }
+    due.sort_unstable();
+    due.truncate(CLAIM_URL_WINDOW);
+    Ok(due.into_iter().map(|(_, url)| url).collect())
+}
+
 pub fn claim(
     conn: &Connection,
     owner: &str,
@@ -202,13 +228,7 @@ pub fn claim(
          WHERE state = 'delivering' AND lease_until < ?1",
     )?
     .execute([now])?;
-    let urls: Vec<String> = conn
-        .prepare_cached(
-            "SELECT url FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= ?1
-             GROUP BY url ORDER BY min(next_attempt_at) LIMIT ?2",
-        )?
-        .query_map(params![now, CLAIM_URL_WINDOW], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let urls = due_urls(conn, now)?;
     let mut in_flight_stmt = conn.prepare_cached(
         "SELECT count(*) FROM webhook_deliveries WHERE url = ?1 AND state = 'delivering'",
     )?;
