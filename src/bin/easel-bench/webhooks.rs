@@ -7,7 +7,8 @@
 //! when every job's terminal delivery has been received and the outbox has nothing pending or
 //! in flight. The dispatcher runs with the defaults of `[webhooks]` unless `--per-endpoint`
 //! (`per_endpoint_concurrency`: one receiver gets at most this many attempts at once, so it
-//! bounds this benchmark) or `--concurrency` is given.
+//! bounds this benchmark) or `--concurrency` is given. With `EASEL_BENCH_KEEP` set, the data
+//! folder is kept.
 //!
 //! Reports deliveries/s (first job end to last delivery received), the lag from a job's end
 //! (`finished_at`) to its delivery's arrival at the receiver, p50/p99, and checks that the
@@ -357,7 +358,11 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
         percentile(&lags, 0.5),
         percentile(&lags, 0.99),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("EASEL_BENCH_KEEP").is_some() {
+        println!("data kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     anyhow::ensure!(
         exact,
         "the receiver did not get exactly one delivery per job"
