@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0003_webhooks.sql"),
     include_str!("../../../migrations/sqlite/0004_nodes.sql"),
     include_str!("../../../migrations/sqlite/0005_webhook_retention.sql"),
+    include_str!("../../../migrations/sqlite/0006_waiting_by_tenant.sql"),
 ];
 
 /// Writes gathered into one transaction at most.
