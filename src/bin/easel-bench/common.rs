@@ -100,3 +100,14 @@ pub fn phase_stats(path: &std::path::Path, from_seq: i64) -> anyhow::Result<(i64
     };
     Ok((pick(0.5), pick(0.99), values.len()))
 }
+
+/// Removes a run's data folder, or keeps it when `EASEL_BENCH_KEEP` is set. Keeping matters
+/// between runs on ext4 without a journal: for a few minutes after tens of thousands of files
+/// are deleted, creating files there is several times slower, and the next run measures that.
+pub fn remove_or_keep(dir: &std::path::Path) {
+    if std::env::var_os("EASEL_BENCH_KEEP").is_some() {
+        println!("data kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

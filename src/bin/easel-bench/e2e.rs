@@ -23,7 +23,8 @@ use easel::server::{self, Roles};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    max_seq, open_db, phase_stats, rss_kb, runtime, submit, tempfile_dir, wait_all_done,
+    max_seq, open_db, phase_stats, remove_or_keep, rss_kb, runtime, submit, tempfile_dir,
+    wait_all_done,
 };
 
 struct Args {
@@ -63,10 +64,11 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     runtime()?.block_on(run_in(args))
 }
 
-async fn run_in(args: Args) -> anyhow::Result<()> {
-    let dir = tempfile_dir()?;
+/// Easel on the embedded default, tuned as the benchmark asks: the local renderer at
+/// 0 ms and 8 px, and no global limit in the way.
+async fn bench_config(dir: &std::path::Path) -> anyhow::Result<(Config, tokio::net::TcpListener)> {
     let mut config = Config {
-        data_dir: dir.clone(),
+        data_dir: dir.to_path_buf(),
         ..Config::default()
     };
     config.server.host = "127.0.0.1".into();
@@ -79,8 +81,14 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     config.providers.local.final_size = 8;
     config.providers.local.delay_ms = 0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    config.server.port = listener.local_addr()?.port();
+    Ok((config, listener))
+}
+
+async fn run_in(args: Args) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let (config, listener) = bench_config(&dir).await?;
     let addr = listener.local_addr()?;
-    config.server.port = addr.port();
     let db_path = dir.join("easel.db");
     let app = App::build(config).await?;
     let tenant = create_tenant(app.store.as_ref(), "bench", 1_000_000_000, 1_000_000, None).await?;
@@ -178,11 +186,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     );
     stop.cancel();
     let _ = server.await;
-    if std::env::var_os("EASEL_BENCH_KEEP").is_some() {
-        println!("data kept in {}", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    remove_or_keep(&dir);
     Ok(())
 }
 
@@ -206,4 +210,64 @@ pub fn stats_only(path: &std::path::Path) -> anyhow::Result<()> {
         n as f64 / secs
     );
     Ok(())
+}
+
+/// `easel-bench drain [--jobs N]`: the worker alone, as BullMQ's "work" anchor measures it.
+/// An API-only server takes `N` submits (64 connections) with no worker running; then a
+/// worker starts in the same process and the backlog is timed to the last SUCCEEDED.
+pub fn drain(argv: &[String]) -> anyhow::Result<()> {
+    let args = parse_args(argv);
+    runtime()?.block_on(async move {
+        let dir = tempfile_dir()?;
+        let (config, listener) = bench_config(&dir).await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let app = App::build(config).await?;
+        let tenant =
+            create_tenant(app.store.as_ref(), "bench", 1_000_000_000, 1_000_000, None).await?;
+        let stop = CancellationToken::new();
+        let api_only = Roles {
+            api: true,
+            worker: false,
+        };
+        let api = tokio::spawn(server::run(
+            app.clone(),
+            api_only,
+            Some(listener),
+            stop.clone(),
+        ));
+        let http = reqwest::Client::new();
+        let next = Arc::new(AtomicU64::new(0));
+        let mut senders = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (http, base, key, next) = (
+                http.clone(),
+                base.clone(),
+                tenant.api_key.clone(),
+                next.clone(),
+            );
+            senders.spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < args.jobs {
+                    submit(&http, &base, &key).await;
+                }
+            });
+        }
+        while senders.join_next().await.is_some() {}
+        let started = Instant::now();
+        let worker_only = Roles {
+            api: false,
+            worker: true,
+        };
+        let worker = tokio::spawn(server::run(app.clone(), worker_only, None, stop.clone()));
+        wait_all_done(&dir.join("easel.db"), args.jobs).await?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "RESULT drain jobs={} seconds={secs:.2} jobs_per_s={:.0}",
+            args.jobs,
+            args.jobs as f64 / secs
+        );
+        stop.cancel();
+        let _ = tokio::join!(api, worker);
+        remove_or_keep(&dir);
+        anyhow::Ok(())
+    })
 }

@@ -2,6 +2,7 @@
 //!
 //! - `easel-bench [--jobs N] [--connections C] [--rate R] [--seconds S]`: end to end on the
 //!   embedded default (see [`e2e`]).
+//! - `easel-bench drain [--jobs N]`: the worker alone on a backlog (see [`e2e::drain`]).
 //! - `easel-bench stats DB_PATH`: jobs/s and latency of a database another process filled.
 //! - `easel-bench limiter`: GCRA decisions/s through the `Limiter` trait (see [`limiter`]).
 //! - `easel-bench gemini`: jobs through the fake Gemini and the key pool (see [`gemini`]).
@@ -28,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         Some("limiter") => limiter::run(rest),
         Some("gemini") => gemini::run(rest),
         Some("claim") => claim::run(rest),
+        Some("drain") => e2e::drain(rest),
         Some("fake-gemini") => fake_gemini::run(rest),
         Some("webhooks") => webhooks::run(rest),
         Some("stats") => {
