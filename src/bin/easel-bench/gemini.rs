@@ -39,6 +39,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         config.limits.global_concurrency = 100_000;
         config.providers.default = Some("gemini".into());
         config.providers.gemini.base_url = fake.base_url.clone();
+        // EASEL_BENCH_OBJECTS puts the images elsewhere (e.g. on tmpfs) to tell Easel's own
+        // time from the disk's file creation; the database stays on the disk either way.
+        if let Some(objects) = std::env::var_os("EASEL_BENCH_OBJECTS") {
+            config.storage.path = Some(objects.into());
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         config.server.port = addr.port();
