@@ -1,6 +1,10 @@
 //! What the modes share: the runtime, submits, RSS, and reading a finished SQLite run.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use easel::config::Config;
 
 /// Two runtime threads: the machine the figures are for has two cores.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -110,4 +114,48 @@ pub fn remove_or_keep(dir: &std::path::Path) {
     } else {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// Easel on the embedded default, tuned as the benchmark asks: the local renderer at
+/// 0 ms and 8 px, and no global limit in the way.
+pub async fn bench_config(
+    dir: &std::path::Path,
+) -> anyhow::Result<(Config, tokio::net::TcpListener)> {
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    config.server.host = "127.0.0.1".into();
+    config.worker.concurrency = 256;
+    config.worker.poll_ms = 50;
+    // The origin's global defaults (1000 RPM) would be the bottleneck, not Easel.
+    config.limits.global_rpm = 1_000_000_000;
+    config.limits.global_concurrency = 100_000;
+    config.providers.local.draft_size = 8;
+    config.providers.local.final_size = 8;
+    config.providers.local.delay_ms = 0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    config.server.port = listener.local_addr()?.port();
+    Ok((config, listener))
+}
+
+/// Submits `jobs` jobs over `connections` concurrent senders and returns when all answered.
+pub async fn submit_all(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    jobs: u64,
+    connections: u64,
+) {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let (http, base, key, next) = (http.clone(), base.to_owned(), key.to_owned(), next.clone());
+        senders.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < jobs {
+                submit(&http, &base, &key).await;
+            }
+        });
+    }
+    while senders.join_next().await.is_some() {}
 }

@@ -18,13 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::app::{create_tenant, App};
-use easel::config::Config;
 use easel::server::{self, Roles};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    max_seq, open_db, phase_stats, remove_or_keep, rss_kb, runtime, submit, tempfile_dir,
-    wait_all_done,
+    bench_config, max_seq, open_db, phase_stats, remove_or_keep, rss_kb, runtime, submit,
+    submit_all, tempfile_dir, wait_all_done,
 };
 
 struct Args {
@@ -64,27 +63,6 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
     runtime()?.block_on(run_in(args))
 }
 
-/// Easel on the embedded default, tuned as the benchmark asks: the local renderer at
-/// 0 ms and 8 px, and no global limit in the way.
-async fn bench_config(dir: &std::path::Path) -> anyhow::Result<(Config, tokio::net::TcpListener)> {
-    let mut config = Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
-    config.server.host = "127.0.0.1".into();
-    config.worker.concurrency = 256;
-    config.worker.poll_ms = 50;
-    // The origin's global defaults (1000 RPM) would be the bottleneck, not Easel.
-    config.limits.global_rpm = 1_000_000_000;
-    config.limits.global_concurrency = 100_000;
-    config.providers.local.draft_size = 8;
-    config.providers.local.final_size = 8;
-    config.providers.local.delay_ms = 0;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    config.server.port = listener.local_addr()?.port();
-    Ok((config, listener))
-}
-
 async fn run_in(args: Args) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     let (config, listener) = bench_config(&dir).await?;
@@ -120,25 +98,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
 
     // Phase 1: throughput.
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let mut senders = Vec::new();
-    for _ in 0..args.connections {
-        let (http, base, key, next, total) = (
-            http.clone(),
-            base.clone(),
-            tenant.api_key.clone(),
-            next.clone(),
-            args.jobs,
-        );
-        senders.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                submit(&http, &base, &key).await;
-            }
-        }));
-    }
-    for s in senders {
-        s.await?;
-    }
+    submit_all(&http, &base, &tenant.api_key, args.jobs, args.connections).await;
     let submitted_in = started.elapsed();
     wait_all_done(&db_path, args.jobs).await?;
     let done_in = started.elapsed();
@@ -236,22 +196,7 @@ pub fn drain(argv: &[String]) -> anyhow::Result<()> {
             stop.clone(),
         ));
         let http = reqwest::Client::new();
-        let next = Arc::new(AtomicU64::new(0));
-        let mut senders = tokio::task::JoinSet::new();
-        for _ in 0..64 {
-            let (http, base, key, next) = (
-                http.clone(),
-                base.clone(),
-                tenant.api_key.clone(),
-                next.clone(),
-            );
-            senders.spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < args.jobs {
-                    submit(&http, &base, &key).await;
-                }
-            });
-        }
-        while senders.join_next().await.is_some() {}
+        submit_all(&http, &base, &tenant.api_key, args.jobs, 64).await;
         let started = Instant::now();
         let worker_only = Roles {
             api: false,

@@ -24,14 +24,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use easel::app::{create_tenant, App};
-use easel::config::Config;
 use easel::jobs::model::{now_millis, JobStatus, Millis};
 use easel::server::{self, Roles};
 use easel::webhooks::model::WebhookEvents;
 use easel::webhooks::target::TargetGuard;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{runtime, tempfile_dir};
+use crate::common::{bench_config, runtime, tempfile_dir};
 
 const USAGE: &str = "usage: easel-bench webhooks [--jobs N] [--connections C] \
      [--per-endpoint P] [--concurrency D] [--database-url URL]";
@@ -156,20 +155,8 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     let receiver_task = tokio::spawn(async move { axum::serve(hook_listener, router).await });
 
     let dir = tempfile_dir()?;
-    let mut config = Config {
-        data_dir: dir.clone(),
-        ..Config::default()
-    };
+    let (mut config, listener) = bench_config(&dir).await?;
     config.database.url = args.database_url.clone();
-    config.server.host = "127.0.0.1".into();
-    config.worker.concurrency = 256;
-    config.worker.poll_ms = 50;
-    // The origin's global defaults (1000 RPM) would be the bottleneck, not Easel.
-    config.limits.global_rpm = 1_000_000_000;
-    config.limits.global_concurrency = 100_000;
-    config.providers.local.draft_size = 8;
-    config.providers.local.final_size = 8;
-    config.providers.local.delay_ms = 0;
     // The receiver is on loopback, which the SSRF guard refuses unless allow-listed.
     config.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
     if let Some(p) = args.per_endpoint {
@@ -178,9 +165,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     if let Some(d) = args.concurrency {
         config.webhooks.concurrency = d;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    config.server.port = addr.port();
     let webhooks_config = config.webhooks.clone();
     let app = App::build(config).await?;
     let tenant = create_tenant(app.store.as_ref(), "bench", 1_000_000_000, 1_000_000, None).await?;
