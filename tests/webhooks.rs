@@ -1201,3 +1201,50 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An operator sets a customer's endpoint through the admin API: admin token required, the
+/// secret shown once, the tenant sees the same endpoint, deliveries arrive; unknown tenant 404.
+#[tokio::test]
+async fn the_admin_api_sets_a_tenants_endpoint() {
+    let receiver = Receiver::start().await;
+    let app = hooks_app(
+        |c| c.auth.admin_token = Some(easel::config::Secret::new("admin-secret")),
+        Roles::ALL,
+    )
+    .await;
+    let (tenant_id, key) = app.new_tenant("customer", 600, 4).await;
+    let put = |tenant: &str, token: &str| {
+        app.http
+            .put(app.url(&format!("/admin/v1/tenants/{tenant}/webhook")))
+            .bearer_auth(token)
+            .json(&json!({"url": receiver.url("/admin-set"), "events": "terminal"}))
+            .send()
+    };
+    assert_eq!(put(&tenant_id, "wrong").await.expect("send").status(), 401);
+    assert_eq!(
+        put("ten_nope", "admin-secret")
+            .await
+            .expect("send")
+            .status(),
+        404
+    );
+    let created = put(&tenant_id, "admin-secret").await.expect("send");
+    assert_eq!(created.status(), 201);
+    let body: Value = created.json().await.expect("json");
+    assert!(body["secret"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("whsec_")));
+    let seen = get_json(&app, &key, "/v1/webhook").await;
+    assert_eq!(seen["url"], receiver.url("/admin-set"));
+    assert!(seen.get("secret").is_none_or(Value::is_null), "{seen}");
+
+    let job = submit(&app, &key, json!({"prompt": "a lighthouse"})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.on_path("/admin-set").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = receiver.on_path("/admin-set");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["jobId"], job.as_str());
+    assert_eq!(got[0].json()["status"], "SUCCEEDED");
+}

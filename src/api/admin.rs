@@ -146,6 +146,20 @@ pub async fn update(
     Ok(Json(TenantView::from(updated)).into_response())
 }
 
+/// `PUT /admin/v1/tenants/{id}/webhook`: as the tenant's own `PUT /v1/webhook`, for an
+/// operator setting a customer's endpoint.
+pub async fn put_webhook(
+    _: Admin,
+    State(app): State<App>,
+    Path(tenant_id): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    if app.store.tenant_get(&tenant_id).await?.is_none() {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such tenant"));
+    }
+    super::webhooks::set_endpoint_from_body(&app, &tenant_id, &body).await
+}
+
 fn pool_error(e: crate::providers::keypool::KeyPoolError) -> ApiError {
     match e {
         crate::providers::keypool::KeyPoolError::UnknownKey(_) => {

@@ -62,6 +62,10 @@ pub fn router(app: App) -> Router {
             "/admin/v1/tenants/{tenant_id}",
             axum::routing::patch(admin::update),
         )
+        .route(
+            "/admin/v1/tenants/{tenant_id}/webhook",
+            axum::routing::put(admin::put_webhook),
+        )
         .route("/admin/v1/provider-keys", get(admin::list_keys))
         .route(
             "/admin/v1/provider-keys/{key_id}/{action}",

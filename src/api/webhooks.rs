@@ -270,6 +270,16 @@ pub async fn put_endpoint(
     AuthTenant(tenant): AuthTenant,
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
+    set_endpoint_from_body(&app, &tenant.id, &body).await
+}
+
+/// `{"url": ..., "events": ...}` applied to a tenant's endpoint: `201` with the secret (shown
+/// this once) when one was made, else `200`. Shared by the tenant's and the admin's route.
+pub async fn set_endpoint_from_body(
+    app: &App,
+    tenant_id: &str,
+    body: &serde_json::Map<String, Value>,
+) -> Result<Response, ApiError> {
     let url = match body.get("url") {
         None => {
             return Err(ApiError::invalid(
@@ -287,12 +297,12 @@ pub async fn put_endpoint(
         })?,
         Some(_) => return Err(ApiError::invalid("events must be a string")),
     };
-    let guard = guard(&app)?;
+    let guard = guard(app)?;
     let (webhook, secret) = set_endpoint(
         app.store.as_ref(),
         &app.sealer,
         &guard,
-        &tenant.id,
+        tenant_id,
         url,
         events,
     )
