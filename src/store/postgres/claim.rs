@@ -24,24 +24,20 @@ use crate::jobs::model::{now_millis, ClaimedJob, Job};
 use crate::store::StoreResult;
 
 /// The first `max` unlocked tenants with runnable work, longest unserved first, locked so
-/// that no other claimer serves them (or counts their running jobs) until this claim commits;
-/// then those with a free slot. Locked rows are skipped: another claimer is serving that
-/// tenant. The limit stops the walk early, so a claim costs a few index probes however many
-/// tenants have work. The slot count only filters (its snapshot predates the lock); step 2
-/// counts again under the lock.
-const CLAIM_TENANTS_FIRST: &str = "SELECT c.id FROM (
-         SELECT t.id, t.concurrency_limit FROM tenants t
-         WHERE EXISTS (SELECT 1 FROM jobs w WHERE w.tenant_id = t.id
-                           AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $1)
-         ORDER BY t.last_claim, t.id
-         LIMIT $2
-         FOR NO KEY UPDATE OF t SKIP LOCKED
-     ) c
-     WHERE c.concurrency_limit >
-           (SELECT count(*) FROM jobs r WHERE r.tenant_id = c.id AND r.status = 'RUNNING')";
+/// that no other claimer serves them (or counts their running jobs) until this claim commits.
+/// Locked rows are skipped: another claimer is serving that tenant. The limit stops the walk
+/// early, so this costs a few index probes however many tenants have work; free slots are
+/// counted once, under the lock, by step 2.
+const CLAIM_TENANTS_FIRST: &str = "SELECT t.id FROM tenants t
+     WHERE EXISTS (SELECT 1 FROM jobs w WHERE w.tenant_id = t.id
+                       AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $1)
+     ORDER BY t.last_claim, t.id
+     LIMIT $2
+     FOR NO KEY UPDATE OF t SKIP LOCKED";
 
-/// When those were all at their concurrency limit: every tenant with runnable work and a free
-/// slot, in the same order (a walk of them all, so only when the short one found nothing).
+/// When those were all at their concurrency limit (step 2 took nothing from them, and stamped
+/// them as served): every tenant with runnable work and a free slot, in the same order (a
+/// walk of them all, so only when the short one found nothing).
 const CLAIM_TENANTS: &str = "SELECT t.id FROM tenants t
      WHERE EXISTS (SELECT 1 FROM jobs w WHERE w.tenant_id = t.id
                        AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $1)
@@ -104,6 +100,54 @@ const CLAIM_JOBS: &str = "WITH locked AS MATERIALIZED (
      )
      SELECT * FROM claimed ORDER BY pos";
 
+/// Step 2 for the locked `tenants`.
+async fn claim_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenants: &[String],
+    now: i64,
+    max: u32,
+    worker_id: &str,
+    lease_until: i64,
+) -> StoreResult<Vec<ClaimedRow>> {
+    Ok(sqlx::query_as(CLAIM_JOBS)
+        .bind(tenants)
+        .bind(now)
+        .bind(i64::from(max))
+        .bind(worker_id)
+        .bind(lease_until)
+        .fetch_all(&mut **tx)
+        .await?)
+}
+
+/// Step 1 the long way: every tenant with work and a free slot, or when all of those are
+/// locked by other claimers, a short wait for the longest unserved one. `None`: no work.
+async fn tenants_with_free_slots(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    now: i64,
+    max: u32,
+) -> StoreResult<Option<Vec<String>>> {
+    let tenants: Vec<String> = sqlx::query_scalar(CLAIM_TENANTS)
+        .bind(now)
+        .bind(i64::from(max))
+        .fetch_all(&mut **tx)
+        .await?;
+    if !tenants.is_empty() {
+        return Ok(Some(tenants));
+    }
+    sqlx::query(CLAIM_LOCK_WAIT).execute(&mut **tx).await?;
+    match sqlx::query_scalar(CLAIM_TENANT_WAIT)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await
+    {
+        Ok(Some(tenant)) => Ok(Some(vec![tenant])),
+        Ok(None) => Ok(None),
+        // Still busy after the wait: report no work; the caller polls again.
+        Err(e) if is_lock_timeout(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[derive(FromRow)]
 struct ClaimedRow {
     #[sqlx(flatten)]
@@ -128,39 +172,21 @@ pub async fn claim(
     let now = now_millis();
     let lease_until = now.saturating_add(lease_millis(lease));
     let mut tx = pool.begin().await?;
-    let mut tenants: Vec<String> = Vec::new();
-    for query in [CLAIM_TENANTS_FIRST, CLAIM_TENANTS] {
-        tenants = sqlx::query_scalar(query)
-            .bind(now)
-            .bind(i64::from(max))
-            .fetch_all(&mut *tx)
-            .await?;
-        if !tenants.is_empty() {
-            break;
-        }
-    }
-    if tenants.is_empty() {
-        sqlx::query(CLAIM_LOCK_WAIT).execute(&mut *tx).await?;
-        match sqlx::query_scalar(CLAIM_TENANT_WAIT)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-        {
-            Ok(Some(tenant)) => tenants.push(tenant),
-            Ok(None) => return Ok(Vec::new()),
-            // Still busy after the wait: report no work; the caller polls again.
-            Err(e) if is_lock_timeout(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM_JOBS)
-        .bind(&tenants)
+    let first: Vec<String> = sqlx::query_scalar(CLAIM_TENANTS_FIRST)
         .bind(now)
         .bind(i64::from(max))
-        .bind(worker_id)
-        .bind(lease_until)
         .fetch_all(&mut *tx)
         .await?;
+    let mut rows = Vec::new();
+    if !first.is_empty() {
+        rows = claim_jobs(&mut tx, &first, now, max, worker_id, lease_until).await?;
+    }
+    if rows.is_empty() {
+        let Some(tenants) = tenants_with_free_slots(&mut tx, now, max).await? else {
+            return Ok(Vec::new());
+        };
+        rows = claim_jobs(&mut tx, &tenants, now, max, worker_id, lease_until).await?;
+    }
     tx.commit().await?;
     rows.into_iter()
         .map(|r| {
