@@ -230,10 +230,7 @@ async fn publish_loop(
                 paused_until = Some(Instant::now() + RETRY);
                 if !failing {
                     failing = true;
-                    let error = match failure {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {TIMEOUT:?}"),
-                    };
+                    let error = failure_text(&failure);
                     tracing::warn!(
                         error,
                         "event bus: cannot publish to Redis; other nodes see this node's \
@@ -299,10 +296,7 @@ async fn subscribe_loop(
             failure => {
                 if !failing {
                     failing = true;
-                    let error = match failure {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {TIMEOUT:?}"),
-                    };
+                    let error = failure_text(&failure);
                     tracing::warn!(
                         error,
                         "event bus: cannot subscribe to Redis; retrying every second (live \
@@ -315,6 +309,16 @@ async fn subscribe_loop(
             _ = tokio::time::sleep(RETRY) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// What went wrong with a Redis call bounded by [`TIMEOUT`], for the log.
+fn failure_text<T, E: std::fmt::Display>(
+    failure: &Result<Result<T, E>, tokio::time::error::Elapsed>,
+) -> String {
+    match failure {
+        Ok(Err(e)) => e.to_string(),
+        _ => format!("no answer within {TIMEOUT:?}"),
     }
 }
 

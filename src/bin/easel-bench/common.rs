@@ -26,11 +26,17 @@ pub fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn submit(http: &reqwest::Client, base: &str, key: &str) {
+/// Submits one draft job; its id when accepted (a refusal is printed, not fatal).
+pub async fn submit(http: &reqwest::Client, base: &str, key: &str) -> Option<String> {
     submit_prompt(http, base, key, "a watercolor lighthouse at dusk").await
 }
 
-pub async fn submit_prompt(http: &reqwest::Client, base: &str, key: &str, prompt: &str) {
+pub async fn submit_prompt(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    prompt: &str,
+) -> Option<String> {
     let body = serde_json::json!({ "prompt": prompt, "mode": "draft" });
     let response = http
         .post(format!("{base}/v1/images/generate"))
@@ -39,9 +45,18 @@ pub async fn submit_prompt(http: &reqwest::Client, base: &str, key: &str, prompt
         .send()
         .await;
     match response {
-        Ok(r) if r.status() == 202 => {}
-        Ok(r) => eprintln!("submit answered {}", r.status()),
-        Err(e) => eprintln!("submit failed: {e}"),
+        Ok(r) if r.status() == 202 => {
+            let body: serde_json::Value = r.json().await.ok()?;
+            body["jobId"].as_str().map(str::to_owned)
+        }
+        Ok(r) => {
+            eprintln!("submit answered {}", r.status());
+            None
+        }
+        Err(e) => {
+            eprintln!("submit failed: {e}");
+            None
+        }
     }
 }
 
@@ -139,23 +154,29 @@ pub async fn bench_config(
     Ok((config, listener))
 }
 
-/// Submits `jobs` jobs over `connections` concurrent senders and returns when all answered.
+/// Submits `jobs` jobs over `connections` concurrent senders; the ids of those accepted.
 pub async fn submit_all(
     http: &reqwest::Client,
     base: &str,
     key: &str,
     jobs: u64,
     connections: u64,
-) {
+) -> Vec<String> {
     let next = Arc::new(AtomicU64::new(0));
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let (http, base, key, next) = (http.clone(), base.to_owned(), key.to_owned(), next.clone());
         senders.spawn(async move {
+            let mut ids = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                submit(&http, &base, &key).await;
+                ids.extend(submit(&http, &base, &key).await);
             }
+            ids
         });
     }
-    while senders.join_next().await.is_some() {}
+    let mut accepted = Vec::with_capacity(jobs as usize);
+    while let Some(ids) = senders.join_next().await {
+        accepted.extend(ids.unwrap_or_default());
+    }
+    accepted
 }

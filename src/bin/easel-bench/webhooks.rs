@@ -30,7 +30,7 @@ use easel::webhooks::model::WebhookEvents;
 use easel::webhooks::target::TargetGuard;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{bench_config, runtime, tempfile_dir};
+use crate::common::{bench_config, runtime, submit_all, tempfile_dir};
 
 const USAGE: &str = "usage: easel-bench webhooks [--jobs N] [--connections C] \
      [--per-endpoint P] [--concurrency D] [--database-url URL]";
@@ -108,30 +108,6 @@ async fn receive(State(receiver): State<Arc<Receiver>>, body: Bytes) -> StatusCo
 }
 
 /// Submits one job and returns its id.
-async fn submit(http: &reqwest::Client, base: &str, key: &str) -> Option<String> {
-    let response = http
-        .post(format!("{base}/v1/images/generate"))
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(r#"{"prompt":"a watercolor lighthouse at dusk","mode":"draft"}"#)
-        .send()
-        .await;
-    match response {
-        Ok(r) if r.status() == 202 => {
-            let body: serde_json::Value = r.json().await.ok()?;
-            body["jobId"].as_str().map(str::to_owned)
-        }
-        Ok(r) => {
-            eprintln!("submit answered {}", r.status());
-            None
-        }
-        Err(e) => {
-            eprintln!("submit failed: {e}");
-            None
-        }
-    }
-}
-
 fn percentile(sorted: &[i64], q: f64) -> i64 {
     sorted
         .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
@@ -194,28 +170,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.connections as usize)
         .build()?;
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
-    let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..args.connections {
-        let (http, base, key, next, total) = (
-            http.clone(),
-            base.clone(),
-            tenant.api_key.clone(),
-            next.clone(),
-            args.jobs,
-        );
-        senders.spawn(async move {
-            let mut ids = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
-                ids.extend(submit(&http, &base, &key).await);
-            }
-            ids
-        });
-    }
-    let mut job_ids = Vec::with_capacity(args.jobs as usize);
-    while let Some(ids) = senders.join_next().await {
-        job_ids.extend(ids?);
-    }
+    let job_ids = submit_all(&http, &base, &tenant.api_key, args.jobs, args.connections).await;
     let submitted_in = started.elapsed();
     anyhow::ensure!(
         job_ids.len() as u64 == args.jobs,

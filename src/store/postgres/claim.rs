@@ -23,40 +23,57 @@ use super::jobs::{lease_millis, JobRow};
 use crate::jobs::model::{now_millis, ClaimedJob, Job};
 use crate::store::StoreResult;
 
+// The three tenant picks share their text: `concat!` only joins literals, hence the macros.
+macro_rules! tenants_with_work {
+    () => {
+        "SELECT t.id FROM tenants t
+     WHERE EXISTS (SELECT 1 FROM jobs w WHERE w.tenant_id = t.id
+                       AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $1)"
+    };
+}
+macro_rules! with_free_slot {
+    () => {
+        "
+       AND t.concurrency_limit >
+           (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status = 'RUNNING')"
+    };
+}
+macro_rules! longest_unserved_first {
+    () => {
+        "
+     ORDER BY t.last_claim, t.id"
+    };
+}
+
 /// The first `max` unlocked tenants with runnable work, longest unserved first, locked so
 /// that no other claimer serves them (or counts their running jobs) until this claim commits.
 /// Locked rows are skipped: another claimer is serving that tenant. The limit stops the walk
 /// early, so this costs a few index probes however many tenants have work; free slots are
 /// counted once, under the lock, by step 2.
-const CLAIM_TENANTS_FIRST: &str = "SELECT t.id FROM tenants t
-     WHERE EXISTS (SELECT 1 FROM jobs w WHERE w.tenant_id = t.id
-                       AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $1)
-     ORDER BY t.last_claim, t.id
-     LIMIT $2
-     FOR NO KEY UPDATE OF t SKIP LOCKED";
+const CLAIM_TENANTS_FIRST: &str = concat!(
+    tenants_with_work!(),
+    longest_unserved_first!(),
+    " LIMIT $2 FOR NO KEY UPDATE OF t SKIP LOCKED"
+);
 
 /// When those were all at their concurrency limit (step 2 took nothing from them, and stamped
 /// them as served): every tenant with runnable work and a free slot, in the same order (a
 /// walk of them all, so only when the short one found nothing).
-const CLAIM_TENANTS: &str = "SELECT t.id FROM tenants t
-     WHERE EXISTS (SELECT 1 FROM jobs w WHERE w.tenant_id = t.id
-                       AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $1)
-       AND t.concurrency_limit >
-           (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status = 'RUNNING')
-     ORDER BY t.last_claim, t.id
-     LIMIT $2
-     FOR NO KEY UPDATE OF t SKIP LOCKED";
+const CLAIM_TENANTS: &str = concat!(
+    tenants_with_work!(),
+    with_free_slot!(),
+    longest_unserved_first!(),
+    " LIMIT $2 FOR NO KEY UPDATE OF t SKIP LOCKED"
+);
 
 /// When every tenant with work was locked by other claimers: wait (briefly) for the longest
 /// unserved one rather than answer "no work" while there is some.
-const CLAIM_TENANT_WAIT: &str = "SELECT t.id FROM tenants t
-     WHERE EXISTS (SELECT 1 FROM jobs w WHERE w.tenant_id = t.id
-                       AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $1)
-       AND t.concurrency_limit >
-           (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status = 'RUNNING')
-     ORDER BY t.last_claim, t.id
-     LIMIT 1
-     FOR NO KEY UPDATE OF t";
+const CLAIM_TENANT_WAIT: &str = concat!(
+    tenants_with_work!(),
+    with_free_slot!(),
+    longest_unserved_first!(),
+    " LIMIT 1 FOR NO KEY UPDATE OF t"
+);
 
 /// How long the fallback above waits for a tenant's lock.
 const CLAIM_LOCK_WAIT: &str = "SELECT set_config('lock_timeout', '2s', true)";
