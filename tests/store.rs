@@ -853,6 +853,64 @@ async fn claim_respects_tenant_concurrency(b: Bundle) {
     assert_eq!(next[0].job.tenant_id, limited.id);
 }
 
+/// The limit holds however claims, finishes and lease rescues interleave: PostgreSQL counts a
+/// tenant's running jobs only when its running bound leaves no room (migration 0007), so
+/// this walks a tenant through every path that moves that bound away from the true count.
+async fn tenant_concurrency_holds_through_finishes_and_rescues(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "Busy", 5).await;
+    submit_n(s, &t.id, 30).await;
+    let a = claim(s, 1, LONG_LEASE).await;
+    let b2 = claim(s, 1, Duration::from_millis(1)).await;
+    assert_eq!((a.len(), b2.len()), (1, 1));
+    // Both end, one by a result and one by losing its lease: the tenant runs nothing now.
+    s.job_finish(&a[0].job.id, a[0].fence, succeeded(&["k"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.job_maintain(now_millis() + 1000).await.unwrap().rescued,
+        1
+    );
+    assert_eq!(running_jobs(s, &t.id).await, 0);
+    // Room for all five again, taken over calls of every size.
+    let mut held = Vec::new();
+    for (max, got) in [(3, 3), (1, 1), (4, 1), (4, 0)] {
+        let batch = claim(s, max, LONG_LEASE).await;
+        assert_eq!(
+            batch.len(),
+            got,
+            "claim of {max} with {} running",
+            held.len()
+        );
+        held.extend(batch);
+    }
+    assert_eq!(running_jobs(s, &t.id).await, 5);
+    for done in held.drain(..2) {
+        s.job_finish(&done.job.id, done.fence, succeeded(&["k"]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        claim(s, 5, LONG_LEASE).await.len(),
+        2,
+        "two finished, two slots"
+    );
+    assert_eq!(running_jobs(s, &t.id).await, 5);
+}
+
+async fn running_jobs(s: &dyn Store, tenant_id: &str) -> usize {
+    let page = s
+        .job_list(JobListQuery {
+            tenant_id: tenant_id.to_string(),
+            status: Some(JobStatus::Running),
+            limit: 100,
+            before_seq: None,
+        })
+        .await
+        .unwrap();
+    page.items.len()
+}
+
 /// Claimers racing for one tenant never run more of its jobs at once than its limit.
 async fn concurrent_claimers_respect_tenant_concurrency(b: Bundle) {
     let s = b.store.clone();
@@ -2364,6 +2422,7 @@ macro_rules! suite {
             concurrent_claimers_never_share_a_job,
             claim_is_fair_across_tenants,
             claim_respects_tenant_concurrency,
+            tenant_concurrency_holds_through_finishes_and_rescues,
             concurrent_claimers_respect_tenant_concurrency,
             claim_finds_runnable_work_behind_many_blocked_tenants,
             heartbeat_extends_lease_and_detects_a_stale_fence,

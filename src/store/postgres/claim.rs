@@ -3,17 +3,22 @@
 //!
 //! 1. Lock up to `max` tenants with runnable work and a free slot (`FOR NO KEY UPDATE SKIP
 //!    LOCKED`), longest unserved first (the first `max` with work, and only when all of those
-//!    are full, a walk of every tenant); if every one is locked by another claimer, wait up to 2 s for the
-//!    longest unserved one instead of answering "no work" while there is some.
+//!    are full, a walk of every tenant); if every one is locked by another claimer, wait up to
+//!    2 s for the longest unserved one instead of answering "no work" while there is some.
 //! 2. One statement, so a fresh snapshot that sees every claim committed before our locks:
-//!    each locked tenant's free slots (its limit minus its RUNNING jobs), up to that many of
-//!    its runnable jobs (`FOR UPDATE SKIP LOCKED`), round-robin over the tenants (every
-//!    tenant's first job, then every tenant's second...), the jobs RUNNING under a new fence
-//!    and lease with their events, and new `last_claim` stamps for every locked tenant.
+//!    each locked tenant's share (its free slots, and at most `max` over the number of locked
+//!    tenants, rounded up: locking `max` job rows per tenant only to keep `max` of them in all
+//!    costs a WAL record per lock), up to that many of its runnable jobs (`FOR UPDATE SKIP
+//!    LOCKED`), round-robin over the tenants (every tenant's first job, then every tenant's
+//!    second...), the jobs RUNNING under a new fence and lease with their events, and new
+//!    `last_claim` stamps and running bounds for every locked tenant.
 //!
 //! The tenant lock is what keeps the concurrency limit exact across processes: the RUNNING
 //! count of a tenant only grows through a claim, and only the holder of its lock can claim.
-//! Both counts of RUNNING jobs are one probe of the `jobs_running` index (tenant first).
+//! Free slots come from the tenant's `running_bound` (migration 0007), an upper bound of its
+//! RUNNING jobs kept under that lock; only a tenant whose bound leaves no room for its share
+//! has its RUNNING jobs counted (one probe of the `jobs_running` index, tenant first, and a
+//! heap fetch for each).
 
 use std::time::Duration;
 
@@ -31,11 +36,14 @@ macro_rules! tenants_with_work {
                        AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $1)"
     };
 }
+// A bound under the limit answers without counting (see migration 0007).
 macro_rules! with_free_slot {
     () => {
         "
-       AND t.concurrency_limit >
-           (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status = 'RUNNING')"
+       AND CASE WHEN t.running_bound < t.concurrency_limit THEN true
+           ELSE t.concurrency_limit >
+               (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status = 'RUNNING')
+           END"
     };
 }
 macro_rules! longest_unserved_first {
@@ -82,11 +90,16 @@ const CLAIM_LOCK_WAIT: &str = "SELECT set_config('lock_timeout', '2s', true)";
 /// `$4` the worker, `$5` the lease end. Served tenants are stamped in the order of their last
 /// pick, after those that got nothing.
 const CLAIM_JOBS: &str = "WITH locked AS MATERIALIZED (
-         SELECT t.id, t.ord, GREATEST(0, LEAST($3, tn.concurrency_limit -
-             (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status = 'RUNNING')))
-             AS free
+         SELECT t.id, t.ord, c.running,
+             GREATEST(0, LEAST(s.share, tn.concurrency_limit - c.running)) AS free
          FROM unnest($1::text[]) WITH ORDINALITY AS t(id, ord)
          JOIN tenants tn ON tn.id = t.id
+         CROSS JOIN (SELECT ($3 + cardinality($1::text[]) - 1) / cardinality($1::text[])
+             AS share) s
+         CROSS JOIN LATERAL (SELECT CASE
+             WHEN tn.running_bound + s.share <= tn.concurrency_limit THEN tn.running_bound
+             ELSE (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status = 'RUNNING')
+             END AS running) c
      ), candidates AS (
          SELECT l.ord, j.seq, row_number() OVER (PARTITION BY l.ord ORDER BY j.seq) AS round
          FROM locked l CROSS JOIN LATERAL (
@@ -109,11 +122,14 @@ const CLAIM_JOBS: &str = "WITH locked AS MATERIALIZED (
          INSERT INTO job_events (job_id, tenant_id, status, attempt, at)
          SELECT id, tenant_id, 'RUNNING', attempts, $2 FROM claimed ORDER BY pos
      ), served AS MATERIALIZED (
-         SELECT id, nextval('tenant_claim_order') AS stamp
-         FROM (SELECT l.id, l.ord, (SELECT max(p.pos) FROM picked p WHERE p.ord = l.ord) AS last
+         SELECT id, running + taken AS bound, nextval('tenant_claim_order') AS stamp
+         FROM (SELECT l.id, l.ord, l.running,
+                   (SELECT count(*) FROM picked p WHERE p.ord = l.ord) AS taken,
+                   (SELECT max(p.pos) FROM picked p WHERE p.ord = l.ord) AS last
                FROM locked l ORDER BY last NULLS FIRST, l.ord) s
      ), stamped AS (
-         UPDATE tenants t SET last_claim = served.stamp FROM served WHERE t.id = served.id
+         UPDATE tenants t SET last_claim = served.stamp, running_bound = served.bound
+         FROM served WHERE t.id = served.id
      )
      SELECT * FROM claimed ORDER BY pos";
 

@@ -305,20 +305,30 @@ pub async fn events_after(
     after_id: i64,
     limit: u32,
 ) -> StoreResult<Vec<JobEvent>> {
-    // Index job_events_tenant (tenant_id, id); job_events_job (job_id, id) with a job.
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
-         FROM job_events
-         WHERE tenant_id = $1 AND ($2::TEXT IS NULL OR job_id = $2) AND id > $3
-           AND txid < pg_snapshot_xmin(pg_current_snapshot())
-         ORDER BY id LIMIT $4",
-    )
-    .bind(tenant_id)
-    .bind(job_id)
-    .bind(after_id)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
+    // One statement per shape, as for job lists: index job_events_tenant (tenant_id, id) for
+    // a tenant's feed, job_events_job (job_id, id) for one job's.
+    macro_rules! events_where {
+        ($filter:literal) => {
+            concat!(
+                "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
+                 FROM job_events WHERE tenant_id = $1 AND ",
+                $filter,
+                " AND id > $3 AND txid < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY id LIMIT $4"
+            )
+        };
+    }
+    let sql = match job_id {
+        Some(_) => events_where!("job_id = $2"),
+        None => events_where!("$2::TEXT IS NULL"),
+    };
+    let rows: Vec<EventRow> = sqlx::query_as(sql)
+        .bind(tenant_id)
+        .bind(job_id)
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
     rows.into_iter().map(event_from_row).collect()
 }
 
@@ -416,6 +426,7 @@ pub async fn heartbeat(
 /// One statement: the guarded update (`$1` id, `$2` fence, `$3` now), its event, and whether
 /// other workers should be woken: the job is runnable again, or it held the last free slot of
 /// a tenant that has runnable work waiting (workers may have gone to sleep on that limit).
+/// A running bound under the limit (migration 0007) says it was not full without counting.
 fn finish_sql(set: &str) -> String {
     format!(
         "WITH done AS (
@@ -424,9 +435,11 @@ fn finish_sql(set: &str) -> String {
              {EVENT_SOURCE}, run_at
          ), event AS ({})
          SELECT CASE WHEN d.status = 'RETRYING' THEN d.run_at <= $3
-             ELSE (SELECT count(*) FROM jobs r
-                   WHERE r.tenant_id = d.tenant_id AND r.status = 'RUNNING')
-                  >= (SELECT concurrency_limit FROM tenants WHERE id = d.tenant_id)
+             ELSE (SELECT CASE WHEN tn.running_bound < tn.concurrency_limit THEN false
+                       ELSE (SELECT count(*) FROM jobs r
+                             WHERE r.tenant_id = d.tenant_id AND r.status = 'RUNNING')
+                            >= tn.concurrency_limit END
+                   FROM tenants tn WHERE tn.id = d.tenant_id)
               AND EXISTS (SELECT 1 FROM jobs w WHERE w.tenant_id = d.tenant_id
                   AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $3)
              END AS wake

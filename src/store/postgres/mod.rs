@@ -161,6 +161,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
+            .after_connect(|conn, _meta| Box::pin(prefer_generic_plans(conn)))
             .connect_with(options.clone())
             .await?;
         MIGRATOR
@@ -211,6 +212,20 @@ impl PgStore {
         ));
         Ok(ListenerTask(task))
     }
+}
+
+/// Every statement is prepared once per connection and its parameters never change what a
+/// good plan is (filters that would are separate statements, see `job_list`), so the
+/// planner's default of re-planning each execution for the first five and whenever it
+/// guesses a custom plan may be cheaper only costs time: it took more than half of a claim
+/// (0.4 ms and 0.8 ms of planning for its two statements, against 0.7 ms executing them).
+/// A `SET` after connecting rather than a startup option: connection poolers such as
+/// PgBouncer refuse startup options they do not know.
+async fn prefer_generic_plans(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 fn parse_url(url: &str) -> StoreResult<PgConnectOptions> {
