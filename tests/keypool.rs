@@ -302,6 +302,31 @@ async fn none_when_every_key_is_busy() {
     f.report(b, Outcome::Success).await;
 }
 
+/// A worker waiting for a free key is woken by the key's report, not by its next poll, and a
+/// report made before it starts waiting is not lost.
+#[tokio::test]
+async fn a_report_wakes_a_waiter_for_a_free_key() {
+    let f = fixture(&[spec("a").concurrency(1)]).await;
+    let a = f.acquire().await.expect("the only slot");
+    let waiter = {
+        let pool = f.pool.clone();
+        tokio::spawn(async move { pool.key_released().await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "no key was handed back yet");
+    f.report(a, Outcome::Success).await;
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by the report")
+        .expect("waiter task");
+    f.advance(Duration::from_secs(1));
+    let b = f.acquire().await.expect("free again");
+    f.report(b, Outcome::Success).await;
+    tokio::time::timeout(Duration::from_secs(5), f.pool.key_released())
+        .await
+        .expect("a report before the wait still counts");
+}
+
 /// An RPM above what the limiter can count (one per microsecond, 60,000,000) means "no rate
 /// limit": such a key is held to the limiter's fastest rate, not refused, and it does not make
 /// the pool fail for the other keys.

@@ -146,8 +146,11 @@ impl Worker {
             };
             let free = (slots.available_permits() as u32 + 1).min(key_capacity(&deps));
             if free == 0 {
+                // Every upstream key is busy: claim again when one is handed back (the poll
+                // covers keys that free up by time, after a cool-down).
                 drop(first);
                 tokio::select! {
+                    _ = deps.keys.key_released() => {}
                     _ = tokio::time::sleep(poll.min(Duration::from_millis(50))) => {}
                     _ = stop.cancelled() => break,
                 }

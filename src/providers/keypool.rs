@@ -529,6 +529,9 @@ pub struct KeyPool {
     /// daily reset and for admins.
     wall_at_zero: Millis,
     inner: Mutex<Inner>,
+    /// Signalled whenever a call hands its key back, so a worker waiting for a free key
+    /// claims at once instead of at its next poll.
+    released: tokio::sync::Notify,
 }
 
 impl fmt::Debug for KeyPool {
@@ -577,6 +580,7 @@ impl KeyPool {
             clock,
             wall_at_zero,
             inner: Mutex::new(Inner::default()),
+            released: tokio::sync::Notify::new(),
         }
     }
 
@@ -691,6 +695,11 @@ impl KeyPool {
             .values()
             .filter(|e| e.key.provider == provider && e.key.enabled)
             .count()
+    }
+
+    /// Returns when a key is handed back (at once if one was since the last call returned).
+    pub async fn key_released(&self) {
+        self.released.notified().await
     }
 
     /// How many more calls this process could start on `provider`'s usable keys, counting
@@ -868,6 +877,7 @@ impl KeyPool {
     /// about bookkeeping (the limiter or the store), never about the job.
     pub async fn report(&self, lease: KeyLease, outcome: Outcome) -> Result<(), KeyPoolError> {
         let released = self.limiter.permit_release(&lease.permit).await;
+        self.released.notify_one();
         let disable = {
             let now = self.now();
             let wall_now = self.wall(now);

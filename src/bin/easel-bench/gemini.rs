@@ -8,7 +8,7 @@ use easel::config::Config;
 use easel::server::{self, Roles};
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{open_db, runtime, submit_prompt, tempfile_dir, wait_all_done};
+use crate::common::{open_db, remove_or_keep, runtime, submit_prompt, tempfile_dir, wait_all_done};
 
 /// `easel-bench gemini [--keys 8] [--per-key 4] [--latency-ms 1000] [--jobs 1000]`: jobs
 /// through the real Gemini provider and key pool against the in-process fake Gemini. Reports
@@ -107,7 +107,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
         stop.cancel();
         let _ = server.await;
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_or_keep(&dir);
         anyhow::Ok(())
     })
 }
