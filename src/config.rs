@@ -83,6 +83,9 @@ pub struct ServerConfig {
     pub max_prompt_chars: usize,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl_hours: u64,
+    /// A second port serving only `GET /health` and `GET /metrics`, in any role: how worker
+    /// processes, which serve no API, are scraped.
+    pub ops_port: Option<u16>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -458,6 +461,9 @@ pub struct AuthConfig {
     pub test_api_key: Option<Secret>,
     /// Bearer token for the admin API (`/admin/v1/...`); the admin API is off without it.
     pub admin_token: Option<Secret>,
+    /// Bearer token `GET /metrics` asks for; without it the metrics are open (they carry no
+    /// tenant, prompt or secret, only counts, route templates and upstream key ids).
+    pub metrics_token: Option<Secret>,
 }
 
 impl Default for Config {
@@ -487,6 +493,7 @@ impl Default for ServerConfig {
             max_body_bytes: 256 * 1024,
             max_prompt_chars: 4000,
             idempotency_ttl_hours: 24,
+            ops_port: None,
         }
     }
 }
@@ -571,6 +578,7 @@ const STRING_KEYS: &[&str] = &[
     "storage.signing_secret",
     "auth.test_api_key",
     "auth.admin_token",
+    "auth.metrics_token",
 ];
 
 /// The `EASEL_*` variables of [`STRING_KEYS`], as strings; merged over `Env::prefixed`.
@@ -614,6 +622,7 @@ fn origin_derived() -> Result<Figment, ConfigError> {
 pub struct FlagOverrides {
     pub data_dir: Option<PathBuf>,
     pub port: Option<u16>,
+    pub ops_port: Option<u16>,
     pub database_url: Option<String>,
 }
 
@@ -768,6 +777,9 @@ fn flags_figment(flags: &FlagOverrides) -> Figment {
     }
     if let Some(port) = flags.port {
         figment = figment.merge(Serialized::default("server.port", port));
+    }
+    if let Some(port) = flags.ops_port {
+        figment = figment.merge(Serialized::default("server.ops_port", port));
     }
     if let Some(url) = &flags.database_url {
         figment = figment.merge(Serialized::default("database.url", url));

@@ -20,7 +20,8 @@
 //!    the [`webhooks`] dispatcher sends it, signed, with retries.
 //!
 //! [`config`] loads settings, [`app`] builds the shared parts, [`server`] runs the roles of a
-//! process and [`cli`] is the `easel` command line.
+//! process, [`telemetry`] counts what happens for `GET /metrics` and [`cli`] is the `easel`
+//! command line.
 
 pub mod accounts;
 pub mod api;
@@ -35,5 +36,6 @@ pub mod providers;
 pub mod server;
 pub mod storage;
 pub mod store;
+pub mod telemetry;
 pub mod testing;
 pub mod webhooks;

@@ -795,3 +795,66 @@ async fn serve_on_an_empty_database_prints_a_working_key_once() {
     let tenants = cli.store().tenant_list().await.expect("list");
     assert_eq!(tenants.len(), 1);
 }
+
+/// A worker process serves no API, but `--ops-port` gives it `/health` and `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_health_and_metrics_on_its_ops_port() {
+    let cli = Cli::new();
+    let (api_port, ops_port) = (free_port(), free_port());
+    let mut cmd = base_command(cli.path());
+    cmd.args(["serve", "--role", "worker", "--port", &api_port.to_string()])
+        .args(["--ops-port", &ops_port.to_string()])
+        .env("EASEL_SERVER__HOST", "127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn easel serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let announced = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Health and metrics on") {
+                return line;
+            }
+        }
+        panic!("stdout closed before the ops port was announced");
+    })
+    .await
+    .expect("ops port announced within 15 s");
+    assert!(announced.contains(&ops_port.to_string()), "{announced}");
+    let http = reqwest::Client::new();
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let health = http
+        .get(format!("{ops}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    let metrics = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics
+        .text()
+        .await
+        .expect("text")
+        .contains("easel_build_info"));
+    let api = http
+        .get(format!("{ops}/v1/jobs"))
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(api.status(), 404, "the ops port serves no API");
+    assert!(
+        http.get(format!("http://127.0.0.1:{api_port}/health"))
+            .send()
+            .await
+            .is_err(),
+        "a worker does not listen on the API port"
+    );
+    child.kill().await.expect("kill");
+}

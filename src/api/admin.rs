@@ -31,13 +31,7 @@ impl FromRequestParts<App> for Admin {
                 "the admin API is not enabled (set auth.admin_token)",
             ));
         };
-        let presented = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .unwrap_or("");
-        if bool::from(presented.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        if bearer_matches(&parts.headers, expected.expose()) {
             Ok(Admin)
         } else {
             Err(ApiError::new(
@@ -46,6 +40,16 @@ impl FromRequestParts<App> for Admin {
             ))
         }
     }
+}
+
+/// Whether the request's `Authorization: Bearer` token is `expected` (constant time).
+pub(super) fn bearer_matches(headers: &axum::http::HeaderMap, expected: &str) -> bool {
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .unwrap_or("");
+    bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 #[derive(Serialize)]

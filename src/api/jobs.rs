@@ -18,6 +18,7 @@ use crate::jobs::model::{
     SubmitOutcome,
 };
 use crate::store::CancelOutcome;
+use crate::telemetry;
 
 const CURSOR_PREFIX: &str = "v1:";
 
@@ -70,6 +71,7 @@ pub async fn submit(
     };
     let mut response = match app.store.job_submit(job).await? {
         SubmitOutcome::Created { job_id } => {
+            telemetry::job_submitted("created");
             app.wake.notify_one();
             app.events.publish(Change::job(&tenant.id, &job_id));
             let body = Accepted {
@@ -79,6 +81,7 @@ pub async fn submit(
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         SubmitOutcome::Replayed { job_id, status } => {
+            telemetry::job_submitted("duplicate");
             let body = Accepted {
                 job_id: &job_id,
                 status,

@@ -15,7 +15,7 @@ pub mod ratelimit;
 pub mod submit;
 mod webhooks;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,11 +28,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::app::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::jobs::model::{format_millis, now_millis};
+use crate::telemetry;
 
 pub fn router(app: App) -> Router {
+    telemetry::install();
     let body_limit = app.config.server.max_body_bytes;
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/images/generate", axum::routing::post(jobs::submit))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
@@ -73,11 +76,65 @@ pub fn router(app: App) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(count_request))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(ErrorCode::UnknownError, "internal error").into_response()
         }))
         .with_state(app)
+}
+
+/// `GET /health` and `GET /metrics` alone, for `server.ops_port`.
+pub fn ops_router(app: App) -> Router {
+    telemetry::install();
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// Counts every request by its route template (never its path: paths carry job ids).
+async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let response = next.run(request).await;
+    telemetry::http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Prometheus text. Key and limiter gauges are read now; counters and histograms are kept
+/// as things happen. Behind `auth.metrics_token` when it is set.
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &app.config.auth.metrics_token {
+        if !admin::bearer_matches(&headers, expected.expose()) {
+            return ApiError::new(ErrorCode::InvalidApiKey, "invalid metrics token")
+                .into_response();
+        }
+    }
+    telemetry::limiter_degraded(app.limiter.degraded().is_some());
+    match app.keys.snapshot().await {
+        Ok(keys) => telemetry::upstream_keys(&keys, now_millis()),
+        Err(e) => tracing::warn!(error = %e, "key pool snapshot for /metrics failed"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        telemetry::render(),
+    )
+        .into_response()
 }
 
 /// `200 {"status": "ok", "timestamp": ...}` (the contract's shape) while every part works.

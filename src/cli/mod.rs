@@ -53,6 +53,10 @@ pub enum Command {
         /// Port to listen on (origin: PORT).
         #[arg(long)]
         port: Option<u16>,
+        /// A second port serving only /health and /metrics (server.ops_port): how a worker
+        /// process is scraped.
+        #[arg(long)]
+        ops_port: Option<u16>,
     },
     /// Create or upgrade the database schema, then exit.
     Migrate,
@@ -141,13 +145,14 @@ pub enum Command {
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let port = match &cli.command {
-        Command::Serve { port, .. } => *port,
-        _ => None,
+    let (port, ops_port) = match &cli.command {
+        Command::Serve { port, ops_port, .. } => (*port, *ops_port),
+        _ => (None, None),
     };
     let flags = FlagOverrides {
         data_dir: cli.data_dir.clone(),
         port,
+        ops_port,
         database_url: cli.database_url.clone(),
     };
     let config = match Config::load(cli.config.as_deref(), &flags) {

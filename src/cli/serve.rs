@@ -41,6 +41,22 @@ pub async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
         println!("Easel worker running (role: worker)");
         None
     };
+    if let Some(port) = app.config.server.ops_port {
+        let addr = format!("{}:{port}", app.config.server.host);
+        let ops = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (server.ops_port)"))?;
+        println!("Health and metrics on http://{addr}");
+        let (router, stop) = (crate::api::ops_router(app.clone()), stop.clone());
+        tokio::spawn(async move {
+            let served = axum::serve(ops, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "ops HTTP server failed");
+            }
+        });
+    }
     server::run(app, roles, listener, stop).await;
     Ok(())
 }

@@ -44,6 +44,9 @@ pub async fn run(
             _ = stop.cancelled() => return,
         }
         let maintained = store.job_maintain(now_millis()).await;
+        if let Ok(d) = &maintained {
+            crate::telemetry::jobs_recovered(d.rescued, d.expired, d.canceled);
+        }
         if matches!(&maintained, Ok(d) if d.rescued + d.canceled + d.expired > 0) {
             events.publish(Change::anyone());
         }

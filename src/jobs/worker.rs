@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use crate::providers::keypool::{KeyLease, KeyPool, Outcome};
 use crate::providers::{GenerateRequest, Provider, ProviderError, Registry};
 use crate::storage::ObjectStore;
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 
 /// What a worker needs from the rest of the process.
 #[derive(Clone)]
@@ -167,8 +168,12 @@ impl Worker {
                     continue;
                 }
             };
+            let asked = Instant::now();
             let claimed = match deps.store.job_claim(&self.id, wanted, lease).await {
-                Ok(jobs) => jobs,
+                Ok(jobs) => {
+                    telemetry::jobs_claimed(jobs.len(), asked.elapsed());
+                    jobs
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "claim failed; retrying after the poll interval");
                     Vec::new()
@@ -242,6 +247,7 @@ async fn run_claimed_awaiting(
 ) {
     let job_id = claimed.job.id.clone();
     let fence = claimed.fence;
+    let claimed_at = Instant::now();
     // Admission: a global slot (and rate token). The claim was sized to what was free, so
     // this waits only when another worker got there first.
     let ticket = {
@@ -267,10 +273,18 @@ async fn run_claimed_awaiting(
     };
     deps.gate.release(ticket).await;
     let Some(finish) = finish else { return };
+    let result = match &finish {
+        Finish::Succeeded { .. } => "succeeded",
+        Finish::Retry { .. } => "retrying",
+        Finish::Failed { .. } => "failed",
+    };
+    let provider = claimed.job.provider.clone();
     match deps.store.job_finish(&job_id, fence, finish).await {
-        Ok(()) => deps
-            .events
-            .publish(Change::job(&claimed.job.tenant_id, &job_id)),
+        Ok(()) => {
+            telemetry::attempt_ended(&provider, result, claimed_at.elapsed());
+            deps.events
+                .publish(Change::job(&claimed.job.tenant_id, &job_id))
+        }
         Err(StoreError::LeaseLost) => {
             tracing::warn!(job = %job_id, fence, "lease lost before the result was written; result dropped");
         }
@@ -395,13 +409,18 @@ async fn call_provider(
     awaiting: &AwaitingKey,
 ) -> Result<crate::providers::GenerateOutput, ProviderError> {
     if !provider.capabilities().needs_key {
-        return provider.generate(request, None).await;
+        let started = Instant::now();
+        let result = provider.generate(request, None).await;
+        telemetry::upstream_call(provider.name(), outcome_label(&result), started.elapsed());
+        return result;
     }
     let mut last = None;
     for _ in 0..MAX_KEY_SWITCHES {
         let lease = wait_for_key(deps, provider.name()).await;
         awaiting.settle();
+        let started = Instant::now();
         let result = provider.generate(request, Some(&lease.credential)).await;
+        telemetry::upstream_call(provider.name(), outcome_label(&result), started.elapsed());
         if let Err(e) = deps.keys.report(lease, Outcome::of(&result)).await {
             tracing::warn!(error = %e, "key pool report failed");
         }
@@ -415,6 +434,17 @@ async fn call_provider(
     Err(last.unwrap_or(ProviderError::KeyRejected {
         message: "no upstream key was accepted".into(),
     }))
+}
+
+/// The `outcome` label of a provider call (see [`telemetry::upstream_call`]).
+fn outcome_label(result: &Result<crate::providers::GenerateOutput, ProviderError>) -> &'static str {
+    match result {
+        Ok(_) => "success",
+        Err(ProviderError::Retryable { .. }) => "retryable",
+        Err(ProviderError::Final { .. }) => "final",
+        Err(ProviderError::ContentBlocked { .. }) => "content_blocked",
+        Err(ProviderError::KeyRejected { .. }) => "key_rejected",
+    }
 }
 
 /// Waits until the pool hands out a key; the claim was sized to the free keys, so this is

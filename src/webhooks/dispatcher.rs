@@ -407,6 +407,13 @@ impl Dispatcher {
             outcome = ?outcome,
             "webhook attempt"
         );
+        let label = match outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry { .. } => "retrying",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Gone => "gone",
+        };
+        crate::telemetry::webhook_attempt(label, started.elapsed());
         if matches!(outcome, AttemptOutcome::Gone) {
             tracing::warn!(url = %redact(&delivery.url), tenant = %delivery.tenant_id, "webhook endpoint answered 410 Gone; disabled");
         }
