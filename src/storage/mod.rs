@@ -214,17 +214,20 @@ fn object_path(key: &str) -> Result<ObjectPath, StorageError> {
 /// returns, so a half-written file is never linked and in-place is safe.
 struct LocalWriter {
     root: std::path::PathBuf,
-    /// Bounds the blocking threads creating files at once: creates in one folder serialize
-    /// on its lock, and more writers than cores only spin on it.
+    /// Bounds the blocking threads writing files at once ([`LOCAL_WRITERS`]).
     writers: Arc<tokio::sync::Semaphore>,
 }
 
+/// Files written (and synced) at once. Each write waits on its `fdatasync`, and syncs in
+/// flight together let the disk serve them with fewer cache flushes: on the 2-core box a
+/// backlog drained at 2,553 jobs/s with 2 writers, 4,400-5,200 with 32, no more with 64.
+const LOCAL_WRITERS: usize = 32;
+
 impl LocalWriter {
     fn new(root: &Path) -> LocalWriter {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         LocalWriter {
             root: root.to_path_buf(),
-            writers: Arc::new(tokio::sync::Semaphore::new(cores)),
+            writers: Arc::new(tokio::sync::Semaphore::new(LOCAL_WRITERS)),
         }
     }
 
@@ -242,17 +245,46 @@ impl LocalWriter {
     }
 }
 
+/// Writes `bytes` to `file` and makes them durable before returning: the job that names this
+/// file is committed SUCCEEDED (durably) right after, and a crash must not leave it pointing
+/// at an empty file. A folder made here is synced too, so its entry survives as well (a file's
+/// own entry is logged with its data by journaling filesystems: ext4, XFS).
 fn write_file(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    match std::fs::write(file, bytes) {
+    match write_synced(file, bytes) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // First object of its folder.
             if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent)?;
+                create_dir_all_synced(parent)?;
             }
-            std::fs::write(file, bytes)
+            write_synced(file, bytes)
         }
         other => other,
     }
+}
+
+fn write_synced(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::fs::File::create(file)?;
+    out.write_all(bytes)?;
+    out.sync_data()
+}
+
+/// `create_dir_all`, then a sync of every folder it made and of the one it made it in.
+fn create_dir_all_synced(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cursor = Some(dir);
+    while let Some(path) = cursor.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path.to_path_buf());
+        cursor = path.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for made in missing.iter().rev() {
+        std::fs::File::open(made)?.sync_all()?;
+        if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 fn content_type_for(key: &str) -> &'static str {
