@@ -140,11 +140,24 @@ pub fn jobs_claimed(count: usize, elapsed: Duration) {
 
 /// `result`: `succeeded`, `retrying` or `failed`.
 pub fn attempt_ended(provider: &str, result: &'static str, elapsed: Duration) {
+    let (counter, histogram) = (
+        "easel_job_attempts_total",
+        "easel_job_attempt_duration_seconds",
+    );
+    per_provider(counter, histogram, provider, ("result", result), elapsed);
+}
+
+/// One event of `provider`: its counter by `provider` and `outcome`, its time by `provider`.
+fn per_provider(
+    counter: &'static str,
+    histogram: &'static str,
+    provider: &str,
+    outcome: (&'static str, &'static str),
+    elapsed: Duration,
+) {
     let provider = provider.to_owned();
-    counter!("easel_job_attempts_total", "provider" => provider.clone(), "result" => result)
-        .increment(1);
-    histogram!("easel_job_attempt_duration_seconds", "provider" => provider)
-        .record(elapsed.as_secs_f64());
+    counter!(counter, "provider" => provider.clone(), outcome.0 => outcome.1).increment(1);
+    histogram!(histogram, "provider" => provider).record(elapsed.as_secs_f64());
 }
 
 pub fn jobs_recovered(rescued: u64, expired: u64, canceled: u64) {
@@ -161,11 +174,11 @@ pub fn jobs_recovered(rescued: u64, expired: u64, canceled: u64) {
 
 /// `outcome`: `success`, `retryable`, `final`, `content_blocked` or `key_rejected`.
 pub fn upstream_call(provider: &str, outcome: &'static str, elapsed: Duration) {
-    let provider = provider.to_owned();
-    counter!("easel_upstream_calls_total", "provider" => provider.clone(), "outcome" => outcome)
-        .increment(1);
-    histogram!("easel_upstream_call_duration_seconds", "provider" => provider)
-        .record(elapsed.as_secs_f64());
+    let (counter, histogram) = (
+        "easel_upstream_calls_total",
+        "easel_upstream_call_duration_seconds",
+    );
+    per_provider(counter, histogram, provider, ("outcome", outcome), elapsed);
 }
 
 /// Sets the key gauges from a pool snapshot (taken when `/metrics` is scraped).
