@@ -59,6 +59,10 @@ async fn a_job_shows_in_the_counters_by_route_template() {
     assert!(attempts >= Some(1.0), "{text}");
     assert!(text.contains("easel_upstream_call_duration_seconds_bucket{provider=\"local\""));
     assert_eq!(sample(&text, "easel_limiter_degraded"), Some(0.0));
+    assert!(
+        sample(&text, r#"easel_jobs_open{status="queued"}"#).is_some(),
+        "{text}"
+    );
     app.shutdown().await;
 }
 

@@ -22,7 +22,8 @@ use easel::providers::Mode;
 use easel::store::postgres::{PgSettings, PgStore};
 use easel::store::sqlite::SqliteStore;
 use easel::store::{
-    CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant, Store, StoreError, Tenant,
+    CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant, OpenJobs, Store, StoreError,
+    Tenant,
 };
 use easel::webhooks::model::{
     AttemptOutcome, AttemptReport, Delivery, DeliveryClaim, DeliveryListQuery, DeliverySource,
@@ -909,6 +910,36 @@ async fn running_jobs(s: &dyn Store, tenant_id: &str) -> usize {
         .await
         .unwrap();
     page.items.len()
+}
+
+/// The queue's depth by status, over every tenant; finished jobs are not counted.
+async fn open_counts_by_status(b: Bundle) {
+    let s = b.store.as_ref();
+    assert_eq!(s.job_open_counts().await.unwrap(), OpenJobs::default());
+    let a = tenant(s, "A", 10).await;
+    let other = tenant(s, "B", 10).await;
+    submit_n(s, &a.id, 3).await;
+    submit_n(s, &other.id, 2).await;
+    let batch = claim(s, 3, LONG_LEASE).await;
+    assert_eq!(batch.len(), 3);
+    s.job_finish(&batch[0].job.id, batch[0].fence, succeeded(&["k"]))
+        .await
+        .unwrap();
+    s.job_finish(
+        &batch[1].job.id,
+        batch[1].fence,
+        retry(now_millis() + 60_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.job_open_counts().await.unwrap(),
+        OpenJobs {
+            queued: 2,
+            retrying: 1,
+            running: 1,
+        }
+    );
 }
 
 /// Claimers racing for one tenant never run more of its jobs at once than its limit.
@@ -2423,6 +2454,7 @@ macro_rules! suite {
             claim_is_fair_across_tenants,
             claim_respects_tenant_concurrency,
             tenant_concurrency_holds_through_finishes_and_rescues,
+            open_counts_by_status,
             concurrent_claimers_respect_tenant_concurrency,
             claim_finds_runnable_work_behind_many_blocked_tenants,
             heartbeat_extends_lease_and_detects_a_stale_fence,

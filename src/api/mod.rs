@@ -123,6 +123,10 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         }
     }
     telemetry::limiter_degraded(app.limiter.degraded().is_some());
+    match app.store.job_open_counts().await {
+        Ok(open) => telemetry::open_jobs(&open),
+        Err(e) => tracing::warn!(error = %e, "open job counts for /metrics failed"),
+    }
     match app.keys.snapshot().await {
         Ok(keys) => telemetry::upstream_keys(&keys, now_millis()),
         Err(e) => tracing::warn!(error = %e, "key pool snapshot for /metrics failed"),

@@ -117,6 +117,36 @@ pub enum CancelOutcome {
     NotFound,
 }
 
+/// Unfinished jobs of every tenant by status: the queue's depth, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenJobs {
+    pub queued: u64,
+    pub retrying: u64,
+    pub running: u64,
+}
+
+impl OpenJobs {
+    /// From `(status, count)` rows; other statuses are ignored.
+    pub fn from_rows(rows: impl IntoIterator<Item = (String, i64)>) -> OpenJobs {
+        let mut open = OpenJobs::default();
+        for (status, count) in rows {
+            let count = u64::try_from(count).unwrap_or(0);
+            match status.as_str() {
+                "QUEUED" => open.queued = count,
+                "RETRYING" => open.retrying = count,
+                "RUNNING" => open.running = count,
+                _ => {}
+            }
+        }
+        open
+    }
+}
+
+/// The statement both engines count open jobs with (the `jobs_open_deadline` partial index
+/// holds exactly these rows).
+pub(crate) const OPEN_JOBS_SQL: &str = "SELECT status, count(*) FROM jobs
+     WHERE status IN ('QUEUED', 'RUNNING', 'RETRYING') GROUP BY status";
+
 /// Counts of what the maintenance pass changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Maintenance {
@@ -203,6 +233,8 @@ pub trait Store: Send + Sync + 'static {
     async fn job_maintain(&self, now: Millis) -> StoreResult<Maintenance>;
     /// The earliest time a waiting job becomes runnable, if any is waiting.
     async fn job_next_run_at(&self) -> StoreResult<Option<Millis>>;
+    /// Unfinished jobs by status, over every tenant.
+    async fn job_open_counts(&self) -> StoreResult<OpenJobs>;
 
     /// Waits until new work may have become claimable (a submit, a requeue, a freed slot), or
     /// until `timeout` passes. A hint only: it may return early for nothing, and a caller

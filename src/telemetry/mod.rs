@@ -63,6 +63,11 @@ fn describe() {
         "easel_jobs_submitted_total",
         "Submits by outcome: created, or duplicate (an idempotent repeat)."
     );
+    describe_gauge!(
+        "easel_jobs_open",
+        "Unfinished jobs of every tenant (all processes), by status: queued, retrying, \
+         running. The queue's depth, read from the store at scrape time."
+    );
     describe_counter!(
         "easel_jobs_claimed_total",
         "Jobs claimed by this process's workers."
@@ -198,6 +203,17 @@ pub fn upstream_keys(keys: &[KeyStatus], now: crate::jobs::model::Millis) {
         gauge!("easel_upstream_key_in_flight", &labels).set(f64::from(key.in_flight));
         gauge!("easel_upstream_key_usable", &labels).set(if usable { 1.0 } else { 0.0 });
         gauge!("easel_upstream_key_breaker", &labels).set(breaker);
+    }
+}
+
+/// Sets the queue-depth gauges from the store's counts (taken when `/metrics` is scraped).
+pub fn open_jobs(open: &crate::store::OpenJobs) {
+    for (status, count) in [
+        ("queued", open.queued),
+        ("retrying", open.retrying),
+        ("running", open.running),
+    ] {
+        gauge!("easel_jobs_open", "status" => status).set(count as f64);
     }
 }
 

@@ -393,6 +393,13 @@ impl Store for PgStore {
         jobs::next_run_at(&self.pool).await
     }
 
+    async fn job_open_counts(&self) -> StoreResult<crate::store::OpenJobs> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(crate::store::OPEN_JOBS_SQL)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(crate::store::OpenJobs::from_rows(rows))
+    }
+
     /// Returns at the first `NOTIFY easel_jobs` for this schema, or after `timeout`. When the
     /// listener cannot connect, this is a plain sleep: the caller's poll still finds the work.
     async fn wait_for_work(&self, timeout: Duration) {

@@ -687,6 +687,14 @@ pub fn next_run_at(conn: &Connection) -> StoreResult<Option<Millis>> {
         .query_row([], |r| r.get(0))?)
 }
 
+pub fn open_counts(conn: &Connection) -> StoreResult<crate::store::OpenJobs> {
+    let mut stmt = conn.prepare_cached(crate::store::OPEN_JOBS_SQL)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::store::OpenJobs::from_rows(rows))
+}
+
 pub fn idempotency_purge(conn: &Connection, before: Millis) -> StoreResult<u64> {
     let deleted = conn
         .prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")?

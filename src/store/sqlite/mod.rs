@@ -389,6 +389,10 @@ impl Store for SqliteStore {
         self.read(jobs::next_run_at).await
     }
 
+    async fn job_open_counts(&self) -> StoreResult<crate::store::OpenJobs> {
+        self.read(jobs::open_counts).await
+    }
+
     async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64> {
         self.write(move |c| jobs::idempotency_purge(c, before))
             .await
