@@ -97,19 +97,14 @@ pub fn ops_router(app: App) -> Router {
 /// Counts every request by its route template (never its path: paths carry job ids).
 async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let started = std::time::Instant::now();
-    let method = request.method().clone();
+    let method = request.method().to_string();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let response = next.run(request).await;
-    telemetry::http_request(
-        method.as_str(),
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    telemetry::http_request(method, route, response.status().as_u16(), started.elapsed());
     response
 }
 

@@ -278,10 +278,9 @@ async fn run_claimed_awaiting(
         Finish::Retry { .. } => "retrying",
         Finish::Failed { .. } => "failed",
     };
-    let provider = claimed.job.provider.clone();
     match deps.store.job_finish(&job_id, fence, finish).await {
         Ok(()) => {
-            telemetry::attempt_ended(&provider, result, claimed_at.elapsed());
+            telemetry::attempt_ended(&claimed.job.provider, result, claimed_at.elapsed());
             deps.events
                 .publish(Change::job(&claimed.job.tenant_id, &job_id))
         }

@@ -269,20 +269,23 @@ fn write_synced(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     out.sync_data()
 }
 
-/// `create_dir_all`, then a sync of every folder it made and of the one it made it in.
+/// `create_dir_all`, then a sync of the folder holding each folder it made, so every new
+/// entry is on disk (the deepest folder's own entries are the files, synced as written).
 fn create_dir_all_synced(dir: &Path) -> std::io::Result<()> {
-    let mut missing = Vec::new();
+    let mut made = Vec::new();
     let mut cursor = Some(dir);
     while let Some(path) = cursor.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
-        missing.push(path.to_path_buf());
+        made.push(path);
         cursor = path.parent();
     }
     std::fs::create_dir_all(dir)?;
-    for made in missing.iter().rev() {
-        std::fs::File::open(made)?.sync_all()?;
-        if let Some(parent) = made.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
+    for parent in made.iter().filter_map(|p| p.parent()) {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
 }

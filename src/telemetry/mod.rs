@@ -124,8 +124,7 @@ fn describe() {
     );
 }
 
-pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
-    let (method, route) = (method.to_owned(), route.to_owned());
+pub fn http_request(method: String, route: String, status: u16, elapsed: Duration) {
     counter!("easel_http_requests_total", "method" => method.clone(), "route" => route.clone(),
         "status" => status.to_string())
     .increment(1);

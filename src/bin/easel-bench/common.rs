@@ -180,3 +180,29 @@ pub async fn submit_all(
     }
     accepted
 }
+
+/// Easel with every role, serving on `listener`, in this process.
+pub struct RunningServer {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Starts the server and gives it 300 ms to come up before the load does.
+    pub async fn start(app: &easel::app::App, listener: tokio::net::TcpListener) -> RunningServer {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(easel::server::run(
+            app.clone(),
+            easel::server::Roles::ALL,
+            Some(listener),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        RunningServer { stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}

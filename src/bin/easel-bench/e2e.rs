@@ -21,6 +21,7 @@ use easel::app::{create_tenant, App};
 use easel::server::{self, Roles};
 use tokio_util::sync::CancellationToken;
 
+use crate::common::RunningServer;
 use crate::common::{
     bench_config, max_seq, open_db, phase_stats, remove_or_keep, rss_kb, runtime, submit,
     submit_all, tempfile_dir, wait_all_done,
@@ -70,14 +71,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     let db_path = dir.join("easel.db");
     let app = App::build(config).await?;
     let tenant = create_tenant(app.store.as_ref(), "bench", 1_000_000_000, 1_000_000, None).await?;
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(server::run(
-        app.clone(),
-        Roles::ALL,
-        Some(listener),
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = RunningServer::start(&app, listener).await;
     let idle = rss_kb();
 
     let peak = Arc::new(AtomicU64::new(idle));
@@ -144,8 +138,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
         peak.load(Ordering::Relaxed) / 1024,
         peak_phase1 / 1024
     );
-    stop.cancel();
-    let _ = server.await;
+    server.stop().await;
     remove_or_keep(&dir);
     Ok(())
 }

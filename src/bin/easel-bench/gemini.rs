@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use easel::app::{create_tenant, App};
 use easel::config::Config;
-use easel::server::{self, Roles};
-use tokio_util::sync::CancellationToken;
 
+use crate::common::RunningServer;
 use crate::common::{open_db, remove_or_keep, runtime, submit_prompt, tempfile_dir, wait_all_done};
 
 /// `easel-bench gemini [--keys 8] [--per-key 4] [--latency-ms 1000] [--jobs 1000]`: jobs
@@ -64,8 +63,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         app.keys.load().await?;
         let tenant = create_tenant(app.store.as_ref(), "bench", 1_000_000_000, 1_000_000, None).await?;
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(server::run(app.clone(), Roles::ALL, Some(listener), stop.clone()));
+        let server = RunningServer::start(&app, listener).await;
         let http = reqwest::Client::new();
         let base = format!("http://{addr}");
         let started = Instant::now();
@@ -105,8 +103,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             jobs as f64 / elapsed,
             jobs as f64 / elapsed / bound,
         );
-        stop.cancel();
-        let _ = server.await;
+        server.stop().await;
         remove_or_keep(&dir);
         anyhow::Ok(())
     })

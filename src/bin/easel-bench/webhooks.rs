@@ -25,11 +25,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use easel::app::{create_tenant, App};
 use easel::jobs::model::{now_millis, JobStatus, Millis};
-use easel::server::{self, Roles};
 use easel::webhooks::model::WebhookEvents;
 use easel::webhooks::target::TargetGuard;
-use tokio_util::sync::CancellationToken;
 
+use crate::common::RunningServer;
 use crate::common::{bench_config, runtime, submit_all, tempfile_dir};
 
 const USAGE: &str = "usage: easel-bench webhooks [--jobs N] [--connections C] \
@@ -156,14 +155,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("setting the webhook: {e}"))?;
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(server::run(
-        app.clone(),
-        Roles::ALL,
-        Some(listener),
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = RunningServer::start(&app, listener).await;
 
     let base = format!("http://{addr}");
     let http = reqwest::Client::builder()
@@ -219,8 +211,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("job {id} has no finished_at"))?;
         finished_at.insert(id.clone(), end);
     }
-    stop.cancel();
-    let _ = server.await;
+    server.stop().await;
     receiver_task.abort();
 
     let receipts = std::mem::take(&mut *receiver.receipts.lock().expect("lock"));
