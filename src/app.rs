@@ -10,13 +10,13 @@ use base64::Engine;
 use tokio::sync::Notify;
 
 use crate::accounts::auth::Authenticator;
-use crate::accounts::crypto::fingerprint;
-use crate::accounts::crypto::{read_or_create_secret_file, Sealer};
 use crate::accounts::keys;
+use crate::base::clock::now_millis;
+use crate::base::secret::fingerprint;
+use crate::base::secret::{read_or_create_secret_file, Sealer};
 use crate::config::{redact_url, Config, StorageKind};
 use crate::events::{EventBus, LocalBus, RedisBus};
 use crate::jobs::input_image::InputFetcher;
-use crate::jobs::model::now_millis;
 use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter};
 use crate::providers::keypool::{KeyPool, KeyPoolConfig};
 use crate::providers::Registry;

@@ -26,6 +26,7 @@
 pub mod accounts;
 pub mod api;
 pub mod app;
+pub mod base;
 pub mod cli;
 pub mod config;
 pub mod error;

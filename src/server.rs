@@ -11,8 +11,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::base::clock::now_millis;
 use crate::jobs::maintenance;
-use crate::jobs::model::now_millis;
 use crate::jobs::worker::{Worker, WorkerDeps};
 use crate::limits::LiveNodes;
 use crate::providers::probe::probe_key;

@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{expect_error, keys, spawn_app, spawn_app_with, timestamp_millis, TestApp, API_ONLY};
-use easel::jobs::model::{now_millis, Finish};
+use easel::base::clock::now_millis;
+use easel::base::job::Finish;
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use easel::accounts::crypto::{fingerprint, Sealer};
 use easel::accounts::keys::hash_key;
+use easel::base::secret::{fingerprint, Sealer};
 use easel::store::sqlite::SqliteStore;
 use easel::store::Store;
 use tokio::io::{AsyncBufReadExt, BufReader};

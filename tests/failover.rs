@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::{keys, spawn_app_with, test_config, TestApp, API_ONLY};
 use easel::app::{create_tenant, App};
-use easel::config::Secret;
+use easel::base::clock::now_millis;
+use easel::base::secret::Secret;
 use easel::events::{Change, Wake};
-use easel::jobs::model::now_millis;
 use easel::limits::{
     FailoverConfig, FailoverLimiter, LimitError, Limiter, LiveNodes, Permit, PermitSpec, RateQuota,
 };

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use easel::jobs::model::JobStatus;
+use easel::base::job::JobStatus;
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -28,13 +28,13 @@ async fn one_job_is_not_starved_by_ten_thousand_queued() {
         let store = store.clone();
         let busy_id = busy_id.clone();
         writes.spawn(async move {
-            let now = easel::jobs::model::now_millis();
+            let now = easel::base::clock::now_millis();
             store
-                .job_submit(easel::jobs::model::NewJob {
-                    id: easel::jobs::model::new_job_id(),
+                .job_submit(easel::base::job::NewJob {
+                    id: easel::base::job::new_job_id(),
                     tenant_id: busy_id,
                     prompt: format!("busy {i}"),
-                    mode: easel::providers::Mode::Draft,
+                    mode: easel::base::job::Mode::Draft,
                     input_image_url: None,
                     params: Default::default(),
                     provider: "local".into(),
@@ -62,7 +62,7 @@ async fn one_job_is_not_starved_by_ten_thousand_queued() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let page = store
-            .job_list(easel::jobs::model::JobListQuery {
+            .job_list(easel::base::job::JobListQuery {
                 tenant_id: busy_id.clone(),
                 status: Some(JobStatus::Running),
                 limit: 10,

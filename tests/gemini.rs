@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
+use easel::base::job::Mode;
 use easel::providers::gemini::{codes, GeminiConfig, GeminiProvider};
 use easel::providers::{
-    GenerateOutput, GenerateRequest, InputImage, Mode, Provider, ProviderError, UpstreamCredential,
+    GenerateOutput, GenerateRequest, InputImage, Provider, ProviderError, UpstreamCredential,
 };
 use easel::testing::fake_gemini::{FakeGemini, Fault, FaultKind};
 use serde_json::Value;

@@ -171,7 +171,7 @@ async fn a_rejected_key_is_disabled_and_the_job_moves_on() {
     let keys = app.app.store.provider_key_list().await.expect("keys");
     let bad = keys
         .iter()
-        .find(|k| k.fingerprint == easel::accounts::crypto::fingerprint("bad"))
+        .find(|k| k.fingerprint == easel::base::secret::fingerprint("bad"))
         .expect("bad key");
     assert!(!bad.enabled);
     assert!(
@@ -231,7 +231,7 @@ async fn disabled_keys_are_visible_retested_and_re_enabled_without_restart() {
         &fake,
         &[("flaky-key-secret", 60_000, 1), ("spare", 60_000, 1)],
         |c| {
-            c.auth.admin_token = Some(easel::config::Secret::new("adm"));
+            c.auth.admin_token = Some(easel::base::secret::Secret::new("adm"));
             c.worker.key_refresh_ms = 100;
             c.worker.key_probe_secs = 1;
         },
@@ -260,7 +260,7 @@ async fn disabled_keys_are_visible_retested_and_re_enabled_without_restart() {
         "the secret leaked: {text}"
     );
     let keys: Value = serde_json::from_str(&text).expect("json");
-    let flaky_fp = easel::accounts::crypto::fingerprint("flaky-key-secret");
+    let flaky_fp = easel::base::secret::fingerprint("flaky-key-secret");
     let flaky = keys["items"]
         .as_array()
         .expect("items")

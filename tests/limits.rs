@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::limits::{
-    LimitError, Limiter, ManualClock, MemoryLimiter, Permit, PermitSpec, RateQuota, RedisLimiter,
+    LimitError, Limiter, MemoryLimiter, Permit, PermitSpec, RateQuota, RedisLimiter,
 };
+
+use easel::base::clock::ManualClock;
 
 /// One backend under test.
 struct Harness {

@@ -18,7 +18,7 @@ fn header(r: &reqwest::Response, name: &str) -> String {
 #[tokio::test]
 async fn over_the_rate_is_429_with_headers_and_limits_change_at_run_time() {
     let app = common::spawn_app_with(
-        |c| c.auth.admin_token = Some(easel::config::Secret::new("admin-secret")),
+        |c| c.auth.admin_token = Some(easel::base::secret::Secret::new("admin-secret")),
         easel::server::Roles {
             api: true,
             worker: false,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use easel::config::Secret;
+use easel::base::secret::Secret;
 use easel::server::Roles;
 use serde_json::{json, Value};
 

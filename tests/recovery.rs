@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::app::App;
+use easel::base::clock::now_millis;
+use easel::base::job::{Finish, Job, JobStatus, NewJob};
 use easel::config::Config;
-use easel::jobs::model::{now_millis, Finish, Job, JobStatus, NewJob};
 use easel::jobs::worker::{run_claimed, WorkerDeps};
 use easel::server::{self, Roles};
 use easel::store::{Store, StoreError};
@@ -188,13 +189,13 @@ async fn a_late_write_from_a_lost_lease_is_refused() {
         .expect("tenant")
         .tenant;
     let now = now_millis();
-    let job_id = easel::jobs::model::new_job_id();
+    let job_id = easel::base::job::new_job_id();
     store
         .job_submit(NewJob {
             id: job_id.clone(),
             tenant_id: tenant.id.clone(),
             prompt: "a heron".into(),
-            mode: easel::providers::Mode::Draft,
+            mode: easel::base::job::Mode::Draft,
             input_image_url: None,
             params: Default::default(),
             provider: "local".into(),

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{spawn_app_with, test_s3_settings, use_s3, TestApp};
+use easel::base::clock::now_millis;
 use easel::config::{Config, S3Settings};
-use easel::jobs::model::now_millis;
 use easel::server::Roles;
 use easel::storage::{ObjectStore, ObjectStoreBackend, StorageError};
 use serde_json::json;
@@ -388,7 +388,7 @@ async fn s3_check_reports_bad_credentials_and_buckets() {
         .await
         .expect("the test bucket answers");
     let mut wrong_secret = s3.clone();
-    wrong_secret.secret_access_key = Some(easel::config::Secret::new("not-the-secret-42"));
+    wrong_secret.secret_access_key = Some(easel::base::secret::Secret::new("not-the-secret-42"));
     let err = ObjectStoreBackend::s3(&wrong_secret)
         .expect("build")
         .check()

@@ -14,20 +14,22 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use easel::jobs::model::{
-    now_millis, ClaimedJob, Finish, IdempotencyClaim, Job, JobEvent, JobListQuery, JobParams,
-    JobStatus, Millis, NewJob, SubmitOutcome,
+use easel::base::clock::{now_millis, Millis};
+
+use easel::base::job::Mode;
+use easel::base::job::{
+    ClaimedJob, Finish, IdempotencyClaim, Job, JobEvent, JobListQuery, JobParams, JobStatus,
+    NewJob, SubmitOutcome,
 };
-use easel::providers::Mode;
+use easel::base::webhook::{
+    AttemptOutcome, AttemptReport, Delivery, DeliveryClaim, DeliveryListQuery, DeliverySource,
+    DeliveryState, ReplayOutcome, SealedSecret, WebhookEvents, WebhookSet,
+};
 use easel::store::postgres::{PgSettings, PgStore};
 use easel::store::sqlite::SqliteStore;
 use easel::store::{
     CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant, OpenJobs, Store, StoreError,
     Tenant,
-};
-use easel::webhooks::model::{
-    AttemptOutcome, AttemptReport, Delivery, DeliveryClaim, DeliveryListQuery, DeliverySource,
-    DeliveryState, ReplayOutcome, SealedSecret, WebhookEvents, WebhookSet,
 };
 
 const HOUR: Millis = 3_600_000;
@@ -2177,7 +2179,7 @@ async fn webhook_claim_takes_the_url_due_longest_first(b: Bundle) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     run_to_success(s, &t.id, Some("https://b.example/hook")).await;
     run_to_success(s, &t.id, Some("https://b.example/hook")).await;
-    let urls = |claimed: &[easel::webhooks::model::ClaimedDelivery]| -> Vec<String> {
+    let urls = |claimed: &[easel::base::webhook::ClaimedDelivery]| -> Vec<String> {
         claimed.iter().map(|c| c.delivery.url.clone()).collect()
     };
     let first = s.webhook_claim("d1", 1, LONG_LEASE, 5).await.unwrap();

@@ -427,7 +427,7 @@ async fn every_terminal_job_delivers_one_webhook_that_verifies_independently() {
     );
     assert_eq!(
         shown["secretFingerprint"].as_str(),
-        Some(easel::accounts::crypto::fingerprint(&secret).as_str())
+        Some(easel::base::secret::fingerprint(&secret).as_str())
     );
     let again = put_webhook(&app, &key, json!({"url": receiver.url("/hook")})).await;
     assert_eq!(again.status(), 200);
@@ -930,7 +930,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_during_the_overlap() {
     let rotated: Value = r.json().await.expect("json");
     let new = rotated["secret"].as_str().expect("new secret").to_owned();
     assert!(new.starts_with("whsec_") && new != old);
-    let fp = easel::accounts::crypto::fingerprint;
+    let fp = easel::base::secret::fingerprint;
     assert_eq!(
         rotated["secretFingerprint"].as_str(),
         Some(fp(&new).as_str())
@@ -1208,7 +1208,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn the_admin_api_sets_a_tenants_endpoint() {
     let receiver = Receiver::start().await;
     let app = hooks_app(
-        |c| c.auth.admin_token = Some(easel::config::Secret::new("admin-secret")),
+        |c| c.auth.admin_token = Some(easel::base::secret::Secret::new("admin-secret")),
         Roles::ALL,
     )
     .await;

@@ -5,5 +5,4 @@
 //! (the API layer calls [`auth::Authenticator`]) or job state.
 
 pub mod auth;
-pub mod crypto;
 pub mod keys;

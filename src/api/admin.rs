@@ -14,8 +14,8 @@ use subtle::ConstantTimeEq;
 use super::extract::JsonObject;
 use crate::accounts::keys::bearer;
 use crate::app::{create_tenant, App};
+use crate::base::clock::format_millis;
 use crate::error::{ApiError, ErrorCode};
-use crate::jobs::model::format_millis;
 use crate::store::{StoreError, Tenant};
 
 /// Proof that the caller holds the admin token.

@@ -33,9 +33,10 @@ use serde::Serialize;
 
 use super::extract::{AuthTenant, JobId};
 use crate::app::App;
+use crate::base::clock::format_millis;
+use crate::base::job::{JobEvent, JobStatus};
 use crate::error::ApiError;
 use crate::events::EventFeed;
-use crate::jobs::model::{format_millis, JobEvent, JobStatus};
 
 /// The SSE event name and the `type` of the event JSON.
 pub(super) const EVENT_TYPE: &str = "job.status";

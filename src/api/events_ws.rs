@@ -35,9 +35,9 @@ use tokio::time::Instant;
 use super::events::{open_feed, query_map, render, resume_cursor};
 use crate::accounts::keys::bearer;
 use crate::app::App;
+use crate::base::clock::{format_millis, now_millis};
 use crate::error::{ApiError, ErrorCode};
 use crate::events::{EventFeed, Wake};
-use crate::jobs::model::{format_millis, now_millis};
 use crate::store::Tenant;
 
 const HEARTBEAT: Duration = Duration::from_secs(15);

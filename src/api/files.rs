@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::App;
+use crate::base::clock::now_millis;
 use crate::error::{ApiError, ErrorCode};
-use crate::jobs::model::now_millis;
 use crate::storage::StorageError;
 
 pub async fn get(

@@ -11,12 +11,12 @@ use serde::Serialize;
 use super::extract::{AuthTenant, JobId, JsonObject};
 use super::submit::{parse_body, parse_cancel_after, parse_idempotency_key};
 use crate::app::App;
+use crate::base::clock::{format_millis, now_millis};
+use crate::base::job::{
+    new_job_id, IdempotencyClaim, Job, JobListQuery, JobStatus, NewJob, SubmitOutcome,
+};
 use crate::error::{ApiError, ErrorCode};
 use crate::events::Change;
-use crate::jobs::model::{
-    format_millis, new_job_id, now_millis, IdempotencyClaim, Job, JobListQuery, JobStatus, NewJob,
-    SubmitOutcome,
-};
 use crate::store::CancelOutcome;
 use crate::telemetry;
 

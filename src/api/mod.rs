@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::app::App;
+use crate::base::clock::{format_millis, now_millis};
 use crate::error::{ApiError, ErrorCode};
-use crate::jobs::model::{format_millis, now_millis};
 use crate::telemetry;
 
 pub fn router(app: App) -> Router {

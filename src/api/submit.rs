@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::base::job::JobParams;
+use crate::base::job::Mode;
 use crate::error::ApiError;
-use crate::jobs::model::JobParams;
-use crate::providers::Mode;
 
 /// Aspect ratios the image APIs accept.
 pub const ASPECT_RATIOS: &[&str] = &[

@@ -15,11 +15,12 @@ use serde_json::Value;
 
 use super::extract::{AuthTenant, JobId, JsonObject};
 use crate::app::App;
-use crate::error::{ApiError, ErrorCode};
-use crate::jobs::model::{format_millis, now_millis, JobStatus};
-use crate::webhooks::model::{
+use crate::base::clock::{format_millis, now_millis};
+use crate::base::job::JobStatus;
+use crate::base::webhook::{
     Delivery, DeliveryListQuery, DeliveryState, ReplayOutcome, TenantWebhook, WebhookEvents,
 };
+use crate::error::{ApiError, ErrorCode};
 use crate::webhooks::target::{redact, TargetGuard};
 use crate::webhooks::{rotate_secret, set_endpoint, ManageError};
 

@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context};
 
-use crate::accounts::crypto::Sealer;
 use crate::app::{create_tenant as make_tenant, open_store};
+use crate::base::secret::Sealer;
 use crate::config::{redact_url, Config};
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -66,7 +66,7 @@ pub async fn create_tenant(
     name: &str,
     rpm: Option<u32>,
     concurrency: Option<u32>,
-    webhook: Option<(String, crate::webhooks::model::WebhookEvents)>,
+    webhook: Option<(String, crate::base::webhook::WebhookEvents)>,
 ) -> anyhow::Result<()> {
     let name = name.trim();
     if name.is_empty() {

@@ -3,10 +3,10 @@
 
 use anyhow::{bail, Context};
 
-use crate::accounts::crypto::Sealer;
+use crate::base::secret::Sealer;
+use crate::base::webhook::WebhookEvents;
 use crate::config::Config;
 use crate::store::Store;
-use crate::webhooks::model::WebhookEvents;
 use crate::webhooks::target::{redact, TargetGuard};
 use crate::webhooks::{rotate_secret, set_endpoint, ManageError};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{EventBus, Subscription, Wake, SAFETY_POLL};
-use crate::jobs::model::JobEvent;
+use crate::base::job::JobEvent;
 use crate::store::Store;
 
 /// Events read from the store at once.
@@ -184,9 +184,10 @@ impl EventFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::clock::now_millis;
+    use crate::base::job::Mode;
+    use crate::base::job::{Finish, JobParams, JobStatus, NewJob, SubmitOutcome};
     use crate::events::{Change, LocalBus};
-    use crate::jobs::model::{now_millis, Finish, JobParams, JobStatus, NewJob, SubmitOutcome};
-    use crate::providers::Mode;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{NewApiKey, NewTenant};
 
@@ -224,7 +225,7 @@ mod tests {
 
     async fn submit(store: &dyn Store, tenant: &str) -> String {
         let job = NewJob {
-            id: crate::jobs::model::new_job_id(),
+            id: crate::base::job::new_job_id(),
             tenant_id: tenant.into(),
             prompt: "p".into(),
             mode: Mode::Draft,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::model::now_millis;
+use crate::base::clock::now_millis;
 use crate::events::{Change, EventBus};
 use crate::store::Store;
 

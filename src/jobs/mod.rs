@@ -7,6 +7,5 @@
 pub mod gate;
 pub mod input_image;
 pub mod maintenance;
-pub mod model;
 pub mod retry;
 pub mod worker;

@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use super::gate::{Capacity, Gate, GlobalTicket};
 use super::input_image::InputFetcher;
-use super::model::{now_millis, ClaimedJob, Finish};
 use super::retry::backoff;
+use crate::base::clock::now_millis;
+use crate::base::job::{ClaimedJob, Finish};
 use crate::config::WorkerConfig;
 use crate::events::{Change, EventBus};
 use crate::providers::keypool::{KeyLease, KeyPool, Outcome};
@@ -501,8 +502,8 @@ async fn store_images(
 /// job, because creating a directory per job was the largest cost of a local-disk run; the
 /// day also gives operators a prefix to expire or archive by. The fence keeps a late
 /// duplicate run from overwriting the winner's files.
-fn object_key(job: &super::model::Job, fence: i64, index: usize, ext: &str) -> String {
-    let day = super::model::format_millis(job.created_at);
+fn object_key(job: &crate::base::job::Job, fence: i64, index: usize, ext: &str) -> String {
+    let day = crate::base::clock::format_millis(job.created_at);
     let day = day.get(..10).unwrap_or("0000-00-00");
     let (tenant, id) = (&job.tenant_id, &job.id);
     format!("{tenant}/{day}/{id}-{fence}-{index}.{ext}")
@@ -557,13 +558,13 @@ mod tests {
 
     #[test]
     fn object_keys_share_a_folder_per_tenant_and_day() {
-        let job = crate::jobs::model::Job {
+        let job = crate::base::job::Job {
             id: "job_1".into(),
             seq: 1,
             tenant_id: "ten_a".into(),
-            status: crate::jobs::model::JobStatus::Running,
+            status: crate::base::job::JobStatus::Running,
             prompt: "p".into(),
-            mode: crate::providers::Mode::Draft,
+            mode: crate::base::job::Mode::Draft,
             input_image_url: None,
             params: Default::default(),
             provider: "local".into(),

@@ -5,81 +5,18 @@
 //! are image generations. Time comes from a [`Clock`], so tests move it without sleeping.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::base::clock::{Clock, SystemClock};
 
 use super::gcra::Gcra;
 use super::{
     lease_micros, merge_specs, new_permit_id, LimitError, Limiter, Permit, PermitSpec,
     RateDecision, RateQuota,
 };
-
-/// A monotonic time source in microseconds since an arbitrary origin.
-pub trait Clock: Send + Sync {
-    fn now_micros(&self) -> u64;
-}
-
-/// Real time from [`Instant`], starting at 0 when created.
-#[derive(Debug, Clone, Copy)]
-pub struct SystemClock {
-    origin: Instant,
-}
-
-impl SystemClock {
-    pub fn new() -> SystemClock {
-        SystemClock {
-            origin: Instant::now(),
-        }
-    }
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        SystemClock::new()
-    }
-}
-
-impl Clock for SystemClock {
-    fn now_micros(&self) -> u64 {
-        self.origin.elapsed().as_micros() as u64
-    }
-}
-
-/// A clock that moves only when told to (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock {
-    micros: AtomicU64,
-}
-
-impl ManualClock {
-    pub fn new() -> ManualClock {
-        ManualClock::default()
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.micros
-            .fetch_add(by.as_micros() as u64, Ordering::SeqCst);
-    }
-
-    /// Sets the time, also backwards (a failover to a node with another clock).
-    pub fn set(&self, since_origin: Duration) {
-        self.micros
-            .store(since_origin.as_micros() as u64, Ordering::SeqCst);
-    }
-
-    pub fn now(&self) -> Duration {
-        Duration::from_micros(self.now_micros())
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_micros(&self) -> u64 {
-        self.micros.load(Ordering::SeqCst)
-    }
-}
 
 /// Sweep the whole state once per this many operations, so keys that are never touched again
 /// do not pile up; per-key pruning handles the keys in use.
@@ -262,6 +199,7 @@ impl Limiter for MemoryLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::clock::ManualClock;
 
     #[tokio::test]
     async fn sweep_forgets_idle_keys() {

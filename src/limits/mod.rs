@@ -25,7 +25,7 @@ use async_trait::async_trait;
 
 pub use self::redis::RedisLimiter;
 pub use failover::{FailoverConfig, FailoverLimiter, LiveNodes};
-pub use memory::{Clock, ManualClock, MemoryLimiter, SystemClock};
+pub use memory::MemoryLimiter;
 
 /// A request rate: `per_minute` sustained, up to `burst` at once.
 ///

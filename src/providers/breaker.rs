@@ -2,7 +2,7 @@
 //!
 //! Owns: the decision "may a request go to this key now?" from the key's recent health, and the
 //! Closed → Open → HalfOpen → Closed cycle. Time is passed in by the caller as microseconds on
-//! a monotonic clock (the limits module's [`Clock`](crate::limits::Clock)), so tests move it by
+//! a monotonic clock ([`Clock`](crate::base::clock::Clock)), so tests move it by
 //! hand. Must not touch: limits, the store, providers, or what counts as a failure; the key
 //! pool (`keypool.rs`) decides that and calls [`Breaker::record_success`] /
 //! [`Breaker::record_failure`] / [`Breaker::release`].

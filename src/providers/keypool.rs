@@ -70,9 +70,10 @@ use serde::Serialize;
 use super::breaker::{Admission, Breaker, BreakerConfig, BreakerState};
 use super::gemini::codes;
 use super::{ProviderError, UpstreamCredential};
-use crate::accounts::crypto::Sealer;
-use crate::jobs::model::{now_millis, Millis};
-use crate::limits::{Clock, LimitError, Limiter, Permit, PermitSpec, RateQuota, SystemClock};
+use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::{Clock, SystemClock};
+use crate::base::secret::Sealer;
+use crate::limits::{LimitError, Limiter, Permit, PermitSpec, RateQuota};
 use crate::store::{ProviderKeyRecord, Store, StoreError};
 
 /// The limiter key of a provider key's concurrency permits and of its own rate.

@@ -21,34 +21,9 @@ pub mod probe;
 use std::fmt;
 use std::time::Duration;
 
+use crate::base::job::Mode;
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-
-/// Quality tier the client asked for; providers map each to a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Draft,
-    Final,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Draft => "draft",
-            Mode::Final => "final",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "draft" => Some(Mode::Draft),
-            "final" => Some(Mode::Final),
-            _ => None,
-        }
-    }
-}
 
 /// An input image already fetched and checked by Easel.
 #[derive(Debug, Clone)]

@@ -406,7 +406,7 @@ mod tests {
             endpoint: endpoint.map(str::to_owned),
             bucket: Some("images".into()),
             access_key_id: Some("AKIDEXAMPLE".into()),
-            secret_access_key: Some(crate::config::Secret::new("wJalrXUtnFEMI")),
+            secret_access_key: Some(crate::base::secret::Secret::new("wJalrXUtnFEMI")),
             path_style,
             ..Default::default()
         }

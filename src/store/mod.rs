@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::jobs::model::{
-    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, Millis, NewJob,
-    SubmitOutcome,
+use crate::base::job::{
+    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome,
 };
-use crate::webhooks::model::{
+
+use crate::base::clock::Millis;
+use crate::base::webhook::{
     AttemptReport, ClaimedDelivery, DeliveryClaim, DeliveryListQuery, DeliveryPage, ReplayOutcome,
     SealedSecret, TenantWebhook, WebhookSet,
 };

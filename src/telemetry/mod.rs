@@ -186,7 +186,7 @@ pub fn upstream_call(provider: &str, outcome: &'static str, elapsed: Duration) {
 }
 
 /// Sets the key gauges from a pool snapshot (taken when `/metrics` is scraped).
-pub fn upstream_keys(keys: &[KeyStatus], now: crate::jobs::model::Millis) {
+pub fn upstream_keys(keys: &[KeyStatus], now: crate::base::clock::Millis) {
     for key in keys {
         let labels = [("key", key.id.clone()), ("provider", key.provider.clone())];
         let after_now = |until: Option<i64>| until.is_some_and(|t| t > now);

@@ -30,14 +30,17 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::model::{AttemptOutcome, AttemptReport, ClaimedDelivery, Delivery, DeliveryClaim};
 use super::signing;
 use super::target::{redact, TargetGuard};
 use super::WebhooksConfig;
-use crate::accounts::crypto::Sealer;
-use crate::config::Secret;
+use crate::base::clock::{now_millis, Millis};
+use crate::base::job::JobStatus;
+use crate::base::secret::Sealer;
+use crate::base::secret::Secret;
+use crate::base::webhook::{
+    AttemptOutcome, AttemptReport, ClaimedDelivery, Delivery, DeliveryClaim,
+};
 use crate::events::{EventBus, Subscription, Wake};
-use crate::jobs::model::{now_millis, JobStatus, Millis};
 use crate::storage::urls::ResultLinks;
 use crate::store::{Store, StoreError};
 
@@ -586,12 +589,12 @@ mod tests {
             job_id: "job1".into(),
             tenant_id: "ten_1".into(),
             url: "https://example.com/hook".into(),
-            source: super::super::model::DeliverySource::Tenant,
+            source: crate::base::webhook::DeliverySource::Tenant,
             status: JobStatus::Succeeded,
             error: None,
             result_keys: vec!["ten_1/job1/1-0.png".into()],
             event_at: 1_737_893_785_000,
-            state: super::super::model::DeliveryState::Delivering,
+            state: crate::base::webhook::DeliveryState::Delivering,
             attempts: 1,
             next_attempt_at: 0,
             last_status_code: None,

@@ -15,7 +15,6 @@
 //! with jitter (and never sooner than a `Retry-After`), until the last attempt fails it.
 
 pub mod dispatcher;
-pub mod model;
 pub mod signing;
 pub mod target;
 
@@ -23,11 +22,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::crypto::{fingerprint, Sealer};
-use crate::config::Secret;
-use crate::jobs::model::now_millis;
+use crate::base::clock::now_millis;
+use crate::base::secret::Secret;
+use crate::base::secret::{fingerprint, Sealer};
+use crate::base::webhook::{SealedSecret, TenantWebhook, WebhookEvents, WebhookSet};
 use crate::store::{Store, StoreError};
-use model::{SealedSecret, TenantWebhook, WebhookEvents, WebhookSet};
 use target::TargetGuard;
 
 /// `[webhooks]` in the configuration.

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::base::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 

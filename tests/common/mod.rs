@@ -52,7 +52,8 @@ pub fn test_s3_settings() -> Option<easel::config::S3Settings> {
         bucket: Some(var("EASEL_TEST_S3_BUCKET").unwrap_or_else(|| "easel-test".into())),
         region: var("EASEL_TEST_S3_REGION"),
         access_key_id: var("EASEL_TEST_S3_ACCESS_KEY_ID"),
-        secret_access_key: var("EASEL_TEST_S3_SECRET_ACCESS_KEY").map(easel::config::Secret::new),
+        secret_access_key: var("EASEL_TEST_S3_SECRET_ACCESS_KEY")
+            .map(easel::base::secret::Secret::new),
         path_style: var("EASEL_TEST_S3_PATH_STYLE").is_none_or(|v| v != "false"),
         ..Default::default()
     })

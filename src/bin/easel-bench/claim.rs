@@ -19,7 +19,8 @@ use crate::common::runtime;
 /// limits are set above N so they never stop a claim. Reports claims (jobs) per second and
 /// the latency of one `job_claim` call. The schema is dropped at the end.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    use easel::jobs::model::{new_job_id, now_millis, NewJob};
+    use easel::base::clock::now_millis;
+    use easel::base::job::{new_job_id, NewJob};
     use easel::store::postgres::{PgSettings, PgStore};
     use easel::store::Store;
 
@@ -127,7 +128,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                             prompt: "a watercolor painting of a lighthouse at dusk, volumetric \
                                      light, highly detailed"
                                 .into(),
-                            mode: easel::providers::Mode::Draft,
+                            mode: easel::base::job::Mode::Draft,
                             input_image_url: None,
                             params: Default::default(),
                             provider: "local".into(),

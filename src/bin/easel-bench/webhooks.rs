@@ -24,8 +24,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use easel::app::{create_tenant, App};
-use easel::jobs::model::{now_millis, JobStatus, Millis};
-use easel::webhooks::model::WebhookEvents;
+use easel::base::clock::{now_millis, Millis};
+use easel::base::job::JobStatus;
+use easel::base::webhook::WebhookEvents;
 use easel::webhooks::target::TargetGuard;
 
 use crate::common::RunningServer;

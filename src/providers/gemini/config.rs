@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::providers::{GenerateRequest, Mode};
+use crate::providers::GenerateRequest;
+
+use crate::base::job::Mode;
 
 /// The official endpoint; a key's own base URL (a relay, a test fake) wins over it.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";

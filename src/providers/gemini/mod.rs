@@ -432,7 +432,8 @@ impl Provider for GeminiProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::{GeneratedImage, InputImage, Mode};
+    use crate::base::job::Mode;
+    use crate::providers::{GeneratedImage, InputImage};
 
     fn request(mode: Mode) -> GenerateRequest {
         GenerateRequest {

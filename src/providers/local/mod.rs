@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    Capabilities, GenerateOutput, GenerateRequest, GeneratedImage, Mode, Provider, ProviderError,
+    Capabilities, GenerateOutput, GenerateRequest, GeneratedImage, Provider, ProviderError,
     UpstreamCredential,
 };
+use crate::base::job::Mode;
 use crate::config::LocalProviderConfig;
 
 pub struct LocalProvider {

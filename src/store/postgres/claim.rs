@@ -25,7 +25,8 @@ use std::time::Duration;
 use sqlx::{FromRow, PgPool};
 
 use super::jobs::{lease_millis, JobRow};
-use crate::jobs::model::{now_millis, ClaimedJob, Job};
+use crate::base::clock::now_millis;
+use crate::base::job::{ClaimedJob, Job};
 use crate::store::StoreResult;
 
 // The three tenant picks share their text: `concat!` only joins literals, hence the macros.

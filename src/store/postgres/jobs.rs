@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use sqlx::{FromRow, PgConnection, PgPool};
 
-use crate::jobs::model::{
-    now_millis, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, Millis, NewJob,
-    SubmitOutcome,
+use crate::base::clock::{now_millis, Millis};
+
+use crate::base::job::Mode;
+use crate::base::job::{
+    Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome,
 };
-use crate::providers::Mode;
 use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
 
 const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \

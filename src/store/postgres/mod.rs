@@ -49,14 +49,15 @@ use super::{
     ApiKeyRecord, CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant,
     ProviderKeyRecord, Store, StoreError, StoreResult, Tenant,
 };
-use crate::config::redact_url;
-use crate::jobs::model::{
-    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
+use crate::base::clock::Millis;
+use crate::base::job::{
+    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
 };
-use crate::webhooks::model::{
+use crate::base::webhook::{
     AttemptReport, ClaimedDelivery, DeliveryListQuery, DeliveryPage, ReplayOutcome, SealedSecret,
     TenantWebhook, WebhookSet,
 };
+use crate::config::redact_url;
 
 /// The schema, embedded in the binary; applied in order, each file once.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -3,7 +3,7 @@
 use sqlx::{FromRow, PgPool};
 
 use super::StoreError;
-use crate::jobs::model::{now_millis, Millis};
+use crate::base::clock::{now_millis, Millis};
 use crate::store::{
     ApiKeyRecord, NewApiKey, NewProviderKey, NewTenant, ProviderKeyRecord, StoreResult, Tenant,
 };

@@ -28,13 +28,14 @@ use std::time::Duration;
 use sqlx::{FromRow, PgPool};
 
 use super::jobs::lease_millis;
-use crate::jobs::model::{now_millis, JobStatus, Millis};
-use crate::store::{StoreError, StoreResult};
-use crate::webhooks::model::{
+use crate::base::clock::{now_millis, Millis};
+use crate::base::job::JobStatus;
+use crate::base::webhook::{
     AttemptOutcome, AttemptReport, ClaimedDelivery, Delivery, DeliveryListQuery, DeliveryPage,
     DeliverySource, DeliveryState, ReplayOutcome, SealedSecret, TenantWebhook, WebhookEvents,
     WebhookSet,
 };
+use crate::store::{StoreError, StoreResult};
 
 /// The advisory lock key that serialises webhook claims (the bytes of "easelwh1"). Advisory
 /// locks are per database, not per schema: deployments sharing a database in separate schemas

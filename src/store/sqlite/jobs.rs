@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::jobs::model::{
-    now_millis, ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, Millis,
-    NewJob, SubmitOutcome,
+use crate::base::clock::{now_millis, Millis};
+
+use crate::base::job::Mode;
+use crate::base::job::{
+    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome,
 };
-use crate::providers::Mode;
 use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
 
 const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \

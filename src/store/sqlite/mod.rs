@@ -26,10 +26,11 @@ use super::{
     ApiKeyRecord, CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant,
     ProviderKeyRecord, Store, StoreError, StoreResult, Tenant,
 };
-use crate::jobs::model::{
-    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, Millis, NewJob, SubmitOutcome,
+use crate::base::clock::Millis;
+use crate::base::job::{
+    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
 };
-use crate::webhooks::model::{
+use crate::base::webhook::{
     AttemptReport, ClaimedDelivery, DeliveryClaim, DeliveryListQuery, DeliveryPage, ReplayOutcome,
     SealedSecret, TenantWebhook, WebhookSet,
 };

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection};
 
-use crate::jobs::model::Millis;
+use crate::base::clock::Millis;
 use crate::store::StoreResult;
 
 /// Records `node_id` as alive at `now`; a heartbeat older than the one stored never moves

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::jobs::model::now_millis;
+use crate::base::clock::now_millis;
 use crate::store::{
     ApiKeyRecord, NewApiKey, NewProviderKey, NewTenant, ProviderKeyRecord, StoreError, StoreResult,
     Tenant,

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::jobs::model::{now_millis, JobStatus, Millis};
-use crate::store::{StoreError, StoreResult};
-use crate::webhooks::model::{
+use crate::base::clock::{now_millis, Millis};
+
+use crate::base::job::JobStatus;
+use crate::base::webhook::{
     AttemptOutcome, AttemptReport, ClaimedDelivery, Delivery, DeliveryListQuery, DeliveryPage,
     DeliverySource, DeliveryState, ReplayOutcome, SealedSecret, TenantWebhook, WebhookEvents,
     WebhookSet,
 };
+use crate::store::{StoreError, StoreResult};
 
 const WEBHOOK_COLUMNS: &str = "tenant_id, url, events, enabled, disabled_reason, secret_sealed, \
      secret_fingerprint, prev_secret_sealed, prev_secret_fingerprint, prev_secret_expires_at, \

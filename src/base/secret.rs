@@ -1,15 +1,39 @@
-//! Seals upstream provider keys at rest with AES-256-GCM.
+//! Secrets: the [`Secret`] string that never prints, and the [`Sealer`] that seals upstream
+//! provider keys and webhook secrets at rest with AES-256-GCM.
 //!
 //! The master key comes from config (`EASEL_MASTER_KEY`, 32 bytes base64) or is generated
 //! into `<data_dir>/master.key` at first start with mode 0600. A sealed value is
 //! `nonce (12 bytes) || ciphertext+tag`.
 
+use std::fmt;
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, OsRng};
 use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
 use base64::Engine;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// A string that never reaches a log line or a `Debug` print.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::jobs::model::{JobStatus, Millis};
+use crate::base::job::JobStatus;
+
+use crate::base::clock::Millis;
 
 /// Which status changes a tenant's receiver hears about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -36,7 +38,7 @@ impl WebhookEvents {
     }
 }
 
-/// A signing secret sealed by [`crate::accounts::crypto::Sealer`], with its fingerprint.
+/// A signing secret sealed by [`crate::base::secret::Sealer`], with its fingerprint.
 #[derive(Clone, PartialEq)]
 pub struct SealedSecret {
     pub sealed: Vec<u8>,

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::providers::Mode;
+use crate::base::clock::Millis;
 
 /// A job's place in its life. `QUEUED` → `RUNNING` → `SUCCEEDED` | `FAILED`; a retryable failure
 /// goes `RUNNING` → `RETRYING` → `RUNNING`; `QUEUED`/`RETRYING` → `CANCELED`.
@@ -69,19 +69,29 @@ impl fmt::Display for JobStatus {
     }
 }
 
-/// Milliseconds since the Unix epoch; every timestamp in the store is one of these.
-pub type Millis = i64;
-
-pub fn now_millis() -> Millis {
-    chrono::Utc::now().timestamp_millis()
+/// Quality tier the client asked for; providers map each to a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Draft,
+    Final,
 }
 
-/// RFC 3339 UTC with milliseconds, as the contract wants (`2026-01-26T09:36:16.288Z`).
-pub fn format_millis(ms: Millis) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Draft => "draft",
+            Mode::Final => "final",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "draft" => Some(Mode::Draft),
+            "final" => Some(Mode::Final),
+            _ => None,
+        }
+    }
 }
 
 /// A job as stored.
@@ -255,11 +265,5 @@ mod tests {
         assert!(JobStatus::Queued.can_cancel() && JobStatus::Retrying.can_cancel());
         assert!(!JobStatus::Running.can_cancel() && !JobStatus::Succeeded.can_cancel());
         assert!(JobStatus::Canceled.is_terminal() && !JobStatus::Retrying.is_terminal());
-    }
-
-    #[test]
-    fn timestamps_have_milliseconds_and_z() {
-        assert_eq!(format_millis(1_769_420_176_288), "2026-01-26T09:36:16.288Z");
-        assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
     }
 }

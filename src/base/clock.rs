@@ -1,0 +1,96 @@
+//! Time: wall-clock milliseconds as every stored timestamp, their contract format, and the
+//! monotonic [`Clock`] that limiters, breakers and the key pool read, so tests move time
+//! instead of sleeping.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the Unix epoch; every timestamp in the store is one of these.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 UTC with milliseconds, as the contract wants (`2026-01-26T09:36:16.288Z`).
+pub fn format_millis(ms: Millis) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// A monotonic time source in microseconds since an arbitrary origin.
+pub trait Clock: Send + Sync {
+    fn now_micros(&self) -> u64;
+}
+
+/// Real time from [`Instant`], starting at 0 when created.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> SystemClock {
+        SystemClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    micros: AtomicU64,
+}
+
+impl ManualClock {
+    pub fn new() -> ManualClock {
+        ManualClock::default()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.micros
+            .fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// Sets the time, also backwards (a failover to a node with another clock).
+    pub fn set(&self, since_origin: Duration) {
+        self.micros
+            .store(since_origin.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> Duration {
+        Duration::from_micros(self.now_micros())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_micros(&self) -> u64 {
+        self.micros.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        assert_eq!(format_millis(1_769_420_176_288), "2026-01-26T09:36:16.288Z");
+        assert_eq!(format_millis(0), "1970-01-01T00:00:00.000Z");
+    }
+}
