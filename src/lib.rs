@@ -22,6 +22,22 @@
 //! [`config`] loads settings, [`app`] builds the shared parts, [`server`] runs the roles of a
 //! process, [`telemetry`] counts what happens for `GET /metrics` and [`cli`] is the `easel`
 //! command line.
+//!
+//! ## Floors
+//! Every import points down this list (or stays on its own floor, where noted):
+//!
+//! 1. [`base`]: time, the job and webhook models, job error codes, secrets, the network guard
+//!    for addresses a client supplied. Imports nothing from the crate.
+//! 2. Engines: [`store`], [`storage`], [`limits`], [`events`], [`telemetry`]. Each imports
+//!    only `base`; none knows another engine.
+//! 3. Capabilities: [`accounts`], [`providers`], then [`keypool`] (which probes through
+//!    `providers`), then [`jobs`] and [`webhooks`]. They use the engines through their traits
+//!    and never import `api`, `app`, `server`, `config` or `cli`.
+//! 4. [`api`] (with [`error`]): HTTP, one file per resource, on top of the capabilities.
+//! 5. The composition root: [`config`] (which gathers each module's own section), [`app`] and
+//!    [`server`], which build every dependency and hand it in; then [`cli`] on top.
+//!
+//! [`testing`] holds fake upstreams for tests and benchmarks; it may use any floor below 4.
 
 pub mod accounts;
 pub mod api;
