@@ -3,9 +3,9 @@
 //! A job's path through the modules:
 //!
 //! 1. [`api`] authenticates the tenant's key ([`accounts::auth`], cached), validates the
-//!    request ([`api::submit`]), takes a token from the tenant's rate ([`limits`]) and calls
-//!    [`store::Store::job_submit`], which writes the idempotency record, the job (QUEUED) and
-//!    its first event in one transaction. The client gets `202 {jobId}` at once.
+//!    request ([`api::submit_request`]), takes a token from the tenant's rate ([`limits`])
+//!    and calls [`store::Store::job_submit`], which writes the idempotency record, the job
+//!    (QUEUED) and its first event in one transaction. The client gets `202 {jobId}` at once.
 //! 2. A [`jobs::worker`] claims jobs round-robin over tenants ([`store::Store::job_claim`]),
 //!    each with a lease and a fencing token, and runs an attempt beside a heartbeat.
 //! 3. The attempt calls a [`providers::Provider`] (the local renderer by default), stores the

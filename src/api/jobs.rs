@@ -1,4 +1,5 @@
-//! The origin's job routes: submit, read, list and cancel.
+//! The origin's job routes: submit, read, list and cancel. A submit's body and headers are
+//! parsed and validated in [`super::submit_request`].
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::extract::{AuthTenant, JobId, JsonObject};
-use super::submit::{parse_body, parse_cancel_after, parse_idempotency_key};
+use super::submit_request::{parse_body, parse_cancel_after, parse_idempotency_key};
 use crate::app::App;
 use crate::base::clock::{format_millis, now_millis};
 use crate::base::job::{

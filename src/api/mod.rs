@@ -12,7 +12,7 @@ mod files;
 mod jobs;
 pub(crate) mod paging;
 pub mod ratelimit;
-pub mod submit;
+pub mod submit_request;
 mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};

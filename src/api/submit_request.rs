@@ -1,6 +1,6 @@
-//! Parsing and validating a submit (`POST /v1/images/generate`): body fields and the
-//! `Idempotency-Key` and `Cancel-After` headers. Pure functions; every refusal names its
-//! field.
+//! The submit request (`POST /v1/images/generate`) parsed and validated: body fields and the
+//! `Idempotency-Key` and `Cancel-After` headers, into a [`SubmitRequest`]. Pure functions;
+//! every refusal names its field. The handler that takes it from there is `api::jobs::submit`.
 
 use std::time::Duration;
 
