@@ -1,6 +1,10 @@
 //! The process's shared parts, built once from [`Config`]: store, object store, link signer,
 //! providers, authenticator, the wake-up signal between API and worker, the event bus, and
 //! this process's identity as a node (its id, and the live node count its heartbeats keep).
+//!
+//! Part of the composition root: it builds each part's dependencies (the worker's
+//! [`App::worker_deps`], the webhook dispatcher) and hands them in, so nothing below it needs
+//! to know [`App`]. Only `api`, `server` and `cli` import it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,20 +16,24 @@ use tokio::sync::Notify;
 use crate::accounts::auth::Authenticator;
 use crate::accounts::keys;
 use crate::base::clock::now_millis;
+use crate::base::redact::redact_url;
 use crate::base::secret::fingerprint;
 use crate::base::secret::{read_or_create_secret_file, Sealer};
-use crate::config::{redact_url, Config, StorageKind};
+use crate::config::Config;
 use crate::events::{EventBus, LocalBus, RedisBus};
+use crate::jobs::gate::Gate;
 use crate::jobs::input_image::InputFetcher;
-use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter};
+use crate::jobs::worker::WorkerDeps;
+use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter, NODE_TTL};
 use crate::providers::keypool::{KeyPool, KeyPoolConfig};
 use crate::providers::Registry;
 use crate::storage::urls::{ResultLinks, UrlSigner};
-use crate::storage::{ObjectStore, ObjectStoreBackend};
+use crate::storage::{ObjectStore, ObjectStoreBackend, StorageKind};
 use crate::store::postgres::{PgSettings, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{NewProviderKey, StoreError};
 use crate::store::{NewTenant, Store, Tenant};
+use crate::webhooks::dispatcher::Dispatcher;
 
 #[derive(Clone)]
 pub struct App {
@@ -125,7 +133,7 @@ async fn open_limiter(
     };
     // The nodes already running, and this one (its first heartbeat comes when it serves), so
     // a fallback before then already divides by the right count.
-    let since = now_millis() - crate::server::NODE_TTL.as_millis() as i64;
+    let since = now_millis() - NODE_TTL.as_millis() as i64;
     match store.nodes_live(since).await {
         Ok(others) => live_nodes.set(others.saturating_add(1)),
         Err(e) => tracing::warn!(error = %e, "cannot count live nodes yet"),
@@ -225,6 +233,34 @@ impl App {
             node_id: format!("node_{}", ulid::Ulid::new().to_string().to_lowercase()).into(),
             live_nodes,
         })
+    }
+
+    /// The worker's share of the process's parts.
+    pub fn worker_deps(&self) -> WorkerDeps {
+        WorkerDeps {
+            store: self.store.clone(),
+            objects: self.objects.clone(),
+            providers: self.providers.clone(),
+            config: self.config.worker.clone(),
+            inputs: self.inputs.clone(),
+            gate: Gate::new(self.limiter.clone(), &self.config.limits),
+            events: self.events.clone(),
+            keys: self.keys.clone(),
+            key_lease: Duration::from_secs(self.config.providers.gemini.timeout_secs + 10),
+            wake: self.wake.clone(),
+            awaiting_keys: Arc::default(),
+        }
+    }
+
+    /// The webhook dispatcher, on this process's store, bus and result links.
+    pub fn webhook_dispatcher(&self) -> Result<Dispatcher, String> {
+        Dispatcher::new(
+            self.store.clone(),
+            self.sealer.clone(),
+            self.urls.clone(),
+            self.config.webhooks.clone(),
+            Some(self.events.clone()),
+        )
     }
 }
 

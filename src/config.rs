@@ -1,8 +1,14 @@
 //! Configuration: defaults that run, then `easel.toml`, then the origin's environment names
 //! (`PORT`, `DATABASE_URL`, ...), then `EASEL_*` variables (`EASEL_SERVER__PORT`), then flags.
 //!
-//! Owns: every setting, its default and its validation. A bad value fails at start and names
-//! its key. Secrets are [`Secret`]s, whose `Debug` never prints them.
+//! Owns: the top-level [`Config`] that gathers every section, the loading of its layers (with
+//! the origin's environment names), the `[server]`, `[database]` and `[redis]` sections, and
+//! the checks no section can make alone. Every other section lives with the module that owns
+//! it, with its defaults and its checks (`[worker]` in `jobs::worker`, `[limits]` in `limits`,
+//! `[storage]` in `storage::config`, `[providers]` in `providers`, `[auth]` in `accounts`,
+//! `[inputs]` in `jobs::input_image`, `[webhooks]` in `webhooks`); those modules never import
+//! this one. A bad value fails at start and names its key. Secrets are [`Secret`]s, whose
+//! `Debug` never prints them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,7 +17,17 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::AuthConfig;
+use crate::base::redact::redact_url;
 use crate::base::secret::Secret;
+use crate::base::settings::{at_least_one, Invalid};
+use crate::jobs::input_image::InputImageConfig;
+use crate::jobs::worker::WorkerConfig;
+use crate::limits::LimitsConfig;
+use crate::providers::ProvidersConfig;
+use crate::storage::config::r2_endpoint;
+use crate::storage::{StorageConfig, StorageKind};
+use crate::webhooks::WebhooksConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -27,9 +43,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub redis: RedisConfig,
     /// Fetching of `inputImageUrl` (size, timeout, SSRF allow-list).
-    pub inputs: crate::jobs::input_image::InputImageConfig,
+    pub inputs: InputImageConfig,
     /// Webhook delivery (timeouts, concurrency, retry schedule, SSRF allow-list).
-    pub webhooks: crate::webhooks::WebhooksConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,349 +120,6 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
-/// A database URL fit for a log line or an error: its password (in the user part or a
-/// `password=` query parameter) replaced by `****`.
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        // Not a URL we can take apart: show only its scheme, if any.
-        return match url.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://****"),
-            None => "****".to_owned(),
-        };
-    };
-    let has_password_param = parsed
-        .query_pairs()
-        .any(|(k, _)| k.eq_ignore_ascii_case("password"));
-    if parsed.password().is_none() && !has_password_param {
-        return url.to_owned();
-    }
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some("****"));
-    }
-    if has_password_param {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k.eq_ignore_ascii_case("password") {
-                    "****".to_owned()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    parsed.to_string()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct WorkerConfig {
-    /// Jobs run at once by one worker process. Origin name: `WORKER_CONCURRENCY`.
-    pub concurrency: u32,
-    pub lease_ms: u64,
-    pub heartbeat_ms: u64,
-    /// Safety-net poll when no wake-up arrives.
-    pub poll_ms: u64,
-    pub max_attempts: u32,
-    /// A job still unfinished this long after submit fails with `JOB_TIMEOUT`.
-    pub job_timeout_secs: u64,
-    /// On shutdown, how long running jobs may take before they are put back in the queue.
-    pub shutdown_grace_secs: u64,
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
-    /// How often the maintenance pass (lease rescue, Cancel-After, deadlines) runs.
-    pub maintenance_ms: u64,
-    /// How often provider keys are re-read from the database (keys added by the CLI).
-    pub key_refresh_ms: u64,
-    /// How often keys disabled by an upstream rejection are re-tested.
-    pub key_probe_secs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LimitsConfig {
-    /// Origin name: `GLOBAL_RPM_LIMIT`.
-    pub global_rpm: u32,
-    /// Origin name: `GLOBAL_CONCURRENCY_LIMIT`.
-    pub global_concurrency: u32,
-    pub tenant_rpm: u32,
-    pub tenant_concurrency: u32,
-}
-
-/// Where result images are kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StorageKind {
-    /// A folder on this machine (`storage.path`): one node only.
-    #[default]
-    Local,
-    /// An S3-compatible bucket (`storage.s3`): AWS S3, Cloudflare R2, MinIO, Aliyun OSS, ...
-    S3,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct StorageConfig {
-    /// `local` (default) or `s3`. Setting `R2_BUCKET_NAME` selects `s3`.
-    pub kind: StorageKind,
-    /// Folder for images when `kind = "local"`. Default: `<data_dir>/objects`.
-    pub path: Option<PathBuf>,
-    /// Origin name: `R2_PUBLIC_BASE_URL`. When set, result URLs are
-    /// `<public_base_url>/<key>` instead of expiring links.
-    pub public_base_url: Option<String>,
-    /// Lifetime of an expiring result link (Easel-signed or S3-presigned).
-    pub url_ttl_secs: u64,
-    /// HMAC secret for Easel-signed links. Default: generated into `<data_dir>/url-signing.key`.
-    pub signing_secret: Option<Secret>,
-    /// The bucket when `kind = "s3"`.
-    pub s3: S3Settings,
-}
-
-/// An S3-compatible bucket. The origin's `R2_*` variables fill it in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct S3Settings {
-    /// Service URL, e.g. `https://<account>.r2.cloudflarestorage.com` (from `R2_ACCOUNT_ID`)
-    /// or `http://minio:9000`. Default: AWS S3 in `region`.
-    pub endpoint: Option<String>,
-    /// Origin name: `R2_BUCKET_NAME`.
-    pub bucket: Option<String>,
-    /// Default: `auto` on Cloudflare R2, otherwise `us-east-1`.
-    pub region: Option<String>,
-    /// Origin name: `R2_ACCESS_KEY_ID`. Without a key pair, credentials come from the
-    /// environment (instance role, web identity).
-    pub access_key_id: Option<String>,
-    /// Origin name: `R2_SECRET_ACCESS_KEY`.
-    pub secret_access_key: Option<Secret>,
-    /// Permit a plain `http://` endpoint (MinIO or a test server on a private network).
-    pub allow_http: bool,
-    /// `true`: `<endpoint>/<bucket>/<key>` (MinIO, most test servers); `false`:
-    /// `<bucket>.<endpoint host>/<key>` (virtual-hosted: AWS, R2, Aliyun OSS).
-    pub path_style: bool,
-    /// Result URLs are presigned GET links to the bucket (unless `storage.public_base_url`
-    /// is set). `false`: Easel's own signed `/v1/files/...` links, which Easel serves from
-    /// the bucket, for buckets clients cannot reach.
-    pub presign: bool,
-    /// The endpoint written into presigned links when clients reach the service at another
-    /// address than Easel does (e.g. `http://localhost:9000` for MinIO in docker compose).
-    /// Default: `endpoint`.
-    pub public_endpoint: Option<String>,
-}
-
-impl Default for S3Settings {
-    fn default() -> Self {
-        S3Settings {
-            endpoint: None,
-            bucket: None,
-            region: None,
-            access_key_id: None,
-            secret_access_key: None,
-            allow_http: false,
-            path_style: false,
-            presign: true,
-            public_endpoint: None,
-        }
-    }
-}
-
-/// Cloudflare R2's S3 endpoint for an account.
-fn r2_endpoint(account_id: &str) -> String {
-    format!("https://{account_id}.r2.cloudflarestorage.com")
-}
-
-impl S3Settings {
-    /// The signing region: `region`, else `auto` on R2, else `us-east-1`.
-    pub fn region(&self) -> String {
-        if let Some(region) = self.region.as_deref().filter(|r| !r.trim().is_empty()) {
-            return region.trim().to_owned();
-        }
-        let on_r2 = self
-            .endpoint
-            .as_deref()
-            .and_then(|e| url::Url::parse(e).ok())
-            .and_then(|u| {
-                u.host_str()
-                    .map(|h| h.ends_with(".r2.cloudflarestorage.com"))
-            })
-            .unwrap_or(false);
-        if on_r2 { "auto" } else { "us-east-1" }.to_owned()
-    }
-}
-
-/// An S3 service URL: http(s), a host, no path or query; plain http only if allowed.
-fn check_endpoint(key: &'static str, endpoint: &str, allow_http: bool) -> Result<(), ConfigError> {
-    let invalid = |problem: String| ConfigError::Invalid { key, problem };
-    let parsed = url::Url::parse(endpoint).map_err(|e| {
-        invalid(format!(
-            "is not a URL ({e}); e.g. https://<account>.r2.cloudflarestorage.com"
-        ))
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(invalid(
-            "must be an http:// or https:// URL with a host".into(),
-        ));
-    }
-    if parsed.query().is_some() || !matches!(parsed.path(), "" | "/") {
-        return Err(invalid(
-            "must be the service's base URL, without a path or query (the bucket goes in storage.s3.bucket)".into(),
-        ));
-    }
-    if parsed.scheme() == "http" && !allow_http {
-        return Err(invalid(
-            "is plain http://; set storage.s3.allow_http = true to permit it".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// SigV4 presigned URLs live at most a week.
-pub const MAX_PRESIGNED_TTL_SECS: u64 = 7 * 24 * 3600;
-
-impl StorageConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, problem: &str| ConfigError::Invalid {
-            key,
-            problem: problem.to_owned(),
-        };
-        if self.url_ttl_secs == 0 {
-            return Err(invalid("storage.url_ttl_secs", "must be at least 1"));
-        }
-        if let Some(base) = &self.public_base_url {
-            let ok = url::Url::parse(base)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-            if !ok {
-                return Err(invalid(
-                    "storage.public_base_url",
-                    "must be an http:// or https:// URL (R2_PUBLIC_BASE_URL)",
-                ));
-            }
-        }
-        let s3 = &self.s3;
-        if self.kind == StorageKind::Local {
-            if s3.bucket.is_some() {
-                return Err(invalid(
-                    "storage.kind",
-                    "is \"local\" but storage.s3.bucket is set; set storage.kind = \"s3\" \
-                     (EASEL_STORAGE__KIND=s3) to use the bucket, or remove the bucket",
-                ));
-            }
-            return Ok(());
-        }
-        let Some(bucket) = s3.bucket.as_deref() else {
-            return Err(invalid(
-                "storage.s3.bucket",
-                "is required when storage.kind = \"s3\" (EASEL_STORAGE__S3__BUCKET or R2_BUCKET_NAME)",
-            ));
-        };
-        // The S3 naming rules (AWS, R2, MinIO and OSS share them).
-        let bucket_ok = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-            && bucket.as_bytes()[0].is_ascii_alphanumeric()
-            && bucket.as_bytes()[bucket.len() - 1].is_ascii_alphanumeric();
-        if !bucket_ok {
-            return Err(invalid(
-                "storage.s3.bucket",
-                "must be 3 to 63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit",
-            ));
-        }
-        for (key, endpoint) in [
-            ("storage.s3.endpoint", &s3.endpoint),
-            ("storage.s3.public_endpoint", &s3.public_endpoint),
-        ] {
-            if let Some(endpoint) = endpoint.as_deref() {
-                check_endpoint(key, endpoint, s3.allow_http)?;
-            }
-        }
-        let ip_endpoint = [&s3.endpoint, &s3.public_endpoint].into_iter().any(|e| {
-            e.as_deref()
-                .and_then(|e| url::Url::parse(e).ok())
-                .is_some_and(|u| matches!(u.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))))
-        });
-        if ip_endpoint && !s3.path_style {
-            return Err(invalid(
-                "storage.s3.path_style",
-                "must be true for an endpoint given as an IP address (virtual-hosted requests put the bucket in the host name)",
-            ));
-        }
-        if s3.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
-            return Err(invalid("storage.s3.region", "must not be empty"));
-        }
-        let key_id = s3.access_key_id.as_deref();
-        let secret = s3.secret_access_key.as_ref().map(Secret::expose);
-        match (key_id, secret) {
-            (Some(""), _) => {
-                return Err(invalid(
-                    "storage.s3.access_key_id",
-                    "is empty (R2_ACCESS_KEY_ID)",
-                ))
-            }
-            (_, Some("")) => {
-                return Err(invalid(
-                    "storage.s3.secret_access_key",
-                    "is empty (R2_SECRET_ACCESS_KEY)",
-                ))
-            }
-            (Some(_), None) => {
-                return Err(invalid(
-                    "storage.s3.secret_access_key",
-                    "is required with storage.s3.access_key_id (R2_SECRET_ACCESS_KEY)",
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "storage.s3.access_key_id",
-                    "is required with storage.s3.secret_access_key (R2_ACCESS_KEY_ID)",
-                ))
-            }
-            _ => {}
-        }
-        if self.public_base_url.is_none()
-            && s3.presign
-            && self.url_ttl_secs > MAX_PRESIGNED_TTL_SECS
-        {
-            return Err(invalid(
-                "storage.url_ttl_secs",
-                "presigned S3 links last at most 604800 s (7 days); lower it or set storage.public_base_url",
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ProvidersConfig {
-    /// Provider used for new jobs. Default: `local` unless another provider is configured.
-    pub default: Option<String>,
-    pub local: LocalProviderConfig,
-    pub gemini: crate::providers::gemini::GeminiConfig,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LocalProviderConfig {
-    pub draft_size: u32,
-    pub final_size: u32,
-    /// Simulated upstream latency on top of the render itself.
-    pub delay_ms: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AuthConfig {
-    /// Origin name: `TEST_API_KEY`. Used as the default tenant's key on first start.
-    pub test_api_key: Option<Secret>,
-    /// Bearer token for the admin API (`/admin/v1/...`); the admin API is off without it.
-    pub admin_token: Option<Secret>,
-    /// Bearer token `GET /metrics` asks for; without it the metrics are open (they carry no
-    /// tenant, prompt or secret, only counts, route templates and upstream key ids).
-    pub metrics_token: Option<Secret>,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -475,59 +148,6 @@ impl Default for ServerConfig {
             max_prompt_chars: 4000,
             idempotency_ttl_hours: 24,
             ops_port: None,
-        }
-    }
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            concurrency: 50,
-            lease_ms: 30_000,
-            heartbeat_ms: 10_000,
-            poll_ms: 500,
-            max_attempts: 3,
-            job_timeout_secs: 600,
-            shutdown_grace_secs: 30,
-            retry_base_ms: 1000,
-            retry_max_ms: 60_000,
-            maintenance_ms: 1000,
-            key_refresh_ms: 30_000,
-            key_probe_secs: 300,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            global_rpm: 1000,
-            global_concurrency: 200,
-            tenant_rpm: 60,
-            tenant_concurrency: 5,
-        }
-    }
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            path: None,
-            public_base_url: None,
-            kind: StorageKind::Local,
-            url_ttl_secs: 3600,
-            signing_secret: None,
-            s3: S3Settings::default(),
-        }
-    }
-}
-
-impl Default for LocalProviderConfig {
-    fn default() -> Self {
-        LocalProviderConfig {
-            draft_size: 512,
-            final_size: 1024,
-            delay_ms: 0,
         }
     }
 }
@@ -654,71 +274,35 @@ impl Config {
         Ok(config)
     }
 
+    /// The database's own checks, then each section's (the first problem found).
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("database.max_connections", self.database.max_connections),
-            ("worker.concurrency", self.worker.concurrency),
-            ("worker.max_attempts", self.worker.max_attempts),
-            ("limits.global_rpm", self.limits.global_rpm),
-            ("limits.global_concurrency", self.limits.global_concurrency),
-            ("limits.tenant_rpm", self.limits.tenant_rpm),
-            ("limits.tenant_concurrency", self.limits.tenant_concurrency),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Invalid {
-                    key,
-                    problem: "must be at least 1".into(),
-                });
-            }
-        }
-        if self.database.acquire_timeout_secs == 0 {
-            return Err(ConfigError::Invalid {
-                key: "database.acquire_timeout_secs",
-                problem: "must be at least 1".into(),
-            });
-        }
-        if self.worker.heartbeat_ms == 0 || self.worker.heartbeat_ms >= self.worker.lease_ms {
-            return Err(ConfigError::Invalid {
-                key: "worker.heartbeat_ms",
-                problem: "must be at least 1 and shorter than worker.lease_ms".into(),
-            });
-        }
-        for (key, size) in [
+        self.validate_database()
+            .and_then(|()| self.worker.validate())
+            .and_then(|()| self.limits.validate())
+            .and_then(|()| self.providers.local.validate())
+            .and_then(|()| {
+                self.providers
+                    .gemini
+                    .validate()
+                    .map_err(|problem| ("providers.gemini", problem))
+            })
+            .and_then(|()| self.storage.validate())
+            .and_then(|()| self.inputs.validate())
+            .and_then(|()| self.webhooks.validate())
+            .map_err(|(key, problem)| ConfigError::Invalid { key, problem })
+    }
+
+    fn validate_database(&self) -> Result<(), Invalid> {
+        at_least_one([
             (
-                "providers.local.draft_size",
-                self.providers.local.draft_size,
+                "database.max_connections",
+                self.database.max_connections.into(),
             ),
             (
-                "providers.local.final_size",
-                self.providers.local.final_size,
+                "database.acquire_timeout_secs",
+                self.database.acquire_timeout_secs,
             ),
-        ] {
-            if !(8..=4096).contains(&size) {
-                return Err(ConfigError::Invalid {
-                    key,
-                    problem: "must be between 8 and 4096".into(),
-                });
-            }
-        }
-        self.providers
-            .gemini
-            .validate()
-            .map_err(|problem| ConfigError::Invalid {
-                key: "providers.gemini",
-                problem,
-            })?;
-        self.storage.validate()?;
-        crate::jobs::input_image::InputFetcher::new(self.inputs.clone()).map_err(|problem| {
-            ConfigError::Invalid {
-                key: "inputs.allow_networks",
-                problem,
-            }
-        })?;
-        self.webhooks
-            .validate()
-            .map_err(|(key, problem)| ConfigError::Invalid { key, problem })?;
-        Ok(())
+        ])
     }
 
     /// The database URL, defaulting to SQLite in the data folder.
@@ -797,20 +381,6 @@ mod tests {
 
     #[test]
     fn database_urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://easel:s3cret@db.example.com:5432/easel"),
-            "postgres://easel:****@db.example.com:5432/easel"
-        );
-        let query = redact_url("postgresql://db/easel?user=easel&password=s3cret&sslmode=require");
-        assert!(
-            !query.contains("s3cret") && query.contains("sslmode=require"),
-            "{query}"
-        );
-        assert_eq!(
-            redact_url("sqlite://./data/easel.db"),
-            "sqlite://./data/easel.db"
-        );
-        assert!(!redact_url("postgres://u:s3cret@[bad").contains("s3cret"));
         let config = DatabaseConfig {
             url: Some("postgres://easel:s3cret@db/easel".into()),
             ..Default::default()
@@ -932,74 +502,5 @@ mod tests {
             assert_eq!(c.storage.s3.access_key_id.as_deref(), Some("012345"));
             Ok(())
         });
-    }
-
-    #[test]
-    fn bad_storage_settings_name_their_key_and_hide_secrets() {
-        let s3 = |tweak: &dyn Fn(&mut S3Settings)| {
-            let mut c = Config::default();
-            c.storage.kind = StorageKind::S3;
-            c.storage.s3 = S3Settings {
-                endpoint: Some("https://s3.example.com".into()),
-                bucket: Some("images".into()),
-                access_key_id: Some("id".into()),
-                secret_access_key: Some(Secret::new("hidden-secret")),
-                ..Default::default()
-            };
-            tweak(&mut c.storage.s3);
-            c.validate().map_err(|e| e.to_string())
-        };
-        s3(&|_| {}).expect("valid");
-        type Tweak<'a> = &'a dyn Fn(&mut S3Settings);
-        let cases: [(Tweak, &str); 9] = [
-            (
-                &|s| s.endpoint = Some("https://10.0.0.5:9000".into()),
-                "storage.s3.path_style",
-            ),
-            (
-                &|s| s.public_endpoint = Some("https://cdn.example.com/x?y".into()),
-                "storage.s3.public_endpoint",
-            ),
-            (&|s| s.bucket = None, "storage.s3.bucket"),
-            (
-                &|s| s.bucket = Some("Bad_Bucket".into()),
-                "storage.s3.bucket",
-            ),
-            (
-                &|s| s.endpoint = Some("not a url".into()),
-                "storage.s3.endpoint",
-            ),
-            (
-                &|s| s.endpoint = Some("https://s3.example.com/images".into()),
-                "storage.s3.endpoint",
-            ),
-            (&|s| s.access_key_id = None, "storage.s3.access_key_id"),
-            (
-                &|s| s.secret_access_key = None,
-                "storage.s3.secret_access_key",
-            ),
-            (&|s| s.region = Some(" ".into()), "storage.s3.region"),
-        ];
-        for (tweak, key) in cases {
-            let err = s3(tweak).expect_err(key);
-            assert!(err.contains(key), "{err}");
-            assert!(!err.contains("hidden-secret"), "{err}");
-        }
-        let mut c = Config::default();
-        c.storage.s3.bucket = Some("images".into());
-        let err = c.validate().expect_err("bucket without kind");
-        assert!(err.to_string().contains("storage.kind"), "{err}");
-        let mut c = Config::default();
-        c.storage.public_base_url = Some("cdn.example.com".into());
-        let err = c.validate().expect_err("relative base");
-        assert!(err.to_string().contains("storage.public_base_url"), "{err}");
-        let mut c = Config::default();
-        c.storage.kind = StorageKind::S3;
-        c.storage.s3.bucket = Some("images".into());
-        c.storage.url_ttl_secs = MAX_PRESIGNED_TTL_SECS + 1;
-        let err = c.validate().expect_err("ttl");
-        assert!(err.to_string().contains("storage.url_ttl_secs"), "{err}");
-        c.storage.public_base_url = Some("https://cdn.example.com".into());
-        c.validate().expect("public links do not expire");
     }
 }

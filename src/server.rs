@@ -13,17 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::base::clock::now_millis;
 use crate::jobs::maintenance;
-use crate::jobs::worker::{Worker, WorkerDeps};
-use crate::limits::LiveNodes;
+use crate::jobs::worker::Worker;
+use crate::limits::{LiveNodes, HEARTBEAT_EVERY, NODE_TTL};
 use crate::providers::probe::probe_key;
 use crate::store::{Store, StoreResult};
-use crate::webhooks::dispatcher::Dispatcher;
 
-/// How often a process records itself in the `nodes` table.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-/// A node not heard from for this long (three heartbeats) no longer counts as live. Each node
-/// stamps heartbeats with its own clock, so clocks must agree to well within this (NTP).
-pub const NODE_TTL: Duration = Duration::from_secs(15);
 /// Nodes silent for this long are deleted from the table.
 const NODE_FORGET: Duration = Duration::from_secs(24 * 3600);
 /// How often the forgetting runs.
@@ -107,8 +101,7 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
     let mut tasks = JoinSet::new();
     tasks.spawn(heartbeat(app.clone(), roles.name(), stop.clone()));
     if roles.worker {
-        let deps = WorkerDeps::from_app(&app);
-        tasks.spawn(Worker::new(deps).run(stop.clone()));
+        tasks.spawn(Worker::new(app.worker_deps()).run(stop.clone()));
         tasks.spawn(maintenance::run(
             app.store.clone(),
             Duration::from_millis(app.config.worker.maintenance_ms),
@@ -121,7 +114,7 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
             stop.clone(),
         ));
         // Beside the job workers, with its own slots: a slow receiver never holds a job.
-        match Dispatcher::from_app(&app) {
+        match app.webhook_dispatcher() {
             Ok(dispatcher) => {
                 tasks.spawn(dispatcher.run(stop.clone()));
             }

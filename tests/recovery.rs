@@ -245,7 +245,7 @@ async fn a_late_write_from_a_lost_lease_is_refused() {
     // ...and through the worker's own attempt path, which runs the job and then reports.
     let deps = WorkerDeps {
         store: store.clone(),
-        ..WorkerDeps::from_app(&app)
+        ..app.worker_deps()
     };
     tokio::time::timeout(
         Duration::from_secs(10),

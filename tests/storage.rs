@@ -14,9 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{spawn_app_with, test_s3_settings, use_s3, TestApp};
 use easel::base::clock::now_millis;
-use easel::config::{Config, S3Settings};
+use easel::config::Config;
 use easel::server::Roles;
-use easel::storage::{ObjectStore, ObjectStoreBackend, StorageError};
+use easel::storage::{ObjectStore, ObjectStoreBackend, S3Settings, StorageError};
 use serde_json::json;
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\nnot really a png, but bytes";

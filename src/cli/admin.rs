@@ -4,8 +4,9 @@
 use anyhow::{bail, Context};
 
 use crate::app::{create_tenant as make_tenant, open_store};
+use crate::base::redact::redact_url;
 use crate::base::secret::Sealer;
-use crate::config::{redact_url, Config};
+use crate::config::Config;
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     open_store(config).await?;

@@ -9,8 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::LimitsConfig;
-use crate::limits::{Limiter, Permit, PermitSpec, RateQuota, MAX_PER_MINUTE};
+use crate::limits::{Limiter, LimitsConfig, Permit, PermitSpec, RateQuota, MAX_PER_MINUTE};
 
 const GLOBAL_PERMITS: &str = "conc:global";
 const GLOBAL_RATE: &str = "rate:global";

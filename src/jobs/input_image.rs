@@ -1,16 +1,17 @@
-//! Fetches a job's `inputImageUrl` safely: http(s) only, every resolved address checked
-//! against private, loopback, link-local and metadata ranges (unless allow-listed), the
-//! connection pinned to the checked address (no DNS rebinding), redirects followed by hand
-//! with the same checks, a size limit, a timeout, and the bytes' magic number checked.
+//! Fetches a job's `inputImageUrl` safely: every hop checked by the network guard
+//! ([`NetGuard`]: http(s) only, no private, loopback, link-local or metadata address unless
+//! `inputs.allow_networks` lists it, the connection pinned to the checked address), redirects
+//! followed by hand with the same checks, a size limit, a timeout, and the bytes' magic number
+//! checked. Owns the `[inputs]` configuration section ([`InputImageConfig`]).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::base::netguard::{pinned_client, NetGuard, Refusal};
+use crate::base::settings::Invalid;
 use crate::providers::InputImage;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,145 +62,64 @@ fn retryable_error(code: &'static str, message: impl Into<String>) -> InputImage
     }
 }
 
-/// Addresses no user-supplied URL may reach: loopback, private, link-local (cloud metadata
-/// lives at 169.254.169.254), CGNAT, multicast, unspecified, documentation and reserved.
-pub fn is_forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => forbidden_v4(v4),
-            None => forbidden_v6(v6),
-        },
+/// The guard's refusal as the job's error.
+fn refused(refusal: Refusal) -> InputImageError {
+    match refusal {
+        Refusal::NotHttp => final_error(
+            "INPUT_IMAGE_INVALID_URL",
+            "only http and https URLs are fetched",
+        ),
+        Refusal::NoHost => final_error("INPUT_IMAGE_INVALID_URL", refusal.to_string()),
+        Refusal::ForbiddenHost | Refusal::ForbiddenAddress => {
+            final_error("INPUT_IMAGE_FORBIDDEN_ADDRESS", refusal.to_string())
+        }
+        Refusal::Unresolved(_) | Refusal::NoAddress => {
+            retryable_error("INPUT_IMAGE_UNREACHABLE", refusal.to_string())
+        }
     }
-}
-
-fn forbidden_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, _, _] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
-        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF 192.0.0/24
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking 198.18/15
-        || a >= 240 // reserved
-}
-
-fn forbidden_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
-        || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
-        || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
-        || first == 0x0064 && ip.segments()[1] == 0xff9b // NAT64 to anything
 }
 
 pub struct InputFetcher {
     config: InputImageConfig,
-    allow: Vec<IpNet>,
+    guard: NetGuard,
+}
+
+impl InputImageConfig {
+    /// The first problem found, with the key it concerns.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.guard().map(|_| ())
+    }
+
+    fn guard(&self) -> Result<NetGuard, Invalid> {
+        const KEY: &str = "inputs.allow_networks";
+        NetGuard::new(KEY, &self.allow_networks).map_err(|problem| (KEY, problem))
+    }
 }
 
 impl InputFetcher {
     pub fn new(config: InputImageConfig) -> Result<InputFetcher, String> {
-        let allow = config
-            .allow_networks
-            .iter()
-            .map(|n| {
-                n.parse::<IpNet>()
-                    .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("inputs.allow_networks: '{n}' is not a network"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(InputFetcher { config, allow })
+        let guard = config.guard().map_err(|(_, problem)| problem)?;
+        Ok(InputFetcher { config, guard })
     }
 
-    fn allowed(&self, ip: IpAddr) -> bool {
-        !is_forbidden(ip) || self.allow.iter().any(|net| net.contains(&ip))
-    }
-
-    /// A check that needs no network: scheme, and a literal IP host that is forbidden.
-    /// Lets the API refuse such URLs at submit with 400.
+    /// A check that needs no network (scheme, and a host that is a forbidden literal address
+    /// or a `localhost` name). Lets the API refuse such URLs at submit with 400.
     pub fn precheck(&self, raw: &str) -> Result<url::Url, InputImageError> {
         let url = url::Url::parse(raw)
             .map_err(|e| final_error("INPUT_IMAGE_INVALID_URL", format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(final_error(
-                "INPUT_IMAGE_INVALID_URL",
-                "only http and https URLs are fetched",
-            ));
-        }
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
-            Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
-            Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
-                Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
-            }
-            Some(url::Host::Domain(_)) => None,
-            None => {
-                return Err(final_error(
-                    "INPUT_IMAGE_INVALID_URL",
-                    "the URL has no host",
-                ))
-            }
-        };
-        if let Some(ip) = literal {
-            if !self.allowed(ip) {
-                return Err(final_error(
-                    "INPUT_IMAGE_FORBIDDEN_ADDRESS",
-                    "the URL points at a private, loopback or link-local address",
-                ));
-            }
-        }
+        self.guard.precheck(&url).map_err(refused)?;
         Ok(url)
-    }
-
-    /// Resolves the URL's host and returns an address that may be reached.
-    async fn resolve(&self, url: &url::Url) -> Result<SocketAddr, InputImageError> {
-        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| {
-                retryable_error(
-                    "INPUT_IMAGE_UNREACHABLE",
-                    format!("cannot resolve host: {e}"),
-                )
-            })?
-            .collect();
-        if addrs.is_empty() {
-            return Err(retryable_error(
-                "INPUT_IMAGE_UNREACHABLE",
-                "the host has no address",
-            ));
-        }
-        // Every address must pass: a name that resolves to one public and one private
-        // address is refused, so the choice of address cannot be steered.
-        if addrs.iter().any(|a| !self.allowed(a.ip())) {
-            return Err(final_error(
-                "INPUT_IMAGE_FORBIDDEN_ADDRESS",
-                "the URL's host resolves to a private, loopback or link-local address",
-            ));
-        }
-        Ok(addrs[0])
     }
 
     /// Fetches the image, following at most `max_redirects` redirects, each checked.
     pub async fn fetch(&self, raw: &str) -> Result<InputImage, InputImageError> {
         let mut url = self.precheck(raw)?;
         for _ in 0..=self.config.max_redirects {
-            let addr = self.resolve(&url).await?;
-            let host = url.host_str().unwrap_or_default().to_owned();
+            let addr = self.guard.resolve(&url).await.map_err(refused)?;
+            let host = url.host_str().unwrap_or_default();
             // One client per hop, pinned to the address we checked.
-            let client = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
+            let client = pinned_client(host, addr)
                 .timeout(Duration::from_secs(self.config.timeout_secs))
-                .resolve(&host, addr)
                 .build()
                 .map_err(|e| retryable_error("INPUT_IMAGE_UNREACHABLE", e.to_string()))?;
             let response = client.get(url.clone()).send().await.map_err(|e| {
@@ -322,32 +242,6 @@ pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forbidden_ranges() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "::",
-        ] {
-            assert!(is_forbidden(ip.parse().expect("ip")), "{ip}");
-        }
-        for ip in ["8.8.8.8", "142.250.74.46", "2606:4700::1111"] {
-            assert!(!is_forbidden(ip.parse().expect("ip")), "{ip}");
-        }
-    }
 
     #[test]
     fn precheck_refuses_literal_private_hosts_unless_allowed() {

@@ -3,11 +3,15 @@
 //!
 //! A worker never trusts its own memory over the store: if a heartbeat or the final write
 //! says the lease was lost, the attempt's result is dropped (another worker owns the job).
+//!
+//! Owns the `[worker]` configuration section ([`WorkerConfig`]). Its dependencies are built
+//! by the composition root and handed in ([`WorkerDeps`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,13 +21,74 @@ use super::input_image::InputFetcher;
 use super::retry::backoff;
 use crate::base::clock::now_millis;
 use crate::base::job::{ClaimedJob, Finish};
-use crate::config::WorkerConfig;
+use crate::base::settings::{at_least_one, Invalid};
 use crate::events::{Change, EventBus};
 use crate::providers::keypool::{KeyLease, KeyPool, Outcome};
 use crate::providers::{GenerateRequest, Provider, ProviderError, Registry};
 use crate::storage::ObjectStore;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
+
+/// `[worker]` in the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerConfig {
+    /// Jobs run at once by one worker process. Origin name: `WORKER_CONCURRENCY`.
+    pub concurrency: u32,
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+    /// Safety-net poll when no wake-up arrives.
+    pub poll_ms: u64,
+    pub max_attempts: u32,
+    /// A job still unfinished this long after submit fails with `JOB_TIMEOUT`.
+    pub job_timeout_secs: u64,
+    /// On shutdown, how long running jobs may take before they are put back in the queue.
+    pub shutdown_grace_secs: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// How often the maintenance pass (lease rescue, Cancel-After, deadlines) runs.
+    pub maintenance_ms: u64,
+    /// How often provider keys are re-read from the database (keys added by the CLI).
+    pub key_refresh_ms: u64,
+    /// How often keys disabled by an upstream rejection are re-tested.
+    pub key_probe_secs: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 50,
+            lease_ms: 30_000,
+            heartbeat_ms: 10_000,
+            poll_ms: 500,
+            max_attempts: 3,
+            job_timeout_secs: 600,
+            shutdown_grace_secs: 30,
+            retry_base_ms: 1000,
+            retry_max_ms: 60_000,
+            maintenance_ms: 1000,
+            key_refresh_ms: 30_000,
+            key_probe_secs: 300,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The first problem found, with the key it concerns.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        at_least_one([
+            ("worker.concurrency", self.concurrency.into()),
+            ("worker.max_attempts", self.max_attempts.into()),
+        ])?;
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.lease_ms {
+            return Err((
+                "worker.heartbeat_ms",
+                "must be at least 1 and shorter than worker.lease_ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What a worker needs from the rest of the process.
 #[derive(Clone)]
@@ -47,25 +112,6 @@ pub struct WorkerDeps {
     /// Claimed jobs that will need an upstream key and do not hold one yet: the next claim
     /// is sized to the free keys minus these, or it would take jobs no key can run soon.
     pub awaiting_keys: Arc<AtomicU32>,
-}
-
-impl WorkerDeps {
-    /// The worker's share of the process's parts.
-    pub fn from_app(app: &crate::app::App) -> WorkerDeps {
-        WorkerDeps {
-            store: app.store.clone(),
-            objects: app.objects.clone(),
-            providers: app.providers.clone(),
-            config: app.config.worker.clone(),
-            inputs: app.inputs.clone(),
-            gate: Gate::new(app.limiter.clone(), &app.config.limits),
-            events: app.events.clone(),
-            keys: app.keys.clone(),
-            key_lease: Duration::from_secs(app.config.providers.gemini.timeout_secs + 10),
-            wake: app.wake.clone(),
-            awaiting_keys: Arc::default(),
-        }
-    }
 }
 
 /// One claimed job counted in [`WorkerDeps::awaiting_keys`] until it gets its key (or ends).

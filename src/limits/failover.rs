@@ -69,7 +69,14 @@ const MEMORY_PERMIT: &str = "mem-";
 /// What [`Degraded::mode`] says in degraded mode.
 pub const MEMORY_FALLBACK: &str = "memory-fallback";
 
-/// The number of live nodes, as last counted from the heartbeats; never below 1.
+/// How often a process records itself in the `nodes` table.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// A node not heard from for this long (three heartbeats) no longer counts as live. Each node
+/// stamps heartbeats with its own clock, so clocks must agree to well within this (NTP).
+pub const NODE_TTL: Duration = Duration::from_secs(15);
+
+/// The number of live nodes (heard from within [`NODE_TTL`]), as last counted from the
+/// heartbeats; never below 1.
 #[derive(Debug)]
 pub struct LiveNodes(AtomicU32);
 

@@ -4,7 +4,8 @@
 //! concurrency permits taken all-or-nothing across several tiers (global, tenant, provider
 //! key). Two implementations give the same answers and pass one conformance suite
 //! (`tests/limits.rs`): [`MemoryLimiter`] for one node (the default) and [`RedisLimiter`]
-//! across nodes (atomic Lua scripts, Redis' own clock).
+//! across nodes (atomic Lua scripts, Redis' own clock). Also the `[limits]` configuration
+//! section ([`LimitsConfig`]) and what counts as a live node ([`NODE_TTL`], [`LiveNodes`]).
 //! Must not touch: the store, jobs, HTTP. Callers turn a [`RateDecision`] into a 429 and its
 //! headers, and decide what a job does while it waits for a permit (it stays queued). What to
 //! do when the backend is down ([`LimitError::Unavailable`]) is the caller's policy too.
@@ -22,10 +23,49 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::base::settings::{at_least_one, Invalid};
 
 pub use self::redis::RedisLimiter;
-pub use failover::{FailoverConfig, FailoverLimiter, LiveNodes};
+pub use failover::{FailoverConfig, FailoverLimiter, LiveNodes, HEARTBEAT_EVERY, NODE_TTL};
 pub use memory::MemoryLimiter;
+
+/// `[limits]` in the configuration: the global limits (enforced by the workers' gate) and
+/// the rate and concurrency a new tenant gets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Origin name: `GLOBAL_RPM_LIMIT`.
+    pub global_rpm: u32,
+    /// Origin name: `GLOBAL_CONCURRENCY_LIMIT`.
+    pub global_concurrency: u32,
+    pub tenant_rpm: u32,
+    pub tenant_concurrency: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            global_rpm: 1000,
+            global_concurrency: 200,
+            tenant_rpm: 60,
+            tenant_concurrency: 5,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The first problem found, with the key it concerns.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        at_least_one([
+            ("limits.global_rpm", self.global_rpm.into()),
+            ("limits.global_concurrency", self.global_concurrency.into()),
+            ("limits.tenant_rpm", self.tenant_rpm.into()),
+            ("limits.tenant_concurrency", self.tenant_concurrency.into()),
+        ])
+    }
+}
 
 /// A request rate: `per_minute` sustained, up to `burst` at once.
 ///

@@ -2,7 +2,8 @@
 //!
 //! Owns: the wire formats of each upstream (Gemini, OpenAI, Midjourney proxy, the built-in
 //! `local` renderer), their declared capabilities, and the classification of every upstream
-//! failure into [`ProviderError`] (retryable, final, key rejected, content blocked).
+//! failure into [`ProviderError`] (retryable, final, key rejected, content blocked), and the
+//! `[providers]` configuration section ([`ProvidersConfig`], each provider's part with it).
 //! Must not touch: the store, job state, limits or key selection. A provider is handed one
 //! request and at most one credential and returns images or a classified error; retries and
 //! bookkeeping happen in `jobs/`.
@@ -149,6 +150,16 @@ pub trait Provider: Send + Sync {
     ) -> Result<GenerateOutput, ProviderError>;
 }
 
+/// `[providers]` in the configuration: each provider's own section.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ProvidersConfig {
+    /// Provider used for new jobs. Default: `local` unless another provider is configured.
+    pub default: Option<String>,
+    pub local: local::LocalProviderConfig,
+    pub gemini: gemini::GeminiConfig,
+}
+
 /// The configured providers by name, and which one new jobs use.
 #[derive(Clone)]
 pub struct Registry {
@@ -160,10 +171,7 @@ impl Registry {
     /// Every provider this build knows. The default is `providers.default` if set, otherwise
     /// the first of `with_keys` (providers that have upstream keys), otherwise `local`: the
     /// local renderer is the default only when nothing else is configured.
-    pub fn build(
-        config: &crate::config::ProvidersConfig,
-        with_keys: &[&str],
-    ) -> Result<Registry, String> {
+    pub fn build(config: &ProvidersConfig, with_keys: &[&str]) -> Result<Registry, String> {
         let mut providers: std::collections::HashMap<&'static str, std::sync::Arc<dyn Provider>> =
             std::collections::HashMap::new();
         let local: std::sync::Arc<dyn Provider> =

@@ -3,9 +3,11 @@
 //! Owns: the [`ObjectStore`] seam (a local folder by default; any S3-compatible service at
 //! scale, both through the `object_store` crate) and [`urls::ResultLinks`], which turns an
 //! object key into the URL a client gets: a public URL, an S3-presigned link, or a signed,
-//! expiring link that Easel serves itself.
+//! expiring link that Easel serves itself. Its `[storage]` configuration section lives in
+//! [`config`].
 //! Must not touch: jobs, the database or HTTP routing.
 
+pub mod config;
 pub mod urls;
 
 use std::path::Path;
@@ -21,7 +23,7 @@ use object_store::{
     Attribute, Attributes, ClientOptions, ObjectStore as _, PutOptions, PutPayload, RetryConfig,
 };
 
-use crate::config::S3Settings;
+pub use config::{S3Settings, StorageConfig, StorageKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

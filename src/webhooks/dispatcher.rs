@@ -35,6 +35,7 @@ use super::target::{redact, TargetGuard};
 use super::WebhooksConfig;
 use crate::base::clock::{now_millis, Millis};
 use crate::base::job::JobStatus;
+use crate::base::netguard::pinned_client;
 use crate::base::secret::Sealer;
 use crate::base::secret::Secret;
 use crate::base::webhook::{
@@ -156,7 +157,7 @@ const MAX_CLIENTS: usize = 256;
 
 /// HTTP clients by (host, checked address), so attempts to one receiver reuse its
 /// connections instead of building a client (and loading the TLS roots) and opening a
-/// connection each. A client is pinned to the address it is keyed by (`resolve`), so it only
+/// connection each. A client is pinned to the address it is keyed by (`pinned_client`), so it only
 /// ever connects where the guard allowed, whatever DNS says later: a host that resolves
 /// elsewhere at the next attempt gets (after the check) another client.
 #[derive(Default)]
@@ -176,13 +177,10 @@ impl ClientCache {
             return Ok(client.clone());
         }
         // Built outside the lock: building loads the TLS roots, which takes a while.
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
+        let client = pinned_client(host, addr)
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(USER_AGENT)
-            .resolve(host, addr)
             .build()?;
         let mut clients = self.lock();
         if clients.len() >= MAX_CLIENTS && !clients.contains_key(&key) {
@@ -229,16 +227,6 @@ impl Dispatcher {
             clients: ClientCache::default(),
             id: format!("whd_{}", ulid::Ulid::new().to_string().to_lowercase()),
         })
-    }
-
-    pub fn from_app(app: &crate::app::App) -> Result<Dispatcher, String> {
-        Dispatcher::new(
-            app.store.clone(),
-            app.sealer.clone(),
-            app.urls.clone(),
-            app.config.webhooks.clone(),
-            Some(app.events.clone()),
-        )
     }
 
     fn timeout(&self) -> Duration {

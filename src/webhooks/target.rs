@@ -1,12 +1,12 @@
-//! Where a webhook may be sent: http(s) URLs whose every resolved address is public (the same
-//! rules as input images, [`is_forbidden`]) unless `webhooks.allow_networks` lists it. The
-//! dispatcher connects to the address it checked (no DNS rebinding between check and use).
+//! Where a webhook may be sent: an http(s) URL of at most [`MAX_URL_CHARS`] that the network
+//! guard ([`NetGuard`], the same rule as input images) lets through, with
+//! `webhooks.allow_networks` as its allow-list. The dispatcher connects only to the address the
+//! guard checked ([`crate::base::netguard::pinned_client`]: no DNS rebinding between check and
+//! use).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use ipnet::IpNet;
-
-use crate::jobs::input_image::is_forbidden;
+use crate::base::netguard::{NetGuard, Refusal};
 
 pub const MAX_URL_CHARS: usize = 2048;
 
@@ -26,30 +26,20 @@ fn refused(message: impl Into<String>) -> TargetError {
     }
 }
 
+/// The network guard with `webhooks.allow_networks`, and the webhook's own URL rules.
 #[derive(Debug, Clone)]
 pub struct TargetGuard {
-    allow: Vec<IpNet>,
+    guard: NetGuard,
 }
 
 impl TargetGuard {
     pub fn new(allow_networks: &[String]) -> Result<TargetGuard, String> {
-        let allow = allow_networks
-            .iter()
-            .map(|n| {
-                n.parse::<IpNet>()
-                    .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("webhooks.allow_networks: '{n}' is not a network"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(TargetGuard { allow })
+        let guard = NetGuard::new("webhooks.allow_networks", allow_networks)?;
+        Ok(TargetGuard { guard })
     }
 
-    fn allowed(&self, ip: IpAddr) -> bool {
-        !is_forbidden(ip) || self.allow.iter().any(|net| net.contains(&ip))
-    }
-
-    /// The checks that need no network: length, scheme, host, and a literal IP host (or
-    /// `localhost`) that is forbidden. Returns the URL normalised, without a fragment.
+    /// The checks that need no network: length, then the guard's (scheme, host, a forbidden
+    /// literal address or `localhost` name). Returns the URL normalised, without a fragment.
     pub fn precheck(&self, raw: &str) -> Result<url::Url, TargetError> {
         if raw.len() > MAX_URL_CHARS {
             return Err(refused(format!(
@@ -58,58 +48,25 @@ impl TargetGuard {
         }
         let mut url =
             url::Url::parse(raw.trim()).map_err(|e| refused(format!("not a valid URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(refused("only http and https URLs can receive webhooks"));
-        }
+        self.guard.precheck(&url).map_err(target_error)?;
         url.set_fragment(None);
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
-            Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
-            Some(url::Host::Domain("")) => return Err(refused("the URL has no host")),
-            Some(url::Host::Domain(d))
-                if d.eq_ignore_ascii_case("localhost")
-                    || d.to_ascii_lowercase().ends_with(".localhost") =>
-            {
-                Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
-            }
-            Some(url::Host::Domain(_)) => None,
-            None => return Err(refused("the URL has no host")),
-        };
-        if let Some(ip) = literal {
-            if !self.allowed(ip) {
-                return Err(refused(
-                    "the URL points at a private, loopback or link-local address",
-                ));
-            }
-        }
         Ok(url)
     }
 
     /// Resolves the URL's host; every address must be allowed. Returns the one to connect to.
     pub async fn resolve(&self, url: &url::Url) -> Result<SocketAddr, TargetError> {
-        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| TargetError {
-                message: format!("cannot resolve the host: {e}"),
-                retryable: true,
-            })?
-            .collect();
-        let Some(first) = addrs.first().copied() else {
-            return Err(TargetError {
-                message: "the host has no address".into(),
-                retryable: true,
-            });
-        };
-        // A name with one public and one private address is refused as a whole, so which
-        // address gets used cannot be steered.
-        if addrs.iter().any(|a| !self.allowed(a.ip())) {
-            return Err(refused(
-                "the URL's host resolves to a private, loopback or link-local address",
-            ));
-        }
-        Ok(first)
+        self.guard.resolve(url).await.map_err(target_error)
+    }
+}
+
+/// The guard's refusal in the webhook's words.
+fn target_error(refusal: Refusal) -> TargetError {
+    match refusal {
+        Refusal::NotHttp => refused("only http and https URLs can receive webhooks"),
+        other => TargetError {
+            retryable: other.is_retryable(),
+            message: other.to_string(),
+        },
     }
 }
 

@@ -43,10 +43,10 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 /// exist), `EASEL_TEST_S3_ACCESS_KEY_ID`, `EASEL_TEST_S3_SECRET_ACCESS_KEY`, and optionally
 /// `EASEL_TEST_S3_REGION` and `EASEL_TEST_S3_PATH_STYLE` (default `true`). `None` when
 /// `EASEL_TEST_S3_URL` is unset: S3 tests then print a skip note.
-pub fn test_s3_settings() -> Option<easel::config::S3Settings> {
+pub fn test_s3_settings() -> Option<easel::storage::S3Settings> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let endpoint = var("EASEL_TEST_S3_URL")?;
-    Some(easel::config::S3Settings {
+    Some(easel::storage::S3Settings {
         allow_http: endpoint.starts_with("http://"),
         endpoint: Some(endpoint),
         bucket: Some(var("EASEL_TEST_S3_BUCKET").unwrap_or_else(|| "easel-test".into())),
@@ -60,8 +60,8 @@ pub fn test_s3_settings() -> Option<easel::config::S3Settings> {
 }
 
 /// Stores images in the test S3 bucket (see [`test_s3_settings`]).
-pub fn use_s3(config: &mut Config, s3: easel::config::S3Settings) {
-    config.storage.kind = easel::config::StorageKind::S3;
+pub fn use_s3(config: &mut Config, s3: easel::storage::S3Settings) {
+    config.storage.kind = easel::storage::StorageKind::S3;
     config.storage.s3 = s3;
 }
 

@@ -1,5 +1,6 @@
 //! The built-in `local` provider: renders a deterministic PNG from the prompt, so the whole
 //! flow works with no upstream key. Same prompt and seed, same image; drafts are smaller.
+//! Owns its `[providers.local]` configuration section ([`LocalProviderConfig`]).
 
 pub mod render;
 
@@ -13,7 +14,42 @@ use super::{
     UpstreamCredential,
 };
 use crate::base::job::Mode;
-use crate::config::LocalProviderConfig;
+use crate::base::settings::Invalid;
+
+/// `[providers.local]` in the configuration.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LocalProviderConfig {
+    pub draft_size: u32,
+    pub final_size: u32,
+    /// Simulated upstream latency on top of the render itself.
+    pub delay_ms: u64,
+}
+
+impl Default for LocalProviderConfig {
+    fn default() -> Self {
+        LocalProviderConfig {
+            draft_size: 512,
+            final_size: 1024,
+            delay_ms: 0,
+        }
+    }
+}
+
+impl LocalProviderConfig {
+    /// The first problem found, with the key it concerns.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for (key, size) in [
+            ("providers.local.draft_size", self.draft_size),
+            ("providers.local.final_size", self.final_size),
+        ] {
+            if !(8..=4096).contains(&size) {
+                return Err((key, "must be between 8 and 4096".into()));
+            }
+        }
+        Ok(())
+    }
+}
 
 pub struct LocalProvider {
     config: LocalProviderConfig,

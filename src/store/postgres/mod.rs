@@ -53,11 +53,11 @@ use crate::base::clock::Millis;
 use crate::base::job::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
 };
+use crate::base::redact::redact_url;
 use crate::base::webhook::{
     AttemptReport, ClaimedDelivery, DeliveryListQuery, DeliveryPage, ReplayOutcome, SealedSecret,
     TenantWebhook, WebhookSet,
 };
-use crate::config::redact_url;
 
 /// The schema, embedded in the binary; applied in order, each file once.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
