@@ -1,5 +1,5 @@
-//! The jobs table as a queue, on PostgreSQL: submit, read, list, cancel, claim, heartbeat,
-//! finish, release and the maintenance pass. Every status change writes its job event row in
+//! The jobs table as a queue, on PostgreSQL: submit, read, list, cancel, heartbeat, finish,
+//! release and the maintenance pass (the reads of job events are in `events.rs`). Every status change writes its job event row in
 //! the same transaction, mostly in the same statement (a data-modifying `WITH`), so a write
 //! is one round trip wherever the behaviour allows it. The event row's insert trigger
 //! (migration 0003) writes the webhook deliveries in that same transaction. The claim has a
@@ -13,9 +13,7 @@ use sqlx::{FromRow, PgConnection, PgPool};
 use crate::base::clock::{now_millis, Millis};
 
 use crate::base::job::Mode;
-use crate::base::job::{
-    Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome,
-};
+use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
 use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
 
 const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
@@ -40,7 +38,7 @@ pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Unavailable(format!("corrupt job row: bad {what}"))
 }
 
-fn count(n: i32, what: &str) -> StoreResult<u32> {
+pub(super) fn count(n: i32, what: &str) -> StoreResult<u32> {
     u32::try_from(n).map_err(|_| corrupt(what))
 }
 
@@ -259,88 +257,6 @@ pub async fn list(pool: &PgPool, q: &JobListQuery) -> StoreResult<JobPage> {
     let has_more = items.len() > q.limit as usize;
     items.truncate(q.limit as usize);
     Ok(JobPage { items, has_more })
-}
-
-#[derive(FromRow)]
-struct EventRow {
-    id: i64,
-    job_id: String,
-    tenant_id: String,
-    status: String,
-    attempt: i32,
-    error_code: Option<String>,
-    error_message: Option<String>,
-    at: Millis,
-}
-
-fn event_from_row(r: EventRow) -> StoreResult<JobEvent> {
-    Ok(JobEvent {
-        id: r.id,
-        job_id: r.job_id,
-        tenant_id: r.tenant_id,
-        status: JobStatus::parse(&r.status).ok_or_else(|| corrupt("event status"))?,
-        attempt: count(r.attempt, "event attempt")?,
-        error_code: r.error_code,
-        error_message: r.error_message,
-        at: r.at,
-    })
-}
-
-pub async fn events(pool: &PgPool, job_id: &str) -> StoreResult<Vec<JobEvent>> {
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
-         FROM job_events WHERE job_id = $1 ORDER BY id",
-    )
-    .bind(job_id)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter().map(event_from_row).collect()
-}
-
-/// Events after `after_id`, only from transactions older than every running one, so ids are
-/// final: nothing can later appear below what a reader has seen (see migration 0002).
-pub async fn events_after(
-    pool: &PgPool,
-    tenant_id: &str,
-    job_id: Option<&str>,
-    after_id: i64,
-    limit: u32,
-) -> StoreResult<Vec<JobEvent>> {
-    // One statement per shape, as for job lists: index job_events_tenant (tenant_id, id) for
-    // a tenant's feed, job_events_job (job_id, id) for one job's.
-    macro_rules! events_where {
-        ($filter:literal) => {
-            concat!(
-                "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
-                 FROM job_events WHERE tenant_id = $1 AND ",
-                $filter,
-                " AND id > $3 AND txid < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY id LIMIT $4"
-            )
-        };
-    }
-    let sql = match job_id {
-        Some(_) => events_where!("job_id = $2"),
-        None => events_where!("$2::TEXT IS NULL"),
-    };
-    let rows: Vec<EventRow> = sqlx::query_as(sql)
-        .bind(tenant_id)
-        .bind(job_id)
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?;
-    rows.into_iter().map(event_from_row).collect()
-}
-
-pub async fn events_last_id(pool: &PgPool, tenant_id: &str) -> StoreResult<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(max(id), 0) FROM job_events
-         WHERE tenant_id = $1 AND txid < pg_snapshot_xmin(pg_current_snapshot())",
-    )
-    .bind(tenant_id)
-    .fetch_one(pool)
-    .await?)
 }
 
 pub async fn next_run_at(pool: &PgPool) -> StoreResult<Option<Millis>> {

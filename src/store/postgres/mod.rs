@@ -2,9 +2,10 @@
 //!
 //! Owns: the connection pool, the `migrations/postgres` schema (brought up to date at open,
 //! which is all `easel migrate` does), the SQL of every [`Store`] method (jobs in `jobs.rs`,
-//! the fair claim in `claim.rs`, tenants and keys in `tenants.rs`, the webhook outbox in
-//! `webhooks.rs`, node heartbeats in `nodes.rs`; each method one transaction, most of them one statement) and the
-//! `LISTEN easel_jobs` listener behind [`Store::wait_for_work`].
+//! the fair claim in `claim.rs`, event reads in `events.rs`, tenants and keys in
+//! `tenants.rs`, the webhook outbox in `webhooks.rs`, node heartbeats in `nodes.rs`; each
+//! method one transaction, most of them one statement) and the `LISTEN easel_jobs` listener
+//! behind [`Store::wait_for_work`].
 //! Must not touch: HTTP, providers, object storage, limits or the worker loop. Never puts the
 //! database password in an error or a log line: URLs are shown through [`redact_url`].
 //!
@@ -29,6 +30,7 @@
 //! Timestamps are Easel's own clock in milliseconds, as on SQLite, never the server's `now()`.
 
 mod claim;
+mod events;
 mod jobs;
 mod nodes;
 mod tenants;
@@ -343,7 +345,7 @@ impl Store for PgStore {
     }
 
     async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>> {
-        jobs::events(&self.pool, job_id).await
+        events::events(&self.pool, job_id).await
     }
 
     async fn job_events_after(
@@ -353,11 +355,11 @@ impl Store for PgStore {
         after_id: i64,
         limit: u32,
     ) -> StoreResult<Vec<JobEvent>> {
-        jobs::events_after(&self.pool, tenant_id, job_id, after_id, limit).await
+        events::events_after(&self.pool, tenant_id, job_id, after_id, limit).await
     }
 
     async fn job_events_last_id(&self, tenant_id: &str) -> StoreResult<i64> {
-        jobs::events_last_id(&self.pool, tenant_id).await
+        events::events_last_id(&self.pool, tenant_id).await
     }
 
     async fn job_claim(

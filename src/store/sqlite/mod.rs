@@ -9,6 +9,8 @@
 //! rusqlite rather than sqlx here: the group-commit writer needs a connection it owns on one
 //! thread, which sqlx's async pool does not give.
 
+mod claim;
+mod events;
 mod jobs;
 mod nodes;
 mod tenants;
@@ -45,6 +47,19 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0005_webhook_retention.sql"),
     include_str!("../../../migrations/sqlite/0006_waiting_by_tenant.sql"),
 ];
+
+/// A column whose stored text does not parse (a status, a mode, JSON).
+pub(super) fn bad_column(index: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Text,
+        format!("bad {what}").into(),
+    )
+}
+
+pub(super) fn lease_millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4)
+}
 
 /// Writes gathered into one transaction at most.
 const MAX_GROUP: usize = 512;
@@ -328,7 +343,7 @@ impl Store for SqliteStore {
 
     async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>> {
         let job_id = job_id.to_owned();
-        self.read(move |c| jobs::events(c, &job_id)).await
+        self.read(move |c| events::events(c, &job_id)).await
     }
 
     async fn job_events_after(
@@ -339,13 +354,13 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<JobEvent>> {
         let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.map(str::to_owned));
-        self.read(move |c| jobs::events_after(c, &tenant_id, job_id.as_deref(), after_id, limit))
+        self.read(move |c| events::events_after(c, &tenant_id, job_id.as_deref(), after_id, limit))
             .await
     }
 
     async fn job_events_last_id(&self, tenant_id: &str) -> StoreResult<i64> {
         let tenant_id = tenant_id.to_owned();
-        self.read(move |c| jobs::events_last_id(c, &tenant_id))
+        self.read(move |c| events::events_last_id(c, &tenant_id))
             .await
     }
 
@@ -356,7 +371,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
         let worker_id = worker_id.to_owned();
-        self.write(move |c| jobs::claim(c, &worker_id, max, lease))
+        self.write(move |c| claim::claim(c, &worker_id, max, lease))
             .await
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::{bad_column, lease_millis};
 use crate::base::clock::{now_millis, Millis};
 
 use crate::base::job::JobStatus;
@@ -28,14 +29,6 @@ const DELIVERY_COLUMNS: &str = "seq, id, job_id, tenant_id, url, source, status,
 
 /// URLs with due work considered per claim.
 const CLAIM_URL_WINDOW: usize = 256;
-
-fn bad_column(index: usize, what: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        index,
-        rusqlite::types::Type::Text,
-        format!("bad {what}").into(),
-    )
-}
 
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<TenantWebhook> {
     let events: String = row.get(2)?;
@@ -165,10 +158,6 @@ pub fn rotate_secret(
         return Err(StoreError::NotFound);
     }
     get(conn, tenant_id)?.ok_or(StoreError::NotFound)
-}
-
-fn lease_millis(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 /// The tenant's secrets that may sign now, newest first.
