@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::{FromRow, PgConnection, PgPool};
 
-use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::Millis;
 
 use crate::base::job::Mode;
 use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
@@ -269,7 +269,12 @@ pub async fn next_run_at(pool: &PgPool) -> StoreResult<Option<Millis>> {
 
 // ---- cancel ----
 
-pub async fn cancel(pool: &PgPool, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
+pub async fn cancel(
+    pool: &PgPool,
+    now: Millis,
+    tenant_id: &str,
+    job_id: &str,
+) -> StoreResult<CancelOutcome> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH done AS (
@@ -287,7 +292,7 @@ pub async fn cancel(pool: &PgPool, tenant_id: &str, job_id: &str) -> StoreResult
         let canceled: Option<String> = sqlx::query_scalar(&SQL)
             .bind(job_id)
             .bind(tenant_id)
-            .bind(now_millis())
+            .bind(now)
             .fetch_optional(pool)
             .await?;
         if canceled.is_some() {
@@ -320,11 +325,12 @@ pub(super) fn lease_millis(lease: Duration) -> i64 {
 
 pub async fn heartbeat(
     pool: &PgPool,
+    now: Millis,
     job_id: &str,
     fence: i64,
     lease: Duration,
 ) -> StoreResult<Millis> {
-    let lease_until = now_millis().saturating_add(lease_millis(lease));
+    let lease_until = now.saturating_add(lease_millis(lease));
     let updated = sqlx::query(
         "UPDATE jobs SET lease_until = $3 WHERE id = $1 AND fence = $2 AND status = 'RUNNING'",
     )
@@ -383,8 +389,13 @@ static FINISH_FAILED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-pub async fn finish(pool: &PgPool, job_id: &str, fence: i64, finish: &Finish) -> StoreResult<()> {
-    let now = now_millis();
+pub async fn finish(
+    pool: &PgPool,
+    now: Millis,
+    job_id: &str,
+    fence: i64,
+    finish: &Finish,
+) -> StoreResult<()> {
     let query = match finish {
         Finish::Succeeded { result_keys, meta } => {
             let keys = serde_json::to_string(result_keys)
@@ -434,7 +445,7 @@ async fn notify_after_commit(pool: &PgPool) {
     }
 }
 
-pub async fn release(pool: &PgPool, job_id: &str, fence: i64) -> StoreResult<()> {
+pub async fn release(pool: &PgPool, now: Millis, job_id: &str, fence: i64) -> StoreResult<()> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH done AS (
@@ -452,7 +463,7 @@ pub async fn release(pool: &PgPool, job_id: &str, fence: i64) -> StoreResult<()>
     let released = sqlx::query(&SQL)
         .bind(job_id)
         .bind(fence)
-        .bind(now_millis())
+        .bind(now)
         .execute(pool)
         .await?
         .rows_affected();
@@ -496,7 +507,7 @@ const MAINTAIN_CANCEL_AFTER: &str = "WITH due AS MATERIALIZED (
      SELECT id, tenant_id, status, attempts, error_code, error_message, $1 FROM done";
 
 /// Expired leases: failed (at the pass's `$1`) when out of attempts, else back in the queue
-/// runnable at once (at the real time `$2`, as on SQLite).
+/// runnable at once (at the store clock's time `$2`, as on SQLite).
 const MAINTAIN_LOST: &str = "WITH lost AS MATERIALIZED (
          SELECT seq FROM jobs WHERE status = 'RUNNING' AND lease_until < $1
          ORDER BY lease_until LIMIT 1000 FOR UPDATE SKIP LOCKED
@@ -518,7 +529,9 @@ const MAINTAIN_LOST: &str = "WITH lost AS MATERIALIZED (
      )
      SELECT count(*), count(*) FILTER (WHERE status = 'RETRYING') FROM done";
 
-pub async fn maintain(pool: &PgPool, now: Millis) -> StoreResult<Maintenance> {
+/// `now` is the pass's time; a rescued job is runnable again from `clock_now`, the store
+/// clock's time.
+pub async fn maintain(pool: &PgPool, now: Millis, clock_now: Millis) -> StoreResult<Maintenance> {
     let mut tx = pool.begin().await?;
     // Deadlines first: a job past its deadline fails whatever else is true of it.
     let expired = sqlx::query(MAINTAIN_DEADLINES)
@@ -533,7 +546,7 @@ pub async fn maintain(pool: &PgPool, now: Millis) -> StoreResult<Maintenance> {
         .rows_affected();
     let (rescued, requeued): (i64, i64) = sqlx::query_as(MAINTAIN_LOST)
         .bind(now)
-        .bind(now_millis())
+        .bind(clock_now)
         .fetch_one(&mut *tx)
         .await?;
     if requeued > 0 {

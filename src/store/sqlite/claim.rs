@@ -9,7 +9,7 @@ use rusqlite::{params, Connection};
 use super::events::{event_insert, EventRow};
 use super::jobs::{job_from_row, JOB_COLUMNS};
 use super::lease_millis;
-use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::Millis;
 use crate::base::job::{ClaimedJob, JobStatus};
 use crate::store::StoreResult;
 
@@ -78,11 +78,11 @@ fn claim_pick(conn: &Connection, max: u32, now: Millis) -> StoreResult<Vec<(i64,
 
 pub fn claim(
     conn: &Connection,
+    now: Millis,
     worker_id: &str,
     max: u32,
     lease: Duration,
 ) -> StoreResult<Vec<ClaimedJob>> {
-    let now = now_millis();
     let lease_until = now.saturating_add(lease_millis(lease));
     let picked = claim_pick(conn, max, now)?;
     let sql = format!(

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::events::{event_insert, EventRow};
 use super::{bad_column, lease_millis};
-use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::Millis;
 
 use crate::base::job::Mode;
 use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
@@ -162,7 +162,12 @@ pub fn list(conn: &Connection, q: &JobListQuery) -> StoreResult<JobPage> {
     Ok(JobPage { items, has_more })
 }
 
-pub fn cancel(conn: &Connection, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
+pub fn cancel(
+    conn: &Connection,
+    now: Millis,
+    tenant_id: &str,
+    job_id: &str,
+) -> StoreResult<CancelOutcome> {
     let found: Option<(String, u32)> = conn
         .prepare_cached("SELECT status, attempts FROM jobs WHERE id = ?1 AND tenant_id = ?2")?
         .query_row([job_id, tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -174,7 +179,6 @@ pub fn cancel(conn: &Connection, tenant_id: &str, job_id: &str) -> StoreResult<C
     if !status.can_cancel() {
         return Ok(CancelOutcome::InvalidState(status));
     }
-    let now = now_millis();
     end_waiting(
         conn,
         job_id,
@@ -226,11 +230,12 @@ fn end_waiting(
 
 pub fn heartbeat(
     conn: &Connection,
+    now: Millis,
     job_id: &str,
     fence: i64,
     lease: Duration,
 ) -> StoreResult<Millis> {
-    let lease_until = now_millis().saturating_add(lease_millis(lease));
+    let lease_until = now.saturating_add(lease_millis(lease));
     let updated = conn
         .prepare_cached(
             "UPDATE jobs SET lease_until = ?3
@@ -253,9 +258,14 @@ fn running_under_fence(conn: &Connection, job_id: &str, fence: i64) -> StoreResu
     .ok_or(StoreError::LeaseLost)
 }
 
-pub fn finish(conn: &Connection, job_id: &str, fence: i64, finish: &Finish) -> StoreResult<()> {
+pub fn finish(
+    conn: &Connection,
+    now: Millis,
+    job_id: &str,
+    fence: i64,
+    finish: &Finish,
+) -> StoreResult<()> {
     let (tenant_id, attempts) = running_under_fence(conn, job_id, fence)?;
-    let now = now_millis();
     let (code, message) = match finish {
         Finish::Succeeded { result_keys, meta } => {
             let keys = serde_json::to_string(result_keys)
@@ -310,10 +320,11 @@ pub fn finish(conn: &Connection, job_id: &str, fence: i64, finish: &Finish) -> S
     )
 }
 
-pub fn release(conn: &Connection, job_id: &str, fence: i64) -> StoreResult<()> {
+pub fn release(conn: &Connection, now: Millis, job_id: &str, fence: i64) -> StoreResult<()> {
     let (tenant_id, attempts) = running_under_fence(conn, job_id, fence)?;
     requeue_running(
         conn,
+        now,
         job_id,
         &tenant_id,
         attempts.saturating_sub(1),
@@ -327,12 +338,12 @@ pub fn release(conn: &Connection, job_id: &str, fence: i64) -> StoreResult<()> {
 /// Puts a running job back in the queue as RETRYING, runnable at once.
 fn requeue_running(
     conn: &Connection,
+    now: Millis,
     job_id: &str,
     tenant_id: &str,
     attempts: u32,
     (code, message): (&str, &str),
 ) -> StoreResult<()> {
-    let now = now_millis();
     conn.prepare_cached(
         "UPDATE jobs SET status = 'RETRYING', attempts = ?2, run_at = ?3, updated_at = ?3,
              error_code = ?4, error_message = ?5, fence = fence + 1,
@@ -395,7 +406,9 @@ fn open_jobs(conn: &Connection, sql: &str, now: Millis) -> StoreResult<Vec<OpenJ
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn maintain(conn: &Connection, now: Millis) -> StoreResult<Maintenance> {
+/// `now` is the pass's time (deadlines, `Cancel-After`, expired leases, failures); a rescued
+/// job is runnable again from `clock_now`, the store clock's time.
+pub fn maintain(conn: &Connection, now: Millis, clock_now: Millis) -> StoreResult<Maintenance> {
     let mut done = Maintenance::default();
     // Deadlines first: a job past its deadline fails whatever else is true of it.
     let overdue = open_jobs(
@@ -458,7 +471,7 @@ pub fn maintain(conn: &Connection, now: Millis) -> StoreResult<Maintenance> {
         if attempts >= max_attempts {
             fail_running(conn, &id, &tenant, attempts, now, why)?;
         } else {
-            requeue_running(conn, &id, &tenant, attempts, why)?;
+            requeue_running(conn, clock_now, &id, &tenant, attempts, why)?;
         }
         done.rescued += 1;
     }
