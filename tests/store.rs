@@ -7,14 +7,15 @@
 //! PostgreSQL-only behaviour (the NOTIFY wake-up, concurrent submits from separate pools) is
 //! at the end.
 //!
-//! Time: the store stamps claims and leases with its own clock, so tests use short leases
-//! (1 ms) and pass a future `now` to `job_maintain` instead of sleeping.
+//! Time: each store stamps its writes with the bundle's manual clock, which stands still
+//! until a test moves it: tests that need time to pass move the clock (or pass a future `now`
+//! to `job_maintain`), never sleep, and every time a test writes comes from that clock.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use easel::base::clock::{now_millis, Millis};
+use easel::base::clock::{now_millis, ManualWallClock, Millis, WallClock};
 
 use easel::base::job::Mode;
 use easel::base::job::{
@@ -39,16 +40,36 @@ const LONG_LEASE: Duration = Duration::from_secs(600);
 /// One backend under test, with a fresh, empty database.
 struct Bundle {
     store: Arc<dyn Store>,
+    /// The store's clock: it moves only when the test moves it.
+    clock: Arc<ManualWallClock>,
     /// Keeps the SQLite folder alive for the test's duration.
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Bundle {
+    /// A clock that starts at the real time, so stamps look like today's.
+    fn clock() -> Arc<ManualWallClock> {
+        Arc::new(ManualWallClock::new(now_millis()))
+    }
+
+    /// The store's time.
+    fn now(&self) -> Millis {
+        self.clock.now_millis()
+    }
+
+    /// A job to submit now.
+    fn job(&self, tenant_id: &str) -> NewJob {
+        new_job(tenant_id, self.now())
+    }
+
     async fn sqlite() -> Option<Bundle> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("easel.db")).expect("open sqlite");
+        let clock = Bundle::clock();
+        let store = SqliteStore::open_with_clock(&dir.path().join("easel.db"), clock.clone())
+            .expect("open sqlite");
         Some(Bundle {
             store: Arc::new(store),
+            clock,
             _dir: Some(dir),
         })
     }
@@ -57,11 +78,14 @@ impl Bundle {
     /// `EASEL_TEST_PG_URL`.
     async fn postgres() -> Option<Bundle> {
         let (url, schema) = pg_schema().await?;
+        let clock = Bundle::clock();
         let store = PgStore::connect_with_schema(&url, &schema, &pg_settings())
             .await
-            .expect("connect to EASEL_TEST_PG_URL");
+            .expect("connect to EASEL_TEST_PG_URL")
+            .with_clock(clock.clone());
         Some(Bundle {
             store: Arc::new(store),
+            clock,
             _dir: None,
         })
     }
@@ -154,7 +178,7 @@ async fn tenant(store: &dyn Store, name: &str, concurrency: u32) -> Tenant {
         .expect("tenant_create")
 }
 
-fn new_job(tenant_id: &str) -> NewJob {
+fn new_job(tenant_id: &str, now: Millis) -> NewJob {
     NewJob {
         id: format!("job_{}", ulid()),
         tenant_id: tenant_id.to_owned(),
@@ -164,9 +188,9 @@ fn new_job(tenant_id: &str) -> NewJob {
         params: JobParams::default(),
         provider: "local".into(),
         max_attempts: 3,
-        created_at: now_millis(),
+        created_at: now,
         cancel_at: None,
-        deadline_at: now_millis() + HOUR,
+        deadline_at: now + HOUR,
         idempotency: None,
         webhook_url: None,
     }
@@ -179,10 +203,10 @@ async fn submit(store: &dyn Store, job: NewJob) -> String {
     }
 }
 
-async fn submit_n(store: &dyn Store, tenant_id: &str, n: usize) -> Vec<String> {
+async fn submit_n(b: &Bundle, tenant_id: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {
-        ids.push(submit(store, new_job(tenant_id)).await);
+        ids.push(submit(b.store.as_ref(), b.job(tenant_id)).await);
     }
     ids
 }
@@ -245,10 +269,10 @@ fn retry(run_at: Millis) -> Finish {
 async fn tenant_create_and_list(b: Bundle) {
     let s = b.store.as_ref();
     assert!(s.tenant_list().await.unwrap().is_empty());
-    let before = now_millis();
+    let before = b.now();
     let acme = tenant(s, "Acme", 5).await;
     let zeta = tenant(s, "Zeta", 7).await;
-    let after = now_millis();
+    let after = b.now();
     assert_eq!((acme.name.as_str(), acme.rpm_limit), ("Acme", 600));
     assert_eq!(acme.concurrency_limit, 5);
     assert!((before..=after).contains(&acme.created_at));
@@ -392,7 +416,7 @@ async fn provider_key_set_enabled_records_why(b: Bundle) {
 async fn submit_creates_queued_job_and_one_event(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "Acme", 5).await;
-    let mut job = new_job(&t.id);
+    let mut job = b.job(&t.id);
     job.mode = Mode::Final;
     job.input_image_url = Some("https://example.com/in.png".into());
     job.params = JobParams {
@@ -445,7 +469,7 @@ async fn idempotency_replays_refuses_and_is_per_tenant(b: Bundle) {
     let a = tenant(s, "A", 5).await;
     let other = tenant(s, "B", 5).await;
     let with_key = |tenant_id: &str, hash: &str| {
-        let mut job = new_job(tenant_id);
+        let mut job = b.job(tenant_id);
         job.idempotency = Some(IdempotencyClaim {
             key: "order-17".into(),
             request_hash: hash.into(),
@@ -495,7 +519,7 @@ async fn job_get_is_scoped_by_tenant(b: Bundle) {
     let s = b.store.as_ref();
     let a = tenant(s, "A", 5).await;
     let other = tenant(s, "B", 5).await;
-    let id = submit(s, new_job(&a.id)).await;
+    let id = submit(s, b.job(&a.id)).await;
     assert_eq!(get(s, &a.id, &id).await.tenant_id, a.id);
     assert_eq!(s.job_get(&other.id, &id).await.unwrap(), None);
     assert_eq!(s.job_get(&a.id, "job_missing").await.unwrap(), None);
@@ -505,8 +529,8 @@ async fn list_newest_first_with_filter_and_paging(b: Bundle) {
     let s = b.store.as_ref();
     let a = tenant(s, "A", 5).await;
     let other = tenant(s, "B", 5).await;
-    let ids = submit_n(s, &a.id, 5).await;
-    submit_n(s, &other.id, 2).await;
+    let ids = submit_n(&b, &a.id, 5).await;
+    submit_n(&b, &other.id, 2).await;
     let query = |status: Option<JobStatus>, limit: u32, before_seq: Option<i64>| JobListQuery {
         tenant_id: a.id.clone(),
         status,
@@ -563,10 +587,10 @@ async fn cancel_outcomes(b: Bundle) {
     let s = b.store.as_ref();
     let a = tenant(s, "A", 5).await;
     let other = tenant(s, "B", 5).await;
-    let running = submit(s, new_job(&a.id)).await;
+    let running = submit(s, b.job(&a.id)).await;
     let claimed = claim_one(s, LONG_LEASE).await;
     assert_eq!(claimed.job.id, running);
-    let queued = submit(s, new_job(&a.id)).await;
+    let queued = submit(s, b.job(&a.id)).await;
 
     assert_eq!(
         s.job_cancel(&other.id, &queued).await.unwrap(),
@@ -583,7 +607,7 @@ async fn cancel_outcomes(b: Bundle) {
     );
     assert_eq!(get(s, &a.id, &running).await.status, JobStatus::Running);
 
-    let before = now_millis();
+    let before = b.now();
     assert_eq!(
         s.job_cancel(&a.id, &queued).await.unwrap(),
         CancelOutcome::Canceled
@@ -600,7 +624,7 @@ async fn cancel_outcomes(b: Bundle) {
         CancelOutcome::InvalidState(JobStatus::Canceled)
     );
     // A job waiting between attempts can be canceled too; a canceled job is never claimed.
-    s.job_finish(&running, claimed.fence, retry(now_millis()))
+    s.job_finish(&running, claimed.fence, retry(b.now()))
         .await
         .unwrap();
     assert_eq!(
@@ -617,7 +641,7 @@ async fn concurrent_identical_submits_make_one_job(b: Bundle) {
     let s = b.store.clone();
     let t = tenant(s.as_ref(), "A", 5).await;
     let keyed = |hash: &str| {
-        let mut job = new_job(&t.id);
+        let mut job = b.job(&t.id);
         job.idempotency = Some(IdempotencyClaim {
             key: "order-50".into(),
             request_hash: hash.into(),
@@ -669,11 +693,11 @@ async fn concurrent_identical_submits_make_one_job(b: Bundle) {
 async fn claim_bumps_attempt_and_fence_and_sets_lease(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 50).await;
-    let ids = submit_n(s, &t.id, 5).await;
+    let ids = submit_n(&b, &t.id, 5).await;
     let lease = Duration::from_secs(30);
-    let before = now_millis();
+    let before = b.now();
     let first = claim(s, 3, lease).await;
-    let after = now_millis();
+    let after = b.now();
     let got: Vec<&str> = first.iter().map(|c| c.job.id.as_str()).collect();
     assert_eq!(got, ids[..3].iter().map(String::as_str).collect::<Vec<_>>());
     for c in &first {
@@ -695,7 +719,7 @@ async fn claim_bumps_attempt_and_fence_and_sets_lease(b: Bundle) {
     assert!(claim(s, 3, lease).await.is_empty());
     // A second attempt gets a larger fence and attempt 2, and keeps the first start time.
     let c = &first[0];
-    s.job_finish(&c.job.id, c.fence, retry(now_millis()))
+    s.job_finish(&c.job.id, c.fence, retry(b.now()))
         .await
         .unwrap();
     let again = claim_one(s, lease).await;
@@ -712,7 +736,7 @@ async fn claim_bumps_attempt_and_fence_and_sets_lease(b: Bundle) {
 async fn claim_max_zero_claims_nothing(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     assert!(claim(s, 0, LONG_LEASE).await.is_empty());
     assert_eq!(get(s, &t.id, &id).await.status, JobStatus::Queued);
 }
@@ -722,7 +746,7 @@ async fn concurrent_claimers_never_share_a_job(b: Bundle) {
     let mut all = HashSet::new();
     for name in ["A", "B", "C", "D"] {
         let t = tenant(s.as_ref(), name, 1000).await;
-        all.extend(submit_n(s.as_ref(), &t.id, 50).await);
+        all.extend(submit_n(&b, &t.id, 50).await);
     }
     assert_eq!(all.len(), 200);
     let mut tasks = tokio::task::JoinSet::new();
@@ -772,8 +796,8 @@ async fn claim_is_fair_across_tenants(b: Bundle) {
     let s = b.store.as_ref();
     let big = tenant(s, "Big", 1000).await;
     let small = tenant(s, "Small", 1000).await;
-    submit_n(s, &big.id, 100).await;
-    let lone = submit(s, new_job(&small.id)).await;
+    submit_n(&b, &big.id, 100).await;
+    let lone = submit(s, b.job(&small.id)).await;
     let batch = claim(s, 2, LONG_LEASE).await;
     let tenants: HashSet<&str> = batch.iter().map(|c| c.job.tenant_id.as_str()).collect();
     assert_eq!(batch.len(), 2);
@@ -781,7 +805,7 @@ async fn claim_is_fair_across_tenants(b: Bundle) {
     assert!(batch.iter().any(|c| c.job.id == lone));
     // Round-robin: a tenant that has just been served waits behind one that has not.
     claim(s, 5, LONG_LEASE).await;
-    let late = submit(s, new_job(&small.id)).await;
+    let late = submit(s, b.job(&small.id)).await;
     let next = claim_one(s, LONG_LEASE).await;
     assert_eq!(
         next.job.id, late,
@@ -796,7 +820,7 @@ async fn claim_finds_runnable_work_behind_many_blocked_tenants(b: Bundle) {
     let mut blocked = Vec::new();
     for i in 0..300 {
         let t = tenant(s, &format!("Blocked{i}"), 1).await;
-        submit(s, new_job(&t.id)).await;
+        submit(s, b.job(&t.id)).await;
         blocked.push(t);
     }
     let late = tenant(s, "Late", 5).await;
@@ -810,7 +834,7 @@ async fn claim_finds_runnable_work_behind_many_blocked_tenants(b: Bundle) {
         );
         first.extend(batch);
     }
-    let warmup = submit(s, new_job(&late.id)).await;
+    let warmup = submit(s, b.job(&late.id)).await;
     let c = claim_one(s, LONG_LEASE).await;
     assert_eq!(c.job.id, warmup);
     s.job_finish(&warmup, c.fence, succeeded(&["k"]))
@@ -820,14 +844,14 @@ async fn claim_finds_runnable_work_behind_many_blocked_tenants(b: Bundle) {
     // their concurrency limit with more work queued.
     for (i, c) in first.iter().enumerate() {
         if i % 2 == 0 {
-            s.job_finish(&c.job.id, c.fence, retry(now_millis() + HOUR))
+            s.job_finish(&c.job.id, c.fence, retry(b.now() + HOUR))
                 .await
                 .unwrap();
         } else {
-            submit(s, new_job(&c.job.tenant_id)).await;
+            submit(s, b.job(&c.job.tenant_id)).await;
         }
     }
-    let runnable = submit(s, new_job(&late.id)).await;
+    let runnable = submit(s, b.job(&late.id)).await;
     let batch = claim(s, 10, LONG_LEASE).await;
     let ids: Vec<&str> = batch.iter().map(|c| c.job.id.as_str()).collect();
     assert_eq!(ids, vec![&runnable[..]], "runnable work was not claimed");
@@ -837,8 +861,8 @@ async fn claim_respects_tenant_concurrency(b: Bundle) {
     let s = b.store.as_ref();
     let limited = tenant(s, "Limited", 2).await;
     let free = tenant(s, "Free", 100).await;
-    submit_n(s, &limited.id, 5).await;
-    submit_n(s, &free.id, 3).await;
+    submit_n(&b, &limited.id, 5).await;
+    submit_n(&b, &free.id, 3).await;
     let batch = claim(s, 10, LONG_LEASE).await;
     let count =
         |batch: &[ClaimedJob], t: &Tenant| batch.iter().filter(|c| c.job.tenant_id == t.id).count();
@@ -862,7 +886,7 @@ async fn claim_respects_tenant_concurrency(b: Bundle) {
 async fn tenant_concurrency_holds_through_finishes_and_rescues(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "Busy", 5).await;
-    submit_n(s, &t.id, 30).await;
+    submit_n(&b, &t.id, 30).await;
     let a = claim(s, 1, LONG_LEASE).await;
     let b2 = claim(s, 1, Duration::from_millis(1)).await;
     assert_eq!((a.len(), b2.len()), (1, 1));
@@ -870,10 +894,7 @@ async fn tenant_concurrency_holds_through_finishes_and_rescues(b: Bundle) {
     s.job_finish(&a[0].job.id, a[0].fence, succeeded(&["k"]))
         .await
         .unwrap();
-    assert_eq!(
-        s.job_maintain(now_millis() + 1000).await.unwrap().rescued,
-        1
-    );
+    assert_eq!(s.job_maintain(b.now() + 1000).await.unwrap().rescued, 1);
     assert_eq!(running_jobs(s, &t.id).await, 0);
     // Room for all five again, taken over calls of every size.
     let mut held = Vec::new();
@@ -920,20 +941,16 @@ async fn open_counts_by_status(b: Bundle) {
     assert_eq!(s.job_open_counts().await.unwrap(), OpenJobs::default());
     let a = tenant(s, "A", 10).await;
     let other = tenant(s, "B", 10).await;
-    submit_n(s, &a.id, 3).await;
-    submit_n(s, &other.id, 2).await;
+    submit_n(&b, &a.id, 3).await;
+    submit_n(&b, &other.id, 2).await;
     let batch = claim(s, 3, LONG_LEASE).await;
     assert_eq!(batch.len(), 3);
     s.job_finish(&batch[0].job.id, batch[0].fence, succeeded(&["k"]))
         .await
         .unwrap();
-    s.job_finish(
-        &batch[1].job.id,
-        batch[1].fence,
-        retry(now_millis() + 60_000),
-    )
-    .await
-    .unwrap();
+    s.job_finish(&batch[1].job.id, batch[1].fence, retry(b.now() + 60_000))
+        .await
+        .unwrap();
     assert_eq!(
         s.job_open_counts().await.unwrap(),
         OpenJobs {
@@ -948,7 +965,7 @@ async fn open_counts_by_status(b: Bundle) {
 async fn concurrent_claimers_respect_tenant_concurrency(b: Bundle) {
     let s = b.store.clone();
     let limited = tenant(s.as_ref(), "Limited", 3).await;
-    submit_n(s.as_ref(), &limited.id, 40).await;
+    submit_n(&b, &limited.id, 40).await;
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..8 {
         let s = s.clone();
@@ -987,16 +1004,16 @@ async fn concurrent_claimers_respect_tenant_concurrency(b: Bundle) {
 async fn heartbeat_extends_lease_and_detects_a_stale_fence(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, TINY_LEASE).await;
-    let before = now_millis();
+    let before = b.now();
     let until = s
         .job_heartbeat(&id, c.fence, Duration::from_secs(60))
         .await
         .unwrap();
-    assert!(until >= before + 60_000 && until <= now_millis() + 60_000);
+    assert!(until >= before + 60_000 && until <= b.now() + 60_000);
     // The extended lease survives a maintenance pass that the 1 ms lease would not have.
-    let m = s.job_maintain(now_millis() + 1000).await.unwrap();
+    let m = s.job_maintain(b.now() + 1000).await.unwrap();
     assert_eq!(m, Maintenance::default());
     assert_eq!(get(s, &t.id, &id).await.status, JobStatus::Running);
     for stale in [c.fence - 1, c.fence + 1] {
@@ -1016,11 +1033,11 @@ async fn heartbeat_extends_lease_and_detects_a_stale_fence(b: Bundle) {
 async fn finish_with_a_stale_fence_writes_nothing(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, LONG_LEASE).await;
     let job_before = get(s, &t.id, &id).await;
     let events_before = s.job_events(&id).await.unwrap();
-    for finish in [succeeded(&["x"]), failed("BOOM"), retry(now_millis())] {
+    for finish in [succeeded(&["x"]), failed("BOOM"), retry(b.now())] {
         let r = s.job_finish(&id, c.fence + 1, finish).await;
         assert!(matches!(r, Err(StoreError::LeaseLost)), "{r:?}");
     }
@@ -1035,9 +1052,9 @@ async fn finish_with_a_stale_fence_writes_nothing(b: Bundle) {
 async fn finish_succeeded_sets_results(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, LONG_LEASE).await;
-    let before = now_millis();
+    let before = b.now();
     s.job_finish(&id, c.fence, succeeded(&["t/j/1-0.png", "t/j/1-1.png"]))
         .await
         .unwrap();
@@ -1068,7 +1085,7 @@ async fn finish_succeeded_sets_results(b: Bundle) {
 async fn finish_failed_sets_the_error(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, LONG_LEASE).await;
     s.job_finish(&id, c.fence, failed("CONTENT_BLOCKED"))
         .await
@@ -1095,9 +1112,9 @@ async fn finish_failed_sets_the_error(b: Bundle) {
 async fn finish_retry_waits_until_run_at(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, LONG_LEASE).await;
-    let run_at = now_millis() + 300;
+    let run_at = b.now() + 300;
     s.job_finish(&id, c.fence, retry(run_at)).await.unwrap();
     let job = get(s, &t.id, &id).await;
     assert_eq!((job.status, job.attempts), (JobStatus::Retrying, 1));
@@ -1113,28 +1130,25 @@ async fn finish_retry_waits_until_run_at(b: Bundle) {
     );
     assert_eq!(s.job_next_run_at().await.unwrap(), Some(run_at));
     // Not claimable before run_at; claimable from then on.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let again = loop {
-        let polled_at = now_millis();
-        let batch = claim(s, 5, LONG_LEASE).await;
-        if let Some(c) = batch.into_iter().next() {
-            break c;
-        }
-        assert!(
-            polled_at < run_at + 1000,
-            "still not claimable well past run_at"
-        );
-        assert!(Instant::now() < deadline, "never claimable");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(now_millis() >= run_at, "claimed before run_at");
+    b.clock.advance(Duration::from_millis(299));
+    assert!(
+        claim(s, 5, LONG_LEASE).await.is_empty(),
+        "claimed before run_at"
+    );
+    b.clock.advance(Duration::from_millis(1));
+    assert_eq!(b.now(), run_at);
+    let again = claim(s, 5, LONG_LEASE)
+        .await
+        .into_iter()
+        .next()
+        .expect("claimable at run_at");
     assert_eq!((again.job.id.as_str(), again.job.attempts), (&id[..], 2));
 }
 
 async fn release_puts_the_job_back(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, LONG_LEASE).await;
     s.job_release(&id, c.fence).await.unwrap();
     let job = get(s, &t.id, &id).await;
@@ -1158,9 +1172,9 @@ async fn release_puts_the_job_back(b: Bundle) {
 async fn maintain_rescues_an_expired_lease(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, TINY_LEASE).await;
-    let m = s.job_maintain(now_millis() + 1000).await.unwrap();
+    let m = s.job_maintain(b.now() + 1000).await.unwrap();
     assert_eq!(
         m,
         Maintenance {
@@ -1175,10 +1189,7 @@ async fn maintain_rescues_an_expired_lease(b: Bundle) {
         statuses(s, &id).await.last().cloned(),
         Some((JobStatus::Retrying, 1, Some("WORKER_LOST".to_owned())))
     );
-    assert_eq!(
-        s.job_maintain(now_millis() + 1000).await.unwrap().rescued,
-        0
-    );
+    assert_eq!(s.job_maintain(b.now() + 1000).await.unwrap().rescued, 0);
     let again = claim_one(s, LONG_LEASE).await;
     assert_eq!((again.job.id.as_str(), again.job.attempts), (&id[..], 2));
     let late = s.job_finish(&id, c.fence, succeeded(&["late"])).await;
@@ -1192,14 +1203,14 @@ async fn maintain_rescues_an_expired_lease(b: Bundle) {
 async fn maintain_fails_an_expired_lease_out_of_attempts(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let mut job = new_job(&t.id);
+    let mut job = b.job(&t.id);
     job.max_attempts = 2;
     let id = submit(s, job).await;
     let c = claim_one(s, TINY_LEASE).await;
-    s.job_maintain(now_millis() + 1000).await.unwrap();
+    s.job_maintain(b.now() + 1000).await.unwrap();
     let c2 = claim_one(s, TINY_LEASE).await;
     assert_eq!((c2.job.attempts, c2.fence > c.fence), (2, true));
-    let m = s.job_maintain(now_millis() + 1000).await.unwrap();
+    let m = s.job_maintain(b.now() + 1000).await.unwrap();
     assert_eq!(m.rescued, 1);
     let job = get(s, &t.id, &id).await;
     assert_eq!((job.status, job.attempts), (JobStatus::Failed, 2));
@@ -1213,9 +1224,9 @@ async fn maintain_fails_an_expired_lease_out_of_attempts(b: Bundle) {
 async fn maintain_applies_cancel_after(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let now = now_millis();
+    let now = b.now();
     let with_cancel_at = || {
-        let mut job = new_job(&t.id);
+        let mut job = b.job(&t.id);
         job.cancel_at = Some(now + 10_000);
         job
     };
@@ -1257,9 +1268,9 @@ async fn maintain_applies_cancel_after(b: Bundle) {
 async fn maintain_fails_jobs_past_their_deadline(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let now = now_millis();
+    let now = b.now();
     let with_deadline = |deadline_at| {
-        let mut job = new_job(&t.id);
+        let mut job = b.job(&t.id);
         job.deadline_at = deadline_at;
         job
     };
@@ -1315,9 +1326,9 @@ async fn maintain_fails_jobs_past_their_deadline(b: Bundle) {
 async fn concurrent_maintenance_rescues_each_job_once(b: Bundle) {
     let s = b.store.clone();
     let t = tenant(s.as_ref(), "A", 100).await;
-    let ids = submit_n(s.as_ref(), &t.id, 30).await;
+    let ids = submit_n(&b, &t.id, 30).await;
     assert_eq!(claim(s.as_ref(), 30, TINY_LEASE).await.len(), 30);
-    let later = now_millis() + 1000;
+    let later = b.now() + 1000;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let s = s.clone();
@@ -1349,7 +1360,7 @@ async fn queue_position_counts_waiting_jobs_ahead(b: Bundle) {
     let mut ids = Vec::new();
     for i in 0..5 {
         let t = if i % 2 == 0 { &a } else { &other };
-        ids.push((t.id.clone(), submit(s, new_job(&t.id)).await));
+        ids.push((t.id.clone(), submit(s, b.job(&t.id)).await));
     }
     for (expected, (tenant_id, id)) in ids.iter().enumerate() {
         let job = get(s, tenant_id, id).await;
@@ -1372,11 +1383,11 @@ async fn next_run_at_is_the_earliest_waiting_job(b: Bundle) {
     assert_eq!(s.job_next_run_at().await.unwrap(), None);
     let t = tenant(s, "A", 5).await;
     // Both in the past, so both are claimable at once.
-    let first_at = now_millis() - 10;
-    let mut first = new_job(&t.id);
+    let first_at = b.now() - 10;
+    let mut first = b.job(&t.id);
     first.created_at = first_at;
     submit(s, first).await;
-    let mut second = new_job(&t.id);
+    let mut second = b.job(&t.id);
     second.created_at = first_at + 5;
     submit(s, second).await;
     assert_eq!(s.job_next_run_at().await.unwrap(), Some(first_at));
@@ -1384,7 +1395,7 @@ async fn next_run_at_is_the_earliest_waiting_job(b: Bundle) {
     assert_eq!(s.job_next_run_at().await.unwrap(), Some(first_at + 5));
     let c2 = claim_one(s, LONG_LEASE).await;
     assert_eq!(s.job_next_run_at().await.unwrap(), None, "nothing waits");
-    let run_at = now_millis() + 60_000;
+    let run_at = b.now() + 60_000;
     s.job_finish(&c.job.id, c.fence, retry(run_at))
         .await
         .unwrap();
@@ -1397,9 +1408,9 @@ async fn next_run_at_is_the_earliest_waiting_job(b: Bundle) {
 async fn idempotency_purge_forgets_old_keys(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
-    let now = now_millis();
+    let now = b.now();
     let keyed = |key: &str, created_at: Millis| {
-        let mut job = new_job(&t.id);
+        let mut job = b.job(&t.id);
         job.created_at = created_at;
         job.idempotency = Some(IdempotencyClaim {
             key: key.into(),
@@ -1443,8 +1454,8 @@ async fn reset_deletes_everything(b: Bundle) {
     })
     .await
     .unwrap();
-    let id = submit(s, new_job(&t.id)).await;
-    submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
+    submit(s, b.job(&t.id)).await;
     claim_one(s, LONG_LEASE).await;
     s.reset().await.unwrap();
     assert!(s.tenant_list().await.unwrap().is_empty());
@@ -1457,7 +1468,7 @@ async fn reset_deletes_everything(b: Bundle) {
     // The store works as new afterwards, the same key included.
     let t2 = tenant(s, "B", 5).await;
     s.api_key_add(&t2.id, key.clone()).await.unwrap();
-    let id2 = submit(s, new_job(&t2.id)).await;
+    let id2 = submit(s, b.job(&t2.id)).await;
     assert_eq!(claim_one(s, LONG_LEASE).await.job.id, id2);
 }
 
@@ -1489,9 +1500,9 @@ async fn events_after_pages_in_id_order_per_tenant_and_job(b: Bundle) {
         .await
         .unwrap()
         .is_empty());
-    let a1 = submit(s, new_job(&a.id)).await;
-    let b1 = submit(s, new_job(&other.id)).await;
-    let a2 = submit(s, new_job(&a.id)).await;
+    let a1 = submit(s, b.job(&a.id)).await;
+    let b1 = submit(s, b.job(&other.id)).await;
+    let a2 = submit(s, b.job(&a.id)).await;
     let claimed = claim(s, 10, LONG_LEASE).await;
     for c in &claimed {
         s.job_finish(&c.job.id, c.fence, succeeded(&["k.png"]))
@@ -1580,8 +1591,9 @@ async fn deliveries(s: &dyn Store, tenant_id: &str, job_id: Option<&str>) -> Vec
 }
 
 /// Submits a job (with its own webhook URL if given) and runs it to SUCCEEDED.
-async fn run_to_success(s: &dyn Store, tenant_id: &str, webhook_url: Option<&str>) -> String {
-    let mut job = new_job(tenant_id);
+async fn run_to_success(b: &Bundle, tenant_id: &str, webhook_url: Option<&str>) -> String {
+    let s = b.store.as_ref();
+    let mut job = b.job(tenant_id);
     job.webhook_url = webhook_url.map(str::to_owned);
     let id = submit(s, job).await;
     let c = claim_one(s, LONG_LEASE).await;
@@ -1592,13 +1604,13 @@ async fn run_to_success(s: &dyn Store, tenant_id: &str, webhook_url: Option<&str
     id
 }
 
-fn report(outcome: AttemptOutcome, code: Option<u16>) -> AttemptReport {
+fn report(b: &Bundle, outcome: AttemptOutcome, code: Option<u16>) -> AttemptReport {
     AttemptReport {
         outcome,
         status_code: code,
         error: code.filter(|c| *c >= 300).map(|c| format!("HTTP {c}")),
         latency_ms: 12,
-        at: now_millis(),
+        at: b.now(),
     }
 }
 
@@ -1606,7 +1618,7 @@ async fn webhook_outbox_follows_status_changes(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
     // No endpoint: no deliveries, whatever happens.
-    let quiet = run_to_success(s, &t.id, None).await;
+    let quiet = run_to_success(&b, &t.id, None).await;
     assert!(deliveries(s, &t.id, Some(&quiet)).await.is_empty());
     // The first set creates the secret; later ones keep it.
     assert!(
@@ -1629,7 +1641,7 @@ async fn webhook_outbox_follows_status_changes(b: Bundle) {
     assert!(!created);
     assert_eq!(w2.secret, sealed("first"));
 
-    let job = run_to_success(s, &t.id, None).await;
+    let job = run_to_success(&b, &t.id, None).await;
     let d = deliveries(s, &t.id, Some(&job)).await;
     assert_eq!(d.len(), 1, "only the terminal event: {d:?}");
     let d = &d[0];
@@ -1653,7 +1665,7 @@ async fn webhook_outbox_follows_status_changes(b: Bundle) {
     assert_eq!(d.event_at, finished);
 
     // A write refused for a lost lease writes no delivery either.
-    let lost = submit(s, new_job(&t.id)).await;
+    let lost = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, LONG_LEASE).await;
     let r = s.job_finish(&lost, c.fence + 1, failed("LATE")).await;
     assert!(matches!(r, Err(StoreError::LeaseLost)));
@@ -1668,7 +1680,7 @@ async fn webhook_outbox_follows_status_changes(b: Bundle) {
     assert!(d[0].result_keys.is_empty());
 
     // A job's own URL wins; a cancel is terminal too.
-    let mut own = new_job(&t.id);
+    let mut own = b.job(&t.id);
     own.webhook_url = Some("https://job.example/x".into());
     let own = submit(s, own).await;
     assert_eq!(
@@ -1688,11 +1700,9 @@ async fn webhook_outbox_follows_status_changes(b: Bundle) {
 
     // Subscribed to all: every status change, in order.
     set_webhook(s, &t.id, Some("https://a.example/hook"), WebhookEvents::All).await;
-    let id = submit(s, new_job(&t.id)).await;
+    let id = submit(s, b.job(&t.id)).await;
     let c = claim_one(s, LONG_LEASE).await;
-    s.job_finish(&id, c.fence, retry(now_millis()))
-        .await
-        .unwrap();
+    s.job_finish(&id, c.fence, retry(b.now())).await.unwrap();
     let c = claim_one(s, LONG_LEASE).await;
     s.job_finish(&id, c.fence, succeeded(&["a", "b"]))
         .await
@@ -1716,9 +1726,9 @@ async fn webhook_outbox_follows_status_changes(b: Bundle) {
 
     // No tenant URL: only jobs with their own URL get deliveries.
     set_webhook(s, &t.id, None, WebhookEvents::Terminal).await;
-    let none = run_to_success(s, &t.id, None).await;
+    let none = run_to_success(&b, &t.id, None).await;
     assert!(deliveries(s, &t.id, Some(&none)).await.is_empty());
-    let some = run_to_success(s, &t.id, Some("https://job.example/y")).await;
+    let some = run_to_success(&b, &t.id, Some("https://job.example/y")).await;
     assert_eq!(deliveries(s, &t.id, Some(&some)).await.len(), 1);
     // Unknown tenants have no endpoint to set.
     let r = s
@@ -1746,10 +1756,10 @@ async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
     )
     .await;
     for _ in 0..3 {
-        run_to_success(s, &t.id, None).await;
+        run_to_success(&b, &t.id, None).await;
     }
-    run_to_success(s, &t.id, Some("https://b.example/hook")).await;
-    assert!(s.webhook_next_due_at().await.unwrap().expect("due") <= now_millis());
+    run_to_success(&b, &t.id, Some("https://b.example/hook")).await;
+    assert!(s.webhook_next_due_at().await.unwrap().expect("due") <= b.now());
     assert!(s
         .webhook_claim("d1", 0, LONG_LEASE, 2)
         .await
@@ -1782,14 +1792,14 @@ async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
         .webhook_complete(
             &a.delivery.id,
             a.claim_token + 1,
-            report(AttemptOutcome::Delivered, Some(200)),
+            report(&b, AttemptOutcome::Delivered, Some(200)),
         )
         .await;
     assert!(matches!(stale, Err(StoreError::LeaseLost)), "{stale:?}");
     s.webhook_complete(
         &a.delivery.id,
         a.claim_token,
-        report(AttemptOutcome::Delivered, Some(204)),
+        report(&b, AttemptOutcome::Delivered, Some(204)),
     )
     .await
     .unwrap();
@@ -1805,7 +1815,7 @@ async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
         .webhook_complete(
             &a.delivery.id,
             a.claim_token,
-            report(AttemptOutcome::Delivered, Some(200)),
+            report(&b, AttemptOutcome::Delivered, Some(200)),
         )
         .await;
     assert!(matches!(twice, Err(StoreError::LeaseLost)));
@@ -1814,12 +1824,13 @@ async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
     assert_eq!(third.len(), 1);
     assert_eq!(third[0].delivery.url, "https://a.example/hook");
     // A retry goes back to pending at its time.
-    let later = now_millis() + HOUR;
+    let later = b.now() + HOUR;
     let t3 = &third[0];
     s.webhook_complete(
         &t3.delivery.id,
         t3.claim_token,
         report(
+            &b,
             AttemptOutcome::Retry {
                 next_attempt_at: later,
             },
@@ -1842,14 +1853,14 @@ async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
     s.webhook_complete(
         &b_claim.delivery.id,
         b_claim.claim_token,
-        report(AttemptOutcome::Failed, Some(500)),
+        report(&b, AttemptOutcome::Failed, Some(500)),
     )
     .await
     .unwrap();
     // The other a.example claim is still in flight under a long lease: nothing is due now.
     let lapsing = s.webhook_claim("d3", 10, LONG_LEASE, 5).await.unwrap();
     assert!(lapsing.is_empty(), "nothing due: {lapsing:?}");
-    assert!(s.webhook_next_due_at().await.unwrap().expect("due") > now_millis());
+    assert!(s.webhook_next_due_at().await.unwrap().expect("due") > b.now());
 
     let t2 = tenant(s, "B", 5).await;
     set_webhook(
@@ -1859,11 +1870,11 @@ async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
         WebhookEvents::Terminal,
     )
     .await;
-    run_to_success(s, &t2.id, None).await;
+    run_to_success(&b, &t2.id, None).await;
     let short = s.webhook_claim("d4", 1, TINY_LEASE, 5).await.unwrap();
     assert_eq!(short.len(), 1);
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert!(s.webhook_next_due_at().await.unwrap().expect("due") <= now_millis());
+    b.clock.advance(Duration::from_millis(5));
+    assert!(s.webhook_next_due_at().await.unwrap().expect("due") <= b.now());
     let retaken = s.webhook_claim("d5", 1, LONG_LEASE, 5).await.unwrap();
     assert_eq!(retaken.len(), 1);
     assert_eq!(retaken[0].delivery.id, short[0].delivery.id);
@@ -1873,7 +1884,7 @@ async fn webhook_claim_leases_caps_and_completes(b: Bundle) {
         .webhook_complete(
             &short[0].delivery.id,
             short[0].claim_token,
-            report(AttemptOutcome::Delivered, Some(200)),
+            report(&b, AttemptOutcome::Delivered, Some(200)),
         )
         .await;
     assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
@@ -1896,7 +1907,7 @@ async fn concurrent_webhook_claimers_respect_the_per_url_cap(b: Bundle) {
     .await;
     // 16 deliveries to the tenant's URL, 8 to a job's own; a cancel is terminal.
     for i in 0..24 {
-        let mut job = new_job(&t.id);
+        let mut job = b.job(&t.id);
         if i % 3 == 0 {
             job.webhook_url = Some("https://b.example/hook".into());
         }
@@ -1946,7 +1957,7 @@ async fn concurrent_webhook_claimers_respect_the_per_url_cap(b: Bundle) {
             s.webhook_complete(
                 &c.delivery.id,
                 c.claim_token,
-                report(AttemptOutcome::Delivered, Some(200)),
+                report(&b, AttemptOutcome::Delivered, Some(200)),
             )
             .await
             .expect("webhook_complete");
@@ -1976,7 +1987,7 @@ async fn webhook_complete_and_claim_hands_the_slot_on(b: Bundle) {
     )
     .await;
     for _ in 0..3 {
-        run_to_success(s, &t.id, None).await;
+        run_to_success(&b, &t.id, None).await;
     }
     let next = |max| DeliveryClaim {
         owner: "d1".into(),
@@ -1992,7 +2003,7 @@ async fn webhook_complete_and_claim_hands_the_slot_on(b: Bundle) {
         .webhook_complete_and_claim(
             &first.delivery.id,
             first.claim_token + 1,
-            report(AttemptOutcome::Delivered, Some(200)),
+            report(&b, AttemptOutcome::Delivered, Some(200)),
             &next(1),
         )
         .await;
@@ -2008,7 +2019,7 @@ async fn webhook_complete_and_claim_hands_the_slot_on(b: Bundle) {
         .webhook_complete_and_claim(
             &first.delivery.id,
             first.claim_token,
-            report(AttemptOutcome::Delivered, Some(200)),
+            report(&b, AttemptOutcome::Delivered, Some(200)),
             &next(5),
         )
         .await
@@ -2026,7 +2037,7 @@ async fn webhook_complete_and_claim_hands_the_slot_on(b: Bundle) {
         .webhook_complete_and_claim(
             &second[0].delivery.id,
             second[0].claim_token,
-            report(AttemptOutcome::Delivered, Some(200)),
+            report(&b, AttemptOutcome::Delivered, Some(200)),
             &next(0),
         )
         .await
@@ -2047,12 +2058,12 @@ async fn webhook_complete_and_claim_hands_the_slot_on(b: Bundle) {
 /// old, and stay claimable.
 async fn webhook_purge_deletes_ended_deliveries_only(b: Bundle) {
     let s = b.store.as_ref();
-    let start = now_millis();
+    let start = b.now();
     let t = tenant(s, "A", 5).await;
     set_webhook(s, &t.id, None, WebhookEvents::Terminal).await;
     // One delivery per kind, each to its own URL (a 410 sweeps only its own URL).
     for kind in ["ok1", "ok2", "fail", "gone", "retry", "slow"] {
-        run_to_success(s, &t.id, Some(&format!("https://{kind}.example/hook"))).await;
+        run_to_success(&b, &t.id, Some(&format!("https://{kind}.example/hook"))).await;
     }
     let claimed = s.webhook_claim("d1", 10, LONG_LEASE, 5).await.unwrap();
     assert_eq!(claimed.len(), 6);
@@ -2076,7 +2087,7 @@ async fn webhook_purge_deletes_ended_deliveries_only(b: Bundle) {
             "gone" => (AttemptOutcome::Gone, 410),
             "retry" => (
                 AttemptOutcome::Retry {
-                    next_attempt_at: now_millis() + HOUR,
+                    next_attempt_at: b.now() + HOUR,
                 },
                 503,
             ),
@@ -2085,16 +2096,16 @@ async fn webhook_purge_deletes_ended_deliveries_only(b: Bundle) {
         s.webhook_complete(
             &c.delivery.id,
             c.claim_token,
-            report(outcome.0, Some(outcome.1)),
+            report(&b, outcome.0, Some(outcome.1)),
         )
         .await
         .unwrap();
         if kind == "ok1" {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            b.clock.advance(Duration::from_millis(5));
         }
     }
     // Never attempted: pending and due.
-    run_to_success(s, &t.id, Some("https://later.example/hook")).await;
+    run_to_success(&b, &t.id, Some("https://later.example/hook")).await;
     let state_by_kind = |all: &[Delivery]| -> HashMap<String, DeliveryState> {
         all.iter().map(|d| (kind_of(&d.url), d.state)).collect()
     };
@@ -2103,7 +2114,7 @@ async fn webhook_purge_deletes_ended_deliveries_only(b: Bundle) {
     // Nothing ended before the test began.
     assert_eq!(s.webhook_purge(start, 100).await.unwrap(), 0);
     // A batch of one: the oldest.
-    let cutoff = now_millis() + HOUR;
+    let cutoff = b.now() + HOUR;
     assert_eq!(s.webhook_purge(cutoff, 1).await.unwrap(), 1);
     let left = state_by_kind(&deliveries(s, &t.id, None).await);
     assert!(
@@ -2137,11 +2148,11 @@ async fn webhook_purge_deletes_ended_deliveries_only(b: Bundle) {
     s.webhook_complete(
         &slow.delivery.id,
         slow.claim_token,
-        report(AttemptOutcome::Delivered, Some(200)),
+        report(&b, AttemptOutcome::Delivered, Some(200)),
     )
     .await
     .unwrap();
-    assert_eq!(s.webhook_purge(now_millis() + HOUR, 100).await.unwrap(), 1);
+    assert_eq!(s.webhook_purge(b.now() + HOUR, 100).await.unwrap(), 1);
     let left = state_by_kind(&deliveries(s, &t.id, None).await);
     assert_eq!(
         left,
@@ -2159,15 +2170,16 @@ async fn webhook_claim_takes_the_url_due_longest_first(b: Bundle) {
     let t = tenant(s, "A", 5).await;
     set_webhook(s, &t.id, None, WebhookEvents::Terminal).await;
     // a.example: pending, but not due for an hour.
-    run_to_success(s, &t.id, Some("https://a.example/hook")).await;
+    run_to_success(&b, &t.id, Some("https://a.example/hook")).await;
     let a = s.webhook_claim("d1", 1, LONG_LEASE, 5).await.unwrap();
     assert_eq!(a.len(), 1);
     s.webhook_complete(
         &a[0].delivery.id,
         a[0].claim_token,
         report(
+            &b,
             AttemptOutcome::Retry {
-                next_attempt_at: now_millis() + HOUR,
+                next_attempt_at: b.now() + HOUR,
             },
             Some(503),
         ),
@@ -2175,10 +2187,10 @@ async fn webhook_claim_takes_the_url_due_longest_first(b: Bundle) {
     .await
     .unwrap();
     // c.example ends before b.example: it has waited longer.
-    run_to_success(s, &t.id, Some("https://c.example/hook")).await;
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    run_to_success(s, &t.id, Some("https://b.example/hook")).await;
-    run_to_success(s, &t.id, Some("https://b.example/hook")).await;
+    run_to_success(&b, &t.id, Some("https://c.example/hook")).await;
+    b.clock.advance(Duration::from_millis(5));
+    run_to_success(&b, &t.id, Some("https://b.example/hook")).await;
+    run_to_success(&b, &t.id, Some("https://b.example/hook")).await;
     let urls = |claimed: &[easel::base::webhook::ClaimedDelivery]| -> Vec<String> {
         claimed.iter().map(|c| c.delivery.url.clone()).collect()
     };
@@ -2206,9 +2218,9 @@ async fn webhook_gone_disables_the_endpoint(b: Bundle) {
         WebhookEvents::Terminal,
     )
     .await;
-    let j1 = run_to_success(s, &t.id, None).await;
-    let j2 = run_to_success(s, &t.id, None).await;
-    let j3 = run_to_success(s, &t.id, Some("https://other.example/hook")).await;
+    let j1 = run_to_success(&b, &t.id, None).await;
+    let j2 = run_to_success(&b, &t.id, None).await;
+    let j3 = run_to_success(&b, &t.id, Some("https://other.example/hook")).await;
     let c = s.webhook_claim("d1", 1, LONG_LEASE, 1).await.unwrap();
     assert_eq!(c.len(), 1);
     let gone_job = c[0].delivery.job_id.clone();
@@ -2220,7 +2232,7 @@ async fn webhook_gone_disables_the_endpoint(b: Bundle) {
         s.webhook_complete(
             &c[0].delivery.id,
             c[0].claim_token,
-            report(AttemptOutcome::Delivered, Some(200)),
+            report(&b, AttemptOutcome::Delivered, Some(200)),
         )
         .await
         .unwrap();
@@ -2230,7 +2242,7 @@ async fn webhook_gone_disables_the_endpoint(b: Bundle) {
     s.webhook_complete(
         &c[0].delivery.id,
         c[0].claim_token,
-        report(AttemptOutcome::Gone, Some(410)),
+        report(&b, AttemptOutcome::Gone, Some(410)),
     )
     .await
     .unwrap();
@@ -2244,9 +2256,9 @@ async fn webhook_gone_disables_the_endpoint(b: Bundle) {
     assert!(!w.enabled);
     assert!(w.disabled_reason.unwrap_or_default().contains("410"));
     // Disabled: new jobs write no delivery to it; a job's own URL still gets one.
-    let j4 = run_to_success(s, &t.id, None).await;
+    let j4 = run_to_success(&b, &t.id, None).await;
     assert!(deliveries(s, &t.id, Some(&j4)).await.is_empty());
-    let j5 = run_to_success(s, &t.id, Some("https://other.example/hook")).await;
+    let j5 = run_to_success(&b, &t.id, Some("https://other.example/hook")).await;
     assert_eq!(deliveries(s, &t.id, Some(&j5)).await.len(), 1);
     // Setting the endpoint again enables it.
     set_webhook(
@@ -2258,7 +2270,7 @@ async fn webhook_gone_disables_the_endpoint(b: Bundle) {
     .await;
     let w = s.webhook_get(&t.id).await.unwrap().expect("endpoint");
     assert!(w.enabled && w.disabled_reason.is_none());
-    let j6 = run_to_success(s, &t.id, None).await;
+    let j6 = run_to_success(&b, &t.id, None).await;
     assert_eq!(deliveries(s, &t.id, Some(&j6)).await.len(), 1);
 }
 
@@ -2266,7 +2278,7 @@ async fn webhook_rotation_overlaps_then_drops_the_old_secret(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
     let r = s
-        .webhook_rotate_secret(&t.id, sealed("new"), now_millis() + HOUR)
+        .webhook_rotate_secret(&t.id, sealed("new"), b.now() + HOUR)
         .await;
     assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
     set_webhook(
@@ -2276,7 +2288,7 @@ async fn webhook_rotation_overlaps_then_drops_the_old_secret(b: Bundle) {
         WebhookEvents::Terminal,
     )
     .await;
-    let until = now_millis() + HOUR;
+    let until = b.now() + HOUR;
     let w = s
         .webhook_rotate_secret(&t.id, sealed("new"), until)
         .await
@@ -2284,23 +2296,23 @@ async fn webhook_rotation_overlaps_then_drops_the_old_secret(b: Bundle) {
     assert_eq!(w.secret, sealed("new"));
     assert_eq!(w.prev_secret, Some(sealed("first")));
     assert_eq!(w.prev_secret_expires_at, Some(until));
-    run_to_success(s, &t.id, None).await;
+    run_to_success(&b, &t.id, None).await;
     let c = s.webhook_claim("d", 5, LONG_LEASE, 5).await.unwrap();
     assert_eq!(c[0].secrets, vec![sealed("new"), sealed("first")]);
     s.webhook_complete(
         &c[0].delivery.id,
         c[0].claim_token,
-        report(AttemptOutcome::Delivered, Some(200)),
+        report(&b, AttemptOutcome::Delivered, Some(200)),
     )
     .await
     .unwrap();
     // Rotating again drops "first"; an expired previous secret no longer signs.
     let w = s
-        .webhook_rotate_secret(&t.id, sealed("newer"), now_millis() - 1)
+        .webhook_rotate_secret(&t.id, sealed("newer"), b.now() - 1)
         .await
         .unwrap();
     assert_eq!(w.prev_secret, Some(sealed("new")));
-    run_to_success(s, &t.id, None).await;
+    run_to_success(&b, &t.id, None).await;
     let c = s.webhook_claim("d", 5, LONG_LEASE, 5).await.unwrap();
     assert_eq!(c[0].secrets, vec![sealed("newer")]);
 }
@@ -2318,7 +2330,7 @@ async fn webhook_logs_page_filter_scope_and_replay(b: Bundle) {
     .await;
     let mut jobs = Vec::new();
     for _ in 0..5 {
-        jobs.push(run_to_success(s, &t.id, None).await);
+        jobs.push(run_to_success(&b, &t.id, None).await);
     }
     let all = deliveries(s, &t.id, None).await;
     assert_eq!(all.len(), 5);
@@ -2360,7 +2372,7 @@ async fn webhook_logs_page_filter_scope_and_replay(b: Bundle) {
     s.webhook_complete(
         &target,
         c[0].claim_token,
-        report(AttemptOutcome::Failed, Some(500)),
+        report(&b, AttemptOutcome::Failed, Some(500)),
     )
     .await
     .unwrap();
@@ -2383,7 +2395,7 @@ async fn webhook_logs_page_filter_scope_and_replay(b: Bundle) {
         (replayed.id.as_str(), replayed.state, replayed.attempts),
         (target.as_str(), DeliveryState::Pending, 0)
     );
-    assert!(replayed.next_attempt_at <= now_millis());
+    assert!(replayed.next_attempt_at <= b.now());
     assert_eq!(
         replayed.last_status_code,
         Some(500),
@@ -2541,7 +2553,7 @@ async fn postgres_notify_wakes_a_waiting_worker() {
     // Work in another schema of the same database is not this store's work.
     let other = Bundle::postgres().await.expect("second schema");
     let theirs = tenant(other.store.as_ref(), "B", 5).await;
-    submit(other.store.as_ref(), new_job(&theirs.id)).await;
+    submit(other.store.as_ref(), new_job(&theirs.id, now_millis())).await;
     let started = Instant::now();
     waiter.wait_for_work(Duration::from_millis(300)).await;
     assert!(
@@ -2558,7 +2570,7 @@ async fn postgres_notify_wakes_a_waiting_worker() {
     };
     // A submit from another pool wakes the waiter.
     let waiting = wait(waiter.clone());
-    let id = submit(&submitter, new_job(&t.id)).await;
+    let id = submit(&submitter, new_job(&t.id, now_millis())).await;
     let waited = waiting.await.expect("waiter");
     assert!(waited < Duration::from_secs(5), "not woken: {waited:?}");
     let c = claim_one(waiter.as_ref(), LONG_LEASE).await;

@@ -25,7 +25,7 @@ use std::time::Duration;
 use sqlx::{FromRow, PgPool};
 
 use super::jobs::{lease_millis, JobRow};
-use crate::base::clock::now_millis;
+use crate::base::clock::Millis;
 use crate::base::job::{ClaimedJob, Job};
 use crate::store::StoreResult;
 
@@ -196,6 +196,7 @@ fn is_lock_timeout(err: &sqlx::Error) -> bool {
 
 pub async fn claim(
     pool: &PgPool,
+    now: Millis,
     worker_id: &str,
     max: u32,
     lease: Duration,
@@ -203,7 +204,6 @@ pub async fn claim(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let now = now_millis();
     let lease_until = now.saturating_add(lease_millis(lease));
     let mut tx = pool.begin().await?;
     let first: Vec<String> = sqlx::query_scalar(CLAIM_TENANTS_FIRST)

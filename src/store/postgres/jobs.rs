@@ -1,5 +1,5 @@
-//! The jobs table as a queue, on PostgreSQL: submit, read, list, cancel, claim, heartbeat,
-//! finish, release and the maintenance pass. Every status change writes its job event row in
+//! The jobs table as a queue, on PostgreSQL: submit, read, list, cancel, heartbeat, finish,
+//! release and the maintenance pass (the reads of job events are in `events.rs`). Every status change writes its job event row in
 //! the same transaction, mostly in the same statement (a data-modifying `WITH`), so a write
 //! is one round trip wherever the behaviour allows it. The event row's insert trigger
 //! (migration 0003) writes the webhook deliveries in that same transaction. The claim has a
@@ -10,12 +10,10 @@ use std::time::Duration;
 
 use sqlx::{FromRow, PgConnection, PgPool};
 
-use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::Millis;
 
 use crate::base::job::Mode;
-use crate::base::job::{
-    Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome,
-};
+use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
 use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
 
 const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
@@ -40,7 +38,7 @@ pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Unavailable(format!("corrupt job row: bad {what}"))
 }
 
-fn count(n: i32, what: &str) -> StoreResult<u32> {
+pub(super) fn count(n: i32, what: &str) -> StoreResult<u32> {
     u32::try_from(n).map_err(|_| corrupt(what))
 }
 
@@ -261,88 +259,6 @@ pub async fn list(pool: &PgPool, q: &JobListQuery) -> StoreResult<JobPage> {
     Ok(JobPage { items, has_more })
 }
 
-#[derive(FromRow)]
-struct EventRow {
-    id: i64,
-    job_id: String,
-    tenant_id: String,
-    status: String,
-    attempt: i32,
-    error_code: Option<String>,
-    error_message: Option<String>,
-    at: Millis,
-}
-
-fn event_from_row(r: EventRow) -> StoreResult<JobEvent> {
-    Ok(JobEvent {
-        id: r.id,
-        job_id: r.job_id,
-        tenant_id: r.tenant_id,
-        status: JobStatus::parse(&r.status).ok_or_else(|| corrupt("event status"))?,
-        attempt: count(r.attempt, "event attempt")?,
-        error_code: r.error_code,
-        error_message: r.error_message,
-        at: r.at,
-    })
-}
-
-pub async fn events(pool: &PgPool, job_id: &str) -> StoreResult<Vec<JobEvent>> {
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
-         FROM job_events WHERE job_id = $1 ORDER BY id",
-    )
-    .bind(job_id)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter().map(event_from_row).collect()
-}
-
-/// Events after `after_id`, only from transactions older than every running one, so ids are
-/// final: nothing can later appear below what a reader has seen (see migration 0002).
-pub async fn events_after(
-    pool: &PgPool,
-    tenant_id: &str,
-    job_id: Option<&str>,
-    after_id: i64,
-    limit: u32,
-) -> StoreResult<Vec<JobEvent>> {
-    // One statement per shape, as for job lists: index job_events_tenant (tenant_id, id) for
-    // a tenant's feed, job_events_job (job_id, id) for one job's.
-    macro_rules! events_where {
-        ($filter:literal) => {
-            concat!(
-                "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
-                 FROM job_events WHERE tenant_id = $1 AND ",
-                $filter,
-                " AND id > $3 AND txid < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY id LIMIT $4"
-            )
-        };
-    }
-    let sql = match job_id {
-        Some(_) => events_where!("job_id = $2"),
-        None => events_where!("$2::TEXT IS NULL"),
-    };
-    let rows: Vec<EventRow> = sqlx::query_as(sql)
-        .bind(tenant_id)
-        .bind(job_id)
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?;
-    rows.into_iter().map(event_from_row).collect()
-}
-
-pub async fn events_last_id(pool: &PgPool, tenant_id: &str) -> StoreResult<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(max(id), 0) FROM job_events
-         WHERE tenant_id = $1 AND txid < pg_snapshot_xmin(pg_current_snapshot())",
-    )
-    .bind(tenant_id)
-    .fetch_one(pool)
-    .await?)
-}
-
 pub async fn next_run_at(pool: &PgPool) -> StoreResult<Option<Millis>> {
     Ok(
         sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE status IN ('QUEUED', 'RETRYING')")
@@ -353,7 +269,12 @@ pub async fn next_run_at(pool: &PgPool) -> StoreResult<Option<Millis>> {
 
 // ---- cancel ----
 
-pub async fn cancel(pool: &PgPool, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
+pub async fn cancel(
+    pool: &PgPool,
+    now: Millis,
+    tenant_id: &str,
+    job_id: &str,
+) -> StoreResult<CancelOutcome> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH done AS (
@@ -371,7 +292,7 @@ pub async fn cancel(pool: &PgPool, tenant_id: &str, job_id: &str) -> StoreResult
         let canceled: Option<String> = sqlx::query_scalar(&SQL)
             .bind(job_id)
             .bind(tenant_id)
-            .bind(now_millis())
+            .bind(now)
             .fetch_optional(pool)
             .await?;
         if canceled.is_some() {
@@ -404,11 +325,12 @@ pub(super) fn lease_millis(lease: Duration) -> i64 {
 
 pub async fn heartbeat(
     pool: &PgPool,
+    now: Millis,
     job_id: &str,
     fence: i64,
     lease: Duration,
 ) -> StoreResult<Millis> {
-    let lease_until = now_millis().saturating_add(lease_millis(lease));
+    let lease_until = now.saturating_add(lease_millis(lease));
     let updated = sqlx::query(
         "UPDATE jobs SET lease_until = $3 WHERE id = $1 AND fence = $2 AND status = 'RUNNING'",
     )
@@ -467,8 +389,13 @@ static FINISH_FAILED: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-pub async fn finish(pool: &PgPool, job_id: &str, fence: i64, finish: &Finish) -> StoreResult<()> {
-    let now = now_millis();
+pub async fn finish(
+    pool: &PgPool,
+    now: Millis,
+    job_id: &str,
+    fence: i64,
+    finish: &Finish,
+) -> StoreResult<()> {
     let query = match finish {
         Finish::Succeeded { result_keys, meta } => {
             let keys = serde_json::to_string(result_keys)
@@ -518,7 +445,7 @@ async fn notify_after_commit(pool: &PgPool) {
     }
 }
 
-pub async fn release(pool: &PgPool, job_id: &str, fence: i64) -> StoreResult<()> {
+pub async fn release(pool: &PgPool, now: Millis, job_id: &str, fence: i64) -> StoreResult<()> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH done AS (
@@ -536,7 +463,7 @@ pub async fn release(pool: &PgPool, job_id: &str, fence: i64) -> StoreResult<()>
     let released = sqlx::query(&SQL)
         .bind(job_id)
         .bind(fence)
-        .bind(now_millis())
+        .bind(now)
         .execute(pool)
         .await?
         .rows_affected();
@@ -580,7 +507,7 @@ const MAINTAIN_CANCEL_AFTER: &str = "WITH due AS MATERIALIZED (
      SELECT id, tenant_id, status, attempts, error_code, error_message, $1 FROM done";
 
 /// Expired leases: failed (at the pass's `$1`) when out of attempts, else back in the queue
-/// runnable at once (at the real time `$2`, as on SQLite).
+/// runnable at once (at the store clock's time `$2`, as on SQLite).
 const MAINTAIN_LOST: &str = "WITH lost AS MATERIALIZED (
          SELECT seq FROM jobs WHERE status = 'RUNNING' AND lease_until < $1
          ORDER BY lease_until LIMIT 1000 FOR UPDATE SKIP LOCKED
@@ -602,7 +529,9 @@ const MAINTAIN_LOST: &str = "WITH lost AS MATERIALIZED (
      )
      SELECT count(*), count(*) FILTER (WHERE status = 'RETRYING') FROM done";
 
-pub async fn maintain(pool: &PgPool, now: Millis) -> StoreResult<Maintenance> {
+/// `now` is the pass's time; a rescued job is runnable again from `clock_now`, the store
+/// clock's time.
+pub async fn maintain(pool: &PgPool, now: Millis, clock_now: Millis) -> StoreResult<Maintenance> {
     let mut tx = pool.begin().await?;
     // Deadlines first: a job past its deadline fails whatever else is true of it.
     let expired = sqlx::query(MAINTAIN_DEADLINES)
@@ -617,7 +546,7 @@ pub async fn maintain(pool: &PgPool, now: Millis) -> StoreResult<Maintenance> {
         .rows_affected();
     let (rescued, requeued): (i64, i64) = sqlx::query_as(MAINTAIN_LOST)
         .bind(now)
-        .bind(now_millis())
+        .bind(clock_now)
         .fetch_one(&mut *tx)
         .await?;
     if requeued > 0 {

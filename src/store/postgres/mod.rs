@@ -2,9 +2,10 @@
 //!
 //! Owns: the connection pool, the `migrations/postgres` schema (brought up to date at open,
 //! which is all `easel migrate` does), the SQL of every [`Store`] method (jobs in `jobs.rs`,
-//! the fair claim in `claim.rs`, tenants and keys in `tenants.rs`, the webhook outbox in
-//! `webhooks.rs`, node heartbeats in `nodes.rs`; each method one transaction, most of them one statement) and the
-//! `LISTEN easel_jobs` listener behind [`Store::wait_for_work`].
+//! the fair claim in `claim.rs`, event reads in `events.rs`, tenants and keys in
+//! `tenants.rs`, the webhook outbox in `webhooks.rs`, node heartbeats in `nodes.rs`; each
+//! method one transaction, most of them one statement) and the `LISTEN easel_jobs` listener
+//! behind [`Store::wait_for_work`].
 //! Must not touch: HTTP, providers, object storage, limits or the worker loop. Never puts the
 //! database password in an error or a log line: URLs are shown through [`redact_url`].
 //!
@@ -29,6 +30,7 @@
 //! Timestamps are Easel's own clock in milliseconds, as on SQLite, never the server's `now()`.
 
 mod claim;
+mod events;
 mod jobs;
 mod nodes;
 mod tenants;
@@ -49,7 +51,7 @@ use super::{
     ApiKeyRecord, CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant,
     ProviderKeyRecord, Store, StoreError, StoreResult, Tenant,
 };
-use crate::base::clock::Millis;
+use crate::base::clock::{Millis, SystemWallClock, WallClock};
 use crate::base::job::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
 };
@@ -118,6 +120,8 @@ pub struct PgStore {
     wake: Arc<Notify>,
     /// Started by the first `wait_for_work`, so commands that never wait never listen.
     listener: OnceCell<ListenerTask>,
+    /// Stamps every write; the server's `now()` is never used.
+    clock: Arc<dyn WallClock>,
 }
 
 impl PgStore {
@@ -181,7 +185,18 @@ impl PgStore {
             schema,
             wake: Arc::new(Notify::new()),
             listener: OnceCell::new(),
+            clock: SystemWallClock::shared(),
         })
+    }
+
+    /// Stamps every write with `clock` from now on (tests move a manual one).
+    pub fn with_clock(mut self, clock: Arc<dyn WallClock>) -> PgStore {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now_millis()
     }
 
     /// The pool, for tests and tools that need to look at the tables directly.
@@ -277,7 +292,7 @@ async fn listen_loop(mut listener: PgListener, wake: Arc<Notify>, schema: String
 #[async_trait]
 impl Store for PgStore {
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant> {
-        tenants::create(&self.pool, &tenant, &key).await
+        tenants::create(&self.pool, self.now(), &tenant, &key).await
     }
 
     async fn tenant_list(&self) -> StoreResult<Vec<Tenant>> {
@@ -307,7 +322,7 @@ impl Store for PgStore {
     }
 
     async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()> {
-        tenants::api_key_add(&self.pool, tenant_id, &key).await
+        tenants::api_key_add(&self.pool, self.now(), tenant_id, &key).await
     }
 
     async fn api_key_find(&self, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRecord>> {
@@ -315,7 +330,7 @@ impl Store for PgStore {
     }
 
     async fn provider_key_add(&self, key: NewProviderKey) -> StoreResult<ProviderKeyRecord> {
-        tenants::provider_key_add(&self.pool, &key).await
+        tenants::provider_key_add(&self.pool, self.now(), &key).await
     }
 
     async fn provider_key_list(&self) -> StoreResult<Vec<ProviderKeyRecord>> {
@@ -339,11 +354,11 @@ impl Store for PgStore {
     }
 
     async fn job_cancel(&self, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
-        jobs::cancel(&self.pool, tenant_id, job_id).await
+        jobs::cancel(&self.pool, self.now(), tenant_id, job_id).await
     }
 
     async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>> {
-        jobs::events(&self.pool, job_id).await
+        events::events(&self.pool, job_id).await
     }
 
     async fn job_events_after(
@@ -353,11 +368,11 @@ impl Store for PgStore {
         after_id: i64,
         limit: u32,
     ) -> StoreResult<Vec<JobEvent>> {
-        jobs::events_after(&self.pool, tenant_id, job_id, after_id, limit).await
+        events::events_after(&self.pool, tenant_id, job_id, after_id, limit).await
     }
 
     async fn job_events_last_id(&self, tenant_id: &str) -> StoreResult<i64> {
-        jobs::events_last_id(&self.pool, tenant_id).await
+        events::events_last_id(&self.pool, tenant_id).await
     }
 
     async fn job_claim(
@@ -366,7 +381,7 @@ impl Store for PgStore {
         max: u32,
         lease: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
-        claim::claim(&self.pool, worker_id, max, lease).await
+        claim::claim(&self.pool, self.now(), worker_id, max, lease).await
     }
 
     async fn job_heartbeat(
@@ -375,19 +390,19 @@ impl Store for PgStore {
         fence: i64,
         lease: Duration,
     ) -> StoreResult<Millis> {
-        jobs::heartbeat(&self.pool, job_id, fence, lease).await
+        jobs::heartbeat(&self.pool, self.now(), job_id, fence, lease).await
     }
 
     async fn job_finish(&self, job_id: &str, fence: i64, finish: Finish) -> StoreResult<()> {
-        jobs::finish(&self.pool, job_id, fence, &finish).await
+        jobs::finish(&self.pool, self.now(), job_id, fence, &finish).await
     }
 
     async fn job_release(&self, job_id: &str, fence: i64) -> StoreResult<()> {
-        jobs::release(&self.pool, job_id, fence).await
+        jobs::release(&self.pool, self.now(), job_id, fence).await
     }
 
     async fn job_maintain(&self, now: Millis) -> StoreResult<Maintenance> {
-        jobs::maintain(&self.pool, now).await
+        jobs::maintain(&self.pool, now, self.now()).await
     }
 
     async fn job_next_run_at(&self) -> StoreResult<Option<Millis>> {
@@ -426,7 +441,7 @@ impl Store for PgStore {
         tenant_id: &str,
         set: WebhookSet,
     ) -> StoreResult<(TenantWebhook, bool)> {
-        webhooks::set(&self.pool, tenant_id, &set).await
+        webhooks::set(&self.pool, self.now(), tenant_id, &set).await
     }
 
     async fn webhook_rotate_secret(
@@ -435,7 +450,7 @@ impl Store for PgStore {
         secret: SealedSecret,
         prev_expires_at: Millis,
     ) -> StoreResult<TenantWebhook> {
-        webhooks::rotate_secret(&self.pool, tenant_id, &secret, prev_expires_at).await
+        webhooks::rotate_secret(&self.pool, self.now(), tenant_id, &secret, prev_expires_at).await
     }
 
     async fn webhook_claim(
@@ -445,7 +460,7 @@ impl Store for PgStore {
         lease: Duration,
         per_endpoint: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        webhooks::claim(&self.pool, owner, max, lease, per_endpoint).await
+        webhooks::claim(&self.pool, self.now(), owner, max, lease, per_endpoint).await
     }
 
     async fn webhook_complete(
@@ -474,7 +489,7 @@ impl Store for PgStore {
         tenant_id: &str,
         delivery_id: &str,
     ) -> StoreResult<ReplayOutcome> {
-        webhooks::replay(&self.pool, tenant_id, delivery_id).await
+        webhooks::replay(&self.pool, self.now(), tenant_id, delivery_id).await
     }
 
     async fn idempotency_purge(&self, before: Millis) -> StoreResult<u64> {

@@ -3,7 +3,7 @@
 use sqlx::{FromRow, PgPool};
 
 use super::StoreError;
-use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::Millis;
 use crate::store::{
     ApiKeyRecord, NewApiKey, NewProviderKey, NewTenant, ProviderKeyRecord, StoreResult, Tenant,
 };
@@ -41,8 +41,12 @@ impl TryFrom<TenantRow> for Tenant {
     }
 }
 
-pub async fn create(pool: &PgPool, tenant: &NewTenant, key: &NewApiKey) -> StoreResult<Tenant> {
-    let now = now_millis();
+pub async fn create(
+    pool: &PgPool,
+    now: Millis,
+    tenant: &NewTenant,
+    key: &NewApiKey,
+) -> StoreResult<Tenant> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO tenants (id, name, rpm_limit, concurrency_limit, created_at)
@@ -55,7 +59,7 @@ pub async fn create(pool: &PgPool, tenant: &NewTenant, key: &NewApiKey) -> Store
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    api_key_insert(&mut tx, &tenant.id, key).await?;
+    api_key_insert(&mut tx, now, &tenant.id, key).await?;
     tx.commit().await?;
     Ok(Tenant {
         id: tenant.id.clone(),
@@ -79,6 +83,7 @@ pub async fn list(pool: &PgPool) -> StoreResult<Vec<Tenant>> {
 /// Inserts the key only if the tenant exists; `NotFound` otherwise.
 async fn api_key_insert(
     conn: &mut sqlx::PgConnection,
+    now: Millis,
     tenant_id: &str,
     key: &NewApiKey,
 ) -> StoreResult<()> {
@@ -90,7 +95,7 @@ async fn api_key_insert(
     .bind(tenant_id)
     .bind(&key.key_hash[..])
     .bind(&key.prefix)
-    .bind(now_millis())
+    .bind(now)
     .execute(conn)
     .await?
     .rows_affected();
@@ -100,9 +105,14 @@ async fn api_key_insert(
     Ok(())
 }
 
-pub async fn api_key_add(pool: &PgPool, tenant_id: &str, key: &NewApiKey) -> StoreResult<()> {
+pub async fn api_key_add(
+    pool: &PgPool,
+    now: Millis,
+    tenant_id: &str,
+    key: &NewApiKey,
+) -> StoreResult<()> {
     let mut conn = pool.acquire().await?;
-    api_key_insert(&mut conn, tenant_id, key).await
+    api_key_insert(&mut conn, now, tenant_id, key).await
 }
 
 #[derive(FromRow)]
@@ -175,6 +185,7 @@ impl TryFrom<ProviderKeyRow> for ProviderKeyRecord {
 
 pub async fn provider_key_add(
     pool: &PgPool,
+    now: Millis,
     key: &NewProviderKey,
 ) -> StoreResult<ProviderKeyRecord> {
     let sql = format!(
@@ -193,7 +204,7 @@ pub async fn provider_key_add(
         .bind(&key.endpoint)
         .bind(key.priority)
         .bind(&key.project)
-        .bind(now_millis())
+        .bind(now)
         .fetch_one(pool)
         .await?;
     row.try_into()

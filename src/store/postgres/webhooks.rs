@@ -28,7 +28,7 @@ use std::time::Duration;
 use sqlx::{FromRow, PgPool};
 
 use super::jobs::lease_millis;
-use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::Millis;
 use crate::base::job::JobStatus;
 use crate::base::webhook::{
     AttemptOutcome, AttemptReport, ClaimedDelivery, Delivery, DeliveryListQuery, DeliveryPage,
@@ -180,6 +180,7 @@ struct SetRow {
 
 pub async fn set(
     pool: &PgPool,
+    now: Millis,
     tenant_id: &str,
     set: &WebhookSet,
 ) -> StoreResult<(TenantWebhook, bool)> {
@@ -204,7 +205,7 @@ pub async fn set(
         .bind(set.events.as_str())
         .bind(&set.secret_if_missing.sealed)
         .bind(&set.secret_if_missing.fingerprint)
-        .bind(now_millis())
+        .bind(now)
         .fetch_optional(pool)
         .await?;
     let row = row.ok_or(StoreError::NotFound)?;
@@ -213,6 +214,7 @@ pub async fn set(
 
 pub async fn rotate_secret(
     pool: &PgPool,
+    now: Millis,
     tenant_id: &str,
     secret: &SealedSecret,
     prev_expires_at: Millis,
@@ -232,7 +234,7 @@ pub async fn rotate_secret(
         .bind(&secret.sealed)
         .bind(&secret.fingerprint)
         .bind(prev_expires_at)
-        .bind(now_millis())
+        .bind(now)
         .fetch_optional(pool)
         .await?;
     row.ok_or(StoreError::NotFound)?.try_into()
@@ -352,6 +354,7 @@ impl ClaimRow {
 
 pub async fn claim(
     pool: &PgPool,
+    now: Millis,
     owner: &str,
     max: u32,
     lease: Duration,
@@ -360,7 +363,6 @@ pub async fn claim(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let now = now_millis();
     let lease_until = now.saturating_add(lease_millis(lease));
     let mut tx = pool.begin().await?;
     // Before anything is read: the claim counts in-flight deliveries, and the count is only
@@ -542,6 +544,7 @@ pub async fn list(pool: &PgPool, q: &DeliveryListQuery) -> StoreResult<DeliveryP
 
 pub async fn replay(
     pool: &PgPool,
+    now: Millis,
     tenant_id: &str,
     delivery_id: &str,
 ) -> StoreResult<ReplayOutcome> {
@@ -552,7 +555,6 @@ pub async fn replay(
              WHERE seq = $1 RETURNING {DELIVERY_COLUMNS}"
         )
     });
-    let now = now_millis();
     let mut tx = pool.begin().await?;
     // Locked, so an attempt cannot start (a claim skips the row) or end between the check
     // and the update.

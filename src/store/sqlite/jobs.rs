@@ -1,36 +1,26 @@
-//! The jobs table as a queue, on SQLite: submit, read, list, cancel, claim, heartbeat,
-//! finish, release and the maintenance pass. Every status change writes a job event row in
-//! the same transaction (and, through the outbox trigger of migration 0003, its webhook
-//! deliveries).
+//! The jobs table as a queue, on SQLite: submit, read, list, cancel, heartbeat, finish,
+//! release and the maintenance pass (the claim is in `claim.rs`, the event rows and their
+//! reads in `events.rs`). Every status change writes a job event row in the same transaction
+//! (and, through the outbox trigger of migration 0003, its webhook deliveries).
 
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::base::clock::{now_millis, Millis};
+use super::events::{event_insert, EventRow};
+use super::{bad_column, lease_millis};
+use crate::base::clock::Millis;
 
 use crate::base::job::Mode;
-use crate::base::job::{
-    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome,
-};
+use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
 use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
 
-const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
+pub(super) const JOB_COLUMNS: &str =
+    "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
      provider, result_keys, error_code, error_message, attempts, max_attempts, created_at, \
      updated_at, started_at, finished_at, cancel_at, deadline_at, result_meta, fence, lease_until";
 
-/// Tenants considered per claim; the rest wait for the next round.
-const CLAIM_TENANT_WINDOW: u32 = 256;
-
-fn bad_column(index: usize, what: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        index,
-        rusqlite::types::Type::Text,
-        format!("bad {what}").into(),
-    )
-}
-
-fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = row.get(3)?;
     let mode: String = row.get(5)?;
     let params: String = row.get(7)?;
@@ -59,33 +49,6 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         deadline_at: row.get(19)?,
         result_meta: result_meta.and_then(|m| serde_json::from_str(&m).ok()),
     })
-}
-
-struct EventRow<'a> {
-    job_id: &'a str,
-    tenant_id: &'a str,
-    status: JobStatus,
-    attempt: u32,
-    error_code: Option<&'a str>,
-    error_message: Option<&'a str>,
-    at: Millis,
-}
-
-fn event_insert(conn: &Connection, e: &EventRow<'_>) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO job_events (job_id, tenant_id, status, attempt, error_code, error_message, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        e.job_id,
-        e.tenant_id,
-        e.status.as_str(),
-        e.attempt,
-        e.error_code,
-        e.error_message,
-        e.at
-    ])?;
-    Ok(())
 }
 
 fn tenant_waiting_add(conn: &Connection, tenant_id: &str, delta: i64) -> StoreResult<()> {
@@ -199,7 +162,12 @@ pub fn list(conn: &Connection, q: &JobListQuery) -> StoreResult<JobPage> {
     Ok(JobPage { items, has_more })
 }
 
-pub fn cancel(conn: &Connection, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
+pub fn cancel(
+    conn: &Connection,
+    now: Millis,
+    tenant_id: &str,
+    job_id: &str,
+) -> StoreResult<CancelOutcome> {
     let found: Option<(String, u32)> = conn
         .prepare_cached("SELECT status, attempts FROM jobs WHERE id = ?1 AND tenant_id = ?2")?
         .query_row([job_id, tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -211,7 +179,6 @@ pub fn cancel(conn: &Connection, tenant_id: &str, job_id: &str) -> StoreResult<C
     if !status.can_cancel() {
         return Ok(CancelOutcome::InvalidState(status));
     }
-    let now = now_millis();
     end_waiting(
         conn,
         job_id,
@@ -261,193 +228,14 @@ fn end_waiting(
     tenant_waiting_add(conn, tenant_id, -1)
 }
 
-const EVENT_COLUMNS: &str = "id, job_id, tenant_id, status, attempt, error_code, error_message, at";
-
-fn event_from_row(r: &Row<'_>) -> rusqlite::Result<JobEvent> {
-    let status: String = r.get(3)?;
-    Ok(JobEvent {
-        id: r.get(0)?,
-        job_id: r.get(1)?,
-        tenant_id: r.get(2)?,
-        status: JobStatus::parse(&status).ok_or_else(|| bad_column(3, "status"))?,
-        attempt: r.get(4)?,
-        error_code: r.get(5)?,
-        error_message: r.get(6)?,
-        at: r.get(7)?,
-    })
-}
-
-pub fn events(conn: &Connection, job_id: &str) -> StoreResult<Vec<JobEvent>> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ?1 ORDER BY id");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([job_id], event_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Events after `after_id` in id order. Ids are assigned by the one writer and whole groups
-/// commit at once, so a reader never sees an id while a smaller one is still uncommitted.
-pub fn events_after(
-    conn: &Connection,
-    tenant_id: &str,
-    job_id: Option<&str>,
-    after_id: i64,
-    limit: u32,
-) -> StoreResult<Vec<JobEvent>> {
-    let rows = match job_id {
-        // Index job_events_job (job_id, id).
-        Some(job_id) => {
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM job_events
-                 WHERE job_id = ?1 AND tenant_id = ?2 AND id > ?3 ORDER BY id LIMIT ?4"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows =
-                stmt.query_map(params![job_id, tenant_id, after_id, limit], event_from_row)?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        }
-        // Index job_events_tenant (tenant_id, id).
-        None => {
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM job_events
-                 WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![tenant_id, after_id, limit], event_from_row)?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        }
-    };
-    Ok(rows)
-}
-
-pub fn events_last_id(conn: &Connection, tenant_id: &str) -> StoreResult<i64> {
-    // Index job_events_tenant (tenant_id, id): one seek to the end.
-    Ok(conn
-        .prepare_cached("SELECT coalesce(max(id), 0) FROM job_events WHERE tenant_id = ?1")?
-        .query_row([tenant_id], |r| r.get(0))?)
-}
-
-fn lease_millis(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
-/// Picks up to `max` runnable jobs, one per tenant per round, tenants served longest ago
-/// first, skipping tenants at their concurrency limit.
-fn claim_pick(conn: &Connection, max: u32, now: Millis) -> StoreResult<Vec<(i64, String)>> {
-    // Only tenants that can take a job now enter the window: tenants at their concurrency
-    // limit or whose waiting jobs are all backing off would otherwise fill it and hide
-    // runnable work from every claim.
-    let mut tenants_stmt = conn.prepare_cached(
-        "SELECT id, free FROM (
-             SELECT t.id, t.last_claim, t.concurrency_limit -
-                 (SELECT count(*) FROM jobs j WHERE j.tenant_id = t.id AND j.status = 'RUNNING')
-                 AS free
-             FROM tenants t
-             WHERE t.waiting > 0 AND EXISTS (
-                 SELECT 1 FROM jobs j WHERE j.tenant_id = t.id
-                     AND j.status IN ('QUEUED', 'RETRYING') AND j.run_at <= ?2))
-         WHERE free > 0 ORDER BY last_claim LIMIT ?1",
-    )?;
-    let tenants: Vec<(String, i64)> = tenants_stmt
-        .query_map(params![CLAIM_TENANT_WINDOW, now], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut jobs_stmt = conn.prepare_cached(
-        "SELECT seq FROM jobs WHERE tenant_id = ?1 AND status IN ('QUEUED', 'RETRYING')
-             AND run_at <= ?2
-         ORDER BY seq LIMIT ?3",
-    )?;
-    let mut per_tenant: Vec<(String, Vec<i64>)> = Vec::new();
-    for (tenant_id, free) in tenants {
-        let take = free.min(i64::from(max));
-        if take <= 0 {
-            continue;
-        }
-        let seqs: Vec<i64> = jobs_stmt
-            .query_map(params![tenant_id, now, take], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        if !seqs.is_empty() {
-            per_tenant.push((tenant_id, seqs));
-        }
-    }
-    // Round-robin: the first job of every tenant, then the second of every tenant, ...
-    let mut picked = Vec::new();
-    let mut round = 0;
-    while picked.len() < max as usize {
-        let before = picked.len();
-        for (tenant_id, seqs) in &per_tenant {
-            if let Some(seq) = seqs.get(round) {
-                if picked.len() < max as usize {
-                    picked.push((*seq, tenant_id.clone()));
-                }
-            }
-        }
-        if picked.len() == before {
-            break;
-        }
-        round += 1;
-    }
-    Ok(picked)
-}
-
-pub fn claim(
-    conn: &Connection,
-    worker_id: &str,
-    max: u32,
-    lease: Duration,
-) -> StoreResult<Vec<ClaimedJob>> {
-    let now = now_millis();
-    let lease_until = now.saturating_add(lease_millis(lease));
-    let picked = claim_pick(conn, max, now)?;
-    let sql = format!(
-        "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, fence = fence + 1,
-             lease_owner = ?2, lease_until = ?3, started_at = coalesce(started_at, ?4),
-             updated_at = ?4, error_code = NULL, error_message = NULL
-         WHERE seq = ?1 RETURNING {JOB_COLUMNS}"
-    );
-    let mut claimed = Vec::with_capacity(picked.len());
-    let mut counter: i64 = conn
-        .prepare_cached("SELECT coalesce(max(last_claim), 0) FROM tenants")?
-        .query_row([], |r| r.get(0))?;
-    for (seq, tenant_id) in picked {
-        let (job, fence) = conn
-            .prepare_cached(&sql)?
-            .query_row(params![seq, worker_id, lease_until, now], |r| {
-                Ok((job_from_row(r)?, r.get::<_, i64>(21)?))
-            })?;
-        event_insert(
-            conn,
-            &EventRow {
-                job_id: &job.id,
-                tenant_id: &tenant_id,
-                status: JobStatus::Running,
-                attempt: job.attempts,
-                error_code: None,
-                error_message: None,
-                at: now,
-            },
-        )?;
-        counter += 1;
-        conn.prepare_cached(
-            "UPDATE tenants SET waiting = max(waiting - 1, 0), last_claim = ?2 WHERE id = ?1",
-        )?
-        .execute(params![tenant_id, counter])?;
-        claimed.push(ClaimedJob {
-            job,
-            fence,
-            lease_until,
-        });
-    }
-    Ok(claimed)
-}
-
 pub fn heartbeat(
     conn: &Connection,
+    now: Millis,
     job_id: &str,
     fence: i64,
     lease: Duration,
 ) -> StoreResult<Millis> {
-    let lease_until = now_millis().saturating_add(lease_millis(lease));
+    let lease_until = now.saturating_add(lease_millis(lease));
     let updated = conn
         .prepare_cached(
             "UPDATE jobs SET lease_until = ?3
@@ -470,9 +258,14 @@ fn running_under_fence(conn: &Connection, job_id: &str, fence: i64) -> StoreResu
     .ok_or(StoreError::LeaseLost)
 }
 
-pub fn finish(conn: &Connection, job_id: &str, fence: i64, finish: &Finish) -> StoreResult<()> {
+pub fn finish(
+    conn: &Connection,
+    now: Millis,
+    job_id: &str,
+    fence: i64,
+    finish: &Finish,
+) -> StoreResult<()> {
     let (tenant_id, attempts) = running_under_fence(conn, job_id, fence)?;
-    let now = now_millis();
     let (code, message) = match finish {
         Finish::Succeeded { result_keys, meta } => {
             let keys = serde_json::to_string(result_keys)
@@ -527,10 +320,11 @@ pub fn finish(conn: &Connection, job_id: &str, fence: i64, finish: &Finish) -> S
     )
 }
 
-pub fn release(conn: &Connection, job_id: &str, fence: i64) -> StoreResult<()> {
+pub fn release(conn: &Connection, now: Millis, job_id: &str, fence: i64) -> StoreResult<()> {
     let (tenant_id, attempts) = running_under_fence(conn, job_id, fence)?;
     requeue_running(
         conn,
+        now,
         job_id,
         &tenant_id,
         attempts.saturating_sub(1),
@@ -544,12 +338,12 @@ pub fn release(conn: &Connection, job_id: &str, fence: i64) -> StoreResult<()> {
 /// Puts a running job back in the queue as RETRYING, runnable at once.
 fn requeue_running(
     conn: &Connection,
+    now: Millis,
     job_id: &str,
     tenant_id: &str,
     attempts: u32,
     (code, message): (&str, &str),
 ) -> StoreResult<()> {
-    let now = now_millis();
     conn.prepare_cached(
         "UPDATE jobs SET status = 'RETRYING', attempts = ?2, run_at = ?3, updated_at = ?3,
              error_code = ?4, error_message = ?5, fence = fence + 1,
@@ -612,7 +406,9 @@ fn open_jobs(conn: &Connection, sql: &str, now: Millis) -> StoreResult<Vec<OpenJ
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn maintain(conn: &Connection, now: Millis) -> StoreResult<Maintenance> {
+/// `now` is the pass's time (deadlines, `Cancel-After`, expired leases, failures); a rescued
+/// job is runnable again from `clock_now`, the store clock's time.
+pub fn maintain(conn: &Connection, now: Millis, clock_now: Millis) -> StoreResult<Maintenance> {
     let mut done = Maintenance::default();
     // Deadlines first: a job past its deadline fails whatever else is true of it.
     let overdue = open_jobs(
@@ -675,7 +471,7 @@ pub fn maintain(conn: &Connection, now: Millis) -> StoreResult<Maintenance> {
         if attempts >= max_attempts {
             fail_running(conn, &id, &tenant, attempts, now, why)?;
         } else {
-            requeue_running(conn, &id, &tenant, attempts, why)?;
+            requeue_running(conn, clock_now, &id, &tenant, attempts, why)?;
         }
         done.rescued += 1;
     }

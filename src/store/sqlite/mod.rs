@@ -9,6 +9,8 @@
 //! rusqlite rather than sqlx here: the group-commit writer needs a connection it owns on one
 //! thread, which sqlx's async pool does not give.
 
+mod claim;
+mod events;
 mod jobs;
 mod nodes;
 mod tenants;
@@ -26,7 +28,7 @@ use super::{
     ApiKeyRecord, CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant,
     ProviderKeyRecord, Store, StoreError, StoreResult, Tenant,
 };
-use crate::base::clock::Millis;
+use crate::base::clock::{Millis, SystemWallClock, WallClock};
 use crate::base::job::{
     ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
 };
@@ -46,11 +48,26 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_waiting_by_tenant.sql"),
 ];
 
+/// A column whose stored text does not parse (a status, a mode, JSON).
+pub(super) fn bad_column(index: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Text,
+        format!("bad {what}").into(),
+    )
+}
+
+pub(super) fn lease_millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
 /// Writes gathered into one transaction at most.
 const MAX_GROUP: usize = 512;
 
 type Delivery = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type WriteOp = Box<dyn FnOnce(&Connection) -> Delivery + Send>;
+/// A write, run by the writer thread with the store's clock (read only by writes that stamp
+/// a time, at the moment they run, so stamps follow the order of commits).
+type WriteOp = Box<dyn FnOnce(&Connection, &dyn WallClock) -> Delivery + Send>;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
@@ -76,6 +93,11 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with_clock(path, SystemWallClock::shared())
+    }
+
+    /// As [`SqliteStore::open`], stamping every write with `clock` (tests move a manual one).
+    pub fn open_with_clock(path: &Path, clock: Arc<dyn WallClock>) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("create {}: {e}", dir.display())))?;
@@ -85,7 +107,7 @@ impl SqliteStore {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("easel-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, clock))
             .map_err(|e| StoreError::Unavailable(format!("spawn writer: {e}")))?;
         let readers = ReaderPool::new(path.to_path_buf(), 4);
         Ok(SqliteStore {
@@ -100,9 +122,28 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
+        self.enqueue(move |conn, _clock| op(conn)).await
+    }
+
+    /// As [`SqliteStore::write`], for a write that stamps the time: `op` gets the store
+    /// clock's now, read when the write runs.
+    async fn write_at<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, Millis) -> StoreResult<R> + Send + 'static,
+    {
+        self.enqueue(move |conn, clock| op(conn, clock.now_millis()))
+            .await
+    }
+
+    async fn enqueue<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, &dyn WallClock) -> StoreResult<R> + Send + 'static,
+    {
         let (reply_tx, reply_rx) = oneshot::channel::<StoreResult<R>>();
-        let boxed: WriteOp = Box::new(move |conn: &Connection| {
-            let result = in_savepoint(conn, op);
+        let boxed: WriteOp = Box::new(move |conn: &Connection, clock: &dyn WallClock| {
+            let result = in_savepoint(conn, |c| op(c, clock));
             Box::new(move |commit: Result<(), StoreError>| {
                 let _ = reply_tx.send(commit.and(result));
             })
@@ -175,7 +216,11 @@ fn in_savepoint<R>(
     result
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
+fn writer_loop(
+    conn: Connection,
+    mut rx: mpsc::UnboundedReceiver<WriteOp>,
+    clock: Arc<dyn WallClock>,
+) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -194,7 +239,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
             batch.clear();
             continue;
         }
-        let deliveries: Vec<Delivery> = batch.drain(..).map(|op| op(&conn)).collect();
+        let deliveries: Vec<Delivery> = batch.drain(..).map(|op| op(&conn, &*clock)).collect();
         let commit = conn
             .prepare_cached("COMMIT")
             .and_then(|mut s| s.execute([]))
@@ -244,7 +289,8 @@ impl ReaderPool {
 #[async_trait]
 impl Store for SqliteStore {
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant> {
-        self.write(move |c| tenants::create(c, &tenant, &key)).await
+        self.write_at(move |c, now| tenants::create(c, now, &tenant, &key))
+            .await
     }
 
     async fn tenant_list(&self) -> StoreResult<Vec<Tenant>> {
@@ -269,7 +315,7 @@ impl Store for SqliteStore {
 
     async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()> {
         let tenant_id = tenant_id.to_owned();
-        self.write(move |c| tenants::api_key_add(c, &tenant_id, &key))
+        self.write_at(move |c, now| tenants::api_key_add(c, now, &tenant_id, &key))
             .await
     }
 
@@ -280,7 +326,7 @@ impl Store for SqliteStore {
     }
 
     async fn provider_key_add(&self, key: NewProviderKey) -> StoreResult<ProviderKeyRecord> {
-        self.write(move |c| tenants::provider_key_add(c, &key))
+        self.write_at(move |c, now| tenants::provider_key_add(c, now, &key))
             .await
     }
 
@@ -322,13 +368,13 @@ impl Store for SqliteStore {
 
     async fn job_cancel(&self, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome> {
         let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.to_owned());
-        self.write(move |c| jobs::cancel(c, &tenant_id, &job_id))
+        self.write_at(move |c, now| jobs::cancel(c, now, &tenant_id, &job_id))
             .await
     }
 
     async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>> {
         let job_id = job_id.to_owned();
-        self.read(move |c| jobs::events(c, &job_id)).await
+        self.read(move |c| events::events(c, &job_id)).await
     }
 
     async fn job_events_after(
@@ -339,13 +385,13 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<JobEvent>> {
         let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.map(str::to_owned));
-        self.read(move |c| jobs::events_after(c, &tenant_id, job_id.as_deref(), after_id, limit))
+        self.read(move |c| events::events_after(c, &tenant_id, job_id.as_deref(), after_id, limit))
             .await
     }
 
     async fn job_events_last_id(&self, tenant_id: &str) -> StoreResult<i64> {
         let tenant_id = tenant_id.to_owned();
-        self.read(move |c| jobs::events_last_id(c, &tenant_id))
+        self.read(move |c| events::events_last_id(c, &tenant_id))
             .await
     }
 
@@ -356,7 +402,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
         let worker_id = worker_id.to_owned();
-        self.write(move |c| jobs::claim(c, &worker_id, max, lease))
+        self.write_at(move |c, now| claim::claim(c, now, &worker_id, max, lease))
             .await
     }
 
@@ -367,23 +413,25 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> StoreResult<Millis> {
         let job_id = job_id.to_owned();
-        self.write(move |c| jobs::heartbeat(c, &job_id, fence, lease))
+        self.write_at(move |c, now| jobs::heartbeat(c, now, &job_id, fence, lease))
             .await
     }
 
     async fn job_finish(&self, job_id: &str, fence: i64, finish: Finish) -> StoreResult<()> {
         let job_id = job_id.to_owned();
-        self.write(move |c| jobs::finish(c, &job_id, fence, &finish))
+        self.write_at(move |c, now| jobs::finish(c, now, &job_id, fence, &finish))
             .await
     }
 
     async fn job_release(&self, job_id: &str, fence: i64) -> StoreResult<()> {
         let job_id = job_id.to_owned();
-        self.write(move |c| jobs::release(c, &job_id, fence)).await
+        self.write_at(move |c, now| jobs::release(c, now, &job_id, fence))
+            .await
     }
 
     async fn job_maintain(&self, now: Millis) -> StoreResult<Maintenance> {
-        self.write(move |c| jobs::maintain(c, now)).await
+        self.write_at(move |c, clock_now| jobs::maintain(c, now, clock_now))
+            .await
     }
 
     async fn job_next_run_at(&self) -> StoreResult<Option<Millis>> {
@@ -410,7 +458,7 @@ impl Store for SqliteStore {
         set: WebhookSet,
     ) -> StoreResult<(TenantWebhook, bool)> {
         let tenant_id = tenant_id.to_owned();
-        self.write(move |c| webhooks::set(c, &tenant_id, &set))
+        self.write_at(move |c, now| webhooks::set(c, now, &tenant_id, &set))
             .await
     }
 
@@ -421,8 +469,10 @@ impl Store for SqliteStore {
         prev_expires_at: Millis,
     ) -> StoreResult<TenantWebhook> {
         let tenant_id = tenant_id.to_owned();
-        self.write(move |c| webhooks::rotate_secret(c, &tenant_id, &secret, prev_expires_at))
-            .await
+        self.write_at(move |c, now| {
+            webhooks::rotate_secret(c, now, &tenant_id, &secret, prev_expires_at)
+        })
+        .await
     }
 
     async fn webhook_claim(
@@ -433,7 +483,7 @@ impl Store for SqliteStore {
         per_endpoint: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
         let owner = owner.to_owned();
-        self.write(move |c| webhooks::claim(c, &owner, max, lease, per_endpoint))
+        self.write_at(move |c, now| webhooks::claim(c, now, &owner, max, lease, per_endpoint))
             .await
     }
 
@@ -458,9 +508,9 @@ impl Store for SqliteStore {
         let delivery_id = delivery_id.to_owned();
         let next = next.clone();
         // One savepoint: a lost claim token rolls back both, so nothing is claimed either.
-        self.write(move |c| {
+        self.write_at(move |c, now| {
             webhooks::complete(c, &delivery_id, claim_token, &report)?;
-            webhooks::claim(c, &next.owner, next.max, next.lease, next.per_endpoint)
+            webhooks::claim(c, now, &next.owner, next.max, next.lease, next.per_endpoint)
         })
         .await
     }
@@ -483,7 +533,7 @@ impl Store for SqliteStore {
         delivery_id: &str,
     ) -> StoreResult<ReplayOutcome> {
         let (tenant_id, delivery_id) = (tenant_id.to_owned(), delivery_id.to_owned());
-        self.write(move |c| webhooks::replay(c, &tenant_id, &delivery_id))
+        self.write_at(move |c, now| webhooks::replay(c, now, &tenant_id, &delivery_id))
             .await
     }
 

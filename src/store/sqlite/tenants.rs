@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::base::clock::now_millis;
+use crate::base::clock::Millis;
 use crate::store::{
     ApiKeyRecord, NewApiKey, NewProviderKey, NewTenant, ProviderKeyRecord, StoreError, StoreResult,
     Tenant,
@@ -20,8 +20,12 @@ fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<Tenant> {
     })
 }
 
-pub fn create(conn: &Connection, tenant: &NewTenant, key: &NewApiKey) -> StoreResult<Tenant> {
-    let now = now_millis();
+pub fn create(
+    conn: &Connection,
+    now: Millis,
+    tenant: &NewTenant,
+    key: &NewApiKey,
+) -> StoreResult<Tenant> {
     conn.prepare_cached(
         "INSERT INTO tenants (id, name, rpm_limit, concurrency_limit, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -33,7 +37,7 @@ pub fn create(conn: &Connection, tenant: &NewTenant, key: &NewApiKey) -> StoreRe
         tenant.concurrency_limit,
         now
     ])?;
-    api_key_add(conn, &tenant.id, key)?;
+    api_key_add(conn, now, &tenant.id, key)?;
     Ok(Tenant {
         id: tenant.id.clone(),
         name: tenant.name.clone(),
@@ -73,7 +77,12 @@ pub fn update_limits(
     get(conn, tenant_id)?.ok_or(StoreError::NotFound)
 }
 
-pub fn api_key_add(conn: &Connection, tenant_id: &str, key: &NewApiKey) -> StoreResult<()> {
+pub fn api_key_add(
+    conn: &Connection,
+    now: Millis,
+    tenant_id: &str,
+    key: &NewApiKey,
+) -> StoreResult<()> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, created_at)
@@ -84,7 +93,7 @@ pub fn api_key_add(conn: &Connection, tenant_id: &str, key: &NewApiKey) -> Store
             tenant_id,
             &key.key_hash[..],
             key.prefix,
-            now_millis()
+            now
         ])?;
     if inserted == 0 {
         return Err(StoreError::NotFound);
@@ -130,7 +139,11 @@ fn provider_key_from_row(row: &Row<'_>) -> rusqlite::Result<ProviderKeyRecord> {
     })
 }
 
-pub fn provider_key_add(conn: &Connection, key: &NewProviderKey) -> StoreResult<ProviderKeyRecord> {
+pub fn provider_key_add(
+    conn: &Connection,
+    now: Millis,
+    key: &NewProviderKey,
+) -> StoreResult<ProviderKeyRecord> {
     conn.prepare_cached(
         "INSERT INTO provider_keys (id, provider, secret_sealed, fingerprint, rpm_limit,
              concurrency_limit, endpoint, priority, project, created_at)
@@ -146,7 +159,7 @@ pub fn provider_key_add(conn: &Connection, key: &NewProviderKey) -> StoreResult<
         key.endpoint,
         key.priority,
         key.project,
-        now_millis()
+        now
     ])?;
     let sql = format!("SELECT {PROVIDER_KEY_COLUMNS} FROM provider_keys WHERE id = ?1");
     Ok(conn

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::base::clock::{now_millis, Millis};
+use super::{bad_column, lease_millis};
+use crate::base::clock::Millis;
 
 use crate::base::job::JobStatus;
 use crate::base::webhook::{
@@ -28,14 +29,6 @@ const DELIVERY_COLUMNS: &str = "seq, id, job_id, tenant_id, url, source, status,
 
 /// URLs with due work considered per claim.
 const CLAIM_URL_WINDOW: usize = 256;
-
-fn bad_column(index: usize, what: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        index,
-        rusqlite::types::Type::Text,
-        format!("bad {what}").into(),
-    )
-}
 
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<TenantWebhook> {
     let events: String = row.get(2)?;
@@ -104,6 +97,7 @@ pub fn get(conn: &Connection, tenant_id: &str) -> StoreResult<Option<TenantWebho
 
 pub fn set(
     conn: &Connection,
+    now: Millis,
     tenant_id: &str,
     set: &WebhookSet,
 ) -> StoreResult<(TenantWebhook, bool)> {
@@ -113,7 +107,6 @@ pub fn set(
     if !tenant_exists {
         return Err(StoreError::NotFound);
     }
-    let now = now_millis();
     let created = conn
         .prepare_cached(
             "UPDATE tenant_webhooks SET url = ?2, events = ?3, enabled = 1, disabled_reason = NULL,
@@ -143,6 +136,7 @@ pub fn set(
 
 pub fn rotate_secret(
     conn: &Connection,
+    now: Millis,
     tenant_id: &str,
     secret: &SealedSecret,
     prev_expires_at: Millis,
@@ -159,16 +153,12 @@ pub fn rotate_secret(
             secret.sealed,
             secret.fingerprint,
             prev_expires_at,
-            now_millis()
+            now
         ])?;
     if updated == 0 {
         return Err(StoreError::NotFound);
     }
     get(conn, tenant_id)?.ok_or(StoreError::NotFound)
-}
-
-fn lease_millis(lease: Duration) -> i64 {
-    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 /// The tenant's secrets that may sign now, newest first.
@@ -213,6 +203,7 @@ fn due_urls(conn: &Connection, now: Millis) -> StoreResult<Vec<String>> {
 
 pub fn claim(
     conn: &Connection,
+    now: Millis,
     owner: &str,
     max: u32,
     lease: Duration,
@@ -221,7 +212,6 @@ pub fn claim(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let now = now_millis();
     // Attempts whose dispatcher died (lease ran out) are due again at once.
     conn.prepare_cached(
         "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = ?1, updated_at = ?1,
@@ -401,8 +391,12 @@ pub fn list(conn: &Connection, q: &DeliveryListQuery) -> StoreResult<DeliveryPag
     Ok(DeliveryPage { items, has_more })
 }
 
-pub fn replay(conn: &Connection, tenant_id: &str, delivery_id: &str) -> StoreResult<ReplayOutcome> {
-    let now = now_millis();
+pub fn replay(
+    conn: &Connection,
+    now: Millis,
+    tenant_id: &str,
+    delivery_id: &str,
+) -> StoreResult<ReplayOutcome> {
     let found: Option<(String, Option<Millis>)> = conn
         .prepare_cached(
             "SELECT state, lease_until FROM webhook_deliveries WHERE id = ?1 AND tenant_id = ?2",

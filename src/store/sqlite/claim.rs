@@ -1,0 +1,128 @@
+//! The fair claim on SQLite: round-robin over tenants with runnable work, the tenant served
+//! longest ago first, skipping tenants at their concurrency limit; each claimed job goes
+//! RUNNING under a new fence and lease, with its event.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::events::{event_insert, EventRow};
+use super::jobs::{job_from_row, JOB_COLUMNS};
+use super::lease_millis;
+use crate::base::clock::Millis;
+use crate::base::job::{ClaimedJob, JobStatus};
+use crate::store::StoreResult;
+
+/// Tenants considered per claim; the rest wait for the next round.
+const CLAIM_TENANT_WINDOW: u32 = 256;
+
+/// Picks up to `max` runnable jobs, one per tenant per round, tenants served longest ago
+/// first, skipping tenants at their concurrency limit.
+fn claim_pick(conn: &Connection, max: u32, now: Millis) -> StoreResult<Vec<(i64, String)>> {
+    // Only tenants that can take a job now enter the window: tenants at their concurrency
+    // limit or whose waiting jobs are all backing off would otherwise fill it and hide
+    // runnable work from every claim.
+    let mut tenants_stmt = conn.prepare_cached(
+        "SELECT id, free FROM (
+             SELECT t.id, t.last_claim, t.concurrency_limit -
+                 (SELECT count(*) FROM jobs j WHERE j.tenant_id = t.id AND j.status = 'RUNNING')
+                 AS free
+             FROM tenants t
+             WHERE t.waiting > 0 AND EXISTS (
+                 SELECT 1 FROM jobs j WHERE j.tenant_id = t.id
+                     AND j.status IN ('QUEUED', 'RETRYING') AND j.run_at <= ?2))
+         WHERE free > 0 ORDER BY last_claim LIMIT ?1",
+    )?;
+    let tenants: Vec<(String, i64)> = tenants_stmt
+        .query_map(params![CLAIM_TENANT_WINDOW, now], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut jobs_stmt = conn.prepare_cached(
+        "SELECT seq FROM jobs WHERE tenant_id = ?1 AND status IN ('QUEUED', 'RETRYING')
+             AND run_at <= ?2
+         ORDER BY seq LIMIT ?3",
+    )?;
+    let mut per_tenant: Vec<(String, Vec<i64>)> = Vec::new();
+    for (tenant_id, free) in tenants {
+        let take = free.min(i64::from(max));
+        if take <= 0 {
+            continue;
+        }
+        let seqs: Vec<i64> = jobs_stmt
+            .query_map(params![tenant_id, now, take], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !seqs.is_empty() {
+            per_tenant.push((tenant_id, seqs));
+        }
+    }
+    // Round-robin: the first job of every tenant, then the second of every tenant, ...
+    let mut picked = Vec::new();
+    let mut round = 0;
+    while picked.len() < max as usize {
+        let before = picked.len();
+        for (tenant_id, seqs) in &per_tenant {
+            if let Some(seq) = seqs.get(round) {
+                if picked.len() < max as usize {
+                    picked.push((*seq, tenant_id.clone()));
+                }
+            }
+        }
+        if picked.len() == before {
+            break;
+        }
+        round += 1;
+    }
+    Ok(picked)
+}
+
+pub fn claim(
+    conn: &Connection,
+    now: Millis,
+    worker_id: &str,
+    max: u32,
+    lease: Duration,
+) -> StoreResult<Vec<ClaimedJob>> {
+    let lease_until = now.saturating_add(lease_millis(lease));
+    let picked = claim_pick(conn, max, now)?;
+    let sql = format!(
+        "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, fence = fence + 1,
+             lease_owner = ?2, lease_until = ?3, started_at = coalesce(started_at, ?4),
+             updated_at = ?4, error_code = NULL, error_message = NULL
+         WHERE seq = ?1 RETURNING {JOB_COLUMNS}"
+    );
+    let mut claimed = Vec::with_capacity(picked.len());
+    let mut counter: i64 = conn
+        .prepare_cached("SELECT coalesce(max(last_claim), 0) FROM tenants")?
+        .query_row([], |r| r.get(0))?;
+    for (seq, tenant_id) in picked {
+        let (job, fence) = conn
+            .prepare_cached(&sql)?
+            .query_row(params![seq, worker_id, lease_until, now], |r| {
+                Ok((job_from_row(r)?, r.get::<_, i64>(21)?))
+            })?;
+        event_insert(
+            conn,
+            &EventRow {
+                job_id: &job.id,
+                tenant_id: &tenant_id,
+                status: JobStatus::Running,
+                attempt: job.attempts,
+                error_code: None,
+                error_message: None,
+                at: now,
+            },
+        )?;
+        counter += 1;
+        conn.prepare_cached(
+            "UPDATE tenants SET waiting = max(waiting - 1, 0), last_claim = ?2 WHERE id = ?1",
+        )?
+        .execute(params![tenant_id, counter])?;
+        claimed.push(ClaimedJob {
+            job,
+            fence,
+            lease_until,
+        });
+    }
+    Ok(claimed)
+}
