@@ -2,7 +2,9 @@
 //! stop signal, so the binary and the tests start Easel the same way. Whatever its roles, a
 //! running process records itself in the store's `nodes` table every [`HEARTBEAT_EVERY`] and
 //! counts the live nodes ([`heartbeat_once`]): the count every limit is divided by when the
-//! shared limiter is unreachable (`limits::failover`).
+//! shared limiter is unreachable (`limits::failover`, which also says how long a node counts
+//! as live, [`NODE_TTL`]). Part of the composition root: each role gets its parts from [`App`]
+//! ([`App::worker_deps`], [`App::webhook_dispatcher`]), so no role knows `App`.
 
 use std::time::Duration;
 
