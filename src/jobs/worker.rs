@@ -21,6 +21,7 @@ use super::input_image::InputFetcher;
 use super::retry::backoff;
 use crate::base::clock::now_millis;
 use crate::base::job::{ClaimedJob, Finish};
+use crate::base::job_errors;
 use crate::base::settings::{at_least_one, Invalid};
 use crate::events::{Change, EventBus};
 use crate::providers::keypool::{KeyLease, KeyPool, Outcome};
@@ -396,7 +397,7 @@ async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob, awaiting: &AwaitingKey
     let job = &claimed.job;
     let Some(provider) = deps.providers.get(&job.provider) else {
         return Finish::Failed {
-            error_code: "PROVIDER_UNAVAILABLE".into(),
+            error_code: job_errors::PROVIDER_UNAVAILABLE.into(),
             error_message: format!(
                 "provider '{}' is not configured on this worker",
                 job.provider
@@ -432,7 +433,7 @@ async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob, awaiting: &AwaitingKey
         Ok(outcome) => outcome,
         Err(_) => {
             return Finish::Failed {
-                error_code: "JOB_TIMEOUT".into(),
+                error_code: job_errors::JOB_TIMEOUT.into(),
                 error_message: "the job did not finish before its deadline".into(),
             }
         }
@@ -514,7 +515,7 @@ async fn store_images(
     let job = &claimed.job;
     if output.images.is_empty() {
         return Finish::Failed {
-            error_code: "NO_IMAGE".into(),
+            error_code: job_errors::NO_IMAGE.into(),
             error_message: "the provider returned no image".into(),
         };
     }
@@ -527,7 +528,13 @@ async fn store_images(
         };
         let key = object_key(job, claimed.fence, index, ext);
         if let Err(e) = deps.objects.put(&key, image.bytes, &image.mime).await {
-            return retry_or_fail(deps, claimed, "STORAGE_ERROR", &e.to_string(), None);
+            return retry_or_fail(
+                deps,
+                claimed,
+                job_errors::STORAGE_ERROR,
+                &e.to_string(),
+                None,
+            );
         }
         keys.push(key);
     }

@@ -14,6 +14,7 @@ use crate::base::clock::Millis;
 
 use crate::base::job::Mode;
 use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
+use crate::base::job_errors;
 use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
 
 const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
@@ -450,14 +451,15 @@ pub async fn release(pool: &PgPool, now: Millis, job_id: &str, fence: i64) -> St
         format!(
             "WITH done AS (
                  UPDATE jobs SET status = 'RETRYING', attempts = GREATEST(attempts - 1, 0),
-                     run_at = $3, updated_at = $3, error_code = 'WORKER_SHUTDOWN',
+                     run_at = $3, updated_at = $3, error_code = '{WORKER_SHUTDOWN}',
                      error_message = 'the worker stopped; the job was put back in the queue',
                      fence = fence + 1, lease_owner = NULL, lease_until = NULL
                  WHERE id = $1 AND fence = $2 AND status = 'RUNNING'
                  {EVENT_SOURCE}
              ), event AS ({})
              SELECT pg_notify('easel_jobs', current_schema()) FROM done",
-            event_insert("$3")
+            event_insert("$3"),
+            WORKER_SHUTDOWN = job_errors::WORKER_SHUTDOWN,
         )
     });
     let released = sqlx::query(&SQL)
@@ -477,12 +479,14 @@ pub async fn release(pool: &PgPool, now: Millis, job_id: &str, fence: i64) -> St
 
 /// Rows picked `FOR UPDATE SKIP LOCKED`, so passes running at once in several processes
 /// share the work instead of queueing on each other; the UPDATE re-checks the status.
-const MAINTAIN_DEADLINES: &str = "WITH due AS MATERIALIZED (
+static MAINTAIN_DEADLINES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH due AS MATERIALIZED (
          SELECT seq FROM jobs WHERE status IN ('QUEUED', 'RUNNING', 'RETRYING')
              AND deadline_at <= $1
          ORDER BY deadline_at LIMIT 1000 FOR UPDATE SKIP LOCKED
      ), done AS (
-         UPDATE jobs j SET status = 'FAILED', error_code = 'JOB_TIMEOUT',
+         UPDATE jobs j SET status = 'FAILED', error_code = '{JOB_TIMEOUT}',
              error_message = 'the job did not finish before its deadline',
              finished_at = $1, updated_at = $1, fence = j.fence + 1,
              lease_owner = NULL, lease_until = NULL
@@ -490,25 +494,35 @@ const MAINTAIN_DEADLINES: &str = "WITH due AS MATERIALIZED (
          RETURNING j.id, j.tenant_id, j.status, j.attempts, j.error_code, j.error_message
      )
      INSERT INTO job_events (job_id, tenant_id, status, attempt, error_code, error_message, at)
-     SELECT id, tenant_id, status, attempts, error_code, error_message, $1 FROM done";
+     SELECT id, tenant_id, status, attempts, error_code, error_message, $1 FROM done",
+        JOB_TIMEOUT = job_errors::JOB_TIMEOUT,
+    )
+});
 
-const MAINTAIN_CANCEL_AFTER: &str = "WITH due AS MATERIALIZED (
+static MAINTAIN_CANCEL_AFTER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH due AS MATERIALIZED (
          SELECT seq FROM jobs WHERE cancel_at IS NOT NULL
              AND status IN ('QUEUED', 'RETRYING') AND cancel_at <= $1
          ORDER BY cancel_at LIMIT 1000 FOR UPDATE SKIP LOCKED
      ), done AS (
-         UPDATE jobs j SET status = 'CANCELED', error_code = 'CANCEL_AFTER_ELAPSED',
+         UPDATE jobs j SET status = 'CANCELED', error_code = '{CANCEL_AFTER_ELAPSED}',
              error_message = 'the job did not start before its Cancel-After',
              finished_at = $1, updated_at = $1, fence = j.fence + 1
          FROM due WHERE j.seq = due.seq AND j.status IN ('QUEUED', 'RETRYING')
          RETURNING j.id, j.tenant_id, j.status, j.attempts, j.error_code, j.error_message
      )
      INSERT INTO job_events (job_id, tenant_id, status, attempt, error_code, error_message, at)
-     SELECT id, tenant_id, status, attempts, error_code, error_message, $1 FROM done";
+     SELECT id, tenant_id, status, attempts, error_code, error_message, $1 FROM done",
+        CANCEL_AFTER_ELAPSED = job_errors::CANCEL_AFTER_ELAPSED,
+    )
+});
 
 /// Expired leases: failed (at the pass's `$1`) when out of attempts, else back in the queue
 /// runnable at once (at the store clock's time `$2`, as on SQLite).
-const MAINTAIN_LOST: &str = "WITH lost AS MATERIALIZED (
+static MAINTAIN_LOST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH lost AS MATERIALIZED (
          SELECT seq FROM jobs WHERE status = 'RUNNING' AND lease_until < $1
          ORDER BY lease_until LIMIT 1000 FOR UPDATE SKIP LOCKED
      ), done AS (
@@ -517,7 +531,7 @@ const MAINTAIN_LOST: &str = "WITH lost AS MATERIALIZED (
              finished_at = CASE WHEN j.attempts >= j.max_attempts THEN $1 ELSE j.finished_at END,
              run_at = CASE WHEN j.attempts >= j.max_attempts THEN j.run_at ELSE $2 END,
              updated_at = CASE WHEN j.attempts >= j.max_attempts THEN $1 ELSE $2 END,
-             error_code = 'WORKER_LOST',
+             error_code = '{WORKER_LOST}',
              error_message = 'the worker running this job stopped responding',
              fence = j.fence + 1, lease_owner = NULL, lease_until = NULL
          FROM lost WHERE j.seq = lost.seq AND j.status = 'RUNNING'
@@ -527,24 +541,27 @@ const MAINTAIN_LOST: &str = "WITH lost AS MATERIALIZED (
          INSERT INTO job_events (job_id, tenant_id, status, attempt, error_code, error_message, at)
          SELECT id, tenant_id, status, attempts, error_code, error_message, updated_at FROM done
      )
-     SELECT count(*), count(*) FILTER (WHERE status = 'RETRYING') FROM done";
+     SELECT count(*), count(*) FILTER (WHERE status = 'RETRYING') FROM done",
+        WORKER_LOST = job_errors::WORKER_LOST,
+    )
+});
 
 /// `now` is the pass's time; a rescued job is runnable again from `clock_now`, the store
 /// clock's time.
 pub async fn maintain(pool: &PgPool, now: Millis, clock_now: Millis) -> StoreResult<Maintenance> {
     let mut tx = pool.begin().await?;
     // Deadlines first: a job past its deadline fails whatever else is true of it.
-    let expired = sqlx::query(MAINTAIN_DEADLINES)
+    let expired = sqlx::query(&MAINTAIN_DEADLINES)
         .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let canceled = sqlx::query(MAINTAIN_CANCEL_AFTER)
+    let canceled = sqlx::query(&MAINTAIN_CANCEL_AFTER)
         .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let (rescued, requeued): (i64, i64) = sqlx::query_as(MAINTAIN_LOST)
+    let (rescued, requeued): (i64, i64) = sqlx::query_as(&MAINTAIN_LOST)
         .bind(now)
         .bind(clock_now)
         .fetch_one(&mut *tx)

@@ -13,6 +13,7 @@ use crate::base::clock::Millis;
 
 use crate::base::job::Mode;
 use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
+use crate::base::job_errors;
 use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
 
 pub(super) const JOB_COLUMNS: &str =
@@ -329,7 +330,7 @@ pub fn release(conn: &Connection, now: Millis, job_id: &str, fence: i64) -> Stor
         &tenant_id,
         attempts.saturating_sub(1),
         (
-            "WORKER_SHUTDOWN",
+            job_errors::WORKER_SHUTDOWN,
             "the worker stopped; the job was put back in the queue",
         ),
     )
@@ -417,7 +418,10 @@ pub fn maintain(conn: &Connection, now: Millis, clock_now: Millis) -> StoreResul
          WHERE status IN ('QUEUED', 'RUNNING', 'RETRYING') AND deadline_at <= ?1 LIMIT 1000",
         now,
     )?;
-    let timeout = ("JOB_TIMEOUT", "the job did not finish before its deadline");
+    let timeout = (
+        job_errors::JOB_TIMEOUT,
+        "the job did not finish before its deadline",
+    );
     for (id, tenant, status, attempts, _) in overdue {
         if status == JobStatus::Running.as_str() {
             fail_running(conn, &id, &tenant, attempts, now, timeout)?;
@@ -443,7 +447,7 @@ pub fn maintain(conn: &Connection, now: Millis, clock_now: Millis) -> StoreResul
     )?;
     for (id, tenant, _, attempts, _) in cancel_due {
         let why = (
-            "CANCEL_AFTER_ELAPSED",
+            job_errors::CANCEL_AFTER_ELAPSED,
             "the job did not start before its Cancel-After",
         );
         end_waiting(
@@ -465,7 +469,7 @@ pub fn maintain(conn: &Connection, now: Millis, clock_now: Millis) -> StoreResul
     )?;
     for (id, tenant, _, attempts, max_attempts) in lost {
         let why = (
-            "WORKER_LOST",
+            job_errors::WORKER_LOST,
             "the worker running this job stopped responding",
         );
         if attempts >= max_attempts {
