@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::base::job_errors;
 use crate::base::netguard::{pinned_client, NetGuard, Refusal};
 use crate::base::settings::Invalid;
 use crate::providers::InputImage;
@@ -66,15 +67,16 @@ fn retryable_error(code: &'static str, message: impl Into<String>) -> InputImage
 fn refused(refusal: Refusal) -> InputImageError {
     match refusal {
         Refusal::NotHttp => final_error(
-            "INPUT_IMAGE_INVALID_URL",
+            job_errors::INPUT_IMAGE_INVALID_URL,
             "only http and https URLs are fetched",
         ),
-        Refusal::NoHost => final_error("INPUT_IMAGE_INVALID_URL", refusal.to_string()),
-        Refusal::ForbiddenHost | Refusal::ForbiddenAddress => {
-            final_error("INPUT_IMAGE_FORBIDDEN_ADDRESS", refusal.to_string())
-        }
+        Refusal::NoHost => final_error(job_errors::INPUT_IMAGE_INVALID_URL, refusal.to_string()),
+        Refusal::ForbiddenHost | Refusal::ForbiddenAddress => final_error(
+            job_errors::INPUT_IMAGE_FORBIDDEN_ADDRESS,
+            refusal.to_string(),
+        ),
         Refusal::Unresolved(_) | Refusal::NoAddress => {
-            retryable_error("INPUT_IMAGE_UNREACHABLE", refusal.to_string())
+            retryable_error(job_errors::INPUT_IMAGE_UNREACHABLE, refusal.to_string())
         }
     }
 }
@@ -105,8 +107,12 @@ impl InputFetcher {
     /// A check that needs no network (scheme, and a host that is a forbidden literal address
     /// or a `localhost` name). Lets the API refuse such URLs at submit with 400.
     pub fn precheck(&self, raw: &str) -> Result<url::Url, InputImageError> {
-        let url = url::Url::parse(raw)
-            .map_err(|e| final_error("INPUT_IMAGE_INVALID_URL", format!("not a URL: {e}")))?;
+        let url = url::Url::parse(raw).map_err(|e| {
+            final_error(
+                job_errors::INPUT_IMAGE_INVALID_URL,
+                format!("not a URL: {e}"),
+            )
+        })?;
         self.guard.precheck(&url).map_err(refused)?;
         Ok(url)
     }
@@ -121,14 +127,17 @@ impl InputFetcher {
             let client = pinned_client(host, addr)
                 .timeout(Duration::from_secs(self.config.timeout_secs))
                 .build()
-                .map_err(|e| retryable_error("INPUT_IMAGE_UNREACHABLE", e.to_string()))?;
+                .map_err(|e| retryable_error(job_errors::INPUT_IMAGE_UNREACHABLE, e.to_string()))?;
             let response = client.get(url.clone()).send().await.map_err(|e| {
                 let what = if e.is_timeout() {
                     "timed out"
                 } else {
                     "could not be fetched"
                 };
-                retryable_error("INPUT_IMAGE_UNREACHABLE", format!("the input image {what}"))
+                retryable_error(
+                    job_errors::INPUT_IMAGE_UNREACHABLE,
+                    format!("the input image {what}"),
+                )
             })?;
             let status = response.status();
             if status.is_redirection() {
@@ -137,10 +146,16 @@ impl InputFetcher {
                     .get(reqwest::header::LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| {
-                        final_error("INPUT_IMAGE_FETCH_FAILED", "redirect without Location")
+                        final_error(
+                            job_errors::INPUT_IMAGE_FETCH_FAILED,
+                            "redirect without Location",
+                        )
                     })?;
                 url = url.join(location).map_err(|_| {
-                    final_error("INPUT_IMAGE_FETCH_FAILED", "bad redirect Location")
+                    final_error(
+                        job_errors::INPUT_IMAGE_FETCH_FAILED,
+                        "bad redirect Location",
+                    )
                 })?;
                 url = self.precheck(url.as_str())?;
                 continue;
@@ -148,15 +163,15 @@ impl InputFetcher {
             if !status.is_success() {
                 let message = format!("the input image URL answered HTTP {}", status.as_u16());
                 return Err(if status.is_server_error() || status.as_u16() == 429 {
-                    retryable_error("INPUT_IMAGE_FETCH_FAILED", message)
+                    retryable_error(job_errors::INPUT_IMAGE_FETCH_FAILED, message)
                 } else {
-                    final_error("INPUT_IMAGE_FETCH_FAILED", message)
+                    final_error(job_errors::INPUT_IMAGE_FETCH_FAILED, message)
                 });
             }
             return self.read_image(response).await;
         }
         Err(final_error(
-            "INPUT_IMAGE_FETCH_FAILED",
+            job_errors::INPUT_IMAGE_FETCH_FAILED,
             "too many redirects",
         ))
     }
@@ -164,7 +179,7 @@ impl InputFetcher {
     async fn read_image(&self, response: reqwest::Response) -> Result<InputImage, InputImageError> {
         let too_big = || {
             final_error(
-                "INPUT_IMAGE_TOO_LARGE",
+                job_errors::INPUT_IMAGE_TOO_LARGE,
                 format!(
                     "the input image is larger than {} bytes",
                     self.config.max_bytes
@@ -191,7 +206,7 @@ impl InputFetcher {
         if let Some(ct) = &declared {
             if !ct.starts_with("image/") && ct != "application/octet-stream" {
                 return Err(final_error(
-                    "INPUT_IMAGE_UNSUPPORTED",
+                    job_errors::INPUT_IMAGE_UNSUPPORTED,
                     format!("the input URL is not an image (Content-Type {ct})"),
                 ));
             }
@@ -201,7 +216,7 @@ impl InputFetcher {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| {
                 retryable_error(
-                    "INPUT_IMAGE_UNREACHABLE",
+                    job_errors::INPUT_IMAGE_UNREACHABLE,
                     "the input image download broke off",
                 )
             })?;
@@ -213,7 +228,7 @@ impl InputFetcher {
         let bytes: Bytes = body.freeze();
         let mime = sniff(&bytes).ok_or_else(|| {
             final_error(
-                "INPUT_IMAGE_UNSUPPORTED",
+                job_errors::INPUT_IMAGE_UNSUPPORTED,
                 "the input is not a PNG, JPEG, WebP or GIF image",
             )
         })?;

@@ -120,8 +120,8 @@ impl ProviderError {
     pub fn error_code(&self) -> &str {
         match self {
             ProviderError::Retryable { code, .. } | ProviderError::Final { code, .. } => code,
-            ProviderError::KeyRejected { .. } => "UPSTREAM_KEY_REJECTED",
-            ProviderError::ContentBlocked { .. } => "CONTENT_BLOCKED",
+            ProviderError::KeyRejected { .. } => crate::base::job_errors::UPSTREAM_KEY_REJECTED,
+            ProviderError::ContentBlocked { .. } => crate::base::job_errors::CONTENT_BLOCKED,
         }
     }
 }

@@ -29,35 +29,35 @@ use crate::providers::{GenerateOutput, GeneratedImage, ProviderError};
 /// returns. Stable: the key pool, retries and clients match on them.
 pub mod codes {
     /// 429 on a per-minute (or unspecified) quota.
-    pub const RATE_LIMITED: &str = "UPSTREAM_RATE_LIMITED";
+    pub const RATE_LIMITED: &str = crate::base::job_errors::UPSTREAM_RATE_LIMITED;
     /// 429 on a per-day quota: the Cloud project is spent until the daily reset.
-    pub const QUOTA_EXHAUSTED_DAILY: &str = "UPSTREAM_QUOTA_EXHAUSTED_DAILY";
+    pub const QUOTA_EXHAUSTED_DAILY: &str = crate::base::job_errors::UPSTREAM_QUOTA_EXHAUSTED_DAILY;
     /// 5xx.
-    pub const UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
+    pub const UNAVAILABLE: &str = crate::base::job_errors::UPSTREAM_UNAVAILABLE;
     /// No answer in time (client timeout or 408).
-    pub const TIMEOUT: &str = "UPSTREAM_TIMEOUT";
+    pub const TIMEOUT: &str = crate::base::job_errors::UPSTREAM_TIMEOUT;
     /// Could not connect, or the connection broke before the body was complete.
-    pub const CONNECTION: &str = "UPSTREAM_CONNECTION";
+    pub const CONNECTION: &str = crate::base::job_errors::UPSTREAM_CONNECTION;
     /// The body is not the JSON (or the image) it should be.
-    pub const MALFORMED: &str = "UPSTREAM_MALFORMED_RESPONSE";
+    pub const MALFORMED: &str = crate::base::job_errors::UPSTREAM_MALFORMED_RESPONSE;
     /// The body is JSON cut short.
-    pub const TRUNCATED: &str = "UPSTREAM_TRUNCATED_RESPONSE";
+    pub const TRUNCATED: &str = crate::base::job_errors::UPSTREAM_TRUNCATED_RESPONSE;
     /// 409 / 499: the upstream gave up on the request; another try may pass.
-    pub const ABORTED: &str = "UPSTREAM_ABORTED";
+    pub const ABORTED: &str = crate::base::job_errors::UPSTREAM_ABORTED;
     /// 400: the upstream refused the request as built.
-    pub const BAD_REQUEST: &str = "UPSTREAM_BAD_REQUEST";
+    pub const BAD_REQUEST: &str = crate::base::job_errors::UPSTREAM_BAD_REQUEST;
     /// 404: no such model (or method) at this base URL.
-    pub const NOT_FOUND: &str = "UPSTREAM_NOT_FOUND";
+    pub const NOT_FOUND: &str = crate::base::job_errors::UPSTREAM_NOT_FOUND;
     /// Any other 4xx.
-    pub const REJECTED: &str = "UPSTREAM_REJECTED";
+    pub const REJECTED: &str = crate::base::job_errors::UPSTREAM_REJECTED;
     /// 3xx: redirects are not followed; the base URL is probably wrong.
-    pub const REDIRECT: &str = "UPSTREAM_REDIRECT";
+    pub const REDIRECT: &str = crate::base::job_errors::UPSTREAM_REDIRECT;
     /// The body was larger than the configured bound.
-    pub const RESPONSE_TOO_LARGE: &str = "UPSTREAM_RESPONSE_TOO_LARGE";
+    pub const RESPONSE_TOO_LARGE: &str = crate::base::job_errors::UPSTREAM_RESPONSE_TOO_LARGE;
     /// The request does not fit the chosen model (checked before any call).
-    pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
+    pub const INVALID_REQUEST: &str = crate::base::job_errors::INVALID_REQUEST;
     /// The provider was called without a credential.
-    pub const KEY_MISSING: &str = "PROVIDER_KEY_MISSING";
+    pub const KEY_MISSING: &str = crate::base::job_errors::PROVIDER_KEY_MISSING;
 }
 
 /// `finishReason`s that mean the candidate was refused (its parts, if any, are not used).

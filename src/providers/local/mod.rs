@@ -120,7 +120,7 @@ impl Provider for LocalProvider {
         })
         .await
         .map_err(|e| ProviderError::Retryable {
-            code: "RENDER_FAILED".into(),
+            code: crate::base::job_errors::RENDER_FAILED.into(),
             message: format!("local render task failed: {e}"),
             retry_after: None,
         })?;
