@@ -17,21 +17,20 @@ use crate::accounts::auth::Authenticator;
 use crate::accounts::keys;
 use crate::base::clock::now_millis;
 use crate::base::redact::redact_url;
-use crate::base::secret::fingerprint;
 use crate::base::secret::{read_or_create_secret_file, Sealer};
 use crate::config::Config;
 use crate::events::{EventBus, LocalBus, RedisBus};
 use crate::jobs::gate::Gate;
 use crate::jobs::input_image::InputFetcher;
 use crate::jobs::worker::WorkerDeps;
+use crate::keypool::{add_provider_key, KeyPool, KeyPoolConfig, ProviderKeySpec};
 use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter, NODE_TTL};
-use crate::providers::keypool::{KeyPool, KeyPoolConfig};
 use crate::providers::Registry;
 use crate::storage::urls::{ResultLinks, UrlSigner};
 use crate::storage::{ObjectStore, ObjectStoreBackend, StorageKind};
 use crate::store::postgres::{PgSettings, PgStore};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{NewProviderKey, StoreError};
+use crate::store::StoreError;
 use crate::store::{NewTenant, Store, Tenant};
 use crate::webhooks::dispatcher::Dispatcher;
 
@@ -192,11 +191,12 @@ impl App {
         let live_nodes = Arc::new(LiveNodes::new());
         let limiter = open_limiter(&config, store.as_ref(), &live_nodes).await?;
         let events = open_bus(&config)?;
-        let imported = import_env_keys(store.as_ref(), &sealer).await?;
+        let registry = Registry::build(&config.providers).map_err(anyhow::Error::msg)?;
+        let imported = import_env_keys(store.as_ref(), &sealer, &registry).await?;
         if imported.added > 0 {
             tracing::info!(
                 imported = imported.added,
-                "provider keys imported from GEMINI_API_KEY_n"
+                "provider keys imported from the origin's environment variables"
             );
         }
         let keys = Arc::new(KeyPool::new(
@@ -209,12 +209,11 @@ impl App {
         for (id, why) in &loaded.skipped {
             tracing::warn!(key = %id, reason = %why, "provider key skipped");
         }
-        let with_keys: Vec<&str> = ["gemini"]
-            .into_iter()
-            .filter(|p| keys.enabled_keys(p) > 0)
-            .collect();
-        let providers =
-            Registry::build(&config.providers, &with_keys).map_err(anyhow::Error::msg)?;
+        let providers = registry
+            .choose_default(config.providers.default.as_deref(), |p| {
+                keys.enabled_keys(p) > 0
+            })
+            .map_err(anyhow::Error::msg)?;
         let inputs =
             Arc::new(InputFetcher::new(config.inputs.clone()).map_err(anyhow::Error::msg)?);
         Ok(App {
@@ -246,7 +245,6 @@ impl App {
             gate: Gate::new(self.limiter.clone(), &self.config.limits),
             events: self.events.clone(),
             keys: self.keys.clone(),
-            key_lease: Duration::from_secs(self.config.providers.gemini.timeout_secs + 10),
             wake: self.wake.clone(),
             awaiting_keys: Arc::default(),
         }
@@ -264,39 +262,6 @@ impl App {
     }
 }
 
-/// What an upstream key is registered with.
-pub struct ProviderKeySpec {
-    pub provider: String,
-    pub key: String,
-    pub rpm: u32,
-    pub concurrency: u32,
-    pub endpoint: Option<String>,
-    pub priority: i32,
-    pub project: Option<String>,
-}
-
-/// Seals and stores an upstream key. `Conflict` if the same key is already registered.
-pub async fn add_provider_key(
-    store: &dyn Store,
-    sealer: &Sealer,
-    spec: ProviderKeySpec,
-) -> Result<crate::store::ProviderKeyRecord, StoreError> {
-    let key = spec.key.trim();
-    store
-        .provider_key_add(NewProviderKey {
-            id: format!("pk_{}", ulid::Ulid::new().to_string().to_lowercase()),
-            provider: spec.provider,
-            secret_sealed: sealer.seal(key),
-            fingerprint: fingerprint(key),
-            rpm_limit: spec.rpm,
-            concurrency_limit: spec.concurrency,
-            endpoint: spec.endpoint,
-            priority: spec.priority,
-            project: spec.project,
-        })
-        .await
-}
-
 /// What `import_env_keys` did.
 #[derive(Debug, Default)]
 pub struct ImportedKeys {
@@ -305,19 +270,41 @@ pub struct ImportedKeys {
     pub already_registered: Vec<String>,
 }
 
-/// Stores the origin's `GEMINI_API_KEY_1..N` keys (60 RPM, 2 at once, as the origin's
-/// `init`), skipping ones already registered.
-pub async fn import_env_keys(store: &dyn Store, sealer: &Sealer) -> anyhow::Result<ImportedKeys> {
+/// Stores the keys in the origin's environment variables of every provider that names some
+/// ([`crate::providers::Provider::env_key_prefix`]: `GEMINI_API_KEY_1..N`), at 60 RPM and 2
+/// at once as the origin's `init`, skipping ones already registered.
+pub async fn import_env_keys(
+    store: &dyn Store,
+    sealer: &Sealer,
+    providers: &Registry,
+) -> anyhow::Result<ImportedKeys> {
     let mut done = ImportedKeys::default();
+    for provider in providers.keyed() {
+        if let Some(prefix) = provider.env_key_prefix() {
+            import_prefixed_keys(store, sealer, provider.name(), prefix, &mut done).await?;
+        }
+    }
+    Ok(done)
+}
+
+/// The keys in `{prefix}1`, `{prefix}2`, ... up to the first unset one.
+async fn import_prefixed_keys(
+    store: &dyn Store,
+    sealer: &Sealer,
+    provider: &str,
+    prefix: &str,
+    done: &mut ImportedKeys,
+) -> anyhow::Result<()> {
     for n in 1..=256 {
-        let Ok(key) = std::env::var(format!("GEMINI_API_KEY_{n}")) else {
+        let var = format!("{prefix}{n}");
+        let Ok(key) = std::env::var(&var) else {
             break;
         };
         if key.trim().is_empty() {
             continue;
         }
         let spec = ProviderKeySpec {
-            provider: "gemini".into(),
+            provider: provider.to_owned(),
             key,
             rpm: 60,
             concurrency: 2,
@@ -327,13 +314,11 @@ pub async fn import_env_keys(store: &dyn Store, sealer: &Sealer) -> anyhow::Resu
         };
         match add_provider_key(store, sealer, spec).await {
             Ok(_) => done.added += 1,
-            Err(StoreError::Conflict(_)) => {
-                done.already_registered.push(format!("GEMINI_API_KEY_{n}"))
-            }
-            Err(e) => return Err(anyhow::anyhow!("GEMINI_API_KEY_{n}: {e}")),
+            Err(StoreError::Conflict(_)) => done.already_registered.push(var),
+            Err(e) => return Err(anyhow::anyhow!("{var}: {e}")),
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 /// A tenant created by `create_tenant`, with its key in plain text (shown once).

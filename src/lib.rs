@@ -48,6 +48,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod keypool;
 pub mod limits;
 pub mod providers;
 pub mod server;

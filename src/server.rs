@@ -16,8 +16,8 @@ use crate::app::App;
 use crate::base::clock::now_millis;
 use crate::jobs::maintenance;
 use crate::jobs::worker::Worker;
+use crate::keypool::probe::probe_disabled_keys;
 use crate::limits::{LiveNodes, HEARTBEAT_EVERY, NODE_TTL};
-use crate::providers::probe::probe_key;
 use crate::store::{Store, StoreResult};
 
 /// Nodes silent for this long are deleted from the table.
@@ -164,15 +164,7 @@ async fn keep_keys_fresh(app: App, stop: CancellationToken) {
             continue;
         }
         last_probe = tokio::time::Instant::now();
-        let base = app.config.providers.gemini.base_url.clone();
-        let probed = app
-            .keys
-            .probe_disabled(|key| {
-                let (key, base) = (key.clone(), base.clone());
-                async move { probe_key(&key, &base).await.is_ok() }
-            })
-            .await;
-        match probed {
+        match probe_disabled_keys(&app.keys, &app.providers).await {
             Ok(reports) => {
                 for r in reports.iter().filter(|r| r.enabled) {
                     tracing::info!(key = %r.key_id, "provider key works again; re-enabled");

@@ -285,7 +285,12 @@ fn bad_arguments_fail_with_a_clear_message_and_write_nothing() {
         (
             &["add-provider-key", "dalle", "K1", "60", "2"],
             1,
-            "unknown provider 'dalle': expected one of gemini, openai, midjourney",
+            "unknown provider 'dalle': expected one of gemini",
+        ),
+        (
+            &["add-provider-key", "openai", "K1", "60", "2"],
+            1,
+            "unknown provider 'openai': expected one of gemini",
         ),
         (
             &["add-provider-key", "gemini", "K1", "0", "2"],
@@ -384,7 +389,7 @@ fn reset_needs_confirmation() {
     let cli = Cli::new();
     let populate = || {
         cli.run(&["create-tenant", "Doomed"]).ok();
-        cli.run(&["add-provider-key", "openai", "sk-doomed", "60", "2"])
+        cli.run(&["add-provider-key", "gemini", "sk-doomed", "60", "2"])
             .ok();
     };
     populate();

@@ -15,10 +15,10 @@ use easel::base::clock::ManualClock;
 use easel::base::clock::Millis;
 use easel::base::job::Mode;
 use easel::base::secret::{fingerprint, Sealer};
+use easel::keypool::breaker::BreakerState;
+use easel::keypool::{KeyLease, KeyPool, KeyPoolConfig, Outcome};
 use easel::limits::{Limiter, MemoryLimiter};
-use easel::providers::breaker::BreakerState;
 use easel::providers::gemini::{GeminiConfig, GeminiProvider};
-use easel::providers::keypool::{KeyLease, KeyPool, KeyPoolConfig, Outcome};
 use easel::providers::{GenerateRequest, Provider};
 use easel::store::sqlite::SqliteStore;
 use easel::store::{NewProviderKey, Store};
@@ -160,7 +160,7 @@ impl Fixture {
         self.pool.report(lease, outcome).await.expect("report");
     }
 
-    async fn status(&self, id: &str) -> easel::providers::keypool::KeyStatus {
+    async fn status(&self, id: &str) -> easel::keypool::KeyStatus {
         self.pool
             .snapshot()
             .await

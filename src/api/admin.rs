@@ -164,9 +164,9 @@ pub async fn put_webhook(
     super::webhooks::set_endpoint_from_body(&app, &tenant_id, &body).await
 }
 
-fn pool_error(e: crate::providers::keypool::KeyPoolError) -> ApiError {
+fn pool_error(e: crate::keypool::KeyPoolError) -> ApiError {
     match e {
-        crate::providers::keypool::KeyPoolError::UnknownKey(_) => {
+        crate::keypool::KeyPoolError::UnknownKey(_) => {
             ApiError::new(ErrorCode::NotFound, "no such provider key")
         }
         other => {
@@ -196,9 +196,9 @@ pub async fn key_action(
                 .keys
                 .key(&key_id)
                 .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such provider key"))?;
-            let base = &app.config.providers.gemini.base_url;
-            if let Err(why) = crate::providers::probe::probe_key(&key, base).await {
-                let body = serde_json::json!({"keyId": key_id, "ok": false, "error": why});
+            if let Err(why) = crate::keypool::probe::probe_key(&app.providers, &key).await {
+                let body =
+                    serde_json::json!({"keyId": key_id, "ok": false, "error": why.to_string()});
                 return Ok(Json(body).into_response());
             }
             app.keys.enable(&key_id).await.map_err(pool_error)?;

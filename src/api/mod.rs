@@ -123,7 +123,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         Err(e) => tracing::warn!(error = %e, "open job counts for /metrics failed"),
     }
     match app.keys.snapshot().await {
-        Ok(keys) => telemetry::upstream_keys(&keys, now_millis()),
+        Ok(keys) => crate::keypool::status::record_metrics(&keys, now_millis()),
         Err(e) => tracing::warn!(error = %e, "key pool snapshot for /metrics failed"),
     }
     (

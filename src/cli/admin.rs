@@ -7,6 +7,10 @@ use crate::app::{create_tenant as make_tenant, open_store};
 use crate::base::redact::redact_url;
 use crate::base::secret::Sealer;
 use crate::config::Config;
+use crate::keypool::add_provider_key as add_provider_key_to;
+use crate::keypool::probe::probe_key;
+use crate::keypool::{PoolKey, ProviderKeySpec};
+use crate::providers::Registry;
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     open_store(config).await?;
@@ -124,25 +128,21 @@ pub async fn set_tenant_limits(
     Ok(())
 }
 
-pub struct ProviderKeyArgs {
-    pub provider: String,
-    pub key: String,
-    pub rpm: u32,
-    pub concurrency: u32,
-    pub endpoint: Option<String>,
-    pub priority: i32,
-    pub project: Option<String>,
+/// The providers of this build that take keys, as the command line accepts them.
+fn keyed_providers(config: &Config) -> anyhow::Result<(Registry, Vec<&'static str>)> {
+    let registry = Registry::build(&config.providers).map_err(anyhow::Error::msg)?;
+    let names = registry.keyed().map(|p| p.name()).collect();
+    Ok((registry, names))
 }
 
-const KNOWN_PROVIDERS: &[&str] = &["gemini", "openai", "midjourney"];
-
-pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::Result<()> {
+pub async fn add_provider_key(config: Config, args: ProviderKeySpec) -> anyhow::Result<()> {
     let provider = args.provider.to_lowercase();
-    if !KNOWN_PROVIDERS.contains(&provider.as_str()) {
+    let (_, known) = keyed_providers(&config)?;
+    if !known.contains(&provider.as_str()) {
         bail!(
             "unknown provider '{}': expected one of {}",
             args.provider,
-            KNOWN_PROVIDERS.join(", ")
+            known.join(", ")
         );
     }
     if args.key.trim().is_empty() {
@@ -160,16 +160,11 @@ pub async fn add_provider_key(config: Config, args: ProviderKeyArgs) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)?;
     let sealer = Sealer::from_env(&config.data_dir)?;
     let store = open_store(&config).await?;
-    let spec = crate::app::ProviderKeySpec {
+    let spec = ProviderKeySpec {
         provider: provider.clone(),
-        key: args.key,
-        rpm: args.rpm,
-        concurrency: args.concurrency,
-        endpoint: args.endpoint,
-        priority: args.priority,
-        project: args.project,
+        ..args
     };
-    let record = crate::app::add_provider_key(store.as_ref(), &sealer, spec)
+    let record = add_provider_key_to(store.as_ref(), &sealer, spec)
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict(_) => {
@@ -223,10 +218,11 @@ pub async fn init(config: Config) -> anyhow::Result<()> {
     drop(store);
     std::fs::create_dir_all(&config.data_dir)?;
     let sealer = Sealer::from_env(&config.data_dir)?;
-    let imported =
-        crate::app::import_env_keys(open_store(&config).await?.as_ref(), &sealer).await?;
+    let (registry, _) = keyed_providers(&config)?;
+    let store = open_store(&config).await?;
+    let imported = crate::app::import_env_keys(store.as_ref(), &sealer, &registry).await?;
     for name in &imported.already_registered {
-        println!("  {name}: this gemini key is already registered");
+        println!("  {name}: this key is already registered");
     }
     let added = imported.added;
     println!("init done: {added} provider key(s) added");
@@ -244,18 +240,9 @@ pub async fn test_provider_key(config: &Config, key_id: &str) -> anyhow::Result<
         .find(|k| k.id == key_id)
         .ok_or_else(|| anyhow::anyhow!("no provider key {key_id}"))?;
     let sealer = Sealer::from_env(&config.data_dir)?;
-    let key = crate::providers::keypool::PoolKey {
-        id: record.id.clone(),
-        provider: record.provider.clone(),
-        secret: sealer.open(&record.secret_sealed)?,
-        base_url: record.endpoint.clone(),
-        rpm: record.rpm_limit,
-        concurrency: record.concurrency_limit,
-        priority: record.priority,
-        project: record.project.clone(),
-        enabled: record.enabled,
-    };
-    match crate::providers::probe::probe_key(&key, &config.providers.gemini.base_url).await {
+    let key = PoolKey::open(&record, &sealer)?;
+    let (registry, _) = keyed_providers(config)?;
+    match probe_key(&registry, &key).await {
         Ok(()) => {
             store.provider_key_set_enabled(key_id, true, None).await?;
             println!("{key_id} ({}): OK, enabled", record.fingerprint);

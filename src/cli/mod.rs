@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, FlagOverrides};
+use crate::keypool::ProviderKeySpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,20 +108,7 @@ pub enum Command {
         concurrency: u32,
     },
     /// Add an upstream provider key (stored encrypted).
-    AddProviderKey {
-        provider: String,
-        key: String,
-        rpm: u32,
-        concurrency: u32,
-        /// Base URL of the upstream (official endpoint or a relay).
-        #[arg(long)]
-        endpoint: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        priority: i32,
-        /// Cloud project the key belongs to (keys of one project share its quota).
-        #[arg(long)]
-        project: Option<String>,
-    },
+    AddProviderKey(#[command(flatten)] ProviderKeySpec),
     /// Re-test an upstream key with a free upstream call; enable it if it works.
     TestProviderKey { key_id: String },
     /// Submit a job to a running server and follow it to the end.
@@ -217,26 +205,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             rpm,
             concurrency,
         } => admin::set_tenant_limits(&config, &tenant_id, rpm, concurrency).await,
-        Command::AddProviderKey {
-            provider,
-            key,
-            rpm,
-            concurrency,
-            endpoint,
-            priority,
-            project,
-        } => {
-            let args = admin::ProviderKeyArgs {
-                provider,
-                key,
-                rpm,
-                concurrency,
-                endpoint,
-                priority,
-                project,
-            };
-            admin::add_provider_key(config, args).await
-        }
+        Command::AddProviderKey(spec) => admin::add_provider_key(config, spec).await,
         Command::TestProviderKey { key_id } => admin::test_provider_key(&config, &key_id).await,
         Command::TestApi {
             url,

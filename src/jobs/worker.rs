@@ -24,7 +24,7 @@ use crate::base::job::{ClaimedJob, Finish};
 use crate::base::job_errors;
 use crate::base::settings::{at_least_one, Invalid};
 use crate::events::{Change, EventBus};
-use crate::providers::keypool::{KeyLease, KeyPool, Outcome};
+use crate::keypool::{KeyLease, KeyPool, Outcome};
 use crate::providers::{GenerateRequest, Provider, ProviderError, Registry};
 use crate::storage::ObjectStore;
 use crate::store::{Store, StoreError};
@@ -103,9 +103,6 @@ pub struct WorkerDeps {
     pub gate: Gate,
     /// Upstream keys for providers that need them.
     pub keys: Arc<KeyPool>,
-    /// How long a key's concurrency permit lasts: one upstream call at most, so a crashed
-    /// process's slot comes back soon.
-    pub key_lease: Duration,
     /// Poked by submits in this process so an idle worker claims at once.
     pub wake: Arc<Notify>,
     /// Told of every status change this worker commits.
@@ -463,7 +460,7 @@ async fn call_provider(
     }
     let mut last = None;
     for _ in 0..MAX_KEY_SWITCHES {
-        let lease = wait_for_key(deps, provider.name()).await;
+        let lease = wait_for_key(deps, provider).await;
         awaiting.settle();
         let started = Instant::now();
         let result = provider.generate(request, Some(&lease.credential)).await;
@@ -494,11 +491,16 @@ fn outcome_label(result: &Result<crate::providers::GenerateOutput, ProviderError
     }
 }
 
+/// A key's concurrency permit lasts one upstream call of its provider and this much more, so
+/// a crashed process's slot comes back soon.
+const KEY_LEASE_MARGIN: Duration = Duration::from_secs(10);
+
 /// Waits until the pool hands out a key; the claim was sized to the free keys, so this is
 /// short unless another process took them first.
-async fn wait_for_key(deps: &WorkerDeps, provider: &str) -> KeyLease {
+async fn wait_for_key(deps: &WorkerDeps, provider: &dyn Provider) -> KeyLease {
+    let lease = provider.call_timeout() + KEY_LEASE_MARGIN;
     loop {
-        match deps.keys.acquire(provider, deps.key_lease).await {
+        match deps.keys.acquire(provider.name(), lease).await {
             Ok(Some(lease)) => return lease,
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "key pool unavailable"),

@@ -1,23 +1,27 @@
-//! Upstream image models behind one [`Provider`] trait.
+//! Upstream image models behind one [`Provider`] trait, and the [`Registry`]: the one list of
+//! providers this build has.
 //!
-//! Owns: the wire formats of each upstream (Gemini, OpenAI, Midjourney proxy, the built-in
-//! `local` renderer), their declared capabilities, and the classification of every upstream
-//! failure into [`ProviderError`] (retryable, final, key rejected, content blocked), and the
-//! `[providers]` configuration section ([`ProvidersConfig`], each provider's part with it).
+//! Owns: the wire formats of each upstream (Gemini today; OpenAI and a Midjourney proxy to
+//! come; the built-in `local` renderer), what each declares it can do ([`Capabilities`]), how
+//! long one of its calls may take, how it checks a key ([`Provider::probe`]), and the
+//! classification of every upstream failure into [`ProviderError`] (retryable, final, key
+//! rejected, content blocked) with the codes of [`crate::base::job_errors`].
+//! It also owns the `[providers]` configuration section ([`ProvidersConfig`], each
+//! provider's part in its folder).
 //! Must not touch: the store, job state, limits or key selection. A provider is handed one
 //! request and at most one credential and returns images or a classified error; retries and
-//! bookkeeping happen in `jobs/`.
+//! bookkeeping happen in `jobs/`, and the upstream keys live in [`crate::keypool`], which
+//! imports this module (never the other way round).
 //!
-//! The one exception sits beside the providers rather than in them: [`keypool`] (with its
-//! per-key [`breaker`]) owns the upstream keys, picks one per call through the limiter and
-//! turns each classified error into key health. Providers never see the pool; the worker asks
-//! the pool for a key and hands the provider only the credential.
+//! Adding a provider: a folder here with a type that implements [`Provider`], and one line in
+//! [`registry::BUILT_IN`]. Nothing outside names a provider: the worker, the key pool, the
+//! probes and the command line all ask the registry.
 
-pub mod breaker;
 pub mod gemini;
-pub mod keypool;
 pub mod local;
-pub mod probe;
+pub mod registry;
+
+pub use registry::Registry;
 
 use std::fmt;
 use std::time::Duration;
@@ -129,18 +133,40 @@ impl ProviderError {
 /// What a provider can do; checked at submit so bad requests fail early.
 #[derive(Debug, Clone)]
 pub struct Capabilities {
+    /// The modes it serves (`draft`, `final`).
+    pub modes: Vec<Mode>,
+    /// Takes an input image (image-to-image, edits).
     pub image_to_image: bool,
+    /// Largest `n` of one job.
     pub max_images: u32,
+    /// `aspectRatio` values accepted in every mode (empty: the provider picks).
     pub aspect_ratios: Vec<String>,
+    /// `imageSize` values accepted in every mode (empty: none).
+    pub image_sizes: Vec<String>,
+    /// Calls need an upstream key from the key pool.
     pub needs_key: bool,
 }
 
 #[async_trait]
 pub trait Provider: Send + Sync {
-    /// Stable name used in config and in job rows (`local`, `gemini`, ...).
+    /// Stable name used in config, in job rows and on the command line (`local`, `gemini`).
     fn name(&self) -> &'static str;
 
     fn capabilities(&self) -> &Capabilities;
+
+    /// The longest one [`Provider::generate`] call may take; a key's concurrency permit is
+    /// leased for about this long, so a crashed process's slot comes back soon after.
+    fn call_timeout(&self) -> Duration;
+
+    /// The origin's environment variables holding keys for this provider, by prefix
+    /// (`GEMINI_API_KEY_` reads `GEMINI_API_KEY_1..N` at start); `None` for none.
+    fn env_key_prefix(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Checks that the upstream accepts `credential` with a cheap call that spends no image
+    /// quota (listing models). Used to re-test disabled keys, on a schedule and by hand.
+    async fn probe(&self, credential: &UpstreamCredential) -> Result<(), ProviderError>;
 
     /// Runs one generation. `credential` is `None` only for providers that need no key.
     async fn generate(
@@ -158,51 +184,4 @@ pub struct ProvidersConfig {
     pub default: Option<String>,
     pub local: local::LocalProviderConfig,
     pub gemini: gemini::GeminiConfig,
-}
-
-/// The configured providers by name, and which one new jobs use.
-#[derive(Clone)]
-pub struct Registry {
-    providers: std::collections::HashMap<&'static str, std::sync::Arc<dyn Provider>>,
-    default: &'static str,
-}
-
-impl Registry {
-    /// Every provider this build knows. The default is `providers.default` if set, otherwise
-    /// the first of `with_keys` (providers that have upstream keys), otherwise `local`: the
-    /// local renderer is the default only when nothing else is configured.
-    pub fn build(config: &ProvidersConfig, with_keys: &[&str]) -> Result<Registry, String> {
-        let mut providers: std::collections::HashMap<&'static str, std::sync::Arc<dyn Provider>> =
-            std::collections::HashMap::new();
-        let local: std::sync::Arc<dyn Provider> =
-            std::sync::Arc::new(local::LocalProvider::new(config.local.clone()));
-        providers.insert(local.name(), local);
-        let gemini: std::sync::Arc<dyn Provider> =
-            std::sync::Arc::new(gemini::GeminiProvider::new(config.gemini.clone())?);
-        providers.insert(gemini.name(), gemini);
-        let wanted = config
-            .default
-            .as_deref()
-            .or_else(|| {
-                with_keys
-                    .iter()
-                    .copied()
-                    .find(|p| providers.contains_key(p))
-            })
-            .unwrap_or("local");
-        let default = providers
-            .keys()
-            .copied()
-            .find(|name| *name == wanted)
-            .ok_or_else(|| format!("providers.default: unknown provider '{wanted}'"))?;
-        Ok(Registry { providers, default })
-    }
-
-    pub fn get(&self, name: &str) -> Option<std::sync::Arc<dyn Provider>> {
-        self.providers.get(name).cloned()
-    }
-
-    pub fn default_name(&self) -> &'static str {
-        self.default
-    }
 }

@@ -13,9 +13,6 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::providers::breaker::BreakerState;
-use crate::providers::keypool::KeyStatus;
-
 /// Latency buckets in seconds, from a fast HTTP answer to a slow upstream image.
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -185,24 +182,28 @@ pub fn upstream_call(provider: &str, outcome: &'static str, elapsed: Duration) {
     per_provider(counter, histogram, provider, ("outcome", outcome), elapsed);
 }
 
-/// Sets the key gauges from a pool snapshot (taken when `/metrics` is scraped).
-pub fn upstream_keys(keys: &[KeyStatus], now: crate::base::clock::Millis) {
-    for key in keys {
-        let labels = [("key", key.id.clone()), ("provider", key.provider.clone())];
-        let after_now = |until: Option<i64>| until.is_some_and(|t| t > now);
-        let usable = key.enabled
-            && key.breaker != BreakerState::Open
-            && !after_now(key.cooldown_until)
-            && !after_now(key.parked_until);
-        let breaker = match key.breaker {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 1.0,
-            BreakerState::Open => 2.0,
-        };
-        gauge!("easel_upstream_key_in_flight", &labels).set(f64::from(key.in_flight));
-        gauge!("easel_upstream_key_usable", &labels).set(if usable { 1.0 } else { 0.0 });
-        gauge!("easel_upstream_key_breaker", &labels).set(breaker);
-    }
+/// One upstream key's gauges, as the key pool judged it when `/metrics` was scraped.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamKeyGauges<'a> {
+    pub key_id: &'a str,
+    pub provider: &'a str,
+    /// Calls holding the key (every process).
+    pub in_flight: u32,
+    /// Enabled, breaker not open, not cooling down or parked.
+    pub usable: bool,
+    /// The breaker: 0 closed, 1 half-open, 2 open.
+    pub breaker: u8,
+}
+
+/// Sets one key's gauges.
+pub fn upstream_key(key: UpstreamKeyGauges<'_>) {
+    let labels = [
+        ("key", key.key_id.to_owned()),
+        ("provider", key.provider.to_owned()),
+    ];
+    gauge!("easel_upstream_key_in_flight", &labels).set(f64::from(key.in_flight));
+    gauge!("easel_upstream_key_usable", &labels).set(if key.usable { 1.0 } else { 0.0 });
+    gauge!("easel_upstream_key_breaker", &labels).set(f64::from(key.breaker));
 }
 
 /// Sets the queue-depth gauges from the store's counts (taken when `/metrics` is scraped).

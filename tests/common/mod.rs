@@ -76,6 +76,16 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), roles: Roles) -> TestApp {
+    spawn_app_built(tweak, |_| {}, roles).await
+}
+
+/// As [`spawn_app_with`], and `customize` changes the built `App` (its providers, say) before
+/// it serves.
+pub async fn spawn_app_built(
+    tweak: impl FnOnce(&mut Config),
+    customize: impl FnOnce(&mut App),
+    roles: Roles,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -84,7 +94,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), roles: Roles) -> Te
     let addr = listener.local_addr().expect("addr");
     config.server.port = addr.port();
     tweak(&mut config);
-    let app = App::build(config).await.expect("build app");
+    let mut app = App::build(config).await.expect("build app");
+    customize(&mut app);
     let created = create_tenant(app.store.as_ref(), "test", 1_000_000, 50, None)
         .await
         .expect("tenant");
@@ -118,7 +129,7 @@ impl TestApp {
 
     /// Registers an upstream Gemini key and reloads the pool so workers use it at once.
     pub async fn add_gemini_key(&self, key: &str, rpm: u32, concurrency: u32) {
-        let spec = easel::app::ProviderKeySpec {
+        let spec = easel::keypool::ProviderKeySpec {
             provider: "gemini".into(),
             key: key.into(),
             rpm,
@@ -127,7 +138,7 @@ impl TestApp {
             priority: 0,
             project: None,
         };
-        easel::app::add_provider_key(self.app.store.as_ref(), &self.app.sealer, spec)
+        easel::keypool::add_provider_key(self.app.store.as_ref(), &self.app.sealer, spec)
             .await
             .expect("add key");
         self.app.keys.load().await.expect("reload keys");

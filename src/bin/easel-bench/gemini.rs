@@ -50,7 +50,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         for k in 0..keys {
             let key = format!("bench-key-{k}");
             fake.set_fault(&key, Fault::latency(Duration::from_millis(latency_ms)));
-            let spec = easel::app::ProviderKeySpec {
+            let spec = easel::keypool::ProviderKeySpec {
                 provider: "gemini".into(),
                 key,
                 rpm: 1_000_000,
@@ -59,7 +59,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 priority: 0,
                 project: None,
             };
-            easel::app::add_provider_key(app.store.as_ref(), &app.sealer, spec).await?;
+            easel::keypool::add_provider_key(app.store.as_ref(), &app.sealer, spec).await?;
         }
         app.keys.load().await?;
         let tenant = create_tenant(app.store.as_ref(), "bench", 1_000_000_000, 1_000_000, None).await?;

@@ -16,6 +16,7 @@ pub mod classify;
 pub mod config;
 pub mod wire;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -30,6 +31,8 @@ pub use config::{is_imagen, validate, GeminiConfig, ModelCapability};
 use super::{
     Capabilities, GenerateOutput, GenerateRequest, Provider, ProviderError, UpstreamCredential,
 };
+use crate::base::job::Mode;
+use crate::providers::ProvidersConfig;
 use wire::{
     Content, GenerateContentRequest, GenerationConfig, ImageConfig, Part, PredictInstance,
     PredictParameters, PredictRequest,
@@ -37,6 +40,12 @@ use wire::{
 
 /// The header that carries the key.
 pub const API_KEY_HEADER: &str = "x-goog-api-key";
+
+/// The origin's environment variables of Gemini keys: `GEMINI_API_KEY_1..N`.
+pub const ENV_KEY_PREFIX: &str = "GEMINI_API_KEY_";
+
+/// A key probe lists one model: free, and quick unless the upstream is in trouble.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Error replies are read up to this much; the rest is not needed to classify them.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
@@ -66,8 +75,30 @@ impl GeminiProvider {
         })
     }
 
+    /// Its line in the registry ([`crate::providers::registry::BUILT_IN`]).
+    pub fn build(config: &ProvidersConfig) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(GeminiProvider::new(config.gemini.clone())?))
+    }
+
     pub fn config(&self) -> &GeminiConfig {
         &self.config
+    }
+
+    /// The key's own base URL, else the configured one; without a trailing slash.
+    fn base_url<'a>(&'a self, credential: &'a UpstreamCredential) -> &'a str {
+        match credential.base_url.trim() {
+            "" => self.config.base_url.trim_end_matches('/'),
+            own => own.trim_end_matches('/'),
+        }
+    }
+
+    /// The key as a header value, marked sensitive so it never reaches a log line.
+    fn key_header(secret: &str) -> Result<HeaderValue, ProviderError> {
+        let mut key = HeaderValue::from_str(secret).map_err(|_| ProviderError::KeyRejected {
+            message: "the key holds characters a header cannot carry".into(),
+        })?;
+        key.set_sensitive(true);
+        Ok(key)
     }
 
     async fn run(
@@ -80,10 +111,7 @@ impl GeminiProvider {
             .config
             .capability(model)
             .ok_or_else(|| invalid(format!("model '{model}' is not configured")))?;
-        let base = match credential.base_url.trim() {
-            "" => self.config.base_url.trim_end_matches('/'),
-            own => own.trim_end_matches('/'),
-        };
+        let base = self.base_url(credential);
         if is_imagen(model) {
             let url = format!("{base}/v1beta/models/{model}:predict");
             let body = encode(&build_predict(request, cap))?;
@@ -136,10 +164,7 @@ impl GeminiProvider {
 
     /// One POST; returns the body of a 2xx reply, or the classified failure.
     async fn call(&self, url: &str, secret: &str, body: Vec<u8>) -> Result<Bytes, ProviderError> {
-        let mut key = HeaderValue::from_str(secret).map_err(|_| ProviderError::KeyRejected {
-            message: "the key holds characters a header cannot carry".into(),
-        })?;
-        key.set_sensitive(true);
+        let key = GeminiProvider::key_header(secret)?;
         let started = Instant::now();
         let response = self
             .http
@@ -357,10 +382,22 @@ fn declared_capabilities(config: &GeminiConfig) -> Capabilities {
                 .collect()
         })
         .unwrap_or_default();
+    let image_sizes = caps
+        .last()
+        .map(|c| {
+            c.image_sizes
+                .iter()
+                .filter(|s| caps.iter().all(|o| o.image_sizes.contains(s)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     Capabilities {
+        modes: vec![Mode::Draft, Mode::Final],
         image_to_image: caps.iter().all(|c| c.image_to_image),
         max_images: caps.iter().map(|c| c.max_images).min().unwrap_or(1),
         aspect_ratios,
+        image_sizes,
         needs_key: true,
     }
 }
@@ -409,6 +446,42 @@ impl Provider for GeminiProvider {
 
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.timeout_secs)
+    }
+
+    fn env_key_prefix(&self) -> Option<&'static str> {
+        Some(ENV_KEY_PREFIX)
+    }
+
+    /// Lists one model with the key (free): 2xx means the key works; any other reply is
+    /// classified as a call's would be (401/403 reject the key).
+    async fn probe(&self, credential: &UpstreamCredential) -> Result<(), ProviderError> {
+        let url = format!("{}/v1beta/models?pageSize=1", self.base_url(credential));
+        let response = self
+            .http
+            .get(url)
+            .header(
+                API_KEY_HEADER,
+                GeminiProvider::key_header(&credential.secret)?,
+            )
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| redact(classify::classify_transport(e), &credential.secret))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = read_bounded(response, MAX_ERROR_BODY_BYTES, false)
+            .await
+            .unwrap_or_default();
+        Err(redact(
+            classify::classify_status(status.as_u16(), None, &body),
+            &credential.secret,
+        ))
     }
 
     async fn generate(

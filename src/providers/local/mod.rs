@@ -4,6 +4,7 @@
 
 pub mod render;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use bytes::Bytes;
 
 use super::{
     Capabilities, GenerateOutput, GenerateRequest, GeneratedImage, Provider, ProviderError,
-    UpstreamCredential,
+    ProvidersConfig, UpstreamCredential,
 };
 use crate::base::job::Mode;
 use crate::base::settings::Invalid;
@@ -61,14 +62,24 @@ impl LocalProvider {
         LocalProvider {
             config,
             capabilities: Capabilities {
+                modes: vec![Mode::Draft, Mode::Final],
                 image_to_image: true,
                 max_images: 4,
                 aspect_ratios: vec!["1:1".into()],
+                image_sizes: Vec::new(),
                 needs_key: false,
             },
         }
     }
+
+    /// Its line in the registry ([`crate::providers::registry::BUILT_IN`]).
+    pub fn build(config: &ProvidersConfig) -> Result<Arc<dyn Provider>, String> {
+        Ok(Arc::new(LocalProvider::new(config.local.clone())))
+    }
 }
+
+/// The local render's own bound, far above any configured delay a test or a demo uses.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[async_trait]
 impl Provider for LocalProvider {
@@ -78,6 +89,15 @@ impl Provider for LocalProvider {
 
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    fn call_timeout(&self) -> Duration {
+        CALL_TIMEOUT + Duration::from_millis(self.config.delay_ms)
+    }
+
+    /// No upstream, no key: nothing to check.
+    async fn probe(&self, _credential: &UpstreamCredential) -> Result<(), ProviderError> {
+        Ok(())
     }
 
     async fn generate(

@@ -4,7 +4,7 @@
 //! Closed → Open → HalfOpen → Closed cycle. Time is passed in by the caller as microseconds on
 //! a monotonic clock ([`Clock`](crate::base::clock::Clock)), so tests move it by
 //! hand. Must not touch: limits, the store, providers, or what counts as a failure; the key
-//! pool (`keypool.rs`) decides that and calls [`Breaker::record_success`] /
+//! pool ([`super::health`]) decides that and calls [`Breaker::record_success`] /
 //! [`Breaker::record_failure`] / [`Breaker::release`].
 //!
 //! Rules:
@@ -67,6 +67,15 @@ impl BreakerState {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
             BreakerState::HalfOpen => "half_open",
+        }
+    }
+
+    /// The value of the `easel_upstream_key_breaker` gauge: 0 closed, 1 half-open, 2 open.
+    pub fn gauge_level(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
         }
     }
 }
