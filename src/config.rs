@@ -279,13 +279,7 @@ impl Config {
         self.validate_database()
             .and_then(|()| self.worker.validate())
             .and_then(|()| self.limits.validate())
-            .and_then(|()| self.providers.local.validate())
-            .and_then(|()| {
-                self.providers
-                    .gemini
-                    .validate()
-                    .map_err(|problem| ("providers.gemini", problem))
-            })
+            .and_then(|()| self.providers.validate())
             .and_then(|()| self.storage.validate())
             .and_then(|()| self.inputs.validate())
             .and_then(|()| self.webhooks.validate())

@@ -272,16 +272,9 @@ async fn disabled_keys_are_visible_retested_and_re_enabled_without_restart() {
     let key_id = flaky["id"].as_str().expect("id").to_owned();
 
     // A manual test while the upstream still refuses it: not enabled.
-    let tested: Value = app
-        .http
-        .post(app.url(&format!("/admin/v1/provider-keys/{key_id}/test")))
-        .bearer_auth("adm")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let tested = app
+        .admin_post("adm", &format!("/admin/v1/provider-keys/{}/test", key_id))
+        .await;
     assert_eq!(tested["ok"], false, "{tested}");
 
     // The upstream accepts it again: the scheduled probe re-enables it by itself.

@@ -188,16 +188,12 @@ async fn a_test_provider_registered_in_the_registry_runs_jobs_with_pool_keys_and
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A manual test goes through the provider's own probe and fails while it refuses.
-    let tested: Value = app
-        .http
-        .post(app.url(&format!("/admin/v1/provider-keys/{}/test", record.id)))
-        .bearer_auth("adm")
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let tested = app
+        .admin_post(
+            "adm",
+            &format!("/admin/v1/provider-keys/{}/test", record.id),
+        )
+        .await;
     assert_eq!(tested["ok"], false, "{tested}");
     assert!(echo.probes.load(Ordering::SeqCst) >= 1);
 

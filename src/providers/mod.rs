@@ -185,3 +185,13 @@ pub struct ProvidersConfig {
     pub local: local::LocalProviderConfig,
     pub gemini: gemini::GeminiConfig,
 }
+
+impl ProvidersConfig {
+    /// Each provider's section's checks (the first problem found, with its key).
+    pub fn validate(&self) -> Result<(), crate::base::settings::Invalid> {
+        self.local.validate()?;
+        self.gemini
+            .validate()
+            .map_err(|problem| ("providers.gemini", problem))
+    }
+}

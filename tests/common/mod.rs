@@ -179,6 +179,19 @@ impl TestApp {
             .expect("send")
     }
 
+    /// POST `path` with the admin token `token`; the JSON answer.
+    pub async fn admin_post(&self, token: &str, path: &str) -> Value {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// Polls the job until its status is one of `wanted`; panics after `timeout`.
     pub async fn wait_for(&self, job_id: &str, wanted: &[&str], timeout: Duration) -> Value {
         let started = Instant::now();

@@ -372,26 +372,20 @@ fn declared_capabilities(config: &GeminiConfig) -> Capabilities {
         .iter()
         .filter_map(|m| config.capability(m))
         .collect();
-    let aspect_ratios = caps
-        .last()
-        .map(|c| {
-            c.aspect_ratios
-                .iter()
-                .filter(|r| caps.iter().all(|o| o.aspect_ratios.contains(r)))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let image_sizes = caps
-        .last()
-        .map(|c| {
-            c.image_sizes
-                .iter()
-                .filter(|s| caps.iter().all(|o| o.image_sizes.contains(s)))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
+    // What every mode's model takes, in the order of the last one's table.
+    let in_all = |values: fn(&ModelCapability) -> &Vec<String>| -> Vec<String> {
+        caps.last()
+            .map(|c| {
+                values(c)
+                    .iter()
+                    .filter(|v| caps.iter().all(|o| values(o).contains(v)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let aspect_ratios = in_all(|c| &c.aspect_ratios);
+    let image_sizes = in_all(|c| &c.image_sizes);
     Capabilities {
         modes: vec![Mode::Draft, Mode::Final],
         image_to_image: caps.iter().all(|c| c.image_to_image),
