@@ -128,16 +128,15 @@ pub async fn set_tenant_limits(
     Ok(())
 }
 
-/// The providers of this build that take keys, as the command line accepts them.
-fn keyed_providers(config: &Config) -> anyhow::Result<(Registry, Vec<&'static str>)> {
-    let registry = Registry::build(&config.providers).map_err(anyhow::Error::msg)?;
-    let names = registry.keyed().map(|p| p.name()).collect();
-    Ok((registry, names))
+/// This build's providers: the command line accepts exactly the ones that take keys.
+fn providers(config: &Config) -> anyhow::Result<Registry> {
+    Registry::build(&config.providers).map_err(anyhow::Error::msg)
 }
 
 pub async fn add_provider_key(config: Config, args: ProviderKeySpec) -> anyhow::Result<()> {
     let provider = args.provider.to_lowercase();
-    let (_, known) = keyed_providers(&config)?;
+    let registry = providers(&config)?;
+    let known: Vec<&str> = registry.keyed().map(|p| p.name()).collect();
     if !known.contains(&provider.as_str()) {
         bail!(
             "unknown provider '{}': expected one of {}",
@@ -218,9 +217,9 @@ pub async fn init(config: Config) -> anyhow::Result<()> {
     drop(store);
     std::fs::create_dir_all(&config.data_dir)?;
     let sealer = Sealer::from_env(&config.data_dir)?;
-    let (registry, _) = keyed_providers(&config)?;
     let store = open_store(&config).await?;
-    let imported = crate::app::import_env_keys(store.as_ref(), &sealer, &registry).await?;
+    let imported =
+        crate::app::import_env_keys(store.as_ref(), &sealer, &providers(&config)?).await?;
     for name in &imported.already_registered {
         println!("  {name}: this key is already registered");
     }
@@ -241,8 +240,7 @@ pub async fn test_provider_key(config: &Config, key_id: &str) -> anyhow::Result<
         .ok_or_else(|| anyhow::anyhow!("no provider key {key_id}"))?;
     let sealer = Sealer::from_env(&config.data_dir)?;
     let key = PoolKey::open(&record, &sealer)?;
-    let (registry, _) = keyed_providers(config)?;
-    match probe_key(&registry, &key).await {
+    match probe_key(&providers(config)?, &key).await {
         Ok(()) => {
             store.provider_key_set_enabled(key_id, true, None).await?;
             println!("{key_id} ({}): OK, enabled", record.fingerprint);
