@@ -346,6 +346,7 @@ pub async fn create_tenant(
                 name: name.to_owned(),
                 rpm_limit,
                 concurrency_limit,
+                burst: None,
             },
             issued.record,
         )

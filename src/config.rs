@@ -83,6 +83,11 @@ pub struct ServerConfig {
     /// A second port serving only `GET /health` and `GET /metrics`, in any role: how worker
     /// processes, which serve no API, are scraped.
     pub ops_port: Option<u16>,
+    /// Origins whose pages may call the API from a browser: `"*"` (default), or a list (or a
+    /// comma-separated string) of origins like `http://localhost:5173`. Origin name:
+    /// `CORS_ORIGIN` (the editor origin's).
+    #[serde(deserialize_with = "crate::api::cors::one_or_many")]
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -148,6 +153,7 @@ impl Default for ServerConfig {
             max_prompt_chars: 4000,
             idempotency_ttl_hours: 24,
             ops_port: None,
+            cors_origins: vec!["*".into()],
         }
     }
 }
@@ -155,6 +161,7 @@ impl Default for ServerConfig {
 /// The origin's environment names and the keys they set.
 const ORIGIN_ENV: &[(&str, &str)] = &[
     ("PORT", "server.port"),
+    ("CORS_ORIGIN", "server.cors_origins"),
     ("DATABASE_URL", "database.url"),
     ("REDIS_URL", "redis.url"),
     ("TEST_API_KEY", "auth.test_api_key"),
@@ -277,6 +284,10 @@ impl Config {
     /// The database's own checks, then each section's (the first problem found).
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_database()
+            .and_then(|()| {
+                crate::api::cors::check_origins(&self.server.cors_origins)
+                    .map_err(|problem| ("server.cors_origins", problem))
+            })
             .and_then(|()| self.worker.validate())
             .and_then(|()| self.limits.validate())
             .and_then(|()| self.providers.validate())

@@ -19,6 +19,7 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     InvalidSignature,
     NotFound,
+    PayloadTooLarge,
     MethodNotAllowed,
     Unavailable,
     UnknownError,
@@ -35,6 +36,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ErrorCode::InvalidSignature => "INVALID_SIGNATURE",
             ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::Unavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::UnknownError => "UNKNOWN_ERROR",
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::InvalidSignature => StatusCode::FORBIDDEN,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UnknownError => StatusCode::INTERNAL_SERVER_ERROR,
         }

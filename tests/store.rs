@@ -29,8 +29,8 @@ use easel::base::webhook::{
 use easel::store::postgres::{PgSettings, PgStore};
 use easel::store::sqlite::SqliteStore;
 use easel::store::{
-    CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant, OpenJobs, Store, StoreError,
-    Tenant,
+    CancelOutcome, IdempotencyHit, Maintenance, NewApiKey, NewProviderKey, NewTenant, OpenJobs,
+    Store, StoreError, Tenant,
 };
 
 const HOUR: Millis = 3_600_000;
@@ -171,6 +171,7 @@ async fn tenant(store: &dyn Store, name: &str, concurrency: u32) -> Tenant {
                 name: name.to_owned(),
                 rpm_limit: 600,
                 concurrency_limit: concurrency,
+                burst: None,
             },
             api_key(&format!("img_{name}_{}", ulid())),
         )
@@ -318,6 +319,7 @@ async fn duplicate_key_hash_is_a_conflict(b: Bundle) {
                 name: "Other".into(),
                 rpm_limit: 60,
                 concurrency_limit: 1,
+                burst: None,
             },
             api_key("img_shared"),
         )
@@ -601,12 +603,6 @@ async fn cancel_outcomes(b: Bundle) {
         s.job_cancel(&a.id, "job_missing").await.unwrap(),
         CancelOutcome::NotFound
     );
-    assert_eq!(
-        s.job_cancel(&a.id, &running).await.unwrap(),
-        CancelOutcome::InvalidState(JobStatus::Running)
-    );
-    assert_eq!(get(s, &a.id, &running).await.status, JobStatus::Running);
-
     let before = b.now();
     assert_eq!(
         s.job_cancel(&a.id, &queued).await.unwrap(),
@@ -633,6 +629,203 @@ async fn cancel_outcomes(b: Bundle) {
     );
     assert!(claim(s, 10, LONG_LEASE).await.is_empty());
     assert_eq!(s.job_next_run_at().await.unwrap(), None);
+    // Finished jobs stay as they are.
+    let done = submit(s, b.job(&a.id)).await;
+    let claimed = claim_one(s, LONG_LEASE).await;
+    s.job_finish(&done, claimed.fence, succeeded(&["k"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.job_cancel(&a.id, &done).await.unwrap(),
+        CancelOutcome::InvalidState(JobStatus::Succeeded)
+    );
+    assert_eq!(get(s, &a.id, &done).await.status, JobStatus::Succeeded);
+}
+
+/// A RUNNING job is canceled at once: its fence moves on, so the attempt's heartbeat and its
+/// late result find the lease lost and change nothing; its slot is free for the next claim.
+async fn cancel_running_fences_out_the_attempt(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 1).await;
+    let running = submit(s, b.job(&a.id)).await;
+    let next = submit(s, b.job(&a.id)).await;
+    // A lease that has run out by the maintenance pass below, which must still leave it be.
+    let claimed = claim_one(s, TINY_LEASE).await;
+    assert_eq!(claimed.job.id, running);
+    assert!(claim(s, 1, LONG_LEASE).await.is_empty(), "tenant is at 1");
+    let before = b.now();
+    assert_eq!(
+        s.job_cancel(&a.id, &running).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    let job = get(s, &a.id, &running).await;
+    assert_eq!(job.status, JobStatus::Canceled);
+    assert!(job.finished_at.is_some_and(|t| t >= before));
+    assert_eq!((job.error_code, job.result_keys.len()), (None, 0));
+    assert!(matches!(
+        s.job_heartbeat(&running, claimed.fence, LONG_LEASE).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        s.job_finish(&running, claimed.fence, succeeded(&["late.png"]))
+            .await,
+        Err(StoreError::LeaseLost)
+    ));
+    let job = get(s, &a.id, &running).await;
+    assert_eq!(job.status, JobStatus::Canceled);
+    assert!(job.result_keys.is_empty(), "{:?}", job.result_keys);
+    assert_eq!(
+        statuses(s, &running).await,
+        vec![
+            (JobStatus::Queued, 0, None),
+            (JobStatus::Running, 1, None),
+            (JobStatus::Canceled, 1, None)
+        ]
+    );
+    assert_eq!(
+        s.job_cancel(&a.id, &running).await.unwrap(),
+        CancelOutcome::InvalidState(JobStatus::Canceled)
+    );
+    // Nothing is left for the rescuer, and the tenant's slot went to the next job.
+    let later = b.now() + 1_000;
+    assert_eq!(s.job_maintain(later).await.unwrap(), Maintenance::default());
+    assert_eq!(get(s, &a.id, &running).await.status, JobStatus::Canceled);
+    assert_eq!(claim_one(s, LONG_LEASE).await.job.id, next);
+}
+
+/// A cancel racing the attempt's finish: exactly one of them wins, and the job ends in
+/// exactly one terminal state with exactly one terminal event. Run many times.
+async fn cancel_racing_a_finish_ends_once(b: Bundle) {
+    let s = b.store.clone();
+    let a = tenant(s.as_ref(), "A", 50).await;
+    let (mut canceled_wins, mut finish_wins) = (0, 0);
+    for round in 0..40 {
+        let id = submit(s.as_ref(), b.job(&a.id)).await;
+        let claimed = claim_one(s.as_ref(), LONG_LEASE).await;
+        assert_eq!(claimed.job.id, id);
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let cancel = {
+            let (s, start, tenant, id) = (s.clone(), start.clone(), a.id.clone(), id.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                s.job_cancel(&tenant, &id).await.unwrap()
+            })
+        };
+        let finish = {
+            let (s, start, id) = (s.clone(), start.clone(), id.clone());
+            let outcome = if round % 2 == 0 {
+                succeeded(&["r.png"])
+            } else {
+                failed("UPSTREAM_ERROR")
+            };
+            tokio::spawn(async move {
+                start.wait().await;
+                s.job_finish(&id, claimed.fence, outcome).await
+            })
+        };
+        let (cancel, finish) = (cancel.await.unwrap(), finish.await.unwrap());
+        let job = get(s.as_ref(), &a.id, &id).await;
+        let terminal: Vec<JobStatus> = statuses(s.as_ref(), &id)
+            .await
+            .into_iter()
+            .map(|(status, _, _)| status)
+            .filter(|status| status.is_terminal())
+            .collect();
+        assert_eq!(terminal, vec![job.status], "round {round}");
+        match (cancel, finish) {
+            (CancelOutcome::Canceled, Err(StoreError::LeaseLost)) => {
+                assert_eq!(job.status, JobStatus::Canceled, "round {round}");
+                assert!(job.result_keys.is_empty(), "round {round}");
+                canceled_wins += 1;
+            }
+            (CancelOutcome::InvalidState(status), Ok(())) => {
+                assert_eq!(status, job.status, "round {round}");
+                assert_ne!(job.status, JobStatus::Canceled, "round {round}");
+                finish_wins += 1;
+            }
+            other => panic!("round {round}: both or neither won: {other:?}"),
+        }
+    }
+    assert_eq!(canceled_wins + finish_wins, 40);
+}
+
+async fn idempotency_find_answers_before_a_submit(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 5).await;
+    let other = tenant(s, "B", 5).await;
+    assert_eq!(s.idempotency_find(&a.id, "order-1").await.unwrap(), None);
+    let mut job = b.job(&a.id);
+    job.idempotency = Some(IdempotencyClaim {
+        key: "order-1".into(),
+        request_hash: "h1".into(),
+    });
+    let id = submit(s, job).await;
+    let hit = IdempotencyHit {
+        request_hash: "h1".into(),
+        job_id: id.clone(),
+        status: JobStatus::Queued,
+    };
+    assert_eq!(
+        s.idempotency_find(&a.id, "order-1").await.unwrap(),
+        Some(hit.clone())
+    );
+    assert_eq!(
+        s.idempotency_find(&other.id, "order-1").await.unwrap(),
+        None
+    );
+    assert_eq!(s.idempotency_find(&a.id, "order-2").await.unwrap(), None);
+    claim_one(s, LONG_LEASE).await;
+    let found = s.idempotency_find(&a.id, "order-1").await.unwrap();
+    assert_eq!(found.map(|h| h.status), Some(JobStatus::Running));
+}
+
+async fn tenant_burst_is_kept_and_defaults_to_none(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 5).await;
+    assert_eq!(a.burst, None);
+    let changed = s
+        .tenant_update_limits(&a.id, 120, 7, Some(12))
+        .await
+        .unwrap();
+    assert_eq!(
+        (changed.rpm_limit, changed.concurrency_limit, changed.burst),
+        (120, 7, Some(12))
+    );
+    assert_eq!(s.tenant_get(&a.id).await.unwrap().unwrap().burst, Some(12));
+    let listed = s.tenant_list().await.unwrap();
+    assert_eq!(listed[0].burst, Some(12));
+    let seed = s.api_key_find(&key_hash("img_burst")).await.unwrap();
+    assert!(seed.is_none());
+    s.api_key_add(&a.id, api_key("img_burst")).await.unwrap();
+    let record = s
+        .api_key_find(&key_hash("img_burst"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.tenant.burst, Some(12));
+    let reset = s.tenant_update_limits(&a.id, 120, 7, None).await.unwrap();
+    assert_eq!(reset.burst, None);
+    let created = s
+        .tenant_create(
+            NewTenant {
+                id: format!("ten_{}", ulid()),
+                name: "C".into(),
+                rpm_limit: 60,
+                concurrency_limit: 1,
+                burst: Some(4),
+            },
+            api_key("img_c_burst"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s.tenant_get(&created.id).await.unwrap().unwrap().burst,
+        Some(4)
+    );
+    assert!(matches!(
+        s.tenant_update_limits("ten_missing", 1, 1, Some(1)).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// Identical submits racing with one idempotency key make exactly one job; the rest replay
@@ -2444,6 +2637,25 @@ async fn node_heartbeats_count_live_nodes(b: Bundle) {
     assert_eq!(s.nodes_live(0).await.unwrap(), 0);
 }
 
+/// A node that shuts down cleanly removes its row at once: a successor started within the
+/// liveness window is the only live node.
+async fn node_remove_forgets_a_node_at_once(b: Bundle) {
+    let s = b.store.as_ref();
+    let t0: Millis = 1_000_000;
+    s.node_heartbeat("node_old", "api+worker", t0)
+        .await
+        .unwrap();
+    s.node_heartbeat("node_other", "worker", t0).await.unwrap();
+    assert!(s.node_remove("node_old").await.unwrap());
+    assert!(!s.node_remove("node_old").await.unwrap());
+    assert!(!s.node_remove("node_never").await.unwrap());
+    s.node_heartbeat("node_new", "api+worker", t0 + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(s.nodes_live(t0).await.unwrap(), 2);
+    assert_eq!(s.nodes_live(t0 + 1_000).await.unwrap(), 1);
+}
+
 // ---- one test per (backend, scenario) ----
 
 /// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
@@ -2462,6 +2674,10 @@ macro_rules! suite {
             job_get_is_scoped_by_tenant,
             list_newest_first_with_filter_and_paging,
             cancel_outcomes,
+            cancel_running_fences_out_the_attempt,
+            cancel_racing_a_finish_ends_once,
+            idempotency_find_answers_before_a_submit,
+            tenant_burst_is_kept_and_defaults_to_none,
             claim_bumps_attempt_and_fence_and_sets_lease,
             claim_max_zero_claims_nothing,
             concurrent_claimers_never_share_a_job,
@@ -2497,6 +2713,7 @@ macro_rules! suite {
             webhook_rotation_overlaps_then_drops_the_old_secret,
             webhook_logs_page_filter_scope_and_replay,
             node_heartbeats_count_live_nodes,
+            node_remove_forgets_a_node_at_once,
         );
     };
     (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {

@@ -41,6 +41,16 @@ pub fn from_plaintext(plaintext: String) -> IssuedKey {
     IssuedKey { plaintext, record }
 }
 
+/// The header that carries a tenant key the SaaS origin's way (`X-API-Key: <key>`), accepted
+/// wherever `Authorization: Bearer <key>` is.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Pulls the key out of an `X-API-Key` header value: the value itself, trimmed, not empty.
+pub fn api_key_header(value: &str) -> Option<&str> {
+    let key = value.trim();
+    (!key.is_empty() && !key.contains(char::is_whitespace)).then_some(key)
+}
+
 /// Pulls the key out of an `Authorization: Bearer ...` header value.
 pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
@@ -73,5 +83,14 @@ mod tests {
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
         assert_eq!(bearer("img_x"), None);
+    }
+
+    #[test]
+    fn api_key_header_parsing() {
+        assert_eq!(api_key_header("img_x"), Some("img_x"));
+        assert_eq!(api_key_header("  img_x "), Some("img_x"));
+        assert_eq!(api_key_header(""), None);
+        assert_eq!(api_key_header("   "), None);
+        assert_eq!(api_key_header("Bearer img_x"), None);
     }
 }

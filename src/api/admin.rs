@@ -59,18 +59,34 @@ struct TenantView {
     name: String,
     rpm_limit: u32,
     concurrency_limit: u32,
+    /// The burst in force: the tenant's own, else the configured default.
+    burst: u32,
+    /// Whether `burst` is the configured default (`limits.tenant_burst`).
+    burst_is_default: bool,
     created_at: String,
 }
 
-impl From<Tenant> for TenantView {
-    fn from(t: Tenant) -> Self {
+impl TenantView {
+    fn of(t: Tenant, app: &App) -> TenantView {
         TenantView {
             id: t.id,
             name: t.name,
             rpm_limit: t.rpm_limit,
             concurrency_limit: t.concurrency_limit,
+            burst: t.burst.unwrap_or(app.config.limits.tenant_burst),
+            burst_is_default: t.burst.is_none(),
             created_at: format_millis(t.created_at),
         }
+    }
+}
+
+/// `burst` in a body: absent keeps `current`; `null` goes back to the default; else a
+/// positive integer.
+fn burst_field(body: &Map<String, Value>, current: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match body.get("burst") {
+        None => Ok(current),
+        Some(Value::Null) => Ok(None),
+        Some(_) => limit_field(body, "burst"),
     }
 }
 
@@ -91,7 +107,7 @@ pub async fn list_tenants(_: Admin, State(app): State<App>) -> Result<Response, 
         .tenant_list()
         .await?
         .into_iter()
-        .map(Into::into)
+        .map(|t| TenantView::of(t, &app))
         .collect();
     Ok(Json(serde_json::json!({ "items": tenants })).into_response())
 }
@@ -108,20 +124,28 @@ pub async fn create(
     let rpm = limit_field(&body, "rpmLimit")?.unwrap_or(app.config.limits.tenant_rpm);
     let concurrency =
         limit_field(&body, "concurrencyLimit")?.unwrap_or(app.config.limits.tenant_concurrency);
-    let created = create_tenant(app.store.as_ref(), &name, rpm, concurrency, None)
+    let burst = burst_field(&body, None)?;
+    let mut created = create_tenant(app.store.as_ref(), &name, rpm, concurrency, None)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "tenant creation failed");
             ApiError::new(ErrorCode::UnknownError, "tenant creation failed")
         })?;
+    if burst.is_some() {
+        created.tenant = app
+            .store
+            .tenant_update_limits(&created.tenant.id, rpm, concurrency, burst)
+            .await?;
+    }
     let body = serde_json::json!({
-        "tenant": TenantView::from(created.tenant),
+        "tenant": TenantView::of(created.tenant, &app),
         "apiKey": created.api_key,
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// `PATCH /admin/v1/tenants/{id}` with `rpmLimit` and/or `concurrencyLimit`.
+/// `PATCH /admin/v1/tenants/{id}` with `rpmLimit`, `concurrencyLimit` and/or `burst` (`null`:
+/// back to the configured default).
 pub async fn update(
     _: Admin,
     State(app): State<App>,
@@ -135,9 +159,10 @@ pub async fn update(
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such tenant"))?;
     let rpm = limit_field(&body, "rpmLimit")?.unwrap_or(current.rpm_limit);
     let concurrency = limit_field(&body, "concurrencyLimit")?.unwrap_or(current.concurrency_limit);
+    let burst = burst_field(&body, current.burst)?;
     let updated = match app
         .store
-        .tenant_update_limits(&tenant_id, rpm, concurrency)
+        .tenant_update_limits(&tenant_id, rpm, concurrency, burst)
         .await
     {
         Ok(t) => t,
@@ -147,7 +172,7 @@ pub async fn update(
         Err(e) => return Err(e.into()),
     };
     app.auth.forget_tenant(&tenant_id);
-    Ok(Json(TenantView::from(updated)).into_response())
+    Ok(Json(TenantView::of(updated, &app)).into_response())
 }
 
 /// `PUT /admin/v1/tenants/{id}/webhook`: as the tenant's own `PUT /v1/webhook`, for an

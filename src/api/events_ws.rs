@@ -1,6 +1,7 @@
 //! Live job events over WebSocket: `GET /v1/events/ws`.
 //!
-//! Authentication, in this order: `Authorization: Bearer <key>`, `?apiKey=<key>`, or, when
+//! Authentication, in this order: `Authorization: Bearer <key>` or `X-API-Key: <key>`,
+//! `?apiKey=<key>`, or, when
 //! the upgrade request carries neither (browsers cannot set headers on a WebSocket), a first
 //! text message `{"type":"auth","apiKey":"<key>"}` within 10 s. A bad key in the header or
 //! query is refused with HTTP 401 before the upgrade; a bad first message closes the socket
@@ -26,14 +27,13 @@ use std::time::Duration;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::events::{open_feed, query_map, render, resume_cursor};
-use crate::accounts::keys::bearer;
+use super::extract::presented_key;
 use crate::app::App;
 use crate::base::clock::{format_millis, now_millis};
 use crate::error::{ApiError, ErrorCode};
@@ -77,13 +77,8 @@ pub async fn socket(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let query = query_map(query)?;
-    let presented = match headers.get(AUTHORIZATION) {
-        Some(value) => Some(value.to_str().ok().and_then(bearer).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidApiKey,
-                "malformed Authorization header: expected Bearer <key>",
-            )
-        })?),
+    let presented = match presented_key(&headers)? {
+        Some(key) => Some(key),
         None => query
             .get("apiKey")
             .map(String::as_str)

@@ -5,6 +5,7 @@
 //! their traits and report errors as [`crate::error::ApiError`].
 
 mod admin;
+pub mod cors;
 mod events;
 mod events_ws;
 mod extract;
@@ -33,6 +34,7 @@ use crate::telemetry;
 pub fn router(app: App) -> Router {
     telemetry::install();
     let body_limit = app.config.server.max_body_bytes;
+    let cors_origins = app.config.server.cors_origins.clone();
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -81,6 +83,9 @@ pub fn router(app: App) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(ErrorCode::UnknownError, "internal error").into_response()
         }))
+        // Outermost, so every answer (errors, 413s, panics) carries the CORS headers a
+        // browser needs to read it, and preflights never reach a route.
+        .layer(cors::layer(&cors_origins))
         .with_state(app)
 }
 

@@ -6,17 +6,26 @@ use axum::http::{HeaderName, HeaderValue};
 
 use crate::app::App;
 use crate::error::{ApiError, ErrorCode};
-use crate::jobs::gate::minute_quota;
-use crate::limits::{RateDecision, RateQuota};
+use crate::limits::{RateDecision, RateQuota, MAX_PER_MINUTE};
 use crate::store::Tenant;
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// A tenant's submit quota: never more than `rpm` in any 60 s window, with a small burst so a
-/// client may send a few requests at once (see [`minute_quota`]).
-pub fn tenant_quota(rpm: u32) -> RateQuota {
-    minute_quota(rpm)
+/// A tenant's submit quota: up to `burst` submits at once, and never more than `rpm` in any
+/// 60 s window. The bucket holds `burst` and refills at `rpm - burst + 1` a minute, so the
+/// burst is paid for by a slower steady rate; it is capped at half the RPM (at least 1) so the
+/// steady rate never falls below half the RPM.
+pub fn tenant_quota(rpm: u32, burst: u32) -> RateQuota {
+    // Beyond what the limiter counts means "unlimited": held to the limiter's fastest rate.
+    let rpm = rpm.clamp(1, MAX_PER_MINUTE);
+    let burst = burst.clamp(1, (rpm / 2).max(1));
+    RateQuota::capped(rpm, burst).unwrap_or(RateQuota::per_minute(rpm))
+}
+
+/// The burst in force for `tenant`: its own, else `limits.tenant_burst`.
+pub fn tenant_burst(app: &App, tenant: &Tenant) -> u32 {
+    tenant.burst.unwrap_or(app.config.limits.tenant_burst)
 }
 
 /// The headers a submit answer carries, allowed or not.
@@ -52,7 +61,11 @@ pub async fn check_tenant(
     let key = format!("rate:tenant:{}", tenant.id);
     let decision = match app
         .limiter
-        .rate_acquire(&key, tenant_quota(tenant.rpm_limit), 1)
+        .rate_acquire(
+            &key,
+            tenant_quota(tenant.rpm_limit, tenant_burst(app, tenant)),
+            1,
+        )
         .await
     {
         Ok(decision) => decision,
@@ -85,14 +98,18 @@ mod tests {
 
     #[test]
     fn quota_caps_the_window_at_rpm() {
-        for rpm in [1, 5, 60, 1000, 100_000] {
-            let q = tenant_quota(rpm);
-            assert_eq!(q.window_max(), u64::from(rpm), "rpm {rpm}");
-            assert!(
-                f64::from(q.per_minute) >= 0.95 * f64::from(rpm),
-                "rpm {rpm}"
-            );
+        for rpm in [1, 2, 5, 60, 1000, 100_000] {
+            for burst in [1, 3, 10, 50, 1000] {
+                let q = tenant_quota(rpm, burst);
+                assert_eq!(q.window_max(), u64::from(rpm), "rpm {rpm} burst {burst}");
+                assert_eq!(q.burst, burst.min((rpm / 2).max(1)), "rpm {rpm}");
+                // The steady rate never falls below half the RPM.
+                assert!(2 * q.per_minute >= rpm, "rpm {rpm} burst {burst}");
+            }
         }
+        // The default tenant: 10 at once, 51 a minute after that, 60 in any minute.
+        let q = tenant_quota(60, 10);
+        assert_eq!((q.burst, q.per_minute, q.window_max()), (10, 51, 60));
     }
 
     #[test]

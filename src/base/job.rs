@@ -57,9 +57,9 @@ impl JobStatus {
         matches!(self, JobStatus::Queued | JobStatus::Retrying)
     }
 
-    /// Only a job that has not started (or is between attempts) may be canceled.
+    /// Any job that has not finished may be canceled: a running attempt is aborted.
     pub fn can_cancel(self) -> bool {
-        self.is_waiting()
+        !self.is_terminal()
     }
 }
 
@@ -263,7 +263,7 @@ mod tests {
         }
         assert_eq!(JobStatus::parse("queued"), None);
         assert!(JobStatus::Queued.can_cancel() && JobStatus::Retrying.can_cancel());
-        assert!(!JobStatus::Running.can_cancel() && !JobStatus::Succeeded.can_cancel());
+        assert!(JobStatus::Running.can_cancel() && !JobStatus::Succeeded.can_cancel());
         assert!(JobStatus::Canceled.is_terminal() && !JobStatus::Retrying.is_terminal());
     }
 }

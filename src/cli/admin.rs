@@ -66,22 +66,56 @@ pub async fn show_keys(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A tenant's limits as the command line gives them; `None` keeps what there is (the
+/// configured default for a new tenant).
+pub struct LimitArgs {
+    pub rpm: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub burst: Option<BurstArg>,
+}
+
+pub enum BurstArg {
+    Set(u32),
+    /// Back to `limits.tenant_burst`.
+    Default,
+}
+
+fn check_limits(limits: &LimitArgs) -> anyhow::Result<()> {
+    if limits.rpm == Some(0) || limits.concurrency == Some(0) {
+        bail!("RPM and CONCURRENCY must be at least 1");
+    }
+    if matches!(limits.burst, Some(BurstArg::Set(0))) {
+        bail!("--burst must be at least 1");
+    }
+    Ok(())
+}
+
+fn show_limits(config: &Config, tenant: &crate::store::Tenant) -> String {
+    let burst = match tenant.burst {
+        Some(b) => b.to_string(),
+        None => format!("{} (default)", config.limits.tenant_burst),
+    };
+    format!(
+        "rpm={} concurrency={} burst={burst}",
+        tenant.rpm_limit, tenant.concurrency_limit
+    )
+}
+
 pub async fn create_tenant(
     config: &Config,
     name: &str,
-    rpm: Option<u32>,
-    concurrency: Option<u32>,
+    limits: LimitArgs,
     webhook: Option<(String, crate::base::webhook::WebhookEvents)>,
 ) -> anyhow::Result<()> {
     let name = name.trim();
     if name.is_empty() {
         bail!("tenant name must not be empty");
     }
-    let rpm = rpm.unwrap_or(config.limits.tenant_rpm);
-    let concurrency = concurrency.unwrap_or(config.limits.tenant_concurrency);
-    if rpm == 0 || concurrency == 0 {
-        bail!("RPM and CONCURRENCY must be at least 1");
-    }
+    check_limits(&limits)?;
+    let rpm = limits.rpm.unwrap_or(config.limits.tenant_rpm);
+    let concurrency = limits
+        .concurrency
+        .unwrap_or(config.limits.tenant_concurrency);
     if let Some((url, _)) = &webhook {
         // Refuse a bad URL before the tenant exists, not after.
         crate::webhooks::target::TargetGuard::new(&config.webhooks.allow_networks)
@@ -90,12 +124,17 @@ pub async fn create_tenant(
             .map_err(|e| anyhow::anyhow!("--webhook-url refused: {e}"))?;
     }
     let store = open_store(config).await?;
-    let created = make_tenant(store.as_ref(), name, rpm, concurrency, None).await?;
+    let mut created = make_tenant(store.as_ref(), name, rpm, concurrency, None).await?;
+    if let Some(BurstArg::Set(burst)) = limits.burst {
+        created.tenant = store
+            .tenant_update_limits(&created.tenant.id, rpm, concurrency, Some(burst))
+            .await?;
+    }
     println!(
         "tenant created: {} ({})",
         created.tenant.name, created.tenant.id
     );
-    println!("  rpm={rpm} concurrency={concurrency}");
+    println!("  {}", show_limits(config, &created.tenant));
     println!("  API key (shown once, store it now): {}", created.api_key);
     if let Some((url, events)) = webhook {
         super::webhooks::set_webhook_on(config, store.as_ref(), &created.tenant.id, &url, events)
@@ -107,23 +146,36 @@ pub async fn create_tenant(
 pub async fn set_tenant_limits(
     config: &Config,
     tenant_id: &str,
-    rpm: u32,
-    concurrency: u32,
+    limits: LimitArgs,
 ) -> anyhow::Result<()> {
-    if rpm == 0 || concurrency == 0 {
-        bail!("RPM and CONCURRENCY must be at least 1");
-    }
+    check_limits(&limits)?;
     let store = open_store(config).await?;
+    let current = store
+        .tenant_get(tenant_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no tenant {tenant_id}"))?;
+    let burst = match limits.burst {
+        None => current.burst,
+        Some(BurstArg::Set(n)) => Some(n),
+        Some(BurstArg::Default) => None,
+    };
     let tenant = store
-        .tenant_update_limits(tenant_id, rpm, concurrency)
+        .tenant_update_limits(
+            tenant_id,
+            limits.rpm.unwrap_or(current.rpm_limit),
+            limits.concurrency.unwrap_or(current.concurrency_limit),
+            burst,
+        )
         .await
         .map_err(|e| match e {
             crate::store::StoreError::NotFound => anyhow::anyhow!("no tenant {tenant_id}"),
             other => anyhow::anyhow!(other),
         })?;
     println!(
-        "tenant {} ({}): rpm={} concurrency={}",
-        tenant.name, tenant.id, tenant.rpm_limit, tenant.concurrency_limit
+        "tenant {} ({}): {}",
+        tenant.name,
+        tenant.id,
+        show_limits(config, &tenant)
     );
     Ok(())
 }

@@ -79,6 +79,9 @@ pub enum Command {
         rpm: Option<u32>,
         /// Jobs running at once.
         concurrency: Option<u32>,
+        /// Submits it may send at once (default: limits.tenant_burst).
+        #[arg(long)]
+        burst: Option<u32>,
         /// Send signed webhooks to this URL (prints the signing secret once).
         #[arg(long)]
         webhook_url: Option<String>,
@@ -106,6 +109,12 @@ pub enum Command {
         tenant_id: String,
         rpm: u32,
         concurrency: u32,
+        /// Submits it may send at once (kept as it is when not given).
+        #[arg(long, conflicts_with = "default_burst")]
+        burst: Option<u32>,
+        /// Go back to the configured default burst (limits.tenant_burst).
+        #[arg(long)]
+        default_burst: bool,
     },
     /// Add an upstream provider key (stored encrypted).
     AddProviderKey(#[command(flatten)] ProviderKeySpec),
@@ -182,6 +191,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             name,
             rpm,
             concurrency,
+            burst,
             webhook_url,
             webhook_events,
         } => {
@@ -189,7 +199,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 Some(url) => Some((url, webhooks::parse_events(&webhook_events)?)),
                 None => None,
             };
-            admin::create_tenant(&config, &name, rpm, concurrency, webhook).await
+            let limits = admin::LimitArgs {
+                rpm,
+                concurrency,
+                burst: burst.map(admin::BurstArg::Set),
+            };
+            admin::create_tenant(&config, &name, limits, webhook).await
         }
         Command::SetWebhook {
             tenant_id,
@@ -204,7 +219,21 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             tenant_id,
             rpm,
             concurrency,
-        } => admin::set_tenant_limits(&config, &tenant_id, rpm, concurrency).await,
+            burst,
+            default_burst,
+        } => {
+            let burst = match (burst, default_burst) {
+                (Some(n), _) => Some(admin::BurstArg::Set(n)),
+                (None, true) => Some(admin::BurstArg::Default),
+                (None, false) => None,
+            };
+            let limits = admin::LimitArgs {
+                rpm: Some(rpm),
+                concurrency: Some(concurrency),
+                burst,
+            };
+            admin::set_tenant_limits(&config, &tenant_id, limits).await
+        }
         Command::AddProviderKey(spec) => admin::add_provider_key(config, spec).await,
         Command::TestProviderKey { key_id } => admin::test_provider_key(&config, &key_id).await,
         Command::TestApi {

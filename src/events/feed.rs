@@ -210,6 +210,7 @@ mod tests {
                         name: (*t).into(),
                         rpm_limit: 1000,
                         concurrency_limit: 1000,
+                        burst: None,
                     },
                     NewApiKey {
                         id: format!("key{i}"),

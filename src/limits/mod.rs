@@ -42,6 +42,10 @@ pub struct LimitsConfig {
     pub global_concurrency: u32,
     pub tenant_rpm: u32,
     pub tenant_concurrency: u32,
+    /// Submits a tenant may send at once, for tenants without a burst of their own (see the
+    /// README's "Limits": the burst and the RPM together never let more than the RPM through
+    /// in any 60 s window).
+    pub tenant_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -51,6 +55,7 @@ impl Default for LimitsConfig {
             global_concurrency: 200,
             tenant_rpm: 60,
             tenant_concurrency: 5,
+            tenant_burst: 10,
         }
     }
 }
@@ -63,6 +68,7 @@ impl LimitsConfig {
             ("limits.global_concurrency", self.global_concurrency.into()),
             ("limits.tenant_rpm", self.tenant_rpm.into()),
             ("limits.tenant_concurrency", self.tenant_concurrency.into()),
+            ("limits.tenant_burst", self.tenant_burst.into()),
         ])
     }
 }

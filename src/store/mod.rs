@@ -51,6 +51,8 @@ pub struct Tenant {
     pub name: String,
     pub rpm_limit: u32,
     pub concurrency_limit: u32,
+    /// Submits it may send at once; `None`: the configured default (`limits.tenant_burst`).
+    pub burst: Option<u32>,
     pub created_at: Millis,
 }
 
@@ -60,6 +62,17 @@ pub struct NewTenant {
     pub name: String,
     pub rpm_limit: u32,
     pub concurrency_limit: u32,
+    /// `None`: the configured default, now and after the default changes.
+    pub burst: Option<u32>,
+}
+
+/// What a replayed `Idempotency-Key` points at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyHit {
+    /// The fingerprint of the request that first used the key.
+    pub request_hash: String,
+    pub job_id: String,
+    pub status: JobStatus,
 }
 
 /// A tenant API key as stored: only the SHA-256 of the key and a display prefix.
@@ -165,12 +178,14 @@ pub trait Store: Send + Sync + 'static {
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant>;
     async fn tenant_list(&self) -> StoreResult<Vec<Tenant>>;
     async fn tenant_get(&self, tenant_id: &str) -> StoreResult<Option<Tenant>>;
-    /// Changes a tenant's limits; they apply to the next submit and the next claim.
+    /// Changes a tenant's limits (all of them: a `None` burst goes back to the default);
+    /// they apply to the next submit and the next claim.
     async fn tenant_update_limits(
         &self,
         tenant_id: &str,
         rpm_limit: u32,
         concurrency_limit: u32,
+        burst: Option<u32>,
     ) -> StoreResult<Tenant>;
     /// Adds another API key to an existing tenant.
     async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()>;
@@ -190,11 +205,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// One transaction: idempotency record (if any), job row (QUEUED) and its first event.
     async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome>;
+    /// The job a tenant's `Idempotency-Key` already made, if any: how a retried submit is
+    /// answered before it spends the tenant's rate. (`job_submit` still settles a race
+    /// between two first uses of a key.)
+    async fn idempotency_find(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyHit>>;
     async fn job_get(&self, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>>;
     /// How many waiting jobs were submitted before this one.
     async fn job_queue_position(&self, job: &Job) -> StoreResult<u64>;
     /// Newest first; at most `limit` items.
     async fn job_list(&self, query: JobListQuery) -> StoreResult<JobPage>;
+    /// One transaction: a QUEUED, RETRYING or RUNNING job becomes CANCELED with its event
+    /// (and webhook rows). Its fencing token moves on, so a running attempt's next heartbeat
+    /// and its finish find the lease lost and write nothing. (A credit hold on the job is
+    /// released here too, in this transaction, once the ledger exists.) A finished job is
+    /// `InvalidState`; whichever of a cancel and an attempt's finish commits first wins, and
+    /// the other changes nothing.
     async fn job_cancel(&self, tenant_id: &str, job_id: &str) -> StoreResult<CancelOutcome>;
     async fn job_events(&self, job_id: &str) -> StoreResult<Vec<JobEvent>>;
     /// The tenant's events (or one of its jobs' events) with an id above `after_id`, in id
@@ -324,6 +353,9 @@ pub trait Store: Send + Sync + 'static {
     async fn nodes_live(&self, since: Millis) -> StoreResult<u32>;
     /// Forgets nodes last seen before `before` (processes long gone).
     async fn nodes_purge(&self, before: Millis) -> StoreResult<u64>;
+    /// Forgets one node at once (its process is shutting down cleanly), so a restart does not
+    /// count it as live beside its successor. Whether it was there.
+    async fn node_remove(&self, node_id: &str) -> StoreResult<bool>;
     /// Deletes all data (the `reset` command).
     async fn reset(&self) -> StoreResult<()>;
 }

@@ -15,7 +15,7 @@ use crate::base::clock::Millis;
 use crate::base::job::Mode;
 use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
 use crate::base::job_errors;
-use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
+use crate::store::{CancelOutcome, IdempotencyHit, Maintenance, StoreError, StoreResult};
 
 const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
      provider, result_keys, error_code, error_message, attempts, max_attempts, created_at, \
@@ -194,6 +194,31 @@ pub async fn submit(pool: &PgPool, job: &NewJob) -> StoreResult<SubmitOutcome> {
 
 // ---- read ----
 
+pub async fn idempotency_find(
+    pool: &PgPool,
+    tenant_id: &str,
+    key: &str,
+) -> StoreResult<Option<IdempotencyHit>> {
+    let found: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT i.request_hash, i.job_id, j.status
+         FROM idempotency_keys i JOIN jobs j ON j.id = i.job_id
+         WHERE i.tenant_id = $1 AND i.key = $2",
+    )
+    .bind(tenant_id)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    found
+        .map(|(request_hash, job_id, status)| {
+            Ok(IdempotencyHit {
+                request_hash,
+                job_id,
+                status: JobStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+            })
+        })
+        .transpose()
+}
+
 pub async fn get(pool: &PgPool, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2")
@@ -270,6 +295,11 @@ pub async fn next_run_at(pool: &PgPool) -> StoreResult<Option<Millis>> {
 
 // ---- cancel ----
 
+/// One statement (so one transaction): the guarded update and its event; when the job was
+/// running, the wake-up hint follows (its tenant's slot is free). The seam for the credits ledger: a
+/// hold on the job is released in this statement too. A RUNNING job's fence moves on, so its
+/// attempt's heartbeat and finish find the lease lost; a finish that commits first leaves a
+/// finished job, which the row lock makes this UPDATE see and skip.
 pub async fn cancel(
     pool: &PgPool,
     now: Millis,
@@ -278,25 +308,34 @@ pub async fn cancel(
 ) -> StoreResult<CancelOutcome> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "WITH done AS (
+            "WITH before AS (
+                 SELECT status FROM jobs WHERE id = $1 AND tenant_id = $2
+             ), done AS (
                  UPDATE jobs SET status = 'CANCELED', error_code = NULL, error_message = NULL,
-                     finished_at = $3, updated_at = $3, fence = fence + 1
-                 WHERE id = $1 AND tenant_id = $2 AND status IN ('QUEUED', 'RETRYING')
+                     finished_at = $3, updated_at = $3, fence = fence + 1,
+                     lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1 AND tenant_id = $2
+                     AND status IN ('QUEUED', 'RETRYING', 'RUNNING')
                  {EVENT_SOURCE}
-             ) {} RETURNING job_id",
+             ), event AS ({})
+             SELECT d.id, coalesce((SELECT b.status = 'RUNNING' FROM before b), false)
+             FROM done d",
             event_insert("$3")
         )
     });
-    // A job between attempts may change status under us (claimed, or retried): the guarded
-    // UPDATE decides, and the status read after it only explains a refusal.
+    // A job may change status under us (claimed, retried, finished): the guarded UPDATE
+    // decides, and the status read after it only explains a refusal.
     for _ in 0..3 {
-        let canceled: Option<String> = sqlx::query_scalar(&SQL)
+        let canceled: Option<(String, bool)> = sqlx::query_as(&SQL)
             .bind(job_id)
             .bind(tenant_id)
             .bind(now)
             .fetch_optional(pool)
             .await?;
-        if canceled.is_some() {
+        if let Some((_, was_running)) = canceled {
+            if was_running {
+                notify_after_commit(pool).await;
+            }
             return Ok(CancelOutcome::Canceled);
         }
         let status: Option<String> =

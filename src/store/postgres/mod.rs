@@ -48,7 +48,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{Notify, OnceCell};
 
 use super::{
-    ApiKeyRecord, CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant,
+    ApiKeyRecord, CancelOutcome, IdempotencyHit, Maintenance, NewApiKey, NewProviderKey, NewTenant,
     ProviderKeyRecord, Store, StoreError, StoreResult, Tenant,
 };
 use crate::base::clock::{Millis, SystemWallClock, WallClock};
@@ -308,8 +308,9 @@ impl Store for PgStore {
         tenant_id: &str,
         rpm_limit: u32,
         concurrency_limit: u32,
+        burst: Option<u32>,
     ) -> StoreResult<Tenant> {
-        tenants::update_limits(&self.pool, tenant_id, rpm_limit, concurrency_limit).await
+        tenants::update_limits(&self.pool, tenant_id, rpm_limit, concurrency_limit, burst).await
     }
 
     async fn provider_key_set_enabled(
@@ -339,6 +340,14 @@ impl Store for PgStore {
 
     async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome> {
         jobs::submit(&self.pool, &job).await
+    }
+
+    async fn idempotency_find(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyHit>> {
+        jobs::idempotency_find(&self.pool, tenant_id, key).await
     }
 
     async fn job_get(&self, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
@@ -506,6 +515,10 @@ impl Store for PgStore {
 
     async fn nodes_purge(&self, before: Millis) -> StoreResult<u64> {
         nodes::purge(&self.pool, before).await
+    }
+
+    async fn node_remove(&self, node_id: &str) -> StoreResult<bool> {
+        nodes::remove(&self.pool, node_id).await
     }
 
     async fn reset(&self) -> StoreResult<()> {

@@ -37,3 +37,12 @@ pub async fn purge(pool: &PgPool, before: Millis) -> StoreResult<u64> {
         .await?
         .rows_affected())
 }
+
+pub async fn remove(pool: &PgPool, node_id: &str) -> StoreResult<bool> {
+    let deleted = sqlx::query("DELETE FROM nodes WHERE id = $1")
+        .bind(node_id)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(deleted > 0)
+}

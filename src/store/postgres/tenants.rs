@@ -18,6 +18,13 @@ fn limit_in(value: u32, what: &str) -> StoreResult<i32> {
     i32::try_from(value).map_err(|_| StoreError::Conflict(format!("{what} is too large")))
 }
 
+fn burst_in(burst: Option<u32>) -> StoreResult<Option<i32>> {
+    burst.map(|b| limit_in(b, "burst")).transpose()
+}
+
+/// The columns of [`TenantRow`], for `SELECT` and `RETURNING`.
+const TENANT_COLUMNS: &str = "id, name, rpm_limit, concurrency_limit, created_at, burst";
+
 #[derive(FromRow)]
 struct TenantRow {
     id: String,
@@ -25,6 +32,7 @@ struct TenantRow {
     rpm_limit: i32,
     concurrency_limit: i32,
     created_at: Millis,
+    burst: Option<i32>,
 }
 
 impl TryFrom<TenantRow> for Tenant {
@@ -36,6 +44,7 @@ impl TryFrom<TenantRow> for Tenant {
             name: r.name,
             rpm_limit: limit(r.rpm_limit, "rpm_limit")?,
             concurrency_limit: limit(r.concurrency_limit, "concurrency_limit")?,
+            burst: r.burst.map(|b| limit(b, "burst")).transpose()?,
             created_at: r.created_at,
         })
     }
@@ -49,14 +58,15 @@ pub async fn create(
 ) -> StoreResult<Tenant> {
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "INSERT INTO tenants (id, name, rpm_limit, concurrency_limit, created_at)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO tenants (id, name, rpm_limit, concurrency_limit, created_at, burst)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&tenant.id)
     .bind(&tenant.name)
     .bind(limit_in(tenant.rpm_limit, "rpm_limit")?)
     .bind(limit_in(tenant.concurrency_limit, "concurrency_limit")?)
     .bind(now)
+    .bind(burst_in(tenant.burst)?)
     .execute(&mut *tx)
     .await?;
     api_key_insert(&mut tx, now, &tenant.id, key).await?;
@@ -66,17 +76,14 @@ pub async fn create(
         name: tenant.name.clone(),
         rpm_limit: tenant.rpm_limit,
         concurrency_limit: tenant.concurrency_limit,
+        burst: tenant.burst,
         created_at: now,
     })
 }
 
 pub async fn list(pool: &PgPool) -> StoreResult<Vec<Tenant>> {
-    let rows: Vec<TenantRow> = sqlx::query_as(
-        "SELECT id, name, rpm_limit, concurrency_limit, created_at FROM tenants
-         ORDER BY created_at, id",
-    )
-    .fetch_all(pool)
-    .await?;
+    let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants ORDER BY created_at, id");
+    let rows: Vec<TenantRow> = sqlx::query_as(&sql).fetch_all(pool).await?;
     rows.into_iter().map(Tenant::try_from).collect()
 }
 
@@ -124,7 +131,7 @@ struct ApiKeyRow {
 
 pub async fn api_key_find(pool: &PgPool, key_hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRecord>> {
     let found: Option<ApiKeyRow> = sqlx::query_as(
-        "SELECT t.id, t.name, t.rpm_limit, t.concurrency_limit, t.created_at, k.key_hash
+        "SELECT t.id, t.name, t.rpm_limit, t.concurrency_limit, t.created_at, t.burst, k.key_hash
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
          WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
     )
@@ -240,12 +247,11 @@ pub async fn provider_key_set_enabled(
 }
 
 pub async fn get(pool: &PgPool, tenant_id: &str) -> StoreResult<Option<Tenant>> {
-    let row: Option<TenantRow> = sqlx::query_as(
-        "SELECT id, name, rpm_limit, concurrency_limit, created_at FROM tenants WHERE id = $1",
-    )
-    .bind(tenant_id)
-    .fetch_optional(pool)
-    .await?;
+    let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1");
+    let row: Option<TenantRow> = sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .fetch_optional(pool)
+        .await?;
     row.map(Tenant::try_from).transpose()
 }
 
@@ -254,16 +260,19 @@ pub async fn update_limits(
     tenant_id: &str,
     rpm_limit: u32,
     concurrency_limit: u32,
+    burst: Option<u32>,
 ) -> StoreResult<Tenant> {
-    let row: Option<TenantRow> = sqlx::query_as(
-        "UPDATE tenants SET rpm_limit = $2, concurrency_limit = $3 WHERE id = $1
-         RETURNING id, name, rpm_limit, concurrency_limit, created_at",
-    )
-    .bind(tenant_id)
-    .bind(limit_in(rpm_limit, "rpm_limit")?)
-    .bind(limit_in(concurrency_limit, "concurrency_limit")?)
-    .fetch_optional(pool)
-    .await?;
+    let sql = format!(
+        "UPDATE tenants SET rpm_limit = $2, concurrency_limit = $3, burst = $4 WHERE id = $1
+         RETURNING {TENANT_COLUMNS}"
+    );
+    let row: Option<TenantRow> = sqlx::query_as(&sql)
+        .bind(tenant_id)
+        .bind(limit_in(rpm_limit, "rpm_limit")?)
+        .bind(limit_in(concurrency_limit, "concurrency_limit")?)
+        .bind(burst_in(burst)?)
+        .fetch_optional(pool)
+        .await?;
     row.map(Tenant::try_from)
         .transpose()?
         .ok_or(StoreError::NotFound)

@@ -14,7 +14,7 @@ use crate::base::clock::Millis;
 use crate::base::job::Mode;
 use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
 use crate::base::job_errors;
-use crate::store::{CancelOutcome, Maintenance, StoreError, StoreResult};
+use crate::store::{CancelOutcome, IdempotencyHit, Maintenance, StoreError, StoreResult};
 
 pub(super) const JOB_COLUMNS: &str =
     "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
@@ -129,6 +129,35 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
     })
 }
 
+pub fn idempotency_find(
+    conn: &Connection,
+    tenant_id: &str,
+    key: &str,
+) -> StoreResult<Option<IdempotencyHit>> {
+    let found: Option<(String, String, String)> = conn
+        .prepare_cached(
+            "SELECT i.request_hash, i.job_id, j.status
+             FROM idempotency_keys i JOIN jobs j ON j.id = i.job_id
+             WHERE i.tenant_id = ?1 AND i.key = ?2",
+        )?
+        .query_row(params![tenant_id, key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    found
+        .map(|(request_hash, job_id, status)| {
+            let status = JobStatus::parse(&status).ok_or_else(|| {
+                StoreError::Unavailable(format!("corrupt job row: bad status {status}"))
+            })?;
+            Ok(IdempotencyHit {
+                request_hash,
+                job_id,
+                status,
+            })
+        })
+        .transpose()
+}
+
 pub fn get(conn: &Connection, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND tenant_id = ?2");
     Ok(conn
@@ -180,16 +209,52 @@ pub fn cancel(
     if !status.can_cancel() {
         return Ok(CancelOutcome::InvalidState(status));
     }
-    end_waiting(
-        conn,
-        job_id,
-        tenant_id,
-        attempts,
-        now,
-        JobStatus::Canceled,
-        None,
-    )?;
+    // The seam for the credits ledger: a hold on this job is released here, in this
+    // transaction (the one writer's), beside the status change.
+    if status == JobStatus::Running {
+        cancel_running(conn, job_id, tenant_id, attempts, now)?;
+    } else {
+        end_waiting(
+            conn,
+            job_id,
+            tenant_id,
+            attempts,
+            now,
+            JobStatus::Canceled,
+            None,
+        )?;
+    }
     Ok(CancelOutcome::Canceled)
+}
+
+/// Ends a running attempt as CANCELED: the fence moves on and the lease is dropped, so the
+/// attempt's heartbeat and finish find their lease lost.
+fn cancel_running(
+    conn: &Connection,
+    job_id: &str,
+    tenant_id: &str,
+    attempts: u32,
+    now: Millis,
+) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET status = 'CANCELED', error_code = NULL, error_message = NULL,
+             finished_at = ?2, updated_at = ?2, fence = fence + 1,
+             lease_owner = NULL, lease_until = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![job_id, now])?;
+    event_insert(
+        conn,
+        &EventRow {
+            job_id,
+            tenant_id,
+            status: JobStatus::Canceled,
+            attempt: attempts,
+            error_code: None,
+            error_message: None,
+            at: now,
+        },
+    )
 }
 
 /// Moves a waiting job to a terminal status (canceled, or failed by its deadline).

@@ -25,7 +25,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    ApiKeyRecord, CancelOutcome, Maintenance, NewApiKey, NewProviderKey, NewTenant,
+    ApiKeyRecord, CancelOutcome, IdempotencyHit, Maintenance, NewApiKey, NewProviderKey, NewTenant,
     ProviderKeyRecord, Store, StoreError, StoreResult, Tenant,
 };
 use crate::base::clock::{Millis, SystemWallClock, WallClock};
@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0004_nodes.sql"),
     include_str!("../../../migrations/sqlite/0005_webhook_retention.sql"),
     include_str!("../../../migrations/sqlite/0006_waiting_by_tenant.sql"),
+    include_str!("../../../migrations/sqlite/0007_tenant_burst.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
@@ -307,10 +308,13 @@ impl Store for SqliteStore {
         tenant_id: &str,
         rpm_limit: u32,
         concurrency_limit: u32,
+        burst: Option<u32>,
     ) -> StoreResult<Tenant> {
         let tenant_id = tenant_id.to_owned();
-        self.write(move |c| tenants::update_limits(c, &tenant_id, rpm_limit, concurrency_limit))
-            .await
+        self.write(move |c| {
+            tenants::update_limits(c, &tenant_id, rpm_limit, concurrency_limit, burst)
+        })
+        .await
     }
 
     async fn api_key_add(&self, tenant_id: &str, key: NewApiKey) -> StoreResult<()> {
@@ -350,6 +354,16 @@ impl Store for SqliteStore {
 
     async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome> {
         self.write(move |c| jobs::submit(c, &job)).await
+    }
+
+    async fn idempotency_find(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<IdempotencyHit>> {
+        let (tenant_id, key) = (tenant_id.to_owned(), key.to_owned());
+        self.read(move |c| jobs::idempotency_find(c, &tenant_id, &key))
+            .await
     }
 
     async fn job_get(&self, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
@@ -549,6 +563,11 @@ impl Store for SqliteStore {
 
     async fn nodes_purge(&self, before: Millis) -> StoreResult<u64> {
         self.write(move |c| nodes::purge(c, before)).await
+    }
+
+    async fn node_remove(&self, node_id: &str) -> StoreResult<bool> {
+        let node_id = node_id.to_owned();
+        self.write(move |c| nodes::remove(c, &node_id)).await
     }
 
     async fn reset(&self) -> StoreResult<()> {

@@ -31,3 +31,10 @@ pub fn purge(conn: &Connection, before: Millis) -> StoreResult<u64> {
         .execute([before])?;
     Ok(deleted as u64)
 }
+
+pub fn remove(conn: &Connection, node_id: &str) -> StoreResult<bool> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM nodes WHERE id = ?1")?
+        .execute([node_id])?;
+    Ok(deleted > 0)
+}

@@ -8,7 +8,8 @@ use crate::store::{
     Tenant,
 };
 
-const TENANT_COLUMNS: &str = "t.id, t.name, t.rpm_limit, t.concurrency_limit, t.created_at";
+const TENANT_COLUMNS: &str =
+    "t.id, t.name, t.rpm_limit, t.concurrency_limit, t.created_at, t.burst";
 
 fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<Tenant> {
     Ok(Tenant {
@@ -17,6 +18,7 @@ fn tenant_from_row(row: &Row<'_>) -> rusqlite::Result<Tenant> {
         rpm_limit: row.get(2)?,
         concurrency_limit: row.get(3)?,
         created_at: row.get(4)?,
+        burst: row.get(5)?,
     })
 }
 
@@ -27,15 +29,16 @@ pub fn create(
     key: &NewApiKey,
 ) -> StoreResult<Tenant> {
     conn.prepare_cached(
-        "INSERT INTO tenants (id, name, rpm_limit, concurrency_limit, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO tenants (id, name, rpm_limit, concurrency_limit, created_at, burst)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         tenant.id,
         tenant.name,
         tenant.rpm_limit,
         tenant.concurrency_limit,
-        now
+        now,
+        tenant.burst
     ])?;
     api_key_add(conn, now, &tenant.id, key)?;
     Ok(Tenant {
@@ -43,6 +46,7 @@ pub fn create(
         name: tenant.name.clone(),
         rpm_limit: tenant.rpm_limit,
         concurrency_limit: tenant.concurrency_limit,
+        burst: tenant.burst,
         created_at: now,
     })
 }
@@ -67,10 +71,13 @@ pub fn update_limits(
     tenant_id: &str,
     rpm_limit: u32,
     concurrency_limit: u32,
+    burst: Option<u32>,
 ) -> StoreResult<Tenant> {
     let updated = conn
-        .prepare_cached("UPDATE tenants SET rpm_limit = ?2, concurrency_limit = ?3 WHERE id = ?1")?
-        .execute(params![tenant_id, rpm_limit, concurrency_limit])?;
+        .prepare_cached(
+            "UPDATE tenants SET rpm_limit = ?2, concurrency_limit = ?3, burst = ?4 WHERE id = ?1",
+        )?
+        .execute(params![tenant_id, rpm_limit, concurrency_limit, burst])?;
     if updated == 0 {
         return Err(StoreError::NotFound);
     }
@@ -109,7 +116,7 @@ pub fn api_key_find(conn: &Connection, key_hash: &[u8; 32]) -> StoreResult<Optio
     let found = conn
         .prepare_cached(&sql)?
         .query_row([&key_hash[..]], |row| {
-            let hash: Vec<u8> = row.get(5)?;
+            let hash: Vec<u8> = row.get(6)?;
             Ok((tenant_from_row(row)?, hash))
         })
         .optional()?;
