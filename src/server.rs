@@ -144,6 +144,11 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
         });
     }
     while tasks.join_next().await.is_some() {}
+    // A clean stop takes the node out of the live count at once: a restart within NODE_TTL
+    // would otherwise count two nodes and halve every limit's share during a Redis outage.
+    if let Err(e) = app.store.node_remove(&app.node_id).await {
+        tracing::warn!(error = %e, "could not remove this node's heartbeat; it ages out");
+    }
 }
 
 /// Re-reads provider keys now and then (so `add-provider-key` needs no restart) and re-tests

@@ -18,7 +18,7 @@ use crate::base::job::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::events::Change;
-use crate::store::CancelOutcome;
+use crate::store::{CancelOutcome, IdempotencyHit};
 use crate::telemetry;
 
 const CURSOR_PREFIX: &str = "v1:";
@@ -50,15 +50,20 @@ pub async fn submit(
         Some(url) => Some(super::webhooks::check_job_webhook_url(&app, &tenant.id, url).await?),
         None => None,
     };
+    let request_hash = request.fingerprint();
+    // A retry of a submit already made is answered whatever the rate: only new work spends
+    // it. Only a request with a key pays for this look-up.
+    if let Some(key) = &idempotency_key {
+        if let Some(hit) = app.store.idempotency_find(&tenant.id, key).await? {
+            return answer_seen_key(hit, &request_hash);
+        }
+    }
     let rate_headers = super::ratelimit::check_tenant(&app, &tenant).await?;
     let now = now_millis();
     let job = NewJob {
         id: new_job_id(),
         tenant_id: tenant.id.clone(),
-        idempotency: idempotency_key.map(|key| IdempotencyClaim {
-            key,
-            request_hash: request.fingerprint(),
-        }),
+        idempotency: idempotency_key.map(|key| IdempotencyClaim { key, request_hash }),
         prompt: request.prompt,
         mode: request.mode,
         input_image_url: request.input_image_url,
@@ -81,29 +86,40 @@ pub async fn submit(
             };
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
-        SubmitOutcome::Replayed { job_id, status } => {
-            telemetry::job_submitted("duplicate");
-            let body = Accepted {
-                job_id: &job_id,
-                status,
-            };
-            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            response
-        }
-        SubmitOutcome::KeyReused => {
-            return Err(ApiError::new(
-                ErrorCode::IdempotencyKeyReused,
-                "this Idempotency-Key was already used with a different request body",
-            ))
-        }
+        // A first use of the key that raced this one (it was not there at the look-up).
+        SubmitOutcome::Replayed { job_id, status } => replayed(&job_id, status),
+        SubmitOutcome::KeyReused => return Err(key_reused()),
     };
     for (name, value) in rate_headers {
         response.headers_mut().insert(name, value);
     }
     Ok(response)
+}
+
+/// The answer to a submit whose `Idempotency-Key` was seen: the stored job for the same
+/// request, 422 for a different one.
+fn answer_seen_key(hit: IdempotencyHit, request_hash: &str) -> Result<Response, ApiError> {
+    if hit.request_hash != request_hash {
+        return Err(key_reused());
+    }
+    Ok(replayed(&hit.job_id, hit.status))
+}
+
+fn replayed(job_id: &str, status: JobStatus) -> Response {
+    telemetry::job_submitted("duplicate");
+    let body = Accepted { job_id, status };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this Idempotency-Key was already used with a different request body",
+    )
 }
 
 /// `GET /v1/jobs/{jobId}`: the origin fields plus timings, attempts and queue position.
@@ -253,6 +269,8 @@ pub async fn list(
     .into_response())
 }
 
+/// `DELETE /v1/jobs/{jobId}`: a QUEUED, RETRYING or RUNNING job becomes CANCELED (a running
+/// attempt is aborted and its late result discarded); a finished one is 400 `INVALID_STATE`.
 pub async fn cancel(
     State(app): State<App>,
     AuthTenant(tenant): AuthTenant,
@@ -260,7 +278,9 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     match app.store.job_cancel(&tenant.id, &job_id).await? {
         CancelOutcome::Canceled => {
+            // A running attempt hears this and stops; its tenant slot is free again.
             app.events.publish(Change::job(&tenant.id, &job_id));
+            app.wake.notify_one();
             Ok(Json(Accepted {
                 job_id: &job_id,
                 status: JobStatus::Canceled,
@@ -269,7 +289,7 @@ pub async fn cancel(
         }
         CancelOutcome::InvalidState(status) => Err(ApiError::new(
             ErrorCode::InvalidState,
-            format!("a {status} job cannot be canceled; only QUEUED or RETRYING jobs can"),
+            format!("a {status} job cannot be canceled; it has already finished"),
         )),
         CancelOutcome::NotFound => Err(ApiError::job_not_found()),
     }

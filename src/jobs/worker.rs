@@ -2,17 +2,25 @@
 //! images and reports the outcome under its fencing token.
 //!
 //! A worker never trusts its own memory over the store: if a heartbeat or the final write
-//! says the lease was lost, the attempt's result is dropped (another worker owns the job).
+//! says the lease was lost, the attempt's result is dropped (another worker owns the job, or
+//! the job was canceled), and the images it stored are deleted.
+//!
+//! A cancel of a RUNNING job moves its fencing token on in the store. The attempt hears of it
+//! at once when the cancel's notice reaches this process on the event bus (the same process,
+//! or any process with `REDIS_URL`), which makes it heartbeat now; otherwise its next regular
+//! heartbeat finds the lease lost. Either way the attempt is dropped, its upstream key goes
+//! back to the pool, and its late result is never written.
 //!
 //! Owns the `[worker]` configuration section ([`WorkerConfig`]). Its dependencies are built
 //! by the composition root and handed in ([`WorkerDeps`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,7 +31,7 @@ use crate::base::clock::now_millis;
 use crate::base::job::{ClaimedJob, Finish};
 use crate::base::job_errors;
 use crate::base::settings::{at_least_one, Invalid};
-use crate::events::{Change, EventBus};
+use crate::events::{Change, EventBus, Subscription, Wake};
 use crate::keypool::{KeyLease, KeyPool, Outcome};
 use crate::providers::{GenerateRequest, Provider, ProviderError, Registry};
 use crate::storage::ObjectStore;
@@ -183,6 +191,7 @@ impl Worker {
         let abort = CancellationToken::new();
         let lease = Duration::from_millis(deps.config.lease_ms);
         let poll = Duration::from_millis(deps.config.poll_ms);
+        let watch = ChangeWatch::start(deps.events.subscribe());
         tracing::info!(worker = %self.id, concurrency = deps.config.concurrency, "worker started");
         while !stop.is_cancelled() {
             // Wait for a free slot before asking for work.
@@ -249,8 +258,13 @@ impl Worker {
                 let deps = deps.clone();
                 let abort = abort.clone();
                 let awaiting = AwaitingKey::new(&deps, &job.job.provider);
+                // After the claim's own notices were published: those are not a reason to
+                // look again, and the watch hears them before it hears of this job.
+                let watched = watch.watch(&job.job.id);
                 tracker.spawn(async move {
-                    run_claimed_awaiting(&deps, job, abort, awaiting).await;
+                    let recheck = watched.notify.clone();
+                    run_claimed_awaiting(&deps, job, abort, awaiting, &recheck).await;
+                    drop(watched);
                     drop(permit);
                 });
             }
@@ -279,9 +293,91 @@ fn key_capacity(deps: &WorkerDeps) -> u32 {
     }
 }
 
+/// What the running attempts of one worker want to hear from the event bus: a notice about
+/// their job (a cancel, say) makes that attempt heartbeat at once, and a heartbeat that finds
+/// the lease lost ends the attempt. Notices without a job (the maintenance pass) are left to
+/// the regular heartbeat, which catches whatever they did.
+struct ChangeWatch {
+    commands: mpsc::UnboundedSender<WatchCommand>,
+}
+
+enum WatchCommand {
+    Watch(String, Arc<Notify>),
+    Unwatch(String),
+}
+
+/// One attempt's place in the [`ChangeWatch`]; leaving it (drop) stops the watching.
+struct Watched {
+    job_id: String,
+    notify: Arc<Notify>,
+    commands: mpsc::UnboundedSender<WatchCommand>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self
+            .commands
+            .send(WatchCommand::Unwatch(std::mem::take(&mut self.job_id)));
+    }
+}
+
+impl ChangeWatch {
+    fn start(notices: Subscription) -> ChangeWatch {
+        let (commands, received) = mpsc::unbounded_channel();
+        tokio::spawn(watch_changes(notices, received));
+        ChangeWatch { commands }
+    }
+
+    fn watch(&self, job_id: &str) -> Watched {
+        let notify = Arc::new(Notify::new());
+        let _ = self
+            .commands
+            .send(WatchCommand::Watch(job_id.to_owned(), notify.clone()));
+        Watched {
+            job_id: job_id.to_owned(),
+            notify,
+            commands: self.commands.clone(),
+        }
+    }
+}
+
+/// Notices come first (`biased`): a notice published before a job was watched (its own
+/// claim's) is already queued when the watch command arrives, so it is never taken for news.
+async fn watch_changes(
+    mut notices: Subscription,
+    mut commands: mpsc::UnboundedReceiver<WatchCommand>,
+) {
+    let mut watched: HashMap<String, Arc<Notify>> = HashMap::new();
+    loop {
+        tokio::select! {
+            biased;
+            wake = notices.recv() => match wake {
+                Wake::Changed(change) => {
+                    if let Some(notify) = change.job_id.as_deref().and_then(|j| watched.get(j)) {
+                        notify.notify_one();
+                    }
+                }
+                Wake::Missed => watched.values().for_each(|n| n.notify_one()),
+                // Shutdown: the regular heartbeats carry on alone.
+                Wake::Closed => return,
+            },
+            command = commands.recv() => match command {
+                Some(WatchCommand::Watch(job_id, notify)) => {
+                    watched.insert(job_id, notify);
+                }
+                Some(WatchCommand::Unwatch(job_id)) => {
+                    watched.remove(&job_id);
+                }
+                None => return,
+            },
+        }
+    }
+}
+
 /// Runs one claimed attempt to its end: success, retry, failure, lease lost or released.
 pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: CancellationToken) {
-    run_claimed_awaiting(deps, claimed, abort, AwaitingKey::none()).await
+    let never = Notify::new();
+    run_claimed_awaiting(deps, claimed, abort, AwaitingKey::none(), &never).await
 }
 
 async fn run_claimed_awaiting(
@@ -289,6 +385,7 @@ async fn run_claimed_awaiting(
     claimed: ClaimedJob,
     abort: CancellationToken,
     awaiting: AwaitingKey,
+    recheck: &Notify,
 ) {
     let job_id = claimed.job.id.clone();
     let fence = claimed.fence;
@@ -297,16 +394,18 @@ async fn run_claimed_awaiting(
     // this waits only when another worker got there first.
     let ticket = {
         let admit = wait_for_admission(deps);
-        let heartbeat = heartbeat_loop(deps, &job_id, fence, None);
+        let heartbeat = heartbeat_loop(deps, &job_id, fence, None, recheck);
         tokio::select! {
             ticket = admit => ticket,
-            _ = heartbeat => return, // lease lost: another worker owns the job now
+            _ = heartbeat => return, // lease lost: canceled, or another worker owns the job
             _ = abort.cancelled() => return release(deps, &claimed, fence).await,
         }
     };
+    // The images this attempt put, to take back if its result is not the one kept.
+    let stored = Mutex::new(Vec::new());
     let finish = {
-        let attempt = attempt(deps, &claimed, &awaiting);
-        let heartbeat = heartbeat_loop(deps, &job_id, fence, Some(&ticket));
+        let attempt = attempt(deps, &claimed, &awaiting, &stored);
+        let heartbeat = heartbeat_loop(deps, &job_id, fence, Some(&ticket), recheck);
         tokio::select! {
             finish = attempt => Some(finish),
             _ = heartbeat => None,
@@ -317,7 +416,9 @@ async fn run_claimed_awaiting(
         }
     };
     deps.gate.release(ticket).await;
-    let Some(finish) = finish else { return };
+    let Some(finish) = finish else {
+        return delete_stored(deps, &job_id, stored).await;
+    };
     let result = match &finish {
         Finish::Succeeded { .. } => "succeeded",
         Finish::Retry { .. } => "retrying",
@@ -330,10 +431,23 @@ async fn run_claimed_awaiting(
                 .publish(Change::job(&claimed.job.tenant_id, &job_id))
         }
         Err(StoreError::LeaseLost) => {
-            tracing::warn!(job = %job_id, fence, "lease lost before the result was written; result dropped");
+            tracing::warn!(job = %job_id, fence, "lease lost before the result was written (canceled or taken over); result dropped");
+            delete_stored(deps, &job_id, stored).await;
         }
         Err(e) => {
             tracing::error!(job = %job_id, error = %e, "finish failed; the rescuer will retry the job")
+        }
+    }
+}
+
+/// Deletes the images of an attempt whose result was not written: no job names them.
+async fn delete_stored(deps: &WorkerDeps, job_id: &str, stored: Mutex<Vec<String>>) {
+    let keys = stored
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for key in keys {
+        if let Err(e) = deps.objects.delete(&key).await {
+            tracing::warn!(job = %job_id, key = %key, error = %e, "could not delete a dropped result image");
         }
     }
 }
@@ -362,22 +476,26 @@ async fn wait_for_admission(deps: &WorkerDeps) -> GlobalTicket {
     }
 }
 
-/// Extends the job's lease (and the ticket's permits) every `heartbeat_ms`; returns only
-/// when the job's lease is lost.
+/// Extends the job's lease (and the ticket's permits) every `heartbeat_ms`, and at once when
+/// `recheck` fires (the job changed); returns only when the job's lease is lost.
 async fn heartbeat_loop(
     deps: &WorkerDeps,
     job_id: &str,
     fence: i64,
     ticket: Option<&GlobalTicket>,
+    recheck: &Notify,
 ) {
     let every = Duration::from_millis(deps.config.heartbeat_ms);
     let lease = Duration::from_millis(deps.config.lease_ms);
     loop {
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = recheck.notified() => {}
+        }
         match deps.store.job_heartbeat(job_id, fence, lease).await {
             Ok(_) => {}
             Err(StoreError::LeaseLost) => {
-                tracing::warn!(job = %job_id, fence, "lease lost; abandoning the attempt");
+                tracing::info!(job = %job_id, fence, "lease lost (canceled or taken over); abandoning the attempt");
                 return;
             }
             // A store hiccup: try again next beat; the lease has slack for that.
@@ -389,8 +507,14 @@ async fn heartbeat_loop(
     }
 }
 
-/// One attempt: provider call bounded by the job's deadline, then the images are stored.
-async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob, awaiting: &AwaitingKey) -> Finish {
+/// One attempt: provider call bounded by the job's deadline, then the images are stored (each
+/// key put is added to `stored`).
+async fn attempt(
+    deps: &WorkerDeps,
+    claimed: &ClaimedJob,
+    awaiting: &AwaitingKey,
+    stored: &Mutex<Vec<String>>,
+) -> Finish {
     let job = &claimed.job;
     let Some(provider) = deps.providers.get(&job.provider) else {
         return Finish::Failed {
@@ -436,7 +560,7 @@ async fn attempt(deps: &WorkerDeps, claimed: &ClaimedJob, awaiting: &AwaitingKey
         }
     };
     match outcome {
-        Ok(output) => store_images(deps, claimed, output).await,
+        Ok(output) => store_images(deps, claimed, output, stored).await,
         Err(error) => finish_for_error(deps, claimed, &error),
     }
 }
@@ -461,13 +585,13 @@ async fn call_provider(
     let mut last = None;
     for _ in 0..MAX_KEY_SWITCHES {
         let lease = wait_for_key(deps, provider).await;
+        let credential = lease.credential.clone();
+        let held = HeldKey::new(deps, lease);
         awaiting.settle();
         let started = Instant::now();
-        let result = provider.generate(request, Some(&lease.credential)).await;
+        let result = provider.generate(request, Some(&credential)).await;
         telemetry::upstream_call(provider.name(), outcome_label(&result), started.elapsed());
-        if let Err(e) = deps.keys.report(lease, Outcome::of(&result)).await {
-            tracing::warn!(error = %e, "key pool report failed");
-        }
+        held.report(Outcome::of(&result)).await;
         match result {
             Err(ProviderError::KeyRejected { message }) => {
                 last = Some(ProviderError::KeyRejected { message });
@@ -478,6 +602,47 @@ async fn call_provider(
     Err(last.unwrap_or(ProviderError::KeyRejected {
         message: "no upstream key was accepted".into(),
     }))
+}
+
+/// A key lease that goes back to the pool even when the attempt holding it is dropped mid-call
+/// (its job was canceled or taken over): then as `Neutral`, since the call taught nothing
+/// about the key. Otherwise the call's own outcome is reported.
+struct HeldKey {
+    keys: Arc<KeyPool>,
+    lease: Option<KeyLease>,
+}
+
+impl HeldKey {
+    fn new(deps: &WorkerDeps, lease: KeyLease) -> HeldKey {
+        HeldKey {
+            keys: deps.keys.clone(),
+            lease: Some(lease),
+        }
+    }
+
+    async fn report(mut self, outcome: Outcome) {
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = self.keys.report(lease, outcome).await {
+                tracing::warn!(error = %e, "key pool report failed");
+            }
+        }
+    }
+}
+
+impl Drop for HeldKey {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let keys = self.keys.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = keys.report(lease, Outcome::Neutral).await {
+                    tracing::warn!(error = %e, "key pool report of an aborted call failed");
+                }
+            });
+        }
+    }
 }
 
 /// The `outcome` label of a provider call (see [`telemetry::upstream_call`]).
@@ -513,6 +678,7 @@ async fn store_images(
     deps: &WorkerDeps,
     claimed: &ClaimedJob,
     output: crate::providers::GenerateOutput,
+    stored: &Mutex<Vec<String>>,
 ) -> Finish {
     let job = &claimed.job;
     if output.images.is_empty() {
@@ -537,6 +703,9 @@ async fn store_images(
                 &e.to_string(),
                 None,
             );
+        }
+        if let Ok(mut stored) = stored.lock() {
+            stored.push(key.clone());
         }
         keys.push(key);
     }

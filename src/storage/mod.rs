@@ -49,6 +49,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError>;
     async fn get(&self, key: &str) -> Result<StoredObject, StorageError>;
     async fn exists(&self, key: &str) -> Result<bool, StorageError>;
+    /// Removes `key`; a key that is not there is not an error. (How a worker takes back the
+    /// images of an attempt whose job was canceled or taken over before it could finish.)
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A URL that downloads `key` straight from the backend for `ttl`, with no Easel in
     /// between (an S3 presigned GET); `Ok(None)` when the backend cannot make one (a local
     /// folder, or S3 with presigning turned off).
@@ -352,6 +355,14 @@ impl ObjectStore for ObjectStoreBackend {
         match self.inner.head(&path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = object_path(key)?;
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_err(e)),
         }
     }

@@ -264,6 +264,9 @@ mod tests {
         async fn exists(&self, _: &str) -> Result<bool, super::super::StorageError> {
             Ok(false)
         }
+        async fn delete(&self, _: &str) -> Result<(), super::super::StorageError> {
+            Ok(())
+        }
         async fn presigned_get_url(
             &self,
             key: &str,
