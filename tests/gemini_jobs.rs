@@ -331,3 +331,194 @@ async fn jobs_wait_queued_not_running_while_every_key_is_busy() {
     assert!(done.iter().all(|j| j["status"] == "SUCCEEDED"));
     assert_eq!(fake.stats("k1").max_in_flight, 2);
 }
+
+/// Files under the app's image folder whose name holds `job_id`.
+fn stored_images(app: &common::TestApp, job_id: &str) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, job_id: &str, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, job_id, out);
+            } else if path.to_string_lossy().contains(job_id) {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&app.app.config.storage_path(), job_id, &mut out);
+    out
+}
+
+async fn event_statuses(app: &common::TestApp, job_id: &str) -> Vec<String> {
+    app.app
+        .store
+        .job_events(job_id)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.status.as_str().to_owned())
+        .collect()
+}
+
+async fn cancel(app: &common::TestApp, job_id: &str) -> reqwest::Response {
+    app.http
+        .delete(app.url(&format!("/v1/jobs/{job_id}")))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .expect("send")
+}
+
+/// `DELETE` of a RUNNING job: the job is CANCELED at once, the worker hears of it on the event
+/// bus (its heartbeat is a minute away) and drops the upstream call, giving its key back; the
+/// answer that comes later is never stored.
+#[tokio::test]
+async fn canceling_a_running_job_aborts_its_attempt_and_frees_its_key() {
+    let fake = FakeGemini::start().await;
+    let app = gemini_app(&fake, &[("k-slow", 6000, 1)], |c| {
+        c.worker.heartbeat_ms = 60_000;
+    })
+    .await;
+    fake.hold_answers();
+    let id = submit_many(&app, 1).await.remove(0);
+    fake.wait_held(1).await;
+    assert_eq!(
+        app.app.keys.free_slots("gemini"),
+        0,
+        "the call holds the key"
+    );
+    let view: Value = app
+        .get_job(&app.api_key, &id)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["status"], "RUNNING");
+
+    let response = cancel(&app, &id).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body, json!({"jobId": id, "status": "CANCELED"}));
+    // The key comes back while the upstream is still holding its answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.app.keys.free_slots("gemini") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the attempt kept its key"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Answers are still held, so the only way out of the fake is the caller hanging up.
+    while fake.held() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream call was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.stats("k-slow").requests, 1);
+
+    // The upstream answers; a next job runs on the freed key and the canceled one stays put.
+    fake.release_answers();
+    let next = submit_many(&app, 1).await.remove(0);
+    let done = app
+        .wait_for(&next, &["SUCCEEDED", "FAILED"], Duration::from_secs(30))
+        .await;
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    let view: Value = app
+        .get_job(&app.api_key, &id)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["status"], "CANCELED", "{view}");
+    assert_eq!(view["resultUrls"], json!([]));
+    assert_eq!(
+        event_statuses(&app, &id).await,
+        ["QUEUED", "RUNNING", "CANCELED"]
+    );
+    assert!(stored_images(&app, &id).is_empty());
+    let again = cancel(&app, &id).await;
+    common::expect_error(again, 400, "INVALID_STATE").await;
+    app.shutdown().await;
+}
+
+/// An attempt that never hears of the cancel (another process, no shared bus) runs to its
+/// end; its result is refused by the fencing token and the images it stored are deleted.
+#[tokio::test]
+async fn a_late_result_of_a_canceled_job_is_discarded_with_its_images() {
+    let fake = FakeGemini::start().await;
+    let base = fake.base_url.clone();
+    // No worker of the app's own: this test runs the attempt itself, deaf to the bus.
+    let app = common::spawn_app_with(
+        move |c| {
+            c.providers.default = Some("gemini".into());
+            c.providers.gemini.base_url = base;
+            c.worker.heartbeat_ms = 60_000;
+        },
+        common::API_ONLY,
+    )
+    .await;
+    app.add_gemini_key("k-late", 6000, 1).await;
+    let store = app.app.store.clone();
+    let submitted = app.app.store.job_submit(easel::base::job::NewJob {
+        id: easel::base::job::new_job_id(),
+        tenant_id: app.tenant_id.clone(),
+        idempotency: None,
+        prompt: "a late cat".into(),
+        mode: easel::base::job::Mode::Draft,
+        input_image_url: None,
+        params: Default::default(),
+        provider: "gemini".into(),
+        max_attempts: 3,
+        created_at: easel::base::clock::now_millis(),
+        cancel_at: None,
+        deadline_at: easel::base::clock::now_millis() + 600_000,
+        webhook_url: None,
+    });
+    let easel::base::job::SubmitOutcome::Created { job_id: id } = submitted.await.expect("submit")
+    else {
+        panic!("not created")
+    };
+    let claimed = store
+        .job_claim("deaf-worker", 1, Duration::from_secs(600))
+        .await
+        .expect("claim")
+        .remove(0);
+    assert_eq!(claimed.job.id, id);
+    fake.hold_answers();
+    let deps = easel::jobs::worker::WorkerDeps::from_app(&app.app);
+    let attempt = tokio::spawn(async move {
+        easel::jobs::worker::run_claimed(&deps, claimed, tokio_util::sync::CancellationToken::new())
+            .await
+    });
+    fake.wait_held(1).await;
+    assert_eq!(
+        store.job_cancel(&app.tenant_id, &id).await.expect("cancel"),
+        easel::store::CancelOutcome::Canceled
+    );
+    fake.release_answers();
+    attempt.await.expect("attempt");
+    let job = store
+        .job_get(&app.tenant_id, &id)
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(job.status, easel::base::job::JobStatus::Canceled);
+    assert!(job.result_keys.is_empty());
+    assert_eq!(
+        event_statuses(&app, &id).await,
+        ["QUEUED", "RUNNING", "CANCELED"]
+    );
+    assert_eq!(fake.stats("k-late").requests, 1, "the upstream did answer");
+    assert!(
+        stored_images(&app, &id).is_empty(),
+        "{:?}",
+        stored_images(&app, &id)
+    );
+    assert_eq!(app.app.keys.free_slots("gemini"), 1);
+    app.shutdown().await;
+}

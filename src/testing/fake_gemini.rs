@@ -8,6 +8,9 @@
 //! redirects, oversized replies, and a key echoed back in an error. Each fault fires always,
 //! for the next N requests, or on a seeded, deterministic X% of requests.
 //!
+//! Answers can be held back until a test releases them ([`FakeGemini::hold_answers`]), so a
+//! test can act while an upstream call is in flight without sleeping.
+//!
 //! It records, per key: request count, requests in flight and the most seen at once, the
 //! instant of every request (for RPM checks) and the last request body.
 //!
@@ -242,6 +245,10 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     stop: CancellationToken,
+    /// Whether answers may go out (`false` while held).
+    open: tokio::sync::watch::Sender<bool>,
+    /// Requests waiting for answers to be released.
+    held: tokio::sync::watch::Sender<usize>,
 }
 
 impl Shared {
@@ -275,6 +282,8 @@ impl FakeGemini {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
             stop: CancellationToken::new(),
+            open: tokio::sync::watch::Sender::new(true),
+            held: tokio::sync::watch::Sender::new(0),
         });
         let router = Router::new()
             .route("/v1beta/models/{target}", post(handle))
@@ -351,6 +360,28 @@ impl FakeGemini {
         inner.total = 0;
     }
 
+    /// From now on every request waits before it is answered, until [`Self::release_answers`].
+    pub fn hold_answers(&self) {
+        self.shared.open.send_replace(false);
+    }
+
+    /// Lets held requests (and later ones) be answered.
+    pub fn release_answers(&self) {
+        self.shared.open.send_replace(true);
+    }
+
+    /// Waits until at least `n` requests are being held.
+    pub async fn wait_held(&self, n: usize) {
+        let mut held = self.shared.held.subscribe();
+        // The sender lives as long as `self`, so this only ends by reaching `n`.
+        let _ = held.wait_for(|count| *count >= n).await;
+    }
+
+    /// Requests being held now.
+    pub fn held(&self) -> usize {
+        *self.shared.held.borrow()
+    }
+
     /// Stops serving; hanging and stalled requests end.
     pub fn stop(&self) {
         self.shared.stop.cancel();
@@ -360,6 +391,31 @@ impl FakeGemini {
 impl Drop for FakeGemini {
     fn drop(&mut self) {
         self.shared.stop.cancel();
+    }
+}
+
+/// Counts a request as held until dropped (also when the client gives up first).
+struct Held<'a>(&'a Shared);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0
+            .held
+            .send_modify(|count| *count = count.saturating_sub(1));
+    }
+}
+
+/// Waits while answers are held; `false` if the fake stopped meanwhile.
+async fn wait_until_open(shared: &Shared) -> bool {
+    let mut open = shared.open.subscribe();
+    if *open.borrow() {
+        return true;
+    }
+    shared.held.send_modify(|count| *count += 1);
+    let _held = Held(shared);
+    tokio::select! {
+        released = open.wait_for(|open| *open) => released.is_ok(),
+        _ = shared.stop.cancelled() => false,
     }
 }
 
@@ -478,6 +534,9 @@ async fn handle(
         (fault, latency, guard)
     };
 
+    if !wait_until_open(&shared).await {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     if !latency.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(latency) => {}
