@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::{expect_error, keys, spawn_app, spawn_app_with, timestamp_millis, TestApp, API_ONLY};
 use easel::base::clock::now_millis;
 use easel::base::job::Finish;
+use easel::store::StoreError;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -469,7 +470,7 @@ async fn submit_body_limit_is_256_kib() {
     assert_eq!(at_limit.status(), 202);
     for len in [256 * 1024 + 1, 1024 * 1024] {
         let response = send(padded_body(len)).await.expect("send");
-        let message = expect_error(response, 400, "INVALID_REQUEST").await;
+        let message = expect_error(response, 413, "PAYLOAD_TOO_LARGE").await;
         assert!(message.contains("body"), "{len}: {message}");
     }
     assert_eq!(item_ids(&list(&app, "").await).len(), 1);
@@ -1112,7 +1113,7 @@ async fn pagination_is_stable_under_concurrent_inserts() {
 // DELETE /v1/jobs/{jobId}
 
 #[tokio::test]
-async fn only_queued_or_retrying_jobs_can_be_canceled() {
+async fn unfinished_jobs_can_be_canceled_finished_ones_cannot() {
     let app = spawn_app_with(|_| {}, API_ONLY).await;
     let queued = submitted(&app, json!({"prompt": "queued"})).await;
     let response = cancel(&app, &app.api_key, &queued).await;
@@ -1138,23 +1139,44 @@ async fn only_queued_or_retrying_jobs_can_be_canceled() {
     assert!(message.contains("CANCELED"), "{message}");
     assert_eq!(event_statuses(&app, &queued).await, ["QUEUED", "CANCELED"]);
 
-    // A worker takes the next job: RUNNING cannot be canceled.
+    // A worker takes the next job: RUNNING can be canceled too (its attempt is fenced out).
     let store = &app.app.store;
-    let running = submitted(&app, json!({"prompt": "running"})).await;
+    let running_now = submitted(&app, json!({"prompt": "running now"})).await;
     let claimed = store
         .job_claim("test-worker", 1, Duration::from_secs(60))
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.id, running_now);
+    let response = cancel(&app, &app.api_key, &running_now).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body, json!({"jobId": running_now, "status": "CANCELED"}));
+    let late = store
+        .job_finish(
+            &running_now,
+            claimed[0].fence,
+            Finish::Succeeded {
+                result_keys: vec!["late.png".into()],
+                meta: None,
+            },
+        )
+        .await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+    let view = job(&app, &running_now).await;
+    assert_eq!(view["status"], "CANCELED");
+    assert_eq!(view["resultUrls"], json!([]));
+    assert_eq!(
+        event_statuses(&app, &running_now).await,
+        ["QUEUED", "RUNNING", "CANCELED"]
+    );
+
+    let running = submitted(&app, json!({"prompt": "running"})).await;
+    let claimed = store
+        .job_claim("test-worker", 1, Duration::from_secs(60))
+        .await
+        .expect("claim");
     assert_eq!(claimed[0].job.id, running);
-    let message = expect_error(
-        cancel(&app, &app.api_key, &running).await,
-        400,
-        "INVALID_STATE",
-    )
-    .await;
-    assert!(message.contains("RUNNING"), "{message}");
-    assert_eq!(job(&app, &running).await["status"], "RUNNING");
 
     // Its attempt fails retryably: RETRYING can be canceled.
     store
@@ -1560,4 +1582,20 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
             .expect("send");
         expect_error(response, 405, "METHOD_NOT_ALLOWED").await;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Node heartbeats
+
+#[tokio::test]
+async fn a_clean_shutdown_removes_the_node_heartbeat() {
+    let app = spawn_app().await;
+    let store = app.app.store.clone();
+    let deadline = std::time::Instant::now() + WAIT;
+    while store.nodes_live(0).await.expect("live") == 0 {
+        assert!(std::time::Instant::now() < deadline, "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.shutdown().await;
+    assert_eq!(store.nodes_live(0).await.expect("live"), 0);
 }
