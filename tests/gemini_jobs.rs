@@ -490,7 +490,7 @@ async fn a_late_result_of_a_canceled_job_is_discarded_with_its_images() {
         .remove(0);
     assert_eq!(claimed.job.id, id);
     fake.hold_answers();
-    let deps = easel::jobs::worker::WorkerDeps::from_app(&app.app);
+    let deps = app.app.worker_deps();
     let attempt = tokio::spawn(async move {
         easel::jobs::worker::run_claimed(&deps, claimed, tokio_util::sync::CancellationToken::new())
             .await
