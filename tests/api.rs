@@ -96,14 +96,7 @@ async fn cancel(app: &TestApp, key: &str, job_id: &str) -> reqwest::Response {
 
 /// The statuses of a job's audit trail, in order.
 async fn event_statuses(app: &TestApp, job_id: &str) -> Vec<String> {
-    app.app
-        .store
-        .job_events(job_id)
-        .await
-        .expect("events")
-        .iter()
-        .map(|e| e.status.as_str().to_owned())
-        .collect()
+    app.event_statuses(job_id).await
 }
 
 /// Walks `GET /v1/jobs?limit=N` through `nextCursor` until `hasMore` is false; calls

@@ -7,19 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect_error, spawn_app, spawn_app_with, TestApp, API_ONLY};
+use common::{expect_error, header, spawn_app, spawn_app_with, TestApp, API_ONLY};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const PAGE: &str = "http://localhost:5173";
-
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
 
 fn list(r: &reqwest::Response, name: &str) -> Vec<String> {
     r.headers()

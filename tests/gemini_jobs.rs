@@ -352,17 +352,6 @@ fn stored_images(app: &common::TestApp, job_id: &str) -> Vec<std::path::PathBuf>
     out
 }
 
-async fn event_statuses(app: &common::TestApp, job_id: &str) -> Vec<String> {
-    app.app
-        .store
-        .job_events(job_id)
-        .await
-        .expect("events")
-        .iter()
-        .map(|e| e.status.as_str().to_owned())
-        .collect()
-}
-
 async fn cancel(app: &common::TestApp, job_id: &str) -> reqwest::Response {
     app.http
         .delete(app.url(&format!("/v1/jobs/{job_id}")))
@@ -437,7 +426,7 @@ async fn canceling_a_running_job_aborts_its_attempt_and_frees_its_key() {
     assert_eq!(view["status"], "CANCELED", "{view}");
     assert_eq!(view["resultUrls"], json!([]));
     assert_eq!(
-        event_statuses(&app, &id).await,
+        app.event_statuses(&id).await,
         ["QUEUED", "RUNNING", "CANCELED"]
     );
     assert!(stored_images(&app, &id).is_empty());
@@ -510,7 +499,7 @@ async fn a_late_result_of_a_canceled_job_is_discarded_with_its_images() {
     assert_eq!(job.status, easel::base::job::JobStatus::Canceled);
     assert!(job.result_keys.is_empty());
     assert_eq!(
-        event_statuses(&app, &id).await,
+        app.event_statuses(&id).await,
         ["QUEUED", "RUNNING", "CANCELED"]
     );
     assert_eq!(fake.stats("k-late").requests, 1, "the upstream did answer");

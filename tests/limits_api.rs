@@ -7,13 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-fn header(r: &reqwest::Response, name: &str) -> String {
-    r.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
+use common::header;
 
 #[tokio::test]
 async fn over_the_rate_is_429_with_headers_and_limits_change_at_run_time() {
@@ -99,17 +93,7 @@ async fn over_the_rate_is_429_with_headers_and_limits_change_at_run_time() {
 
     // The CLI changes limits too (another process, same database); the server sees it after
     // its auth cache entry expires.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
-        .args([
-            "--data-dir",
-            app.dir.path().to_str().expect("path"),
-            "set-tenant-limits",
-            &tenant_id,
-            "20",
-            "1",
-        ])
-        .output()
-        .expect("run");
+    let out = app.cli(&["set-tenant-limits", &tenant_id, "20", "1"]);
     assert!(
         out.status.success(),
         "{}",
@@ -298,19 +282,7 @@ async fn the_default_burst_is_ten_and_each_tenant_can_have_its_own() {
     assert_eq!(over.status(), 429);
 
     // The CLI sets it too.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
-        .args([
-            "--data-dir",
-            app.dir.path().to_str().expect("path"),
-            "set-tenant-limits",
-            &tenant_id,
-            "60",
-            "5",
-            "--burst",
-            "7",
-        ])
-        .output()
-        .expect("run");
+    let out = app.cli(&["set-tenant-limits", &tenant_id, "60", "5", "--burst", "7"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -226,10 +226,43 @@ impl TestApp {
         stop
     }
 
+    /// The statuses of a job's audit trail, in order.
+    pub async fn event_statuses(&self, job_id: &str) -> Vec<String> {
+        self.app
+            .store
+            .job_events(job_id)
+            .await
+            .expect("events")
+            .iter()
+            .map(|e| e.status.as_str().to_owned())
+            .collect()
+    }
+
+    /// Runs the `easel` command line on this app's data folder (another process, the same
+    /// database).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .expect("run easel")
+    }
+
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.handle.await;
     }
+}
+
+/// A response header as text (`""` when absent).
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// Asserts an error response of the contract: this status, `{"error": code, "message": ...}`
