@@ -747,6 +747,7 @@ async fn cancel_racing_a_finish_ends_once(b: Bundle) {
         }
     }
     assert_eq!(canceled_wins + finish_wins, 40);
+    eprintln!("cancel won {canceled_wins} rounds, the finish {finish_wins}");
 }
 
 async fn idempotency_find_answers_before_a_submit(b: Bundle) {
