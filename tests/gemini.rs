@@ -68,6 +68,7 @@ fn request(mode: Mode) -> GenerateRequest {
         n: 1,
         aspect_ratio: None,
         image_size: None,
+        extra: Default::default(),
     }
 }
 

@@ -997,6 +997,7 @@ async fn with_fake_gemini_traffic_moves_off_broken_and_rejected_keys() {
         n: 1,
         aspect_ratio: None,
         image_size: None,
+        extra: Default::default(),
     };
     let mut succeeded = 0;
     let mut calls = 0;

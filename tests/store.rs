@@ -426,6 +426,13 @@ async fn submit_creates_queued_job_and_one_event(b: Bundle) {
         n: Some(2),
         aspect_ratio: Some("16:9".into()),
         image_size: Some("2K".into()),
+        model: Some("gpt-image-1".into()),
+        inputs: vec!["t/inputs/a-0.png".into(), "t/inputs/a-1.png".into()],
+        mask: Some("t/inputs/a-mask.png".into()),
+        variation: false,
+        options: serde_json::json!({"quality": "high", "output_compression": 80})
+            .as_object()
+            .cloned(),
     };
     job.cancel_at = Some(job.created_at + 5_000);
     let id = submit(s, job.clone()).await;

@@ -142,6 +142,7 @@ pub fn parse_body(
             ASPECT_RATIOS,
         )?,
         image_size: one_of("imageSize", optional_str(body, "imageSize")?, IMAGE_SIZES)?,
+        ..JobParams::default()
     };
     Ok(SubmitRequest {
         prompt: prompt.to_owned(),

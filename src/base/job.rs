@@ -137,6 +137,23 @@ pub struct JobParams {
     pub aspect_ratio: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_size: Option<String>,
+    /// The upstream model the client named (the OpenAI facade's `model`); `None`: the
+    /// provider's model for the mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Object-store keys of input images the client uploaded with the request, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// Object-store key of the edit mask, applied to the first input image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// A variation of the input image rather than a generation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub variation: bool,
+    /// Parameters only the job's provider reads (OpenAI's `size`, `quality`, ...), checked by
+    /// that provider at submit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A validated submission, ready to be written.

@@ -100,6 +100,9 @@ job_error_codes! {
     INPUT_IMAGE_TOO_LARGE,
     /// The input URL is not an image (its type, or its bytes). Final.
     INPUT_IMAGE_UNSUPPORTED,
+    /// An image the client uploaded with the job (the OpenAI facade's edits) is no longer in
+    /// object storage. Final.
+    INPUT_IMAGE_MISSING,
 }
 
 #[cfg(test)]

@@ -33,8 +33,10 @@ use crate::base::job_errors;
 use crate::base::settings::{at_least_one, Invalid};
 use crate::events::{Change, EventBus, Subscription, Wake};
 use crate::keypool::{KeyLease, KeyPool, Outcome};
-use crate::providers::{GenerateRequest, Provider, ProviderError, Registry};
-use crate::storage::ObjectStore;
+use crate::providers::{
+    GenerateRequest, InputImage, Provider, ProviderError, Registry, RequestExtras,
+};
+use crate::storage::{ObjectStore, StorageError};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 
@@ -525,8 +527,13 @@ async fn attempt(
             ),
         };
     };
+    let uploaded = match uploaded_inputs(deps, claimed).await {
+        Ok(uploaded) => uploaded,
+        Err(finish) => return finish,
+    };
+    let mut uploaded_images = uploaded.images.into_iter();
     let input_image = match &job.input_image_url {
-        None => None,
+        None => uploaded_images.next(),
         Some(url) => match deps.inputs.fetch(url).await {
             Ok(image) => Some(image),
             Err(e) if e.retryable => return retry_or_fail(deps, claimed, e.code, &e.message, None),
@@ -547,6 +554,13 @@ async fn attempt(
         n: job.params.n.unwrap_or(1),
         aspect_ratio: job.params.aspect_ratio.clone(),
         image_size: job.params.image_size.clone(),
+        extra: RequestExtras {
+            more_images: uploaded_images.collect(),
+            mask: uploaded.mask,
+            model: job.params.model.clone(),
+            variation: job.params.variation,
+            options: job.params.options.clone().unwrap_or_default(),
+        },
     };
     let remaining = Duration::from_millis((job.deadline_at - now_millis()).max(0) as u64);
     let call = call_provider(deps, provider.as_ref(), &request, awaiting);
@@ -562,6 +576,49 @@ async fn attempt(
     match outcome {
         Ok(output) => store_images(deps, claimed, output, stored).await,
         Err(error) => finish_for_error(deps, claimed, &error),
+    }
+}
+
+/// The images a client uploaded with the job (the OpenAI facade's edits), read back from the
+/// object store.
+struct UploadedInputs {
+    images: Vec<InputImage>,
+    mask: Option<InputImage>,
+}
+
+async fn uploaded_inputs(
+    deps: &WorkerDeps,
+    claimed: &ClaimedJob,
+) -> Result<UploadedInputs, Finish> {
+    let params = &claimed.job.params;
+    let mut images = Vec::with_capacity(params.inputs.len());
+    for key in &params.inputs {
+        images.push(read_input(deps, claimed, key).await?);
+    }
+    let mask = match &params.mask {
+        Some(key) => Some(read_input(deps, claimed, key).await?),
+        None => None,
+    };
+    Ok(UploadedInputs { images, mask })
+}
+
+async fn read_input(
+    deps: &WorkerDeps,
+    claimed: &ClaimedJob,
+    key: &str,
+) -> Result<InputImage, Finish> {
+    match deps.objects.get(key).await {
+        Ok(object) => Ok(InputImage {
+            bytes: object.bytes,
+            mime: object.content_type,
+        }),
+        Err(StorageError::Unavailable(e)) => {
+            Err(retry_or_fail(deps, claimed, job_errors::STORAGE_ERROR, &e, None))
+        }
+        Err(e) => Err(Finish::Failed {
+            error_code: job_errors::INPUT_IMAGE_MISSING.into(),
+            error_message: format!("an uploaded input image cannot be read: {e}"),
+        }),
     }
 }
 
@@ -710,6 +767,7 @@ async fn store_images(
         keys.push(key);
     }
     let meta = serde_json::json!({
+        "upstream": output.details,
         "caption": output.caption,
         "usage": output.usage,
         "modelVersion": output.model_version,

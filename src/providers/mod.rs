@@ -1,8 +1,8 @@
 //! Upstream image models behind one [`Provider`] trait, and the [`Registry`]: the one list of
 //! providers this build has.
 //!
-//! Owns: the wire formats of each upstream (Gemini today; OpenAI and a Midjourney proxy to
-//! come; the built-in `local` renderer), what each declares it can do ([`Capabilities`]), how
+//! Owns: the wire formats of each upstream (Gemini, OpenAI; a Midjourney proxy to come; the
+//! built-in `local` renderer), what each declares it can do ([`Capabilities`]), how
 //! long one of its calls may take, how it checks a key ([`Provider::probe`]), and the
 //! classification of every upstream failure into [`ProviderError`] (retryable, final, key
 //! rejected, content blocked) with the codes of [`crate::base::job_errors`].
@@ -19,6 +19,7 @@
 
 pub mod gemini;
 pub mod local;
+pub mod openai;
 pub mod registry;
 
 pub use registry::Registry;
@@ -49,6 +50,30 @@ pub struct GenerateRequest {
     pub n: u32,
     pub aspect_ratio: Option<String>,
     pub image_size: Option<String>,
+    pub extra: RequestExtras,
+}
+
+/// What some jobs carry beyond a prompt and one input image: several references and a mask
+/// (edits), a model the client named, a variation, and parameters only one provider reads.
+#[derive(Debug, Clone, Default)]
+pub struct RequestExtras {
+    /// Reference images after `input_image`, in order.
+    pub more_images: Vec<InputImage>,
+    /// The edit mask, applied to the first image (its transparent pixels are repainted).
+    pub mask: Option<InputImage>,
+    /// The upstream model the client named; `None`: the provider's model for the mode.
+    pub model: Option<String>,
+    /// A variation of `input_image` rather than a generation (OpenAI's dall-e-2).
+    pub variation: bool,
+    /// Provider-specific parameters as the client gave them (OpenAI's `size`, `quality`...).
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+impl GenerateRequest {
+    /// Every input image in order: `input_image` first, then the other references.
+    pub fn input_images(&self) -> impl Iterator<Item = &InputImage> {
+        self.input_image.iter().chain(&self.extra.more_images)
+    }
 }
 
 /// One produced image.
@@ -70,6 +95,9 @@ pub struct GenerateOutput {
     pub response_id: Option<String>,
     /// Gemini 3 `thoughtSignature`, needed for a later multi-turn edit.
     pub thought_signature: Option<String>,
+    /// What else the upstream said about the result (OpenAI: size, quality, output format,
+    /// background, revised prompts), kept in the job's result meta as `upstream`.
+    pub details: Option<serde_json::Value>,
 }
 
 /// A credential for one upstream key: where to send and what to send.
@@ -184,6 +212,7 @@ pub struct ProvidersConfig {
     pub default: Option<String>,
     pub local: local::LocalProviderConfig,
     pub gemini: gemini::GeminiConfig,
+    pub openai: openai::OpenAiConfig,
 }
 
 impl ProvidersConfig {
@@ -192,6 +221,9 @@ impl ProvidersConfig {
         self.local.validate()?;
         self.gemini
             .validate()
-            .map_err(|problem| ("providers.gemini", problem))
+            .map_err(|problem| ("providers.gemini", problem))?;
+        self.openai
+            .validate()
+            .map_err(|problem| ("providers.openai", problem))
     }
 }

@@ -8,14 +8,18 @@
 
 use std::sync::Arc;
 
-use super::{gemini, local, Provider, ProvidersConfig};
+use super::{gemini, local, openai, Provider, ProvidersConfig};
 
 /// Builds one provider from the providers' configuration (it reads its own section).
 pub type Constructor = fn(&ProvidersConfig) -> Result<Arc<dyn Provider>, String>;
 
 /// Every provider this build has, in order of preference for the default. Adding a provider
 /// is its folder plus one line here.
-pub const BUILT_IN: &[Constructor] = &[local::LocalProvider::build, gemini::GeminiProvider::build];
+pub const BUILT_IN: &[Constructor] = &[
+    local::LocalProvider::build,
+    gemini::GeminiProvider::build,
+    openai::OpenAiProvider::build,
+];
 
 /// Providers by name, and which one new jobs use.
 #[derive(Clone)]

@@ -369,6 +369,7 @@ pub fn output_of(reply: GenerateContentResponse) -> Result<GenerateOutput, Provi
         model_version: reply.model_version,
         response_id: reply.response_id,
         thought_signature: image_signature.or(any_signature),
+        details: None,
     })
 }
 

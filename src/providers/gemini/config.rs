@@ -318,6 +318,7 @@ mod tests {
             n: 1,
             aspect_ratio: None,
             image_size: None,
+            extra: Default::default(),
         }
     }
 

@@ -203,7 +203,7 @@ impl GeminiProvider {
 
 /// Reads a body up to `limit` bytes. Past the limit: an error when `strict`, else the body is
 /// cut there.
-async fn read_bounded(
+pub(crate) async fn read_bounded(
     mut response: reqwest::Response,
     limit: usize,
     strict: bool,
@@ -512,6 +512,7 @@ mod tests {
             n: 1,
             aspect_ratio: Some("16:9".into()),
             image_size: Some("1K".into()),
+            extra: Default::default(),
         }
     }
 
@@ -608,6 +609,7 @@ mod tests {
             model_version: Some("m".into()),
             response_id: Some(id.into()),
             thought_signature: Some(format!("sig-{id}")),
+            details: None,
         };
         let out = merge(vec![one("a", 10), one("b", 20)]);
         assert_eq!(out.images.len(), 2);
