@@ -46,6 +46,8 @@ pub struct Config {
     pub inputs: InputImageConfig,
     /// Webhook delivery (timeouts, concurrency, retry schedule, SSRF allow-list).
     pub webhooks: WebhooksConfig,
+    /// The OpenAI-compatible images API (model routing, wait bound).
+    pub openai_api: crate::api::openai::OpenAiApiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +141,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             inputs: Default::default(),
             webhooks: Default::default(),
+            openai_api: Default::default(),
         }
     }
 }
@@ -294,6 +297,7 @@ impl Config {
             .and_then(|()| self.storage.validate())
             .and_then(|()| self.inputs.validate())
             .and_then(|()| self.webhooks.validate())
+            .and_then(|()| self.openai_api.validate())
             .map_err(|(key, problem)| ConfigError::Invalid { key, problem })
     }
 

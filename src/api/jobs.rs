@@ -75,11 +75,8 @@ pub async fn submit(
         deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
         webhook_url,
     };
-    let mut response = match app.store.job_submit(job).await? {
-        SubmitOutcome::Created { job_id } => {
-            telemetry::job_submitted("created");
-            app.wake.notify_one();
-            app.events.publish(Change::job(&tenant.id, &job_id));
+    let mut response = match enqueue(&app, job).await? {
+        Enqueued::Created { job_id } => {
             let body = Accepted {
                 job_id: &job_id,
                 status: JobStatus::Queued,
@@ -87,8 +84,7 @@ pub async fn submit(
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         // A first use of the key that raced this one (it was not there at the look-up).
-        SubmitOutcome::Replayed { job_id, status } => replayed(&job_id, status),
-        SubmitOutcome::KeyReused => return Err(key_reused()),
+        Enqueued::Replayed { job_id, status } => replayed(&job_id, status),
     };
     for (name, value) in rate_headers {
         response.headers_mut().insert(name, value);
@@ -120,6 +116,56 @@ fn key_reused() -> ApiError {
         ErrorCode::IdempotencyKeyReused,
         "this Idempotency-Key was already used with a different request body",
     )
+}
+
+/// What [`enqueue`] did.
+pub(super) enum Enqueued {
+    Created {
+        job_id: String,
+    },
+    /// The `Idempotency-Key` was seen before with the same request: its job.
+    Replayed {
+        job_id: String,
+        status: JobStatus,
+    },
+}
+
+/// Writes a checked job (its idempotency record, the job and its first event, in one
+/// transaction) and tells the workers and the live streams. Every route that submits a job
+/// ends here, so they all share the same accounting.
+pub(super) async fn enqueue(app: &App, job: NewJob) -> Result<Enqueued, ApiError> {
+    let tenant_id = job.tenant_id.clone();
+    match app.store.job_submit(job).await? {
+        SubmitOutcome::Created { job_id } => {
+            telemetry::job_submitted("created");
+            app.wake.notify_one();
+            app.events.publish(Change::job(&tenant_id, &job_id));
+            Ok(Enqueued::Created { job_id })
+        }
+        // Counted as a duplicate by the caller's answer.
+        SubmitOutcome::Replayed { job_id, status } => Ok(Enqueued::Replayed { job_id, status }),
+        SubmitOutcome::KeyReused => Err(key_reused()),
+    }
+}
+
+/// An `Idempotency-Key` already used by the tenant, looked up before any rate is spent (a
+/// retry of work already accepted is answered whatever the rate): the job id of the same
+/// request (counted as a duplicate), `None` for a new key, 422 for a different request.
+pub(super) async fn find_replay(
+    app: &App,
+    tenant_id: &str,
+    key: Option<&str>,
+    request_hash: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    match app.store.idempotency_find(tenant_id, key).await? {
+        None => Ok(None),
+        Some(hit) if hit.request_hash != request_hash => Err(key_reused()),
+        Some(hit) => {
+            telemetry::job_submitted("duplicate");
+            Ok(Some(hit.job_id))
+        }
+    }
 }
 
 /// `GET /v1/jobs/{jobId}`: the origin fields plus timings, attempts and queue position.

@@ -11,6 +11,7 @@ mod events_ws;
 mod extract;
 mod files;
 mod jobs;
+pub mod openai;
 pub(crate) mod paging;
 pub mod ratelimit;
 pub mod submit_request;
@@ -39,6 +40,7 @@ pub fn router(app: App) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/images/generate", axum::routing::post(jobs::submit))
+        .merge(openai::routes())
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/events", get(events::job_stream))

@@ -612,9 +612,13 @@ async fn read_input(
             bytes: object.bytes,
             mime: object.content_type,
         }),
-        Err(StorageError::Unavailable(e)) => {
-            Err(retry_or_fail(deps, claimed, job_errors::STORAGE_ERROR, &e, None))
-        }
+        Err(StorageError::Unavailable(e)) => Err(retry_or_fail(
+            deps,
+            claimed,
+            job_errors::STORAGE_ERROR,
+            &e,
+            None,
+        )),
         Err(e) => Err(Finish::Failed {
             error_code: job_errors::INPUT_IMAGE_MISSING.into(),
             error_message: format!("an uploaded input image cannot be read: {e}"),

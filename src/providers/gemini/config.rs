@@ -172,6 +172,15 @@ impl GeminiConfig {
         }
     }
 
+    /// The model a request uses: the one the client named (the OpenAI facade's `model`),
+    /// else the one of its mode.
+    pub fn model_of<'a>(&'a self, request: &'a GenerateRequest) -> &'a str {
+        match &request.extra.model {
+            Some(model) => model,
+            None => self.model_for(request.mode),
+        }
+    }
+
     pub fn capability(&self, model: &str) -> Option<&ModelCapability> {
         self.models.get(model)
     }
@@ -248,7 +257,7 @@ fn valid_model_name(name: &str) -> bool {
 /// (the API answers 400 `INVALID_REQUEST` with it; the provider returns
 /// `ProviderError::Final { code: "INVALID_REQUEST" }`).
 pub fn validate(request: &GenerateRequest, config: &GeminiConfig) -> Result<(), String> {
-    let model = config.model_for(request.mode);
+    let model = config.model_of(request);
     let mode = request.mode.as_str();
     let cap = config
         .capability(model)
@@ -281,7 +290,12 @@ pub fn validate(request: &GenerateRequest, config: &GeminiConfig) -> Result<(), 
             ));
         }
     }
-    if let Some(image) = &request.input_image {
+    if request.extra.mask.is_some() || request.extra.variation {
+        return Err(format!(
+            "{model} ({mode}) takes no mask and makes no variations"
+        ));
+    }
+    for image in request.input_images() {
         // Imagen's `predict` has no place for an input image, whatever the table says.
         if !cap.image_to_image || is_imagen(model) {
             return Err(format!("{model} ({mode}) does not take an input image"));

@@ -106,7 +106,7 @@ impl GeminiProvider {
         request: &GenerateRequest,
         credential: &UpstreamCredential,
     ) -> Result<GenerateOutput, ProviderError> {
-        let model = self.config.model_for(request.mode);
+        let model = self.config.model_of(request);
         let cap = self
             .config
             .capability(model)
@@ -276,7 +276,7 @@ pub fn build_generate_content(
     candidate_count: Option<u32>,
 ) -> GenerateContentRequest {
     let mut parts = vec![Part::text(request.prompt.clone())];
-    if let Some(image) = &request.input_image {
+    for image in request.input_images() {
         parts.push(Part::inline(
             image.mime.clone(),
             base64::engine::general_purpose::STANDARD.encode(&image.bytes),

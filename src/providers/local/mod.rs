@@ -113,16 +113,19 @@ impl Provider for LocalProvider {
             Mode::Final => self.config.final_size,
         };
         let prompt = request.prompt.clone();
-        // An input image steers the picture too, so image-to-image gives a different result.
-        let seed = match &request.input_image {
-            Some(input) => {
+        // Input images (all of them, and a mask) steer the picture too, so edits and
+        // variations give a different result from the prompt alone.
+        let seed = request
+            .input_images()
+            .chain(&request.extra.mask)
+            .enumerate()
+            .fold(request.seed.unwrap_or(0), |seed, (index, input)| {
                 let digest = <sha2::Sha256 as sha2::Digest>::digest(&input.bytes);
                 let mut first = [0u8; 8];
                 first.copy_from_slice(&digest[..8]);
-                request.seed.unwrap_or(0) ^ u64::from_le_bytes(first)
-            }
-            None => request.seed.unwrap_or(0),
-        };
+                // Rotated by position, so the order of the images matters.
+                seed ^ u64::from_le_bytes(first).rotate_left(index as u32)
+            });
         let n = request.n.max(1);
         // Rendering is CPU work: keep it off the async workers.
         let images = tokio::task::spawn_blocking(move || {
