@@ -313,25 +313,10 @@ async fn openai_app(fake: &FakeOpenAi, keys: &[&str]) -> common::TestApp {
     )
     .await;
     for key in keys {
-        add_openai_key(&app, key, &fake.base_url).await;
+        app.add_key("openai", key, Some(&fake.base_url), 60_000, 4)
+            .await;
     }
     app
-}
-
-async fn add_openai_key(app: &common::TestApp, key: &str, base_url: &str) {
-    let spec = easel::app::ProviderKeySpec {
-        provider: "openai".into(),
-        key: key.into(),
-        rpm: 60_000,
-        concurrency: 4,
-        endpoint: Some(base_url.into()),
-        priority: 0,
-        project: None,
-    };
-    easel::app::add_provider_key(app.app.store.as_ref(), &app.app.sealer, spec)
-        .await
-        .expect("add key");
-    app.app.keys.load().await.expect("reload keys");
 }
 
 async fn submit(app: &common::TestApp, prompt: &str) -> String {

@@ -319,19 +319,8 @@ async fn a_call_waits_for_its_job_without_polling_and_times_out_as_504() {
 
 async fn openai_upstream_app(fake: &FakeOpenAi) -> common::TestApp {
     let app = common::spawn_app().await;
-    let spec = easel::app::ProviderKeySpec {
-        provider: "openai".into(),
-        key: "sk-up".into(),
-        rpm: 60_000,
-        concurrency: 4,
-        endpoint: Some(fake.base_url.clone()),
-        priority: 0,
-        project: None,
-    };
-    easel::app::add_provider_key(app.app.store.as_ref(), &app.app.sealer, spec)
-        .await
-        .expect("key");
-    app.app.keys.load().await.expect("reload");
+    app.add_key("openai", "sk-up", Some(&fake.base_url), 60_000, 4)
+        .await;
     app
 }
 

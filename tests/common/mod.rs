@@ -129,12 +129,25 @@ impl TestApp {
 
     /// Registers an upstream Gemini key and reloads the pool so workers use it at once.
     pub async fn add_gemini_key(&self, key: &str, rpm: u32, concurrency: u32) {
+        self.add_key("gemini", key, None, rpm, concurrency).await;
+    }
+
+    /// Registers an upstream key of `provider` (at `endpoint`, else the provider's default)
+    /// and reloads the pool.
+    pub async fn add_key(
+        &self,
+        provider: &str,
+        key: &str,
+        endpoint: Option<&str>,
+        rpm: u32,
+        concurrency: u32,
+    ) {
         let spec = easel::keypool::ProviderKeySpec {
-            provider: "gemini".into(),
+            provider: provider.into(),
             key: key.into(),
             rpm,
             concurrency,
-            endpoint: None,
+            endpoint: endpoint.map(str::to_owned),
             priority: 0,
             project: None,
         };
