@@ -201,6 +201,23 @@ impl GeminiProvider {
     }
 }
 
+/// A key probe's reply: 2xx means the key works; any other reply is read (bounded) and
+/// classified as a call's would be by `classify`, the key scrubbed from the message.
+pub(crate) async fn probe_reply(
+    response: reqwest::Response,
+    secret: &str,
+    classify: impl FnOnce(u16, &[u8]) -> ProviderError,
+) -> Result<(), ProviderError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = read_bounded(response, MAX_ERROR_BODY_BYTES, false)
+        .await
+        .unwrap_or_default();
+    Err(redact(classify(status.as_u16(), &body), secret))
+}
+
 /// Reads a body up to `limit` bytes. Past the limit: an error when `strict`, else the body is
 /// cut there.
 pub(crate) async fn read_bounded(
@@ -465,17 +482,10 @@ impl Provider for GeminiProvider {
             .send()
             .await
             .map_err(|e| redact(classify::classify_transport(e), &credential.secret))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = read_bounded(response, MAX_ERROR_BODY_BYTES, false)
-            .await
-            .unwrap_or_default();
-        Err(redact(
-            classify::classify_status(status.as_u16(), None, &body),
-            &credential.secret,
-        ))
+        probe_reply(response, &credential.secret, |status, body| {
+            classify::classify_status(status, None, body)
+        })
+        .await
     }
 
     async fn generate(

@@ -31,7 +31,7 @@ use endpoint::Endpoint;
 use wire::{ImagesRequest, ImagesResponse};
 
 use super::gemini::classify::{classify_transport, decode_image, sniff_image};
-use super::gemini::{codes, read_bounded, redact};
+use super::gemini::{codes, probe_reply, read_bounded, redact};
 use super::{
     Capabilities, GenerateOutput, GenerateRequest, GeneratedImage, InputImage, Provider,
     ProviderError, ProvidersConfig, UpstreamCredential,
@@ -353,17 +353,10 @@ impl Provider for OpenAiProvider {
             .send()
             .await
             .map_err(|e| redact(classify_transport(e), &credential.secret))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let body = read_bounded(response, MAX_ERROR_BODY_BYTES, false)
-            .await
-            .unwrap_or_default();
-        Err(redact(
-            classify::classify_status(status.as_u16(), None, &body),
-            &credential.secret,
-        ))
+        probe_reply(response, &credential.secret, |status, body| {
+            classify::classify_status(status, None, body)
+        })
+        .await
     }
 
     async fn generate(
