@@ -406,3 +406,45 @@ async fn a_blocked_job_answers_400_moderation_blocked() {
     assert_eq!(e["type"], "image_generation_user_error");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn gemini_models_and_the_nano_banana_alias_go_to_gemini() {
+    let fake = easel::testing::fake_gemini::FakeGemini::start().await;
+    let app = common::spawn_app().await;
+    app.add_key("gemini", "AIza-facade", Some(&fake.base_url), 60_000, 4)
+        .await;
+    let r = post_json(
+        &app,
+        "/v1/images/generations",
+        json!({"prompt": "a banana", "model": "nano-banana", "response_format": "b64_json"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    decoded_png(&r.json::<Value>().await.expect("json")["data"][0]["b64_json"]);
+    let stats = fake.stats("AIza-facade");
+    assert_eq!(stats.last_model.as_deref(), Some("gemini-2.5-flash-image"));
+
+    let edit = Form::new()
+        .text("prompt", "put them together")
+        .text("model", "gemini-3-pro-image-preview")
+        .part("image[]", file(png(1), "a.png"))
+        .part("image[]", file(png(2), "b.png"));
+    let r = post_form(&app, "/v1/images/edits", edit).await;
+    assert_eq!(r.status(), 200);
+    let stats = fake.stats("AIza-facade");
+    assert_eq!(
+        stats.last_model.as_deref(),
+        Some("gemini-3-pro-image-preview")
+    );
+    let parts = stats.last_body.expect("body")["contents"][0]["parts"].clone();
+    assert_eq!(parts.as_array().expect("parts").len(), 3, "{parts}");
+
+    let masked = Form::new()
+        .text("prompt", "x")
+        .text("model", "nano-banana")
+        .part("image", file(png(1), "a.png"))
+        .part("mask", file(png(2), "m.png"));
+    let e = openai_error(post_form(&app, "/v1/images/edits", masked).await, 400).await;
+    assert!(e["message"].as_str().expect("msg").contains("mask"), "{e}");
+    app.shutdown().await;
+}
