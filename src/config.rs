@@ -10,6 +10,9 @@
 //! this one. A bad value fails at start and names its key. Secrets are [`Secret`]s, whose
 //! `Debug` never prints them.
 
+pub mod openai_api;
+pub mod origins;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +50,7 @@ pub struct Config {
     /// Webhook delivery (timeouts, concurrency, retry schedule, SSRF allow-list).
     pub webhooks: WebhooksConfig,
     /// The OpenAI-compatible images API (model routing, wait bound).
-    pub openai_api: crate::api::openai::OpenAiApiConfig,
+    pub openai_api: openai_api::OpenAiApiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,7 +91,7 @@ pub struct ServerConfig {
     /// Origins whose pages may call the API from a browser: `"*"` (default), or a list (or a
     /// comma-separated string) of origins like `http://localhost:5173`. Origin name:
     /// `CORS_ORIGIN` (the editor origin's).
-    #[serde(deserialize_with = "crate::api::cors::one_or_many")]
+    #[serde(deserialize_with = "origins::one_or_many")]
     pub cors_origins: Vec<String>,
 }
 
@@ -288,7 +291,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_database()
             .and_then(|()| {
-                crate::api::cors::check_origins(&self.server.cors_origins)
+                origins::check_origins(&self.server.cors_origins)
                     .map_err(|problem| ("server.cors_origins", problem))
             })
             .and_then(|()| self.worker.validate())

@@ -126,7 +126,11 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     }
     telemetry::limiter_degraded(app.limiter.degraded().is_some());
     match app.store.job_open_counts().await {
-        Ok(open) => telemetry::open_jobs(&open),
+        Ok(open) => telemetry::open_jobs([
+            ("queued", open.queued),
+            ("retrying", open.retrying),
+            ("running", open.running),
+        ]),
         Err(e) => tracing::warn!(error = %e, "open job counts for /metrics failed"),
     }
     match app.keys.snapshot().await {

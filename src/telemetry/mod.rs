@@ -206,13 +206,10 @@ pub fn upstream_key(key: UpstreamKeyGauges<'_>) {
     gauge!("easel_upstream_key_breaker", &labels).set(f64::from(key.breaker));
 }
 
-/// Sets the queue-depth gauges from the store's counts (taken when `/metrics` is scraped).
-pub fn open_jobs(open: &crate::store::OpenJobs) {
-    for (status, count) in [
-        ("queued", open.queued),
-        ("retrying", open.retrying),
-        ("running", open.running),
-    ] {
+/// Sets the queue-depth gauges from the store's counts (taken when `/metrics` is scraped):
+/// `(status label, open jobs in it)`.
+pub fn open_jobs(counts: [(&'static str, u64); 3]) {
+    for (status, count) in counts {
         gauge!("easel_jobs_open", "status" => status).set(count as f64);
     }
 }

@@ -13,7 +13,6 @@
 //! still waiting after `openai_api.wait_secs` answers 504 with `x-should-retry: false` and
 //! the job id (the job runs on); streaming (`stream: true`) is refused.
 
-pub mod config;
 mod error;
 mod images;
 mod models;
@@ -25,7 +24,7 @@ use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use config::{ModelRoute, OpenAiApiConfig};
+pub use crate::config::openai_api::{ModelRoute, OpenAiApiConfig};
 pub use error::OpenAiError;
 
 use super::extract::AuthTenant;
