@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod cors;
+pub mod consumer;
 mod events;
 mod events_ws;
 mod extract;
@@ -76,6 +77,7 @@ pub fn router(app: App) -> Router {
             "/admin/v1/provider-keys/{key_id}/{action}",
             axum::routing::post(admin::key_action),
         )
+        .merge(consumer::router(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(count_request))
