@@ -150,11 +150,6 @@ impl Default for WechatConfig {
 
 impl WechatConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        let url = url::Url::parse(&self.base_url)
-            .map_err(|e| ("wechat.base_url", format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(("wechat.base_url", "must be an http or https URL".into()));
-        }
-        Ok(())
+        super::wechat::check_base_url(&self.base_url).map_err(|e| ("wechat.base_url", e))
     }
 }

@@ -41,6 +41,18 @@ pub fn normalize_host(host: &str) -> Option<String> {
     valid.then_some(host)
 }
 
+/// Host names as a tenant claims them: normalised, each once; an error names a bad one.
+pub fn parse_hosts(hosts: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for host in hosts {
+        let normal = normalize_host(host).ok_or_else(|| format!("{host:?} is not a host name"))?;
+        if !out.contains(&normal) {
+            out.push(normal);
+        }
+    }
+    Ok(out)
+}
+
 impl TenantResolver {
     pub fn new(store: Arc<dyn Store>, configured_default: Option<String>) -> TenantResolver {
         TenantResolver {

@@ -99,6 +99,15 @@ impl WechatClient {
     }
 }
 
+/// A code2Session base URL: http(s) with a host. Trusted configuration, so private and
+/// loopback addresses are allowed (a relay, a test server).
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+        _ => Err(format!("{url:?} is not an http(s) URL")),
+    }
+}
+
 fn interpret(body: Code2Session) -> Result<WechatIdentity, WechatError> {
     let errmsg = body.errmsg.unwrap_or_default();
     match body.errcode.unwrap_or(0) {

@@ -15,6 +15,7 @@ mod jobs;
 pub(crate) mod paging;
 pub mod ratelimit;
 pub mod submit_request;
+mod tenant_apps;
 mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
@@ -71,6 +72,14 @@ pub fn router(app: App) -> Router {
         .route(
             "/admin/v1/tenants/{tenant_id}/webhook",
             axum::routing::put(admin::put_webhook),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant_id}/hosts",
+            get(tenant_apps::get_hosts).put(tenant_apps::put_hosts),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant_id}/wechat",
+            axum::routing::put(tenant_apps::put_wechat),
         )
         .route("/admin/v1/provider-keys", get(admin::list_keys))
         .route(

@@ -8,3 +8,4 @@
 //! integration tests and `easel-bench` can share them.
 
 pub mod fake_gemini;
+pub mod fake_wechat;
