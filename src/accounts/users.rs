@@ -438,7 +438,7 @@ impl Accounts {
             RefreshOutcome::Rotated { session, user } => Ok(SignedIn {
                 access_token: self.tokens.issue(&user, &session.id, now),
                 refresh_token: Some(refresh),
-                user,
+                user: *user,
                 is_new_user: false,
             }),
             RefreshOutcome::Reused { session_id } => {

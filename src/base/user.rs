@@ -140,7 +140,10 @@ pub struct NewRefreshToken {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RefreshOutcome {
     /// The token was current: it is now used, the new one is current; the session's user.
-    Rotated { session: AuthSession, user: EndUser },
+    Rotated {
+        session: AuthSession,
+        user: Box<EndUser>,
+    },
     /// The token had been used before: the whole family (this session) is now revoked.
     Reused { session_id: String },
     /// Unknown, expired, or its session revoked or its user gone or inactive.

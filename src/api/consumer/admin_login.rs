@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::extract::{ClientAddr, HostTenant, JsonBody};
 use super::joi::{self, required, Kind};
-use super::photo::{photo_body, photo_failure};
+use super::photo::{photo_body, photo_failure, photo_invalid};
 use super::reply::json;
 use crate::app::App;
 
@@ -31,7 +31,7 @@ pub async fn login(
     ];
     let body = match photo_body(body, &fields, &messages) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(errors) => return photo_invalid(errors),
     };
     let text = |name| joi::text(&body, name).unwrap_or_default();
     let session = match app

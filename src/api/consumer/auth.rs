@@ -27,14 +27,14 @@ const USERNAME: Kind = Kind::Text { min: 3, max: 30 };
 const PASSWORD: Kind = Kind::Text { min: 6, max: 256 };
 const ANY_PASSWORD: Kind = Kind::Text { min: 1, max: 256 };
 
-/// The editor's body check: the first problem, as its 400.
+/// The editor's body check: the first problem (the `details` of its 400).
 fn editor_body(
     body: Result<Map<String, Value>, String>,
     fields: &[joi::Field],
-) -> Result<Map<String, Value>, Response> {
-    let body = body.map_err(|why| editor_invalid(&why))?;
-    match joi::check(&body, fields, false).first() {
-        Some(problem) => Err(editor_invalid(&problem.message)),
+) -> Result<Map<String, Value>, String> {
+    let body = body?;
+    match joi::check(&body, fields, false).into_iter().next() {
+        Some(problem) => Err(problem.message),
         None => Ok(body),
     }
 }
@@ -98,7 +98,7 @@ pub async fn register(
     ];
     let body = match editor_body(body, &fields) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(details) => return editor_invalid(&details),
     };
     let text = |name| joi::text(&body, name).unwrap_or_default();
     match app
@@ -132,7 +132,7 @@ pub async fn login(
     ];
     let body = match editor_body(body, &fields) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(details) => return editor_invalid(&details),
     };
     let text = |name| joi::text(&body, name).unwrap_or_default();
     match app
@@ -166,7 +166,7 @@ pub async fn update_me(
     ];
     let body = match editor_body(body, &fields) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(details) => return editor_invalid(&details),
     };
     let update = ProfileUpdate {
         username: joi::text(&body, "username").map(str::to_owned),
@@ -196,7 +196,7 @@ pub async fn change_password(
     ];
     let body = match editor_body(body, &fields) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(details) => return editor_invalid(&details),
     };
     let text = |name| joi::text(&body, name).unwrap_or_default();
     match app

@@ -9,24 +9,19 @@ use super::joi::{self, Field};
 use super::reply::{common_failure, internal, json, photo_error, with_retry_after};
 use crate::accounts::users::AccountError;
 
-/// 400 `参数验证失败` with `errors: [{field, message}]`, each field's message from `messages`.
+/// The photo app's body check: every problem as `{field, message}` (the `errors` of
+/// [`photo_invalid`]), each field's message from `messages`.
 pub fn photo_body(
     body: Result<Map<String, Value>, String>,
     fields: &[Field],
     messages: &[(&str, &str)],
-) -> Result<Map<String, Value>, Response> {
-    let body = body.map_err(|why| {
-        json(
-            StatusCode::BAD_REQUEST,
-            json!({"success": false, "message": "参数验证失败",
-                   "errors": [{"field": "body", "message": why}]}),
-        )
-    })?;
+) -> Result<Map<String, Value>, Vec<Value>> {
+    let body = body.map_err(|why| vec![json!({"field": "body", "message": why})])?;
     let problems = joi::check(&body, fields, true);
     if problems.is_empty() {
         return Ok(body);
     }
-    let errors: Vec<Value> = problems
+    Err(problems
         .iter()
         .map(|p| {
             let message = messages
@@ -35,11 +30,15 @@ pub fn photo_body(
                 .map_or(p.message.as_str(), |(_, m)| m);
             json!({"field": p.field, "message": message})
         })
-        .collect();
-    Err(json(
+        .collect())
+}
+
+/// 400 `参数验证失败` with `errors: [{field, message}]`.
+pub fn photo_invalid(errors: Vec<Value>) -> Response {
+    json(
         StatusCode::BAD_REQUEST,
         json!({"success": false, "message": "参数验证失败", "errors": errors}),
-    ))
+    )
 }
 
 /// The photo app's answer to an error every sign-in route shares.

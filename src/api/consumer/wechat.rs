@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::extract::{HostTenant, JsonBody};
 use super::joi::{self, required, Kind};
-use super::photo::{photo_body, photo_failure};
+use super::photo::{photo_body, photo_failure, photo_invalid};
 use super::reply::{json, photo_error, user_json, with_retry_after};
 use crate::accounts::users::{credit_balance, AccountError};
 use crate::accounts::wechat::WechatError;
@@ -69,16 +69,11 @@ pub async fn login(
     let fields = [required("code", Kind::Text { min: 1, max: 512 })];
     let body = match photo_body(body, &fields, &[("code", "登录凭证是必填项")]) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(errors) => return photo_invalid(errors),
     };
     let profile = match profile(&body) {
         Ok(profile) => profile,
-        Err(errors) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                json!({"success": false, "message": "参数验证失败", "errors": errors}),
-            )
-        }
+        Err(errors) => return photo_invalid(errors),
     };
     let code = joi::text(&body, "code").unwrap_or_default();
     let is_default = app.tenancy.default_tenant().await.ok().as_deref() == Some(&tenant);

@@ -212,7 +212,10 @@ async fn refresh_rotate(
         .execute(&mut *conn)
         .await?;
     insert_refresh(conn, &session_id, next).await?;
-    Ok(RefreshOutcome::Rotated { session, user })
+    Ok(RefreshOutcome::Rotated {
+        session,
+        user: Box::new(user),
+    })
 }
 
 #[async_trait]

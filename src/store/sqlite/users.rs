@@ -200,7 +200,10 @@ fn refresh_rotate(
     conn.prepare_cached("UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1")?
         .execute(params![&presented[..], now])?;
     insert_refresh(conn, &session_id, next)?;
-    Ok(RefreshOutcome::Rotated { session, user })
+    Ok(RefreshOutcome::Rotated {
+        session,
+        user: Box::new(user),
+    })
 }
 
 fn hosts_set(conn: &Connection, tenant_id: &str, hosts: &[String]) -> StoreResult<()> {
