@@ -218,6 +218,40 @@ async fn refresh_rotate(
     })
 }
 
+impl PgStore {
+    /// Sets one column of a live user (and `updated_at`) in one transaction, ending its
+    /// sessions if `revoke`; the user afterwards, unless the change hid it (a deletion).
+    async fn set_column<V>(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        column: &'static str,
+        value: V,
+        revoke: bool,
+    ) -> StoreResult<Option<EndUser>>
+    where
+        V: 'static + Send + for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        let now = now_millis();
+        let mut tx = self.pool().begin().await?;
+        let sql = format!("UPDATE end_users SET {column} = $3, updated_at = $4 {ONE_LIVE_USER}");
+        let result = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(user_id)
+            .bind(value)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        changed(result)?;
+        if revoke {
+            revoke_sessions(&mut tx, user_id, now).await?;
+        }
+        let user = find_by(&mut tx, tenant_id, "id", user_id.to_owned(), "").await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+}
+
 #[async_trait]
 impl UserStore for PgStore {
     async fn user_create(&self, user: NewEndUser) -> StoreResult<EndUser> {
@@ -330,16 +364,9 @@ impl UserStore for PgStore {
         user_id: &str,
         now: Millis,
     ) -> StoreResult<EndUser> {
-        let mut conn = self.pool().acquire().await?;
-        let sql = format!("UPDATE end_users SET last_login_at = $3 {ONE_LIVE_USER}");
-        let result = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        changed(result)?;
-        get(&mut conn, tenant_id, user_id).await
+        self.set_column(tenant_id, user_id, "last_login_at", now, false)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     async fn user_set_password(
@@ -348,21 +375,10 @@ impl UserStore for PgStore {
         user_id: &str,
         password_hash: &str,
     ) -> StoreResult<()> {
-        let now = now_millis();
-        let mut tx = self.pool().begin().await?;
-        let sql =
-            format!("UPDATE end_users SET password_hash = $3, updated_at = $4 {ONE_LIVE_USER}");
-        let result = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(password_hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        changed(result)?;
-        revoke_sessions(&mut tx, user_id, now).await?;
-        tx.commit().await?;
-        Ok(())
+        let hash = password_hash.to_owned();
+        self.set_column(tenant_id, user_id, "password_hash", hash, true)
+            .await
+            .map(drop)
     }
 
     async fn user_set_status(
@@ -371,23 +387,10 @@ impl UserStore for PgStore {
         user_id: &str,
         status: UserStatus,
     ) -> StoreResult<EndUser> {
-        let now = now_millis();
-        let mut tx = self.pool().begin().await?;
-        let sql = format!("UPDATE end_users SET status = $3, updated_at = $4 {ONE_LIVE_USER}");
-        let result = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(status.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        changed(result)?;
-        if status == UserStatus::Inactive {
-            revoke_sessions(&mut tx, user_id, now).await?;
-        }
-        let user = get(&mut tx, tenant_id, user_id).await?;
-        tx.commit().await?;
-        Ok(user)
+        let revoke = status == UserStatus::Inactive;
+        self.set_column(tenant_id, user_id, "status", status.as_str(), revoke)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     async fn user_set_role(
@@ -396,33 +399,15 @@ impl UserStore for PgStore {
         user_id: &str,
         role: Role,
     ) -> StoreResult<EndUser> {
-        let mut conn = self.pool().acquire().await?;
-        let sql = format!("UPDATE end_users SET role = $3, updated_at = $4 {ONE_LIVE_USER}");
-        let result = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(role.as_str())
-            .bind(now_millis())
-            .execute(&mut *conn)
-            .await?;
-        changed(result)?;
-        get(&mut conn, tenant_id, user_id).await
+        self.set_column(tenant_id, user_id, "role", role.as_str(), false)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     async fn user_delete(&self, tenant_id: &str, user_id: &str) -> StoreResult<()> {
-        let now = now_millis();
-        let mut tx = self.pool().begin().await?;
-        let sql = format!("UPDATE end_users SET deleted_at = $3, updated_at = $3 {ONE_LIVE_USER}");
-        let result = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        changed(result)?;
-        revoke_sessions(&mut tx, user_id, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.set_column(tenant_id, user_id, "deleted_at", now_millis(), true)
+            .await
+            .map(drop)
     }
 
     async fn session_create(

@@ -243,6 +243,31 @@ fn wechat_get(conn: &Connection, tenant_id: &str) -> StoreResult<Option<WechatSe
         .optional()?)
 }
 
+impl SqliteStore {
+    /// Sets one column of a live user (and `updated_at`), ending its sessions if `revoke`;
+    /// the user afterwards, unless the change hid it (a deletion).
+    async fn set_column<V: rusqlite::ToSql + Send + 'static>(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        column: &'static str,
+        value: V,
+        revoke: bool,
+    ) -> StoreResult<Option<EndUser>> {
+        let (t, u) = (tenant_id.to_owned(), user_id.to_owned());
+        self.write(move |c| {
+            let now = now_millis();
+            let set = format!("{column} = ?3, updated_at = ?4");
+            update_user(c, &t, &u, &set, &[&value, &now])?;
+            if revoke {
+                revoke_sessions(c, &u, now)?;
+            }
+            find_by(c, &t, "id", &u, "")
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn user_create(&self, user: NewEndUser) -> StoreResult<EndUser> {
@@ -334,12 +359,9 @@ impl UserStore for SqliteStore {
         user_id: &str,
         now: Millis,
     ) -> StoreResult<EndUser> {
-        let (t, u) = (tenant_id.to_owned(), user_id.to_owned());
-        self.write(move |c| {
-            update_user(c, &t, &u, "last_login_at = ?3", &[&now])?;
-            get(c, &t, &u)
-        })
-        .await
+        self.set_column(tenant_id, user_id, "last_login_at", now, false)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     async fn user_set_password(
@@ -348,23 +370,10 @@ impl UserStore for SqliteStore {
         user_id: &str,
         password_hash: &str,
     ) -> StoreResult<()> {
-        let (t, u, h) = (
-            tenant_id.to_owned(),
-            user_id.to_owned(),
-            password_hash.to_owned(),
-        );
-        self.write(move |c| {
-            let now = now_millis();
-            update_user(
-                c,
-                &t,
-                &u,
-                "password_hash = ?3, updated_at = ?4",
-                &[&h, &now],
-            )?;
-            revoke_sessions(c, &u, now)
-        })
-        .await
+        let hash = password_hash.to_owned();
+        self.set_column(tenant_id, user_id, "password_hash", hash, true)
+            .await
+            .map(drop)
     }
 
     async fn user_set_status(
@@ -373,22 +382,10 @@ impl UserStore for SqliteStore {
         user_id: &str,
         status: UserStatus,
     ) -> StoreResult<EndUser> {
-        let (t, u) = (tenant_id.to_owned(), user_id.to_owned());
-        self.write(move |c| {
-            let now = now_millis();
-            update_user(
-                c,
-                &t,
-                &u,
-                "status = ?3, updated_at = ?4",
-                &[&status.as_str(), &now],
-            )?;
-            if status == UserStatus::Inactive {
-                revoke_sessions(c, &u, now)?;
-            }
-            get(c, &t, &u)
-        })
-        .await
+        let revoke = status == UserStatus::Inactive;
+        self.set_column(tenant_id, user_id, "status", status.as_str(), revoke)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     async fn user_set_role(
@@ -397,28 +394,15 @@ impl UserStore for SqliteStore {
         user_id: &str,
         role: Role,
     ) -> StoreResult<EndUser> {
-        let (t, u) = (tenant_id.to_owned(), user_id.to_owned());
-        self.write(move |c| {
-            update_user(
-                c,
-                &t,
-                &u,
-                "role = ?3, updated_at = ?4",
-                &[&role.as_str(), &now_millis()],
-            )?;
-            get(c, &t, &u)
-        })
-        .await
+        self.set_column(tenant_id, user_id, "role", role.as_str(), false)
+            .await?
+            .ok_or(StoreError::NotFound)
     }
 
     async fn user_delete(&self, tenant_id: &str, user_id: &str) -> StoreResult<()> {
-        let (t, u) = (tenant_id.to_owned(), user_id.to_owned());
-        self.write(move |c| {
-            let now = now_millis();
-            update_user(c, &t, &u, "deleted_at = ?3, updated_at = ?3", &[&now])?;
-            revoke_sessions(c, &u, now)
-        })
-        .await
+        self.set_column(tenant_id, user_id, "deleted_at", now_millis(), true)
+            .await
+            .map(drop)
     }
 
     async fn session_create(
