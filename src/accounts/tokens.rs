@@ -27,6 +27,8 @@ pub struct Claims {
     #[serde(rename = "userId")]
     pub user_id: String,
     pub role: String,
+    /// Unique per token, so two tokens issued in the same second differ.
+    pub jti: String,
     pub iat: i64,
     pub exp: i64,
 }
@@ -75,6 +77,7 @@ impl TokenKeys {
             sid: session_id.to_owned(),
             user_id: user.id.clone(),
             role: user.role.as_str().to_owned(),
+            jti: hex::encode(rand::random::<[u8; 12]>()),
             iat,
             exp: iat + self.access_ttl.as_secs() as i64,
         };
