@@ -891,6 +891,28 @@ async fn failed_sign_ins_lock_the_account_not_its_neighbours() {
 }
 
 #[tokio::test]
+async fn parallel_guesses_are_counted_one_by_one() {
+    let app = start().await;
+    register(&app, "target@example.com").await;
+    let guesses = (0..20).map(|n| {
+        post(
+            &app,
+            "/api/auth/login",
+            json!({"email": "target@example.com", "password": format!("guess-{n}")}),
+        )
+    });
+    let statuses: Vec<u16> = futures::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((checked, refused), (5, 15), "{statuses:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn failed_sign_ins_per_address_and_the_request_limit() {
     let app = spawn_app_with(
         |c| {

@@ -26,6 +26,10 @@ struct Tier {
 
 /// How long a sign-in attempt holds its account's slot at most (a crashed attempt frees it).
 const ATTEMPT_LEASE: Duration = Duration::from_secs(30);
+/// How long an attempt waits for another attempt on the same account to finish, and how
+/// often it looks.
+const BUSY_WAIT: Duration = Duration::from_secs(3);
+const BUSY_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct SignInGuard {
@@ -77,23 +81,36 @@ impl SignInGuard {
             address: format!("signin:addr:{address}"),
             permit: None,
         };
-        let mut wait = self.wait(&attempt.address, self.address_tier).await;
-        for (n, tier) in self.account_tiers.iter().enumerate() {
-            wait = wait.max(self.wait(&format!("{}:{n}", attempt.account), *tier).await);
-        }
+        let wait = self.wait_for(&attempt).await;
         if !wait.is_zero() {
             return Err(wait);
         }
         let slot = [PermitSpec::new(format!("{}:busy", attempt.account), 1)];
-        match self.limiter.permits_acquire(&slot, ATTEMPT_LEASE).await {
-            Ok(Some(permit)) => Ok(Attempt {
-                permit: Some(permit),
-                ..attempt
-            }),
-            Ok(None) => Err(Duration::from_secs(1)),
-            Err(e) => {
-                tracing::warn!(error = %e, "limiter unavailable; sign-in attempt not serialised");
-                Ok(attempt)
+        // Another attempt on this account is being checked: wait for it (a password check
+        // takes milliseconds), then look again, since it may have failed.
+        let give_up = tokio::time::Instant::now() + BUSY_WAIT;
+        loop {
+            match self.limiter.permits_acquire(&slot, ATTEMPT_LEASE).await {
+                Ok(Some(permit)) => {
+                    let attempt = Attempt {
+                        permit: Some(permit),
+                        ..attempt
+                    };
+                    let wait = self.wait_for(&attempt).await;
+                    if wait.is_zero() {
+                        return Ok(attempt);
+                    }
+                    self.finish(attempt, false).await;
+                    return Err(wait);
+                }
+                Ok(None) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(BUSY_POLL).await;
+                }
+                Ok(None) => return Err(Duration::from_secs(1)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "limiter unavailable; sign-in attempt not serialised");
+                    return Ok(attempt);
+                }
             }
         }
     }
@@ -112,6 +129,15 @@ impl SignInGuard {
                 tracing::warn!(error = %e, "sign-in slot not released; it ends with its lease");
             }
         }
+    }
+
+    /// How long until one more failure of this attempt's account and address fits.
+    async fn wait_for(&self, attempt: &Attempt) -> Duration {
+        let mut wait = self.wait(&attempt.address, self.address_tier).await;
+        for (n, tier) in self.account_tiers.iter().enumerate() {
+            wait = wait.max(self.wait(&format!("{}:{n}", attempt.account), *tier).await);
+        }
+        wait
     }
 
     /// How long until one more failure fits in `tier` (zero: now).
