@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use easel::base::clock::{now_millis, ManualWallClock};
+use easel::base::clock::{now_millis, ManualWallClock, WallClock};
 use easel::base::secret::Secret;
 use easel::base::user::{
     AuthSession, NewEndUser, NewRefreshToken, ProfileUpdate, RefreshOutcome, Role, UserStatus,
@@ -259,9 +259,14 @@ async fn profile_login_and_status_changes(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(same.username.as_deref(), Some("bob"));
-    let now = now_millis();
+    // Stamps come from the store's clock.
+    b.clock.advance(std::time::Duration::from_secs(3600));
+    let now = b.clock.now_millis();
     let touched = s.user_touch_login(&t.id, &u.id, now).await.unwrap();
     assert_eq!(touched.last_login_at, Some(now));
+    assert_eq!(touched.updated_at, now);
+    assert_eq!(touched.created_at, u.created_at);
+    assert!(u.created_at <= now - 3_600_000);
     let off = s
         .user_set_status(&t.id, &u.id, UserStatus::Inactive)
         .await

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::{FromRow, PgConnection};
 
 use super::PgStore;
-use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::Millis;
 use crate::base::secret::Secret;
 use crate::base::user::{
     AuthSession, EndUser, NewEndUser, NewRefreshToken, ProfileUpdate, RefreshOutcome, Role,
@@ -156,6 +156,7 @@ async fn session_get(
 
 async fn insert_refresh(
     conn: &mut PgConnection,
+    now: Millis,
     session_id: &str,
     token: &NewRefreshToken,
 ) -> StoreResult<()> {
@@ -165,7 +166,7 @@ async fn insert_refresh(
     )
     .bind(&token.token_hash[..])
     .bind(session_id)
-    .bind(now_millis())
+    .bind(now)
     .bind(token.expires_at)
     .execute(conn)
     .await?;
@@ -211,7 +212,7 @@ async fn refresh_rotate(
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    insert_refresh(conn, &session_id, next).await?;
+    insert_refresh(conn, now, &session_id, next).await?;
     Ok(RefreshOutcome::Rotated {
         session,
         user: Box::new(user),
@@ -232,7 +233,7 @@ impl PgStore {
     where
         V: 'static + Send + for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
     {
-        let now = now_millis();
+        let now = self.now();
         let mut tx = self.pool().begin().await?;
         let sql = format!("UPDATE end_users SET {column} = $3, updated_at = $4 {ONE_LIVE_USER}");
         let result = sqlx::query(&sql)
@@ -273,7 +274,7 @@ impl UserStore for PgStore {
         .bind(&user.nickname)
         .bind(&user.avatar)
         .bind(user.role.as_str())
-        .bind(now_millis())
+        .bind(self.now())
         .execute(&mut *tx)
         .await?;
         changed(inserted)?;
@@ -351,7 +352,7 @@ impl UserStore for PgStore {
             .bind(&update.username)
             .bind(&update.avatar)
             .bind(&update.nickname)
-            .bind(now_millis())
+            .bind(self.now())
             .execute(&mut *conn)
             .await?;
         changed(result)?;
@@ -405,7 +406,7 @@ impl UserStore for PgStore {
     }
 
     async fn user_delete(&self, tenant_id: &str, user_id: &str) -> StoreResult<()> {
-        self.set_column(tenant_id, user_id, "deleted_at", now_millis(), true)
+        self.set_column(tenant_id, user_id, "deleted_at", self.now(), true)
             .await
             .map(drop)
     }
@@ -428,7 +429,7 @@ impl UserStore for PgStore {
         .execute(&mut *tx)
         .await?;
         changed(result)?;
-        insert_refresh(&mut tx, &session.id, &refresh).await?;
+        insert_refresh(&mut tx, session.created_at, &session.id, &refresh).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -482,7 +483,7 @@ impl UserStore for PgStore {
         )
         .bind(&hosts)
         .bind(tenant_id)
-        .bind(now_millis())
+        .bind(self.now())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -519,7 +520,7 @@ impl UserStore for PgStore {
         .bind(&settings.app_id)
         .bind(&settings.secret_sealed)
         .bind(&settings.base_url)
-        .bind(now_millis())
+        .bind(self.now())
         .execute(self.pool())
         .await?;
         Ok(())

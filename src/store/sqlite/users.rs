@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
-use crate::base::clock::{now_millis, Millis};
+use crate::base::clock::Millis;
 use crate::base::secret::Secret;
 use crate::base::user::{
     AuthSession, EndUser, NewEndUser, NewRefreshToken, ProfileUpdate, RefreshOutcome, Role,
@@ -42,8 +42,7 @@ fn get(conn: &Connection, tenant_id: &str, user_id: &str) -> StoreResult<EndUser
     find_by(conn, tenant_id, "id", user_id, "")?.ok_or(StoreError::NotFound)
 }
 
-fn create(conn: &Connection, user: &NewEndUser) -> StoreResult<EndUser> {
-    let now = now_millis();
+fn create(conn: &Connection, now: Millis, user: &NewEndUser) -> StoreResult<EndUser> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO end_users (id, tenant_id, email, username, password_hash,
@@ -155,7 +154,12 @@ fn user_from_row_at(row: &Row<'_>, offset: usize) -> rusqlite::Result<EndUser> {
     })
 }
 
-fn insert_refresh(conn: &Connection, session_id: &str, token: &NewRefreshToken) -> StoreResult<()> {
+fn insert_refresh(
+    conn: &Connection,
+    now: Millis,
+    session_id: &str,
+    token: &NewRefreshToken,
+) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4)",
@@ -163,7 +167,7 @@ fn insert_refresh(conn: &Connection, session_id: &str, token: &NewRefreshToken) 
     .execute(params![
         &token.token_hash[..],
         session_id,
-        now_millis(),
+        now,
         token.expires_at
     ])?;
     Ok(())
@@ -199,14 +203,14 @@ fn refresh_rotate(
     };
     conn.prepare_cached("UPDATE refresh_tokens SET used_at = ?2 WHERE token_hash = ?1")?
         .execute(params![&presented[..], now])?;
-    insert_refresh(conn, &session_id, next)?;
+    insert_refresh(conn, now, &session_id, next)?;
     Ok(RefreshOutcome::Rotated {
         session,
         user: Box::new(user),
     })
 }
 
-fn hosts_set(conn: &Connection, tenant_id: &str, hosts: &[String]) -> StoreResult<()> {
+fn hosts_set(conn: &Connection, now: Millis, tenant_id: &str, hosts: &[String]) -> StoreResult<()> {
     let exists: Option<i64> = conn
         .prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
         .query_row([tenant_id], |r| r.get(0))
@@ -216,7 +220,6 @@ fn hosts_set(conn: &Connection, tenant_id: &str, hosts: &[String]) -> StoreResul
     }
     conn.prepare_cached("DELETE FROM tenant_hosts WHERE tenant_id = ?1")?
         .execute([tenant_id])?;
-    let now = now_millis();
     for host in hosts {
         conn.prepare_cached(
             "INSERT INTO tenant_hosts (host, tenant_id, created_at) VALUES (?1, ?2, ?3)",
@@ -255,8 +258,7 @@ impl SqliteStore {
         revoke: bool,
     ) -> StoreResult<Option<EndUser>> {
         let (t, u) = (tenant_id.to_owned(), user_id.to_owned());
-        self.write(move |c| {
-            let now = now_millis();
+        self.write_at(move |c, now| {
             let set = format!("{column} = ?3, updated_at = ?4");
             update_user(c, &t, &u, &set, &[&value, &now])?;
             if revoke {
@@ -271,7 +273,7 @@ impl SqliteStore {
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn user_create(&self, user: NewEndUser) -> StoreResult<EndUser> {
-        self.write(move |c| create(c, &user)).await
+        self.write_at(move |c, now| create(c, now, &user)).await
     }
 
     async fn user_get(&self, tenant_id: &str, user_id: &str) -> StoreResult<Option<EndUser>> {
@@ -334,19 +336,14 @@ impl UserStore for SqliteStore {
         update: ProfileUpdate,
     ) -> StoreResult<EndUser> {
         let (t, u) = (tenant_id.to_owned(), user_id.to_owned());
-        self.write(move |c| {
+        self.write_at(move |c, now| {
             update_user(
                 c,
                 &t,
                 &u,
                 "username = COALESCE(?3, username), avatar = COALESCE(?4, avatar),
                  nickname = COALESCE(?5, nickname), updated_at = ?6",
-                &[
-                    &update.username,
-                    &update.avatar,
-                    &update.nickname,
-                    &now_millis(),
-                ],
+                &[&update.username, &update.avatar, &update.nickname, &now],
             )?;
             get(c, &t, &u)
         })
@@ -400,9 +397,12 @@ impl UserStore for SqliteStore {
     }
 
     async fn user_delete(&self, tenant_id: &str, user_id: &str) -> StoreResult<()> {
-        self.set_column(tenant_id, user_id, "deleted_at", now_millis(), true)
-            .await
-            .map(drop)
+        let (t, u) = (tenant_id.to_owned(), user_id.to_owned());
+        self.write_at(move |c, now| {
+            update_user(c, &t, &u, "deleted_at = ?3, updated_at = ?3", &[&now])?;
+            revoke_sessions(c, &u, now)
+        })
+        .await
     }
 
     async fn session_create(
@@ -426,7 +426,7 @@ impl UserStore for SqliteStore {
             if inserted == 0 {
                 return Err(StoreError::NotFound);
             }
-            insert_refresh(c, &session.id, &refresh)
+            insert_refresh(c, session.created_at, &session.id, &refresh)
         })
         .await
     }
@@ -461,7 +461,8 @@ impl UserStore for SqliteStore {
 
     async fn tenant_hosts_set(&self, tenant_id: &str, hosts: Vec<String>) -> StoreResult<()> {
         let t = tenant_id.to_owned();
-        self.write(move |c| hosts_set(c, &t, &hosts)).await
+        self.write_at(move |c, now| hosts_set(c, now, &t, &hosts))
+            .await
     }
 
     async fn tenant_hosts(&self, tenant_id: &str) -> StoreResult<Vec<String>> {
@@ -489,7 +490,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn wechat_settings_set(&self, settings: WechatSettings) -> StoreResult<()> {
-        self.write(move |c| {
+        self.write_at(move |c, now| {
             c.prepare_cached(
                 "INSERT INTO tenant_wechat (tenant_id, app_id, secret_sealed, base_url, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -502,7 +503,7 @@ impl UserStore for SqliteStore {
                 settings.app_id,
                 settings.secret_sealed,
                 settings.base_url,
-                now_millis()
+                now
             ])?;
             Ok(())
         })
