@@ -800,32 +800,13 @@ async fn admin_login() {
     let token = body["data"]["token"].as_str().unwrap();
     let (_, me) = get_me(&app, token).await;
     assert_eq!(me["user"]["role"], "admin");
-    let (status, body) = post(
-        &app,
-        "/api/auth/admin/login",
-        json!({"username": "boss", "password": "wrong-password"}),
-    )
-    .await;
-    assert_eq!(
-        (status, body),
-        (
-            401,
-            json!({"success": false, "message": "用户名或密码错误"})
-        )
-    );
-    let (status, body) = post(
-        &app,
-        "/api/auth/admin/login",
-        json!({"username": "nobody", "password": "wrong-password"}),
-    )
-    .await;
-    assert_eq!(
-        (status, body),
-        (
-            401,
-            json!({"success": false, "message": "用户名或密码错误"})
-        )
-    );
+    // A wrong password and an unknown admin: the same answer.
+    for username in ["boss", "nobody"] {
+        let body = json!({"username": username, "password": "wrong-password"});
+        let answer = post(&app, "/api/auth/admin/login", body).await;
+        let refused = json!({"success": false, "message": "用户名或密码错误"});
+        assert_eq!(answer, (401, refused), "{username}");
+    }
     let (status, body) = post(
         &app,
         "/api/auth/admin/login",
@@ -1049,4 +1030,65 @@ async fn no_secret_reaches_a_log_line_or_an_error() {
         assert!(!logged.contains(secret), "a log line holds {secret:?}");
         assert!(!answers.contains(secret), "an answer holds {secret:?}");
     }
+}
+
+/// A login failure from `forwarded` (as `X-Forwarded-For`); its status.
+async fn fail_from(app: &TestApp, forwarded: &str) -> u16 {
+    let body = json!({"email": "x@example.com", "password": "guess-guess"});
+    let response = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .header("x-forwarded-for", forwarded)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn the_client_address_is_forwarded_only_by_trusted_proxies() {
+    let tweak = |trusted: bool| {
+        move |c: &mut Config| {
+            cheap(c);
+            c.users.address_failures = 2;
+            c.users.account_failures = 100;
+            if trusted {
+                c.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+            }
+        }
+    };
+    // Behind a trusted proxy each forwarded client has its own budget.
+    let app = spawn_app_with(tweak(true), Roles::ALL).await;
+    assert_eq!(fail_from(&app, "203.0.113.7").await, 401);
+    assert_eq!(fail_from(&app, "198.51.100.1, 203.0.113.7").await, 401);
+    assert_eq!(fail_from(&app, "203.0.113.7").await, 429);
+    assert_eq!(fail_from(&app, "203.0.113.8").await, 401);
+    app.shutdown().await;
+    // From an untrusted peer the header is ignored: one budget for the peer.
+    let app = spawn_app_with(tweak(false), Roles::ALL).await;
+    assert_eq!(fail_from(&app, "203.0.113.7").await, 401);
+    assert_eq!(fail_from(&app, "203.0.113.8").await, 401);
+    assert_eq!(fail_from(&app, "203.0.113.9").await, 429);
+    app.shutdown().await;
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+fn the_editor_origin_s_rate_limit_variables_set_the_request_limit() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("RATE_LIMIT_WINDOW_MS", "60000");
+        jail.set_env("RATE_LIMIT_MAX_REQUESTS", "250");
+        jail.set_env("EASEL_USERS__ACCESS_TOKEN_TTL", "15m");
+        let c = Config::load(None, &easel::config::FlagOverrides::default()).expect("load");
+        assert_eq!(
+            (c.users.request_window_ms, c.users.requests_per_window),
+            (60_000, 250)
+        );
+        assert_eq!(c.users.access_ttl(), std::time::Duration::from_secs(900));
+        jail.set_env("EASEL_USERS__ACCESS_TOKEN_TTL", "soon");
+        let err = Config::load(None, &easel::config::FlagOverrides::default()).expect_err("bad");
+        assert!(err.to_string().contains("users.access_token_ttl"), "{err}");
+        Ok(())
+    });
 }

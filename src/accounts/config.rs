@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::base::secret::Secret;
+use crate::base::settings::{at_least_one, Invalid};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -66,7 +67,7 @@ impl Default for UsersConfig {
     }
 }
 
-fn duration(key: &'static str, text: &str) -> Result<Duration, (&'static str, String)> {
+fn duration(key: &'static str, text: &str) -> Result<Duration, Invalid> {
     match humantime::parse_duration(text.trim()) {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err((key, "must be longer than zero".into())),
@@ -94,7 +95,7 @@ impl UsersConfig {
     }
 
     /// The first bad value, as (key, problem).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         duration("users.access_token_ttl", &self.access_token_ttl)?;
         duration("users.refresh_token_ttl", &self.refresh_token_ttl)?;
         duration("users.address_failure_window", &self.address_failure_window)?;
@@ -105,16 +106,11 @@ impl UsersConfig {
             None,
         )
         .map_err(|e| ("users.argon2_memory_kib", format!("argon2 parameters: {e}")))?;
-        let positive = [
-            ("users.account_failures", self.account_failures),
-            ("users.address_failures", self.address_failures),
-            ("users.requests_per_window", self.requests_per_window),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err((key, "must be at least 1".into()));
-            }
-        }
+        at_least_one([
+            ("users.account_failures", self.account_failures.into()),
+            ("users.address_failures", self.address_failures.into()),
+            ("users.requests_per_window", self.requests_per_window.into()),
+        ])?;
         if self.request_window_ms < 1000 {
             return Err(("users.request_window_ms", "must be at least 1000".into()));
         }
@@ -149,7 +145,7 @@ impl Default for WechatConfig {
 }
 
 impl WechatConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         super::wechat::check_base_url(&self.base_url).map_err(|e| ("wechat.base_url", e))
     }
 }
