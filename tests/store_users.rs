@@ -64,6 +64,7 @@ async fn tenant(store: &dyn Store, name: &str) -> Tenant {
                 name: name.to_owned(),
                 rpm_limit: 60,
                 concurrency_limit: 5,
+                burst: None,
             },
             NewApiKey {
                 id: format!("key_{}", ulid()),

@@ -5,8 +5,8 @@
 //! their traits and report errors as [`crate::error::ApiError`].
 
 mod admin;
-pub mod cors;
 pub mod consumer;
+pub mod cors;
 mod events;
 mod events_ws;
 mod extract;
