@@ -15,6 +15,8 @@ use tokio::sync::Notify;
 
 use crate::accounts::auth::Authenticator;
 use crate::accounts::keys;
+use crate::accounts::tenancy::TenantResolver;
+use crate::accounts::users::{Accounts, AccountsDeps};
 use crate::base::clock::now_millis;
 use crate::base::redact::redact_url;
 use crate::base::secret::{read_or_create_secret_file, Sealer};
@@ -58,6 +60,10 @@ pub struct App {
     /// Live nodes as last counted from the heartbeats ([`crate::server`] keeps it current);
     /// the fallback limiter divides every limit by it while Redis is unreachable.
     pub live_nodes: Arc<LiveNodes>,
+    /// End users: sign-in, sessions, tokens.
+    pub accounts: Accounts,
+    /// The tenant of a consumer request before sign-in (host name, else the default).
+    pub tenancy: TenantResolver,
 }
 
 /// Opens the store named by the database URL (`sqlite://` or `postgres://`), bringing its
@@ -161,6 +167,32 @@ fn open_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
     }
 }
 
+/// The end-user service, with its token secret from `users.jwt_secret` or `<data_dir>/jwt.key`.
+pub fn open_accounts(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    sealer: &Sealer,
+    limiter: &Arc<dyn Limiter>,
+) -> anyhow::Result<Accounts> {
+    let jwt_secret = match &config.users.jwt_secret {
+        Some(secret) => secret.expose().to_owned(),
+        None => read_or_create_secret_file(
+            &config.data_dir.join("jwt.key"),
+            crate::accounts::tokens::generate_secret,
+        )
+        .context("reading jwt.key")?,
+    };
+    Accounts::new(AccountsDeps {
+        store: store.clone(),
+        sealer: sealer.clone(),
+        limiter: limiter.clone(),
+        jwt_secret: jwt_secret.into_bytes(),
+        users: config.users.clone(),
+        wechat: config.wechat.clone(),
+    })
+    .map_err(|e| anyhow::anyhow!("users: {e}"))
+}
+
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         std::fs::create_dir_all(&config.data_dir)
@@ -216,7 +248,11 @@ impl App {
             .map_err(anyhow::Error::msg)?;
         let inputs =
             Arc::new(InputFetcher::new(config.inputs.clone()).map_err(anyhow::Error::msg)?);
+        let accounts = open_accounts(&config, &store, &sealer, &limiter)?;
+        let tenancy = TenantResolver::new(store.clone(), config.users.default_tenant.clone());
         Ok(App {
+            accounts,
+            tenancy,
             auth: Authenticator::new(store.clone()),
             config: Arc::new(config),
             store,

@@ -5,9 +5,9 @@
 //! the origin's environment names), the `[server]`, `[database]` and `[redis]` sections, and
 //! the checks no section can make alone. Every other section lives with the module that owns
 //! it, with its defaults and its checks (`[worker]` in `jobs::worker`, `[limits]` in `limits`,
-//! `[storage]` in `storage::config`, `[providers]` in `providers`, `[auth]` in `accounts`,
-//! `[inputs]` in `jobs::input_image`, `[webhooks]` in `webhooks`); those modules never import
-//! this one. A bad value fails at start and names its key. Secrets are [`Secret`]s, whose
+//! `[storage]` in `storage::config`, `[providers]` in `providers`, `[auth]`, `[users]` and
+//! `[wechat]` in `accounts`, `[inputs]` in `jobs::input_image`, `[webhooks]` in `webhooks`);
+//! those modules never import this one. A bad value fails at start and names its key. Secrets are [`Secret`]s, whose
 //! `Debug` never prints them.
 
 pub mod openai_api;
@@ -20,6 +20,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::config::{UsersConfig, WechatConfig};
 use crate::accounts::AuthConfig;
 use crate::base::redact::redact_url;
 use crate::base::secret::Secret;
@@ -51,6 +52,10 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// The OpenAI-compatible images API (model routing, wait bound).
     pub openai_api: openai_api::OpenAiApiConfig,
+    /// End users: tokens, password hashing, sign-in limits.
+    pub users: UsersConfig,
+    /// The default tenant's WeChat mini-program (sign-in).
+    pub wechat: WechatConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +98,25 @@ pub struct ServerConfig {
     /// `CORS_ORIGIN` (the editor origin's).
     #[serde(deserialize_with = "origins::one_or_many")]
     pub cors_origins: Vec<String>,
+    /// Reverse proxies (addresses or networks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For`
+    /// names the client; from any other peer the TCP address is the client.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::trusted_proxies`] parsed; an error names the bad entry.
+    pub fn proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{entry:?} is not an address or network"))
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -145,6 +169,8 @@ impl Default for Config {
             inputs: Default::default(),
             webhooks: Default::default(),
             openai_api: Default::default(),
+            users: Default::default(),
+            wechat: Default::default(),
         }
     }
 }
@@ -160,6 +186,7 @@ impl Default for ServerConfig {
             idempotency_ttl_hours: 24,
             ops_port: None,
             cors_origins: vec!["*".into()],
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -178,6 +205,8 @@ const ORIGIN_ENV: &[(&str, &str)] = &[
     ("R2_SECRET_ACCESS_KEY", "storage.s3.secret_access_key"),
     ("R2_BUCKET_NAME", "storage.s3.bucket"),
     ("R2_PUBLIC_BASE_URL", "storage.public_base_url"),
+    ("RATE_LIMIT_WINDOW_MS", "users.request_window_ms"),
+    ("RATE_LIMIT_MAX_REQUESTS", "users.requests_per_window"),
     // R2_ACCOUNT_ID sets storage.s3.endpoint (see `origin_derived`).
 ];
 
@@ -193,6 +222,9 @@ const STRING_KEYS: &[&str] = &[
     "auth.test_api_key",
     "auth.admin_token",
     "auth.metrics_token",
+    "users.jwt_secret",
+    "wechat.app_id",
+    "wechat.app_secret",
 ];
 
 /// The `EASEL_*` variables of [`STRING_KEYS`], as strings; merged over `Env::prefixed`.
@@ -301,6 +333,14 @@ impl Config {
             .and_then(|()| self.inputs.validate())
             .and_then(|()| self.webhooks.validate())
             .and_then(|()| self.openai_api.validate())
+            .and_then(|()| self.users.validate())
+            .and_then(|()| self.wechat.validate())
+            .and_then(|()| {
+                self.server
+                    .proxies()
+                    .map(drop)
+                    .map_err(|problem| ("server.trusted_proxies", problem))
+            })
             .map_err(|(key, problem)| ConfigError::Invalid { key, problem })
     }
 

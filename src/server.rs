@@ -131,13 +131,16 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
         let shutdown = stop.clone();
         let events = app.events.clone();
         tasks.spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    shutdown.cancelled().await;
-                    // Live event streams never end by themselves; this closes them.
-                    events.close();
-                })
-                .await;
+            let served = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                // Live event streams never end by themselves; this closes them.
+                events.close();
+            })
+            .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");
             }

@@ -615,6 +615,109 @@ fn postgres_connection_errors_never_print_the_password() {
 
 // ---- serve ----
 
+/// Runs `easel` with `input` on its stdin (not a terminal: the first line is the secret).
+fn run_with_stdin(cli: &Cli, args: &[&str], input: &str) -> Ran {
+    use std::io::Write;
+    let mut child = base_command(cli.path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run easel");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait").into()
+}
+
+#[test]
+fn create_admin_users_and_tenant_settings_keep_secrets_out_of_arguments_and_storage() {
+    let cli = Cli::new();
+    cli.run(&["create-tenant", "shop"]).ok();
+    let made = run_with_stdin(
+        &cli,
+        &["create-admin", "default", "boss"],
+        "Sup3r-secret-pw\n",
+    );
+    made.ok();
+    assert!(made.stdout.contains("admin created"), "{made:?}");
+    run_with_stdin(
+        &cli,
+        &["create-admin", "default", "boss"],
+        "An0ther-secret\n",
+    )
+    .fails(1, "already has an admin named boss");
+    run_with_stdin(
+        &cli,
+        &["create-admin", "default", "bo"],
+        "Sup3r-secret-pw\n",
+    )
+    .fails(1, "USERNAME must be 3 to 50 characters");
+    run_with_stdin(&cli, &["create-admin", "default", "short"], "12345\n")
+        .fails(1, "at least 6 characters");
+    run_with_stdin(
+        &cli,
+        &["create-admin", "nosuchtenant", "boss2"],
+        "Sup3r-secret-pw\n",
+    )
+    .fails(1, "no tenant nosuchtenant");
+
+    let listed = cli.run(&["users", "list", "shop"]);
+    listed.ok();
+    assert!(listed.stdout.contains("username=boss"), "{listed:?}");
+    assert!(
+        listed.stdout.contains("admin") && listed.stdout.contains("active"),
+        "{listed:?}"
+    );
+    assert!(!listed.stdout.contains("argon2"), "{listed:?}");
+    let off = cli.run(&["users", "deactivate", "default", "boss"]);
+    assert!(off.ok().stdout.contains("inactive"), "{off:?}");
+    let role = cli.run(&["users", "set-role", "default", "boss", "user"]);
+    assert!(role.ok().stdout.contains("role user"), "{role:?}");
+    cli.run(&["users", "set-role", "default", "boss", "owner"])
+        .fails(1, "ROLE must be `user` or `admin`");
+    cli.run(&["users", "deactivate", "default", "nobody@example.com"])
+        .fails(1, "no user nobody@example.com");
+
+    let hosts = cli.run(&[
+        "tenants",
+        "hosts",
+        "default",
+        "Photo.Example.com",
+        "b.example",
+    ]);
+    assert!(
+        hosts.ok().stdout.contains("b.example photo.example.com"),
+        "{hosts:?}"
+    );
+    cli.run(&["tenants", "hosts", "default", "bad host"])
+        .fails(1, "is not a host name");
+    let cleared = cli.run(&["tenants", "hosts", "default", "--clear"]);
+    assert!(cleared.ok().stdout.trim_end().ends_with(':'), "{cleared:?}");
+    let wechat = run_with_stdin(
+        &cli,
+        &["tenants", "wechat", "default", "wx123"],
+        "wx-app-secret-value\n",
+    );
+    assert!(wechat.ok().stdout.contains("app wx123"), "{wechat:?}");
+    run_with_stdin(
+        &cli,
+        &[
+            "tenants",
+            "wechat",
+            "default",
+            "wx123",
+            "--base-url",
+            "ftp://x",
+        ],
+        "s\n",
+    )
+    .fails(1, "is not an http(s) URL");
+    cli.assert_not_stored("Sup3r-secret-pw");
+    cli.assert_not_stored("wx-app-secret-value");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -103,7 +103,11 @@ fn every_import_points_down_the_floors() {
             }
         }
     }
-    assert!(problems.is_empty(), "imports against the floors:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "imports against the floors:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ use easel::base::webhook::{
     AttemptOutcome, AttemptReport, Delivery, DeliveryClaim, DeliveryListQuery, DeliverySource,
     DeliveryState, ReplayOutcome, SealedSecret, WebhookEvents, WebhookSet,
 };
-use easel::store::postgres::{PgSettings, PgStore};
+use easel::store::postgres::PgStore;
 use easel::store::sqlite::SqliteStore;
 use easel::store::{
     CancelOutcome, IdempotencyHit, Maintenance, NewApiKey, NewProviderKey, NewTenant, OpenJobs,
@@ -91,59 +91,9 @@ impl Bundle {
     }
 }
 
-/// Small pools: tests run in parallel, one pool (plus a listener) each, on one server.
-fn pg_settings() -> PgSettings {
-    PgSettings {
-        max_connections: 5,
-        ..PgSettings::default()
-    }
-}
-
-fn pg_url() -> Option<String> {
-    std::env::var("EASEL_TEST_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-}
-
-const PG_SCHEMA_PREFIX: &str = "easel_test_";
-
-/// A new schema name for one test. The first call in a process also drops the schemas that
-/// earlier runs left behind (named by a ULID, so their age is known): those over an hour old.
-async fn pg_schema() -> Option<(String, String)> {
-    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    let url = pg_url()?;
-    SWEPT
-        .get_or_init(|| async {
-            if let Err(e) = drop_stale_schemas(&url).await {
-                eprintln!("could not drop old test schemas: {e}");
-            }
-        })
-        .await;
-    Some((url, format!("{PG_SCHEMA_PREFIX}{}", ulid())))
-}
-
-async fn drop_stale_schemas(url: &str) -> Result<(), sqlx::Error> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)")
-            .bind(PG_SCHEMA_PREFIX)
-            .fetch_all(&mut conn)
-            .await?;
-    let hour_ago = now_millis() - HOUR;
-    for name in names {
-        let stale = name
-            .strip_prefix(PG_SCHEMA_PREFIX)
-            .and_then(|id| ulid::Ulid::from_string(&id.to_uppercase()).ok())
-            .is_some_and(|id| (id.timestamp_ms() as Millis) < hour_ago);
-        if stale {
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                .execute(&mut conn)
-                .await?;
-        }
-    }
-    conn.close().await
-}
+#[path = "common/stores.rs"]
+mod stores;
+use stores::{pg_schema, pg_settings};
 
 // ---- factories for test data ----
 

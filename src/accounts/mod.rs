@@ -1,12 +1,20 @@
-//! Accounts: tenants' API keys (made, hashed, checked), the auth cache, and the sealing of
-//! upstream provider keys at rest.
+//! Accounts: tenants' API keys (made, hashed, checked), the auth cache, and end users (sign-up,
+//! sign-in by password or WeChat, sessions, tokens, brute-force limits, the tenant a consumer
+//! request belongs to).
 //!
-//! Owns: key formats, hashing, constant-time checks and encryption. Must not touch: HTTP
-//! (the API layer calls [`auth::Authenticator`]) or job state. The `[auth]` configuration
-//! section ([`AuthConfig`]) lives here.
+//! Owns: key and token formats, hashing, constant-time checks. Must not touch: HTTP (the API
+//! layer calls [`auth::Authenticator`] and [`users::Accounts`]) or job state. The `[auth]`,
+//! `[users]` and `[wechat]` configuration sections live here ([`AuthConfig`], [`config`]).
 
 pub mod auth;
+pub mod config;
+pub mod guard;
 pub mod keys;
+pub mod passwords;
+pub mod tenancy;
+pub mod tokens;
+pub mod users;
+pub mod wechat;
 
 use crate::base::secret::Secret;
 

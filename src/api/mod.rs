@@ -5,6 +5,7 @@
 //! their traits and report errors as [`crate::error::ApiError`].
 
 mod admin;
+pub mod consumer;
 pub mod cors;
 mod events;
 mod events_ws;
@@ -15,6 +16,7 @@ pub mod openai;
 pub(crate) mod paging;
 pub mod ratelimit;
 pub mod submit_request;
+mod tenant_apps;
 mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
@@ -73,11 +75,20 @@ pub fn router(app: App) -> Router {
             "/admin/v1/tenants/{tenant_id}/webhook",
             axum::routing::put(admin::put_webhook),
         )
+        .route(
+            "/admin/v1/tenants/{tenant_id}/hosts",
+            get(tenant_apps::get_hosts).put(tenant_apps::put_hosts),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant_id}/wechat",
+            axum::routing::put(tenant_apps::put_wechat),
+        )
         .route("/admin/v1/provider-keys", get(admin::list_keys))
         .route(
             "/admin/v1/provider-keys/{key_id}/{action}",
             axum::routing::post(admin::key_action),
         )
+        .merge(consumer::router(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(count_request))

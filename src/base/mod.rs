@@ -1,7 +1,7 @@
 //! The ground floor: types and helpers every other module shares.
 //!
-//! Owns: time ([`clock`]), the job and webhook models ([`job`], [`webhook`]), the catalogue of
-//! job error codes ([`job_errors`]), secrets and their sealing ([`secret`]), the network guard
+//! Owns: time ([`clock`]), the job, webhook and end-user models ([`job`], [`webhook`],
+//! [`user`]), the catalogue of job error codes ([`job_errors`]), secrets and their sealing ([`secret`]), the network guard
 //! for addresses a client supplied ([`netguard`]) and the redaction of URLs for logs
 //! ([`redact`]), what configuration sections share ([`settings`]). Must not touch: anything
 //! else in the crate.
@@ -15,4 +15,5 @@ pub mod netguard;
 pub mod redact;
 pub mod secret;
 pub mod settings;
+pub mod user;
 pub mod webhook;

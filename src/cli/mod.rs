@@ -6,6 +6,7 @@
 mod admin;
 mod serve;
 mod test_api;
+mod users;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -120,6 +121,19 @@ pub enum Command {
     AddProviderKey(#[command(flatten)] ProviderKeySpec),
     /// Re-test an upstream key with a free upstream call; enable it if it works.
     TestProviderKey { key_id: String },
+    /// Make an end user with role `admin` (signs in at POST /api/auth/admin/login). The
+    /// password comes from a prompt, or the first line of stdin; never an argument.
+    CreateAdmin {
+        /// Tenant id or name; `default` is the default tenant.
+        tenant: String,
+        username: String,
+    },
+    /// A tenant's end users.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// What a tenant configures for its consumer apps (host names, WeChat).
+    #[command(subcommand)]
+    Tenants(users::TenantsCommand),
     /// Submit a job to a running server and follow it to the end.
     TestApi {
         /// Server URL (default: http://127.0.0.1:<port>).
@@ -236,6 +250,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::AddProviderKey(spec) => admin::add_provider_key(config, spec).await,
         Command::TestProviderKey { key_id } => admin::test_provider_key(&config, &key_id).await,
+        Command::CreateAdmin { tenant, username } => {
+            users::create_admin(&config, &tenant, &username).await
+        }
+        Command::Users(command) => users::users(&config, command).await,
+        Command::Tenants(command) => users::tenants(&config, command).await,
         Command::TestApi {
             url,
             api_key,

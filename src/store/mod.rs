@@ -1,5 +1,6 @@
 //! Durable state behind one [`Store`] trait: tenants, API keys, provider keys, jobs (the
-//! queue), job events, idempotency records, the webhook outbox and node heartbeats.
+//! queue), job events, idempotency records, the webhook outbox, node heartbeats and (in
+//! [`users`]) end users, their sessions and refresh tokens.
 //!
 //! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
 //! method here, so no backend can split it: `job_submit` writes the idempotency record, the
@@ -12,6 +13,9 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod users;
+
+pub use users::UserStore;
 
 use std::time::Duration;
 
@@ -173,7 +177,7 @@ pub struct Maintenance {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: UserStore + Send + Sync + 'static {
     /// Creates a tenant together with its first API key.
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant>;
     async fn tenant_list(&self) -> StoreResult<Vec<Tenant>>;

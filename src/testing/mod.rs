@@ -9,3 +9,4 @@
 
 pub mod fake_gemini;
 pub mod fake_openai;
+pub mod fake_wechat;

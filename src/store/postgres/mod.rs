@@ -3,9 +3,9 @@
 //! Owns: the connection pool, the `migrations/postgres` schema (brought up to date at open,
 //! which is all `easel migrate` does), the SQL of every [`Store`] method (jobs in `jobs.rs`,
 //! the fair claim in `claim.rs`, event reads in `events.rs`, tenants and keys in
-//! `tenants.rs`, the webhook outbox in `webhooks.rs`, node heartbeats in `nodes.rs`; each
-//! method one transaction, most of them one statement) and the `LISTEN easel_jobs` listener
-//! behind [`Store::wait_for_work`].
+//! `tenants.rs`, the webhook outbox in `webhooks.rs`, node heartbeats in `nodes.rs`, end users
+//! and sessions in `users.rs`; each method one transaction, most of them one statement) and
+//! the `LISTEN easel_jobs` listener behind [`Store::wait_for_work`].
 //! Must not touch: HTTP, providers, object storage, limits or the worker loop. Never puts the
 //! database password in an error or a log line: URLs are shown through [`redact_url`].
 //!
@@ -34,6 +34,7 @@ mod events;
 mod jobs;
 mod nodes;
 mod tenants;
+mod users;
 mod webhooks;
 
 use std::str::FromStr;
@@ -525,7 +526,8 @@ impl Store for PgStore {
         // Identities keep counting (as SQLite's AUTOINCREMENT does): a seq is never reused.
         sqlx::query(
             "TRUNCATE webhook_deliveries, tenant_webhooks, job_events, idempotency_keys, jobs,
-                 api_keys, provider_keys, tenants, nodes",
+                 api_keys, provider_keys, tenants, nodes, refresh_tokens, auth_sessions,
+                 end_users, tenant_hosts, tenant_wechat",
         )
         .execute(&self.pool)
         .await?;

@@ -14,6 +14,7 @@ mod events;
 mod jobs;
 mod nodes;
 mod tenants;
+mod users;
 mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0005_webhook_retention.sql"),
     include_str!("../../../migrations/sqlite/0006_waiting_by_tenant.sql"),
     include_str!("../../../migrations/sqlite/0007_tenant_burst.sql"),
+    include_str!("../../../migrations/sqlite/0008_end_users.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
@@ -573,7 +575,9 @@ impl Store for SqliteStore {
     async fn reset(&self) -> StoreResult<()> {
         self.write(|c| {
             c.execute_batch(
-                "DELETE FROM webhook_deliveries; DELETE FROM tenant_webhooks;
+                "DELETE FROM refresh_tokens; DELETE FROM auth_sessions; DELETE FROM end_users;
+                 DELETE FROM tenant_hosts; DELETE FROM tenant_wechat;
+                 DELETE FROM webhook_deliveries; DELETE FROM tenant_webhooks;
                  DELETE FROM job_events; DELETE FROM idempotency_keys; DELETE FROM jobs;
                  DELETE FROM api_keys; DELETE FROM provider_keys; DELETE FROM tenants;
                  DELETE FROM nodes;",
