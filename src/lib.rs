@@ -24,20 +24,23 @@
 //! command line.
 //!
 //! ## Floors
-//! Every import points down this list (or stays on its own floor, where noted):
+//! Every import points down this list; `tests/layout.rs` checks it on every test run.
 //!
 //! 1. [`base`]: time, the job and webhook models, job error codes, secrets, the network guard
 //!    for addresses a client supplied. Imports nothing from the crate.
-//! 2. Engines: [`store`], [`storage`], [`limits`], [`events`], [`telemetry`]. Each imports
-//!    only `base`; none knows another engine.
-//! 3. Capabilities: [`accounts`], [`providers`], then [`keypool`] (which probes through
-//!    `providers`), then [`jobs`] and [`webhooks`]. They use the engines through their traits
-//!    and never import `api`, `app`, `server`, `config` or `cli`.
-//! 4. [`api`] (with [`error`]): HTTP, one file per resource, on top of the capabilities.
-//! 5. The composition root: [`config`] (which gathers each module's own section), [`app`] and
-//!    [`server`], which build every dependency and hand it in; then [`cli`] on top.
-//!
-//! [`testing`] holds fake upstreams for tests and benchmarks; it may use any floor below 4.
+//! 2. Engines: [`store`], [`storage`], [`limits`], [`telemetry`]. Each imports only `base`;
+//!    none knows another.
+//! 3. [`events`]: the bus, and the feeds that re-read the store's job events.
+//! 4. Capabilities that stand alone: [`accounts`], [`providers`] (and, as they land, the
+//!    ledger and the image library).
+//! 5. [`keypool`]: upstream keys, which it probes through `providers`.
+//! 6. [`jobs`] and [`webhooks`]: the worker, maintenance and the dispatcher.
+//! 7. [`config`]: gathers each module's own section (the sections live with their owners).
+//! 8. [`app`]: builds every dependency from the config and hands it in; nothing below it
+//!    imports it.
+//! 9. [`api`] (with [`error`]): HTTP, one file per resource, grouped by contract, on `App`.
+//! 10. [`server`] runs a process's roles; [`testing`] holds fake upstreams for tests and
+//!     benchmarks; [`cli`] is on top.
 
 pub mod accounts;
 pub mod api;
