@@ -58,6 +58,8 @@ pub struct App {
     /// Live nodes as last counted from the heartbeats ([`crate::server`] keeps it current);
     /// the fallback limiter divides every limit by it while Redis is unreachable.
     pub live_nodes: Arc<LiveNodes>,
+    /// What a job costs and who pays it (cached tenant prices).
+    pub pricing: Arc<crate::ledger::pricing::Pricing>,
 }
 
 /// Opens the store named by the database URL (`sqlite://` or `postgres://`), bringing its
@@ -218,6 +220,7 @@ impl App {
             Arc::new(InputFetcher::new(config.inputs.clone()).map_err(anyhow::Error::msg)?);
         Ok(App {
             auth: Authenticator::new(store.clone()),
+            pricing: Arc::new(crate::ledger::pricing::Pricing::new(store.clone())),
             config: Arc::new(config),
             store,
             objects,

@@ -30,7 +30,8 @@
 //!    for addresses a client supplied. Imports nothing from the crate.
 //! 2. Engines: [`store`], [`storage`], [`limits`], [`events`], [`telemetry`]. Each imports
 //!    only `base`; none knows another engine.
-//! 3. Capabilities: [`accounts`], [`providers`], then [`keypool`] (which probes through
+//! 3. Capabilities: [`accounts`], then [`ledger`] (prices, app keys and payments; it makes
+//!    app keys through `accounts`), [`providers`], then [`keypool`] (which probes through
 //!    `providers`), then [`jobs`] and [`webhooks`]. They use the engines through their traits
 //!    and never import `api`, `app`, `server`, `config` or `cli`.
 //! 4. [`api`] (with [`error`]): HTTP, one file per resource, on top of the capabilities.
@@ -49,6 +50,7 @@ pub mod error;
 pub mod events;
 pub mod jobs;
 pub mod keypool;
+pub mod ledger;
 pub mod limits;
 pub mod providers;
 pub mod server;

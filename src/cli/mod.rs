@@ -4,6 +4,7 @@
 //! internals; commands go through [`crate::app`] and the `Store` trait.
 
 mod admin;
+mod ledger;
 mod serve;
 mod test_api;
 mod webhooks;
@@ -120,6 +121,12 @@ pub enum Command {
     AddProviderKey(#[command(flatten)] ProviderKeySpec),
     /// Re-test an upstream key with a free upstream call; enable it if it works.
     TestProviderKey { key_id: String },
+    /// The credit ledger: check, balances, adjustments, prepaid billing, prices, packages.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// Midjourney app keys and their token quotas (the origin's manage_users.py).
+    #[command(subcommand, name = "mj-users")]
+    MjUsers(ledger::MjCommand),
     /// Submit a job to a running server and follow it to the end.
     TestApi {
         /// Server URL (default: http://127.0.0.1:<port>).
@@ -236,6 +243,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::AddProviderKey(spec) => admin::add_provider_key(config, spec).await,
         Command::TestProviderKey { key_id } => admin::test_provider_key(&config, &key_id).await,
+        Command::Ledger(command) => ledger::run(&config, command).await,
+        Command::MjUsers(command) => ledger::run_mj(&config, command).await,
         Command::TestApi {
             url,
             api_key,

@@ -32,6 +32,7 @@
 mod claim;
 mod events;
 mod jobs;
+mod ledger;
 mod nodes;
 mod tenants;
 mod webhooks;
@@ -523,10 +524,14 @@ impl Store for PgStore {
 
     async fn reset(&self) -> StoreResult<()> {
         // Identities keep counting (as SQLite's AUTOINCREMENT does): a seq is never reused.
-        sqlx::query(
-            "TRUNCATE webhook_deliveries, tenant_webhooks, job_events, idempotency_keys, jobs,
-                 api_keys, provider_keys, tenants, nodes",
-        )
+        sqlx::query("DELETE FROM credit_packages WHERE tenant_id <> '*'")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(&format!(
+            "TRUNCATE {}, webhook_deliveries, tenant_webhooks, job_events, idempotency_keys,
+                 jobs, api_keys, provider_keys, tenants, nodes",
+            ledger::RESET_TABLES
+        ))
         .execute(&self.pool)
         .await?;
         Ok(())

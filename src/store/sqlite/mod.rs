@@ -12,6 +12,7 @@
 mod claim;
 mod events;
 mod jobs;
+mod ledger;
 mod nodes;
 mod tenants;
 mod webhooks;
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0005_webhook_retention.sql"),
     include_str!("../../../migrations/sqlite/0006_waiting_by_tenant.sql"),
     include_str!("../../../migrations/sqlite/0007_tenant_burst.sql"),
+    include_str!("../../../migrations/sqlite/0009_ledger.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
@@ -572,6 +574,7 @@ impl Store for SqliteStore {
 
     async fn reset(&self) -> StoreResult<()> {
         self.write(|c| {
+            c.execute_batch(ledger::RESET_SQL)?;
             c.execute_batch(
                 "DELETE FROM webhook_deliveries; DELETE FROM tenant_webhooks;
                  DELETE FROM job_events; DELETE FROM idempotency_keys; DELETE FROM jobs;
