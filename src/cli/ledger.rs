@@ -8,9 +8,7 @@ use clap::Subcommand;
 
 use crate::app::open_store;
 use crate::base::clock::now_millis;
-use crate::base::ledger::{
-    AccountRef, CreditPackage, EntryKind, NewEntry, PayOutcome, PostOutcome, PriceRule,
-};
+use crate::base::ledger::{AccountRef, CreditPackage, PayOutcome, PriceRule};
 use crate::base::secret::Sealer;
 use crate::config::Config;
 use crate::ledger::mj;
@@ -134,14 +132,9 @@ async fn resolve_tenant(store: &dyn Store, arg: &str) -> anyhow::Result<Tenant> 
 }
 
 fn account_ref(tenant: &Tenant, account: &str) -> anyhow::Result<AccountRef> {
-    if account == "tenant" {
-        return Ok(AccountRef::tenant(&tenant.id));
-    }
-    match account.split_once(':') {
-        Some(("user", id)) if !id.is_empty() => Ok(AccountRef::user(&tenant.id, id)),
-        Some(("key", id)) if !id.is_empty() => Ok(AccountRef::app_key(&tenant.id, id)),
-        _ => bail!("ACCOUNT must be `tenant`, `user:<id>` or `key:<api key id>`"),
-    }
+    crate::ledger::parse_account(&tenant.id, account).ok_or_else(|| {
+        anyhow::anyhow!("ACCOUNT must be `tenant`, `user:<id>` or `key:<api key id>`")
+    })
 }
 
 fn yuan_to_cents(yuan: f64) -> anyhow::Result<i64> {
@@ -353,35 +346,18 @@ async fn adjust(
     reason: String,
     gift: bool,
 ) -> anyhow::Result<()> {
-    if amount == 0 || (gift && amount < 0) {
-        bail!("AMOUNT must not be 0, and a gift must be positive");
-    }
-    if reason.trim().is_empty() {
-        bail!("--reason must not be empty");
-    }
-    let entry = NewEntry {
+    let adjustment = crate::ledger::Adjustment {
         account,
-        kind: if gift {
-            EntryKind::Gift
-        } else {
-            EntryKind::Adjustment
-        },
         amount,
-        idem_key: format!("manual:{}", ulid::Ulid::new()),
-        reason: Some(reason),
-        actor: Some("cli".into()),
-        at: now_millis(),
+        gift,
+        reason,
+        actor: "cli".into(),
+        idem_key: None,
     };
-    match store.ledger_post(entry).await? {
-        PostOutcome::Posted(e) | PostOutcome::Duplicate(e) => {
-            let balance = store.ledger_totals(&e.account_id).await?.balance;
-            println!("{} {}: balance {balance}", e.kind, e.amount);
-            Ok(())
-        }
-        PostOutcome::Insufficient { available, .. } => {
-            bail!("the balance is {available}; it cannot go below zero")
-        }
-    }
+    let entry = crate::ledger::adjust(store, adjustment).await?;
+    let balance = store.ledger_totals(&entry.account_id).await?.balance;
+    println!("{} {}: balance {balance}", entry.kind, entry.amount);
+    Ok(())
 }
 
 fn print_info(info: &mj::TokenInfo) {

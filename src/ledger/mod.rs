@@ -14,7 +14,8 @@ pub mod pricing;
 
 use serde_json::{json, Value};
 
-use crate::base::ledger::Difference;
+use crate::base::clock::now_millis;
+use crate::base::ledger::{AccountRef, Difference, Entry, EntryKind, NewEntry, PostOutcome};
 use crate::store::{Store, StoreResult};
 
 /// An account could not pay for what was asked; nothing was created.
@@ -58,4 +59,76 @@ pub const MJ_TOKEN_LIMIT_DETAIL: &str = "Token limit exceeded. Please contact ad
 /// entries; empty when the ledger adds up.
 pub async fn check(store: &dyn Store) -> StoreResult<Vec<Difference>> {
     store.ledger_check().await
+}
+
+/// An account named the way operators write it: `tenant`, `user:<id>` or `key:<api key id>`.
+pub fn parse_account(tenant_id: &str, name: &str) -> Option<AccountRef> {
+    if name == "tenant" {
+        return Some(AccountRef::tenant(tenant_id));
+    }
+    match name.split_once(':') {
+        Some(("user", id)) if !id.is_empty() => Some(AccountRef::user(tenant_id, id)),
+        Some(("key", id)) if !id.is_empty() => Some(AccountRef::app_key(tenant_id, id)),
+        _ => None,
+    }
+}
+
+/// A hand-made change of a balance.
+#[derive(Debug, Clone)]
+pub struct Adjustment {
+    pub account: AccountRef,
+    /// Credits to add (negative: to remove; a gift must add).
+    pub amount: i64,
+    /// A `gift` entry rather than an `adjustment`.
+    pub gift: bool,
+    pub reason: String,
+    /// Who made it (an admin's id, `cli`).
+    pub actor: String,
+    /// The caller's idempotency key, so a retried request adjusts once; a fresh one if `None`.
+    pub idem_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdjustError {
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("the balance is {available}; it cannot go below zero")]
+    Insufficient { available: i64 },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Writes an admin's `adjustment` or `gift` entry with its reason and actor; the entry
+/// (the first one, for a key used before).
+pub async fn adjust(store: &dyn Store, a: Adjustment) -> Result<Entry, AdjustError> {
+    if a.amount == 0 || (a.gift && a.amount < 0) {
+        return Err(AdjustError::Invalid(
+            "the amount must not be 0, and a gift must be positive",
+        ));
+    }
+    if a.reason.trim().is_empty() || a.reason.chars().count() > 500 {
+        return Err(AdjustError::Invalid(
+            "a reason of 1-500 characters is required",
+        ));
+    }
+    let entry = NewEntry {
+        account: a.account,
+        kind: if a.gift {
+            EntryKind::Gift
+        } else {
+            EntryKind::Adjustment
+        },
+        amount: a.amount,
+        idem_key: a
+            .idem_key
+            .map(|k| format!("manual:{k}"))
+            .unwrap_or_else(|| format!("manual:{}", ulid::Ulid::new())),
+        reason: Some(a.reason),
+        actor: Some(a.actor),
+        at: now_millis(),
+    };
+    match store.ledger_post(entry).await? {
+        PostOutcome::Posted(e) | PostOutcome::Duplicate(e) => Ok(e),
+        PostOutcome::Insufficient { available, .. } => Err(AdjustError::Insufficient { available }),
+    }
 }
