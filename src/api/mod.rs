@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod cors;
+pub mod credits;
 mod events;
 mod events_ws;
 mod extract;
@@ -75,6 +76,11 @@ pub fn router(app: App) -> Router {
             axum::routing::put(admin::put_webhook),
         )
         .merge(ledger_admin_routes())
+        // Signed: needs no end user (the routes that do come with the consumer routes).
+        .route(
+            "/api/credits/payment/callback",
+            axum::routing::post(credits::payment_callback),
+        )
         .route("/admin/v1/provider-keys", get(admin::list_keys))
         .route(
             "/admin/v1/provider-keys/{key_id}/{action}",

@@ -179,6 +179,20 @@ pub fn order_key(order_no: &str) -> String {
     format!("order:{order_no}")
 }
 
+/// The `gift` of a new end user's starting credits (key `user:<id>:starting`, so a retried
+/// sign-up grants once); written in the transaction that creates the user.
+pub fn starting_credits(tenant_id: &str, user_id: &str, amount: i64, at: Millis) -> NewEntry {
+    NewEntry {
+        account: AccountRef::user(tenant_id, user_id),
+        kind: EntryKind::Gift,
+        amount,
+        idem_key: format!("user:{user_id}:starting"),
+        reason: Some("starting credits".into()),
+        actor: None,
+        at,
+    }
+}
+
 /// What a job costs, held from `account` in the submit transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Charge {

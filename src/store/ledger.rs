@@ -68,6 +68,9 @@ pub trait LedgerStore: Send + Sync {
     /// Records a pending order (opening the account if new).
     async fn order_create(&self, account: &AccountRef, order: Order) -> StoreResult<()>;
     async fn order_get(&self, tenant_id: &str, order_no: &str) -> StoreResult<Option<Order>>;
+    /// An order by its number alone (order numbers are unique): how a payment notification,
+    /// which names only the order, finds the tenant whose secret must have signed it.
+    async fn order_find(&self, order_no: &str) -> StoreResult<Option<Order>>;
     /// An account's orders, newest first.
     async fn order_list(&self, query: OrderQuery) -> StoreResult<OrderPage>;
     /// One transaction: pending → paid and the `recharge` entry (key `order:<no>`), or

@@ -163,6 +163,16 @@ async fn apply(
     row.map(Entry::try_from).transpose()
 }
 
+/// Posts a grant inside the caller's transaction (a new user's starting credits, written by
+/// the store's user creation); `None` if its key was used before.
+pub(super) async fn post_in(conn: &mut PgConnection, e: &NewEntry) -> StoreResult<Option<Entry>> {
+    if entry_by_key(conn, &e.idem_key).await?.is_some() {
+        return Ok(None);
+    }
+    open_account(conn, &e.account, e.at).await?;
+    apply(conn, &e.account.id, e).await
+}
+
 async fn post(pool: &PgPool, e: &NewEntry) -> StoreResult<PostOutcome> {
     if !e.kind.is_grant() {
         return Err(StoreError::Conflict(format!(
@@ -407,7 +417,7 @@ async fn mj_key_create(
             actor: Some("cli".into()),
             at,
         };
-        apply(&mut tx, &account.id, &gift).await?;
+        post_in(&mut tx, &gift).await?;
     }
     tx.commit().await?;
     Ok(MjAppKey {
@@ -781,6 +791,15 @@ impl LedgerStore for PgStore {
 
     async fn order_get(&self, tenant_id: &str, order_no: &str) -> StoreResult<Option<Order>> {
         order_get(&mut *self.pool.acquire().await?, tenant_id, order_no).await
+    }
+
+    async fn order_find(&self, order_no: &str) -> StoreResult<Option<Order>> {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM credit_orders WHERE order_no = $1");
+        let row: Option<OrderRow> = sqlx::query_as(&sql)
+            .bind(order_no)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Order::try_from).transpose()
     }
 
     async fn order_list(&self, q: OrderQuery) -> StoreResult<OrderPage> {

@@ -197,7 +197,9 @@ pub(super) fn close_hold(
         .map_err(|_| StoreError::Conflict(format!("the hold of job {job_id} does not add up")))
 }
 
-fn post(conn: &Connection, e: &NewEntry) -> StoreResult<PostOutcome> {
+/// Posts a grant inside the caller's transaction (a new user's starting credits, written by
+/// the store's user creation).
+pub(super) fn post(conn: &Connection, e: &NewEntry) -> StoreResult<PostOutcome> {
     if !e.kind.is_grant() {
         return Err(StoreError::Conflict(format!(
             "{} entries are written by jobs only",
@@ -787,6 +789,17 @@ impl LedgerStore for SqliteStore {
         let (tenant_id, order_no) = (tenant_id.to_owned(), order_no.to_owned());
         self.read(move |c| order_get(c, &tenant_id, &order_no))
             .await
+    }
+
+    async fn order_find(&self, order_no: &str) -> StoreResult<Option<Order>> {
+        let order_no = order_no.to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT {ORDER_COLUMNS} FROM credit_orders WHERE order_no = ?1");
+            Ok(c.prepare_cached(&sql)?
+                .query_row([order_no], order_from_row)
+                .optional()?)
+        })
+        .await
     }
 
     async fn order_list(&self, query: OrderQuery) -> StoreResult<OrderPage> {
