@@ -278,6 +278,15 @@ async fn failed_canceled_and_expired_jobs_release(b: Bundle) {
         CancelOutcome::Canceled
     );
     assert_eq!(balance(s, &user).await, (10, 0));
+    // CANCELED while RUNNING: released in the cancel's transaction.
+    let running = submit(s, paid_job(&t, &user, 2)).await;
+    claim_one(s, Duration::from_secs(600)).await;
+    assert_eq!(balance(s, &user).await, (8, 2));
+    assert_eq!(
+        s.job_cancel(&t, &running).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    assert_eq!(balance(s, &user).await, (10, 0));
     // Canceled by Cancel-After, and failed by its deadline, in the maintenance pass.
     let now = now_millis();
     let mut late = paid_job(&t, &user, 1);
