@@ -64,6 +64,8 @@ pub struct App {
     pub accounts: Accounts,
     /// The tenant of a consumer request before sign-in (host name, else the default).
     pub tenancy: TenantResolver,
+    /// What a job costs and who pays it (cached tenant prices).
+    pub pricing: Arc<crate::ledger::pricing::Pricing>,
 }
 
 /// Opens the store named by the database URL (`sqlite://` or `postgres://`), bringing its
@@ -254,6 +256,7 @@ impl App {
             accounts,
             tenancy,
             auth: Authenticator::new(store.clone()),
+            pricing: Arc::new(crate::ledger::pricing::Pricing::new(store.clone())),
             config: Arc::new(config),
             store,
             objects,

@@ -31,8 +31,8 @@
 //! 2. Engines: [`store`], [`storage`], [`limits`], [`telemetry`]. Each imports only `base`;
 //!    none knows another.
 //! 3. [`events`]: the bus, and the feeds that re-read the store's job events.
-//! 4. Capabilities that stand alone: [`accounts`], [`providers`] (and, as they land, the
-//!    ledger and the image library).
+//! 4. Capabilities that stand alone: [`accounts`], [`providers`], then [`ledger`] (prices,
+//!    app keys and payments; it makes app keys through `accounts`).
 //! 5. [`keypool`]: upstream keys, which it probes through `providers`.
 //! 6. [`jobs`] and [`webhooks`]: the worker, maintenance and the dispatcher.
 //! 7. [`config`]: gathers each module's own section (the sections live with their owners).
@@ -52,6 +52,7 @@ pub mod error;
 pub mod events;
 pub mod jobs;
 pub mod keypool;
+pub mod ledger;
 pub mod limits;
 pub mod providers;
 pub mod server;

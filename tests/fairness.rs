@@ -44,6 +44,7 @@ async fn one_job_is_not_starved_by_ten_thousand_queued() {
                     deadline_at: now + 3_600_000,
                     idempotency: None,
                     webhook_url: None,
+                    charge: None,
                 })
                 .await
                 .expect("submit")

@@ -467,6 +467,7 @@ async fn a_late_result_of_a_canceled_job_is_discarded_with_its_images() {
         cancel_at: None,
         deadline_at: easel::base::clock::now_millis() + 600_000,
         webhook_url: None,
+        charge: None,
     });
     let easel::base::job::SubmitOutcome::Created { job_id: id } = submitted.await.expect("submit")
     else {

@@ -205,6 +205,7 @@ async fn a_late_write_from_a_lost_lease_is_refused() {
             deadline_at: now + 3_600_000,
             idempotency: None,
             webhook_url: None,
+            charge: None,
         })
         .await
         .expect("submit");

@@ -144,6 +144,7 @@ fn new_job(tenant_id: &str, now: Millis) -> NewJob {
         deadline_at: now + HOUR,
         idempotency: None,
         webhook_url: None,
+        charge: None,
     }
 }
 
@@ -816,6 +817,7 @@ async fn concurrent_identical_submits_make_one_job(b: Bundle) {
                 replayed.push(job_id);
             }
             SubmitOutcome::KeyReused => reused += 1,
+            other => panic!("unexpected {other:?}"),
         }
     }
     // The odd body either lost the race (refused) or won it (then all 49 others are refused).

@@ -18,6 +18,8 @@ use crate::base::job::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::events::Change;
+use crate::ledger::pricing::{Payer, Priced};
+use crate::ledger::InsufficientCredits;
 use crate::store::{CancelOutcome, IdempotencyHit};
 use crate::telemetry;
 
@@ -59,6 +61,21 @@ pub async fn submit(
         }
     }
     let rate_headers = super::ratelimit::check_tenant(&app, &tenant).await?;
+    let provider = app.providers.default_name().to_owned();
+    let priced = Priced {
+        operation: if request.input_image_url.is_some() {
+            "edit"
+        } else {
+            "generate"
+        },
+        mode: request.mode.as_str(),
+        provider: &provider,
+        images: request.params.n.unwrap_or(1),
+    };
+    let charge = app
+        .pricing
+        .charge(&tenant.id, &Payer::Tenant, priced)
+        .await?;
     let now = now_millis();
     let job = NewJob {
         id: new_job_id(),
@@ -68,12 +85,13 @@ pub async fn submit(
         mode: request.mode,
         input_image_url: request.input_image_url,
         params: request.params,
-        provider: app.providers.default_name().to_owned(),
+        provider,
         max_attempts: app.config.worker.max_attempts,
         created_at: now,
         cancel_at: cancel_after.map(|d| now + d.as_millis() as i64),
         deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
         webhook_url,
+        charge,
     };
     let mut response = match enqueue(&app, job).await? {
         Enqueued::Created { job_id } => {
@@ -145,6 +163,19 @@ pub(super) async fn enqueue(app: &App, job: NewJob) -> Result<Enqueued, ApiError
         // Counted as a duplicate by the caller's answer.
         SubmitOutcome::Replayed { job_id, status } => Ok(Enqueued::Replayed { job_id, status }),
         SubmitOutcome::KeyReused => Err(key_reused()),
+        SubmitOutcome::InsufficientCredits {
+            required,
+            available,
+        } => {
+            let refusal = InsufficientCredits {
+                required,
+                current: available,
+            };
+            Err(ApiError::new(
+                ErrorCode::InsufficientCredits,
+                refusal.message(),
+            ))
+        }
     }
 }
 

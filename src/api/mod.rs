@@ -7,11 +7,13 @@
 mod admin;
 pub mod consumer;
 pub mod cors;
+pub mod credits;
 mod events;
 mod events_ws;
 mod extract;
 mod files;
 mod jobs;
+mod ledger_admin;
 pub mod openai;
 pub(crate) mod paging;
 pub mod ratelimit;
@@ -83,6 +85,12 @@ pub fn router(app: App) -> Router {
             "/admin/v1/tenants/{tenant_id}/wechat",
             axum::routing::put(tenant_apps::put_wechat),
         )
+        .merge(ledger_admin_routes())
+        // Signed: needs no end user (the routes that do come with the consumer routes).
+        .route(
+            "/api/credits/payment/callback",
+            axum::routing::post(credits::payment_callback),
+        )
         .route("/admin/v1/provider-keys", get(admin::list_keys))
         .route(
             "/admin/v1/provider-keys/{key_id}/{action}",
@@ -100,6 +108,44 @@ pub fn router(app: App) -> Router {
         // browser needs to read it, and preflights never reach a route.
         .layer(cors::layer(&cors_origins))
         .with_state(app)
+}
+
+/// The ledger's admin routes (see [`ledger_admin`]).
+fn ledger_admin_routes() -> Router<App> {
+    use axum::routing::{post, put};
+    const TENANT: &str = "/admin/v1/tenants/{tenant_id}";
+    Router::new()
+        .route(
+            &format!("{TENANT}/billing"),
+            get(ledger_admin::get_billing).put(ledger_admin::put_billing),
+        )
+        .route(
+            &format!("{TENANT}/payment-secret"),
+            post(ledger_admin::new_payment_secret),
+        )
+        .route(
+            &format!("{TENANT}/prices"),
+            get(ledger_admin::list_prices)
+                .put(ledger_admin::put_price)
+                .delete(ledger_admin::delete_price),
+        )
+        .route(
+            &format!("{TENANT}/packages"),
+            get(ledger_admin::list_packages),
+        )
+        .route(
+            &format!("{TENANT}/packages/{{package_id}}"),
+            put(ledger_admin::put_package).delete(ledger_admin::delete_package),
+        )
+        .route(
+            &format!("{TENANT}/credits"),
+            get(ledger_admin::get_credits).post(ledger_admin::post_credits),
+        )
+        .route(
+            &format!("{TENANT}/orders/{{order_no}}/confirm"),
+            post(ledger_admin::confirm_order),
+        )
+        .route("/admin/v1/ledger/check", get(ledger_admin::check))
 }
 
 /// `GET /health` and `GET /metrics` alone, for `server.ops_port`.

@@ -174,6 +174,9 @@ pub struct NewJob {
     pub idempotency: Option<IdempotencyClaim>,
     /// The job's own webhook receiver; wins over the tenant's webhook URL.
     pub webhook_url: Option<String>,
+    /// The price held from an account in the submit transaction (settled or released when
+    /// the job ends); `None` for a free job.
+    pub charge: Option<crate::base::ledger::Charge>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +198,11 @@ pub enum SubmitOutcome {
     },
     /// The idempotency key was seen before with a different body.
     KeyReused,
+    /// The charge's account cannot pay: nothing was written.
+    InsufficientCredits {
+        required: i64,
+        available: i64,
+    },
 }
 
 /// A job handed to a worker, with the fencing token that proves its lease.

@@ -4,6 +4,7 @@
 //! internals; commands go through [`crate::app`] and the `Store` trait.
 
 mod admin;
+mod ledger;
 mod serve;
 mod test_api;
 mod users;
@@ -134,6 +135,12 @@ pub enum Command {
     /// What a tenant configures for its consumer apps (host names, WeChat).
     #[command(subcommand)]
     Tenants(users::TenantsCommand),
+    /// The credit ledger: check, balances, adjustments, prepaid billing, prices, packages.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// Midjourney app keys and their token quotas (the origin's manage_users.py).
+    #[command(subcommand, name = "mj-users")]
+    MjUsers(ledger::MjCommand),
     /// Submit a job to a running server and follow it to the end.
     TestApi {
         /// Server URL (default: http://127.0.0.1:<port>).
@@ -255,6 +262,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Users(command) => users::users(&config, command).await,
         Command::Tenants(command) => users::tenants(&config, command).await,
+        Command::Ledger(command) => ledger::run(&config, command).await,
+        Command::MjUsers(command) => ledger::run_mj(&config, command).await,
         Command::TestApi {
             url,
             api_key,

@@ -239,6 +239,7 @@ mod tests {
             deadline_at: now_millis() + 3_600_000,
             idempotency: None,
             webhook_url: None,
+            charge: None,
         };
         match store.job_submit(job).await.expect("submit") {
             SubmitOutcome::Created { job_id } => job_id,

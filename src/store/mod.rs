@@ -11,6 +11,7 @@
 //! (`sqlite`, the embedded default, and `postgres` at scale), each with its own SQL and
 //! migrations, all passing one conformance suite (`tests/store.rs`).
 
+pub mod ledger;
 pub mod postgres;
 pub mod sqlite;
 pub mod users;
@@ -176,8 +177,9 @@ pub struct Maintenance {
     pub expired: u64,
 }
 
+/// Every store keeps the credit ledger too ([`ledger::LedgerStore`]).
 #[async_trait]
-pub trait Store: UserStore + Send + Sync + 'static {
+pub trait Store: UserStore + ledger::LedgerStore + Send + Sync + 'static {
     /// Creates a tenant together with its first API key.
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant>;
     async fn tenant_list(&self) -> StoreResult<Vec<Tenant>>;

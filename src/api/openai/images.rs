@@ -265,6 +265,8 @@ fn new_job(
         cancel_at: None,
         deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
         webhook_url: None,
+        // TODO(ledger): price the facade's jobs as the job API's (prepaid tenants).
+        charge: None,
     }
 }
 

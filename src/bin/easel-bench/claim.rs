@@ -138,6 +138,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                             deadline_at: now + 86_400_000,
                             idempotency: None,
                             webhook_url: None,
+                            charge: None,
                         })
                         .await?;
                 }

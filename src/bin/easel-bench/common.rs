@@ -190,10 +190,19 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts the server and gives it 300 ms to come up before the load does.
     pub async fn start(app: &easel::app::App, listener: tokio::net::TcpListener) -> RunningServer {
+        RunningServer::start_with(app, listener, easel::server::Roles::ALL).await
+    }
+
+    /// As [`RunningServer::start`], with only these roles.
+    pub async fn start_with(
+        app: &easel::app::App,
+        listener: tokio::net::TcpListener,
+        roles: easel::server::Roles,
+    ) -> RunningServer {
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(easel::server::run(
             app.clone(),
-            easel::server::Roles::ALL,
+            roles,
             Some(listener),
             stop.clone(),
         ));

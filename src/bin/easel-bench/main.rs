@@ -10,6 +10,8 @@
 //! - `easel-bench fake-gemini`: the fake upstream as a process (see [`fake_gemini`]).
 //! - `easel-bench signin`: end-user sign-ins per second with the configured argon2id cost,
 //!   and the memory they take (see [`signin`]).
+//! - `easel-bench paid-submit`: submits that hold their price against free ones, same run
+//!   (see [`paid`]).
 //! - `easel-bench webhooks`: job end to webhook received, through the dispatcher (see
 //!   [`webhooks`]).
 //!
@@ -22,6 +24,7 @@ mod e2e;
 mod fake_gemini;
 mod gemini;
 mod limiter;
+mod paid;
 mod signin;
 mod webhooks;
 
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Some("fake-gemini") => fake_gemini::run(rest),
         Some("webhooks") => webhooks::run(rest),
         Some("signin") => signin::run(rest),
+        Some("paid-submit") => paid::run(rest),
         Some("stats") => {
             let path = rest
                 .first()

@@ -101,24 +101,42 @@ impl TryFrom<JobRow> for Job {
 // ---- submit ----
 
 /// The job, its QUEUED event and the wake-up hint: one statement.
-static JOB_INSERT: LazyLock<String> = LazyLock::new(|| {
+static JOB_INSERT: LazyLock<String> = LazyLock::new(|| job_insert_sql(None));
+/// The same behind the hold of its price (`$13` from account `$14`): nothing is written when
+/// the account cannot pay.
+static JOB_INSERT_PAID: LazyLock<String> =
+    LazyLock::new(|| job_insert_sql(Some(super::ledger::HOLD_CTE)));
+
+fn job_insert_sql(hold: Option<&str>) -> String {
+    let values = "$1, $2, 'QUEUED', $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12";
+    let (hold, source) = match hold {
+        Some(cte) => (format!("{cte}, "), format!("SELECT {values} FROM acct")),
+        None => (String::new(), format!("VALUES ({values})")),
+    };
     format!(
-        "WITH done AS (
+        "WITH {hold}done AS (
              INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params,
                  provider, max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at,
                  webhook_url)
-             VALUES ($1, $2, 'QUEUED', $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12)
+             {source}
              {EVENT_SOURCE}
          ), event AS ({})
          SELECT pg_notify('easel_jobs', current_schema()) FROM done",
         event_insert("$9")
     )
-});
+}
 
-async fn job_insert(conn: &mut PgConnection, job: &NewJob, params: &str) -> StoreResult<()> {
+/// Inserts the job (and holds its charge); `false` when the charge's account cannot pay.
+async fn job_insert(conn: &mut PgConnection, job: &NewJob, params: &str) -> StoreResult<bool> {
+    let charge = job.charge.as_ref().filter(|c| c.amount > 0);
     let max_attempts =
         i32::try_from(job.max_attempts).map_err(|_| StoreError::Conflict("max_attempts".into()))?;
-    sqlx::query(&JOB_INSERT)
+    let sql: &str = if charge.is_some() {
+        &JOB_INSERT_PAID
+    } else {
+        &JOB_INSERT
+    };
+    let query = sqlx::query(sql)
         .bind(&job.id)
         .bind(&job.tenant_id)
         .bind(&job.prompt)
@@ -130,10 +148,24 @@ async fn job_insert(conn: &mut PgConnection, job: &NewJob, params: &str) -> Stor
         .bind(job.created_at)
         .bind(job.cancel_at)
         .bind(job.deadline_at)
-        .bind(&job.webhook_url)
-        .execute(conn)
-        .await?;
-    Ok(())
+        .bind(&job.webhook_url);
+    let query = match charge {
+        Some(c) => query.bind(c.amount).bind(&c.account.id),
+        None => query,
+    };
+    Ok(query.fetch_optional(conn).await?.is_some())
+}
+
+/// The refusal of a charge the account could not pay.
+async fn insufficient(conn: &mut PgConnection, job: &NewJob) -> StoreResult<SubmitOutcome> {
+    let (required, account) = match &job.charge {
+        Some(c) => (c.amount, c.account.id.as_str()),
+        None => return Err(StoreError::Conflict("job insert wrote nothing".into())),
+    };
+    Ok(SubmitOutcome::InsufficientCredits {
+        required,
+        available: super::ledger::balance_of(conn, account).await?,
+    })
 }
 
 pub async fn submit(pool: &PgPool, job: &NewJob) -> StoreResult<SubmitOutcome> {
@@ -144,7 +176,10 @@ pub async fn submit(pool: &PgPool, job: &NewJob) -> StoreResult<SubmitOutcome> {
     };
     let Some(idem) = &job.idempotency else {
         // One statement is one transaction.
-        job_insert(&mut *pool.acquire().await?, job, &params).await?;
+        let mut conn = pool.acquire().await?;
+        if !job_insert(&mut conn, job, &params).await? {
+            return insufficient(&mut conn, job).await;
+        }
         return Ok(created);
     };
     let mut tx = pool.begin().await?;
@@ -164,7 +199,10 @@ pub async fn submit(pool: &PgPool, job: &NewJob) -> StoreResult<SubmitOutcome> {
         .await?
         .rows_affected();
         if taken == 1 {
-            job_insert(&mut tx, job, &params).await?;
+            if !job_insert(&mut tx, job, &params).await? {
+                // Rolled back with the key: a refused submit leaves nothing behind.
+                return insufficient(&mut tx, job).await;
+            }
             tx.commit().await?;
             return Ok(created);
         }
@@ -317,9 +355,10 @@ pub async fn cancel(
                  WHERE id = $1 AND tenant_id = $2
                      AND status IN ('QUEUED', 'RETRYING', 'RUNNING')
                  {EVENT_SOURCE}
-             ), event AS ({})
+             ){}, event AS ({})
              SELECT d.id, coalesce((SELECT b.status = 'RUNNING' FROM before b), false)
              FROM done d",
+            super::ledger::close_holds_cte("$3"),
             event_insert("$3")
         )
     });
@@ -396,7 +435,7 @@ fn finish_sql(set: &str) -> String {
              UPDATE jobs SET {set}, lease_owner = NULL, lease_until = NULL
              WHERE id = $1 AND fence = $2 AND status = 'RUNNING'
              {EVENT_SOURCE}, run_at
-         ), event AS ({})
+         ), event AS ({}){}
          SELECT CASE WHEN d.status = 'RETRYING' THEN d.run_at <= $3
              ELSE (SELECT CASE WHEN tn.running_bound < tn.concurrency_limit THEN false
                        ELSE (SELECT count(*) FROM jobs r
@@ -407,7 +446,8 @@ fn finish_sql(set: &str) -> String {
                   AND w.status IN ('QUEUED', 'RETRYING') AND w.run_at <= $3)
              END AS wake
          FROM done d",
-        event_insert("$3")
+        event_insert("$3"),
+        super::ledger::close_holds_cte("$3")
     )
 }
 
@@ -585,22 +625,39 @@ static MAINTAIN_LOST: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// `sql` with the ledger's close CTEs (stamped `$1`) inserted before its last `marker`.
+fn with_close_holds(sql: &str, marker: &str) -> String {
+    let at = sql.rfind(marker).unwrap_or(sql.len());
+    let (head, tail) = sql.split_at(at);
+    format!(
+        "{head}{}\n     {tail}",
+        super::ledger::close_holds_cte("$1")
+    )
+}
+
+static MAINTAIN_DEADLINES_SQL: LazyLock<String> =
+    LazyLock::new(|| with_close_holds(&MAINTAIN_DEADLINES, "INSERT INTO job_events"));
+static MAINTAIN_CANCEL_AFTER_SQL: LazyLock<String> =
+    LazyLock::new(|| with_close_holds(&MAINTAIN_CANCEL_AFTER, "INSERT INTO job_events"));
+static MAINTAIN_LOST_SQL: LazyLock<String> =
+    LazyLock::new(|| with_close_holds(&MAINTAIN_LOST, "SELECT count(*)"));
+
 /// `now` is the pass's time; a rescued job is runnable again from `clock_now`, the store
 /// clock's time.
 pub async fn maintain(pool: &PgPool, now: Millis, clock_now: Millis) -> StoreResult<Maintenance> {
     let mut tx = pool.begin().await?;
     // Deadlines first: a job past its deadline fails whatever else is true of it.
-    let expired = sqlx::query(&MAINTAIN_DEADLINES)
+    let expired = sqlx::query(&MAINTAIN_DEADLINES_SQL)
         .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let canceled = sqlx::query(&MAINTAIN_CANCEL_AFTER)
+    let canceled = sqlx::query(&MAINTAIN_CANCEL_AFTER_SQL)
         .bind(now)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let (rescued, requeued): (i64, i64) = sqlx::query_as(&MAINTAIN_LOST)
+    let (rescued, requeued): (i64, i64) = sqlx::query_as(&MAINTAIN_LOST_SQL)
         .bind(now)
         .bind(clock_now)
         .fetch_one(&mut *tx)

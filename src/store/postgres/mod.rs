@@ -32,6 +32,7 @@
 mod claim;
 mod events;
 mod jobs;
+mod ledger;
 mod nodes;
 mod tenants;
 mod users;
@@ -524,11 +525,15 @@ impl Store for PgStore {
 
     async fn reset(&self) -> StoreResult<()> {
         // Identities keep counting (as SQLite's AUTOINCREMENT does): a seq is never reused.
-        sqlx::query(
-            "TRUNCATE webhook_deliveries, tenant_webhooks, job_events, idempotency_keys, jobs,
-                 api_keys, provider_keys, tenants, nodes, refresh_tokens, auth_sessions,
+        sqlx::query("DELETE FROM credit_packages WHERE tenant_id <> '*'")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(&format!(
+            "TRUNCATE {}, webhook_deliveries, tenant_webhooks, job_events, idempotency_keys,
+                 jobs, api_keys, provider_keys, tenants, nodes, refresh_tokens, auth_sessions,
                  end_users, tenant_hosts, tenant_wechat",
-        )
+            ledger::RESET_TABLES
+        ))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -88,7 +88,7 @@ pub async fn list(pool: &PgPool) -> StoreResult<Vec<Tenant>> {
 }
 
 /// Inserts the key only if the tenant exists; `NotFound` otherwise.
-async fn api_key_insert(
+pub(super) async fn api_key_insert(
     conn: &mut sqlx::PgConnection,
     now: Millis,
     tenant_id: &str,

@@ -11,6 +11,7 @@ use super::events::{event_insert, EventRow};
 use super::{bad_column, lease_millis};
 use crate::base::clock::Millis;
 
+use super::ledger;
 use crate::base::job::Mode;
 use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome};
 use crate::base::job_errors;
@@ -78,6 +79,17 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
             let status = JobStatus::parse(&status).unwrap_or(JobStatus::Queued);
             return Ok(SubmitOutcome::Replayed { job_id, status });
         }
+    }
+    // The hold before anything else is written: an account that cannot pay leaves no trace.
+    if let Some(charge) = job.charge.as_ref().filter(|c| c.amount > 0) {
+        if let Some((required, available)) = ledger::hold(conn, charge, &job.id, job.created_at)? {
+            return Ok(SubmitOutcome::InsufficientCredits {
+                required,
+                available,
+            });
+        }
+    }
+    if let Some(idem) = &job.idempotency {
         conn.prepare_cached(
             "INSERT INTO idempotency_keys (tenant_id, key, request_hash, job_id, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -254,7 +266,8 @@ fn cancel_running(
             error_message: None,
             at: now,
         },
-    )
+    )?;
+    ledger::close_hold(conn, job_id, JobStatus::Canceled, now)
 }
 
 /// Moves a waiting job to a terminal status (canceled, or failed by its deadline).
@@ -291,6 +304,7 @@ fn end_waiting(
             at: now,
         },
     )?;
+    ledger::close_hold(conn, job_id, status, now)?;
     tenant_waiting_add(conn, tenant_id, -1)
 }
 
@@ -383,7 +397,8 @@ pub fn finish(
             error_message: message,
             at: now,
         },
-    )
+    )?;
+    ledger::close_hold(conn, job_id, finish.status(), now)
 }
 
 pub fn release(conn: &Connection, now: Millis, job_id: &str, fence: i64) -> StoreResult<()> {
@@ -459,7 +474,8 @@ fn fail_running(
             error_message: Some(message),
             at: now,
         },
-    )
+    )?;
+    ledger::close_hold(conn, job_id, JobStatus::Failed, now)
 }
 
 type OpenJob = (String, String, String, u32, u32);

@@ -12,6 +12,7 @@
 mod claim;
 mod events;
 mod jobs;
+mod ledger;
 mod nodes;
 mod tenants;
 mod users;
@@ -49,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0006_waiting_by_tenant.sql"),
     include_str!("../../../migrations/sqlite/0007_tenant_burst.sql"),
     include_str!("../../../migrations/sqlite/0008_end_users.sql"),
+    include_str!("../../../migrations/sqlite/0009_ledger.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
@@ -574,6 +576,7 @@ impl Store for SqliteStore {
 
     async fn reset(&self) -> StoreResult<()> {
         self.write(|c| {
+            c.execute_batch(ledger::RESET_SQL)?;
             c.execute_batch(
                 "DELETE FROM refresh_tokens; DELETE FROM auth_sessions; DELETE FROM end_users;
                  DELETE FROM tenant_hosts; DELETE FROM tenant_wechat;
