@@ -173,7 +173,10 @@ async fn register_login_and_me_follow_the_editor_contract() {
     assert_eq!(me["success"], true);
     assert_eq!(me["user"], me["data"]["user"]);
     assert_eq!(me["user"]["id"], user["id"]);
-    assert_eq!(me["user"]["credits"], 0, "the ledger fills this in");
+    assert_eq!(
+        me["user"]["credits"], 10,
+        "the starting credits, from the ledger"
+    );
 
     // Deactivated: a right password says so, a wrong one does not.
     let user_id = user["id"].as_str().unwrap();
@@ -1091,4 +1094,36 @@ fn the_editor_origin_s_rate_limit_variables_set_the_request_limit() {
         assert!(err.to_string().contains("users.access_token_ttl"), "{err}");
         Ok(())
     });
+}
+
+/// A new user is given the tenant's starting credits in the ledger, in the creating
+/// transaction: `credits` on the user, the credits routes and `ledger check` agree.
+#[tokio::test]
+async fn new_users_hold_their_starting_credits_in_the_ledger() {
+    let app = start().await;
+    let (token, _, user) = register(&app, "credits@example.com").await;
+    assert_eq!(user["credits"], 10, "{user}");
+    let get = |path: &'static str| call(&app, reqwest::Method::GET, path, None, Some(&token), None);
+    let (status, _, balance) = get("/api/credits/balance").await;
+    assert_eq!(status, 200, "{balance}");
+    assert_eq!(balance["data"]["credits"], 10, "{balance}");
+    let (status, _, records) = get("/api/credits/records").await;
+    assert_eq!(status, 200, "{records}");
+    let rows = records["data"]["records"].as_array().expect("records");
+    assert_eq!(rows.len(), 1, "one gift entry: {records}");
+    let (status, _, me) = get("/api/auth/me").await;
+    assert_eq!(status, 200);
+    assert_eq!(me["user"]["credits"], 10, "{me}");
+    let differences = app.app.store.ledger_check().await.expect("ledger check");
+    assert!(differences.is_empty(), "{differences:?}");
+    let (status, _, anonymous) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/credits/balance",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{anonymous}");
 }

@@ -117,10 +117,14 @@ pub struct AccountsDeps {
     pub wechat: super::config::WechatConfig,
 }
 
-/// The balance shown in a user's `credits` field.
-// TODO(ledger): read the user's balance from the ledger; 0 until it exists.
-pub async fn credit_balance(_store: &dyn Store, _user: &EndUser) -> i64 {
-    0
+/// The balance shown in a user's `credits` field: the ledger account's spendable credits
+/// (0 for a user with no account yet, or while the store cannot say).
+pub async fn credit_balance(store: &dyn Store, user: &EndUser) -> i64 {
+    let account = crate::base::ledger::AccountRef::user(&user.tenant_id, &user.id);
+    match store.ledger_account(&account.id).await {
+        Ok(Some(found)) => found.balance,
+        _ => 0,
+    }
 }
 
 /// Emails compare trimmed and lowercased.

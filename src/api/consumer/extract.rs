@@ -176,3 +176,19 @@ impl FromRequest<App> for JsonBody {
         }))
     }
 }
+
+impl crate::api::credits::CreditsCaller for SignedIn {
+    fn tenant_id(&self) -> &str {
+        &self.0.user.tenant_id
+    }
+
+    fn user_id(&self) -> &str {
+        &self.0.user.id
+    }
+}
+
+impl crate::api::credits::CreditsTenant for HostTenant {
+    fn tenant_id(&self) -> &str {
+        &self.0
+    }
+}

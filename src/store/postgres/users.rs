@@ -98,11 +98,22 @@ async fn get(conn: &mut PgConnection, tenant_id: &str, user_id: &str) -> StoreRe
         .ok_or(StoreError::NotFound)
 }
 
-/// The new user's starting credits, in the creating transaction.
-// TODO(ledger): write the `gift` entry (idempotency key `signup:<user id>`) for
-// `user.starting_credits` here, in this same transaction.
-async fn grant_starting_credits(_conn: &mut PgConnection, _user: &NewEndUser) -> StoreResult<()> {
-    Ok(())
+/// The new user's starting credits: a `gift` entry in the creating transaction.
+async fn grant_starting_credits(
+    conn: &mut PgConnection,
+    now: Millis,
+    user: &NewEndUser,
+) -> StoreResult<()> {
+    if user.starting_credits <= 0 {
+        return Ok(());
+    }
+    let entry = crate::base::ledger::starting_credits(
+        &user.tenant_id,
+        &user.id,
+        user.starting_credits,
+        now,
+    );
+    super::ledger::post_in(conn, &entry).await.map(|_| ())
 }
 
 async fn revoke_sessions(conn: &mut PgConnection, user_id: &str, now: Millis) -> StoreResult<()> {
@@ -278,7 +289,7 @@ impl UserStore for PgStore {
         .execute(&mut *tx)
         .await?;
         changed(inserted)?;
-        grant_starting_credits(&mut tx, &user).await?;
+        grant_starting_credits(&mut tx, self.now(), &user).await?;
         let created = get(&mut tx, &user.tenant_id, &user.id).await?;
         tx.commit().await?;
         Ok(created)

@@ -67,15 +67,22 @@ fn create(conn: &Connection, now: Millis, user: &NewEndUser) -> StoreResult<EndU
     if inserted == 0 {
         return Err(StoreError::NotFound);
     }
-    grant_starting_credits(conn, user)?;
+    grant_starting_credits(conn, now, user)?;
     get(conn, &user.tenant_id, &user.id)
 }
 
-/// The new user's starting credits, in the creating transaction.
-// TODO(ledger): write the `gift` entry (idempotency key `signup:<user id>`) for
-// `user.starting_credits` here, in this same transaction.
-fn grant_starting_credits(_conn: &Connection, _user: &NewEndUser) -> StoreResult<()> {
-    Ok(())
+/// The new user's starting credits: a `gift` entry in the creating transaction.
+fn grant_starting_credits(conn: &Connection, now: Millis, user: &NewEndUser) -> StoreResult<()> {
+    if user.starting_credits <= 0 {
+        return Ok(());
+    }
+    let entry = crate::base::ledger::starting_credits(
+        &user.tenant_id,
+        &user.id,
+        user.starting_credits,
+        now,
+    );
+    super::ledger::post(conn, &entry).map(|_| ())
 }
 
 fn revoke_sessions(conn: &Connection, user_id: &str, now: Millis) -> StoreResult<()> {
