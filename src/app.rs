@@ -49,6 +49,8 @@ pub struct App {
     pub keys: Arc<KeyPool>,
     /// Fetches `inputImageUrl`s with the SSRF rules.
     pub inputs: Arc<InputFetcher>,
+    /// The image library (uploads, and the images jobs take as inputs).
+    pub images: crate::uploads::Library,
     /// Submits poke this so an idle worker in the same process claims at once.
     pub wake: Arc<Notify>,
     /// Committed status changes are announced here; live event streams listen.
@@ -216,7 +218,14 @@ impl App {
             .map_err(anyhow::Error::msg)?;
         let inputs =
             Arc::new(InputFetcher::new(config.inputs.clone()).map_err(anyhow::Error::msg)?);
+        let images = crate::uploads::Library::new(
+            store.clone(),
+            objects.clone(),
+            urls.clone(),
+            config.uploads.clone(),
+        );
         Ok(App {
+            images,
             auth: Authenticator::new(store.clone()),
             config: Arc::new(config),
             store,

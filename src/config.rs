@@ -48,6 +48,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// The OpenAI-compatible images API (model routing, wait bound).
     pub openai_api: crate::api::openai::OpenAiApiConfig,
+    /// The image library: upload limits and what is made of each image.
+    pub uploads: crate::uploads::UploadsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +144,7 @@ impl Default for Config {
             inputs: Default::default(),
             webhooks: Default::default(),
             openai_api: Default::default(),
+            uploads: Default::default(),
         }
     }
 }

@@ -30,9 +30,10 @@
 //!    for addresses a client supplied. Imports nothing from the crate.
 //! 2. Engines: [`store`], [`storage`], [`limits`], [`events`], [`telemetry`]. Each imports
 //!    only `base`; none knows another engine.
-//! 3. Capabilities: [`accounts`], [`providers`], then [`keypool`] (which probes through
-//!    `providers`), then [`jobs`] and [`webhooks`]. They use the engines through their traits
-//!    and never import `api`, `app`, `server`, `config` or `cli`.
+//! 3. Capabilities: [`accounts`], [`providers`], [`uploads`] (the image library), then
+//!    [`keypool`] (which probes through `providers`), then [`jobs`] and [`webhooks`]. They
+//!    use the engines through their traits and never import `api`, `app`, `server`,
+//!    `config` or `cli`.
 //! 4. [`api`] (with [`error`]): HTTP, one file per resource, on top of the capabilities.
 //! 5. The composition root: [`config`] (which gathers each module's own section), [`app`] and
 //!    [`server`], which build every dependency and hand it in; then [`cli`] on top.
@@ -56,4 +57,5 @@ pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
+pub mod uploads;
 pub mod webhooks;

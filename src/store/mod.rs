@@ -1,5 +1,6 @@
 //! Durable state behind one [`Store`] trait: tenants, API keys, provider keys, jobs (the
-//! queue), job events, idempotency records, the webhook outbox and node heartbeats.
+//! queue), job events, idempotency records, the webhook outbox, node heartbeats and the image
+//! library's objects and records ([`images`]).
 //!
 //! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
 //! method here, so no backend can split it: `job_submit` writes the idempotency record, the
@@ -10,6 +11,7 @@
 //! (`sqlite`, the embedded default, and `postgres` at scale), each with its own SQL and
 //! migrations, all passing one conformance suite (`tests/store.rs`).
 
+pub mod images;
 pub mod postgres;
 pub mod sqlite;
 
@@ -173,7 +175,7 @@ pub struct Maintenance {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: images::ImageStore + Send + Sync + 'static {
     /// Creates a tenant together with its first API key.
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant>;
     async fn tenant_list(&self) -> StoreResult<Vec<Tenant>>;

@@ -31,6 +31,7 @@
 
 mod claim;
 mod events;
+mod images;
 mod jobs;
 mod nodes;
 mod tenants;
@@ -525,7 +526,7 @@ impl Store for PgStore {
         // Identities keep counting (as SQLite's AUTOINCREMENT does): a seq is never reused.
         sqlx::query(
             "TRUNCATE webhook_deliveries, tenant_webhooks, job_events, idempotency_keys, jobs,
-                 api_keys, provider_keys, tenants, nodes",
+                 api_keys, provider_keys, tenants, nodes, images, image_objects",
         )
         .execute(&self.pool)
         .await?;
