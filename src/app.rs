@@ -251,6 +251,7 @@ impl App {
             providers: self.providers.clone(),
             config: self.config.worker.clone(),
             inputs: self.inputs.clone(),
+            images: self.images.clone(),
             gate: Gate::new(self.limiter.clone(), &self.config.limits),
             events: self.events.clone(),
             keys: self.keys.clone(),

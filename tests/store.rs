@@ -436,6 +436,7 @@ async fn submit_creates_queued_job_and_one_event(b: Bundle) {
         options: serde_json::json!({"quality": "high", "output_compression": 80})
             .as_object()
             .cloned(),
+        input_image_ids: vec!["img_1".into()],
     };
     job.cancel_at = Some(job.created_at + 5_000);
     let id = submit(s, job.clone()).await;
