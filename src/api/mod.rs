@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod cors;
+pub mod editor_images;
 mod events;
 mod events_ws;
 mod extract;
@@ -14,6 +15,7 @@ mod jobs;
 mod multipart;
 pub mod openai;
 pub(crate) mod paging;
+pub mod photo_uploads;
 pub mod ratelimit;
 pub mod submit_request;
 mod uploads;

@@ -115,7 +115,7 @@ pub fn process(bytes: &[u8], pipeline: &Pipeline) -> Result<Processed, UploadErr
     let (image_width, image_height) = fit_inside(width, height, pipeline.max_side);
     let stored = resize(picture, image_width, image_height)?;
     let (thumb_width, thumb_height) = fit_inside(width, height, pipeline.thumb_side);
-    let thumb = resize_ref(&stored, thumb_width, thumb_height)?;
+    let thumb = resize_to(&stored, thumb_width, thumb_height)?;
     Ok(Processed {
         width,
         height,
@@ -182,13 +182,13 @@ fn resize(picture: RgbImage, width: u32, height: u32) -> Result<RgbImage, Upload
     if picture.dimensions() == (width, height) {
         return Ok(picture);
     }
-    resize_ref(&picture, width, height)
+    resize_to(&picture, width, height)
 }
 
 /// Lanczos3 as sharp uses by default. `fast_image_resize` rather than `image::imageops`:
 /// on a 12 MP JPEG its SIMD convolution made the 2048 px image about 10x faster
 /// (`easel-bench uploads` prints both), the larger share of an upload's CPU after decoding.
-fn resize_ref(picture: &RgbImage, width: u32, height: u32) -> Result<RgbImage, UploadError> {
+pub fn resize_to(picture: &RgbImage, width: u32, height: u32) -> Result<RgbImage, UploadError> {
     let failed = |e: String| UploadError::Corrupt(format!("the image cannot be resized: {e}"));
     let src = ImageRef::new(
         picture.width(),

@@ -8,6 +8,8 @@
 //! - `easel-bench gemini`: jobs through the fake Gemini and the key pool (see [`gemini`]).
 //! - `easel-bench claim`: PostgreSQL claims/s through the `Store` (see [`claim`]).
 //! - `easel-bench fake-gemini`: the fake upstream as a process (see [`fake_gemini`]).
+//! - `easel-bench uploads`: the image library's pipeline against sharp's, and uploads over
+//!   HTTP (see [`uploads`]).
 //! - `easel-bench webhooks`: job end to webhook received, through the dispatcher (see
 //!   [`webhooks`]).
 //!
@@ -20,6 +22,7 @@ mod e2e;
 mod fake_gemini;
 mod gemini;
 mod limiter;
+mod uploads;
 mod webhooks;
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         Some("drain") => e2e::drain(rest),
         Some("fake-gemini") => fake_gemini::run(rest),
         Some("webhooks") => webhooks::run(rest),
+        Some("uploads") => uploads::run(rest),
         Some("stats") => {
             let path = rest
                 .first()
