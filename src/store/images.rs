@@ -57,3 +57,14 @@ pub trait ImageStore: Send + Sync + 'static {
     /// Forgets a doomed object whose files are gone; `false` if it is not doomed.
     async fn image_object_forget(&self, object_id: &str) -> StoreResult<bool>;
 }
+
+/// An object's columns in the order both engines read them (`o` is `image_objects`).
+pub(crate) const OBJECT_COLUMNS: &str = "o.id, o.tenant_id, o.content_hash, o.object_key, \
+     o.thumb_key, o.mime, o.width, o.height, o.size, o.state, o.holders, o.created_at";
+
+/// A record joined with its object: the record's columns, then [`OBJECT_COLUMNS`].
+pub(crate) const RECORD_SELECT: &str = "SELECT i.id, i.tenant_id, i.owner_user, i.kind, \
+     i.session_id, i.original_name, i.ref_count, i.created_at, i.updated_at, \
+     o.id, o.tenant_id, o.content_hash, o.object_key, o.thumb_key, o.mime, o.width, o.height, \
+     o.size, o.state, o.holders, o.created_at \
+     FROM images i JOIN image_objects o ON o.id = i.object_id";

@@ -14,19 +14,8 @@ use crate::base::clock::Millis;
 use crate::base::image::{
     ImageDeleteOutcome, ImageListQuery, ImageObject, ImageOwner, ImageRecord, NewImage, ObjectState,
 };
-use crate::store::images::ImageStore;
+use crate::store::images::{ImageStore, OBJECT_COLUMNS, RECORD_SELECT};
 use crate::store::{StoreError, StoreResult};
-
-const OBJECT_COLUMNS: &str = "o.id, o.tenant_id, o.content_hash, o.object_key, o.thumb_key, \
-     o.mime, o.width, o.height, o.size, o.state, o.holders, o.created_at";
-
-fn record_select() -> String {
-    format!(
-        "SELECT i.id, i.tenant_id, i.owner_user, i.kind, i.session_id, i.original_name, \
-         i.ref_count, i.created_at, i.updated_at, {OBJECT_COLUMNS} \
-         FROM images i JOIN image_objects o ON o.id = i.object_id"
-    )
-}
 
 fn unsigned(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
@@ -79,7 +68,7 @@ async fn get(
 ) -> StoreResult<Option<ImageRecord>> {
     let sql = format!(
         "{} WHERE i.id = $1 AND i.tenant_id = $2 AND i.owner_user = $3",
-        record_select()
+        RECORD_SELECT
     );
     let row = sqlx::query(&sql)
         .bind(id)
@@ -314,7 +303,7 @@ impl ImageStore for PgStore {
                 .await?;
         let sql = format!(
             "{} WHERE {filter} ORDER BY i.created_at DESC, i.id DESC LIMIT $5 OFFSET $6",
-            record_select()
+            RECORD_SELECT
         );
         let rows = sqlx::query(&sql)
             .bind(&q.owner.tenant_id)

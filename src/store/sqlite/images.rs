@@ -10,20 +10,8 @@ use crate::base::clock::Millis;
 use crate::base::image::{
     ImageDeleteOutcome, ImageListQuery, ImageObject, ImageOwner, ImageRecord, NewImage, ObjectState,
 };
-use crate::store::images::ImageStore;
+use crate::store::images::{ImageStore, OBJECT_COLUMNS, RECORD_SELECT};
 use crate::store::{StoreError, StoreResult};
-
-const OBJECT_COLUMNS: &str = "o.id, o.tenant_id, o.content_hash, o.object_key, o.thumb_key, \
-     o.mime, o.width, o.height, o.size, o.state, o.holders, o.created_at";
-
-/// A record joined with its object: `images i JOIN image_objects o`.
-fn record_select() -> String {
-    format!(
-        "SELECT i.id, i.tenant_id, i.owner_user, i.kind, i.session_id, i.original_name, \
-         i.ref_count, i.created_at, i.updated_at, {OBJECT_COLUMNS} \
-         FROM images i JOIN image_objects o ON o.id = i.object_id"
-    )
-}
 
 fn object_from(row: &Row<'_>, at: usize) -> rusqlite::Result<ImageObject> {
     let state: String = row.get(at + 9)?;
@@ -64,7 +52,7 @@ fn record_from(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
 fn get(conn: &Connection, owner: &ImageOwner, id: &str) -> StoreResult<Option<ImageRecord>> {
     let sql = format!(
         "{} WHERE i.id = ?1 AND i.tenant_id = ?2 AND i.owner_user = ?3",
-        record_select()
+        RECORD_SELECT
     );
     Ok(conn
         .prepare_cached(&sql)?
@@ -183,7 +171,7 @@ fn list(conn: &Connection, q: &ImageListQuery) -> StoreResult<(Vec<ImageRecord>,
         .query_row(args, |r| r.get(0))?;
     let sql = format!(
         "{} WHERE {filter} ORDER BY i.created_at DESC, i.id DESC LIMIT ?5 OFFSET ?6",
-        record_select()
+        RECORD_SELECT
     );
     let offset = i64::try_from(q.offset).unwrap_or(i64::MAX);
     let items = conn
