@@ -185,9 +185,9 @@ fn resize(picture: RgbImage, width: u32, height: u32) -> Result<RgbImage, Upload
     resize_to(&picture, width, height)
 }
 
-/// Lanczos3 as sharp uses by default. `fast_image_resize` rather than `image::imageops`:
-/// on a 12 MP JPEG its SIMD convolution made the 2048 px image about 10x faster
-/// (`easel-bench uploads` prints both), the larger share of an upload's CPU after decoding.
+/// Lanczos3, as sharp uses by default. `fast_image_resize` rather than `image::imageops`:
+/// its convolution is SIMD (AVX2/SSE4.1/NEON) where `image`'s is scalar, and resizing the
+/// 12 MP decode is most of an upload's CPU after decoding (`easel-bench uploads` times both).
 pub fn resize_to(picture: &RgbImage, width: u32, height: u32) -> Result<RgbImage, UploadError> {
     let failed = |e: String| UploadError::Corrupt(format!("the image cannot be resized: {e}"));
     let src = ImageRef::new(
