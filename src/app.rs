@@ -51,6 +51,8 @@ pub struct App {
     pub keys: Arc<KeyPool>,
     /// Fetches `inputImageUrl`s with the SSRF rules.
     pub inputs: Arc<InputFetcher>,
+    /// The image library (uploads, and the images jobs take as inputs).
+    pub images: crate::uploads::Library,
     /// Submits poke this so an idle worker in the same process claims at once.
     pub wake: Arc<Notify>,
     /// Committed status changes are announced here; live event streams listen.
@@ -252,9 +254,16 @@ impl App {
             Arc::new(InputFetcher::new(config.inputs.clone()).map_err(anyhow::Error::msg)?);
         let accounts = open_accounts(&config, &store, &sealer, &limiter)?;
         let tenancy = TenantResolver::new(store.clone(), config.users.default_tenant.clone());
+        let images = crate::uploads::Library::new(
+            store.clone(),
+            objects.clone(),
+            urls.clone(),
+            config.uploads.clone(),
+        );
         Ok(App {
             accounts,
             tenancy,
+            images,
             auth: Authenticator::new(store.clone()),
             pricing: Arc::new(crate::ledger::pricing::Pricing::new(store.clone())),
             config: Arc::new(config),
@@ -281,6 +290,7 @@ impl App {
             providers: self.providers.clone(),
             config: self.config.worker.clone(),
             inputs: self.inputs.clone(),
+            images: self.images.clone(),
             gate: Gate::new(self.limiter.clone(), &self.config.limits),
             events: self.events.clone(),
             keys: self.keys.clone(),

@@ -56,6 +56,8 @@ pub struct Config {
     pub users: UsersConfig,
     /// The default tenant's WeChat mini-program (sign-in).
     pub wechat: WechatConfig,
+    /// The image library: upload limits and what is made of each image.
+    pub uploads: crate::uploads::UploadsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +173,7 @@ impl Default for Config {
             openai_api: Default::default(),
             users: Default::default(),
             wechat: Default::default(),
+            uploads: Default::default(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     Unavailable,
     UnknownError,
+    /// An upload that is not an image type Easel takes.
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -42,6 +44,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::Unavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::UnknownError => "UNKNOWN_ERROR",
+            ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
         }
     }
 
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UnknownError => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 }

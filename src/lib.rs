@@ -31,7 +31,8 @@
 //! 2. Engines: [`store`], [`storage`], [`limits`], [`telemetry`]. Each imports only `base`;
 //!    none knows another.
 //! 3. [`events`]: the bus, and the feeds that re-read the store's job events.
-//! 4. Capabilities that stand alone: [`accounts`], [`providers`], then [`ledger`] (prices,
+//! 4. Capabilities that stand alone: [`accounts`], [`providers`], [`uploads`] (the image
+//!    library), then [`ledger`] (prices,
 //!    app keys and payments; it makes app keys through `accounts`).
 //! 5. [`keypool`]: upstream keys, which it probes through `providers`.
 //! 6. [`jobs`] and [`webhooks`]: the worker, maintenance and the dispatcher.
@@ -60,4 +61,5 @@ pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod testing;
+pub mod uploads;
 pub mod webhooks;

@@ -115,6 +115,12 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
             app.events.clone(),
             stop.clone(),
         ));
+        tasks.spawn(crate::uploads::run_collector(
+            app.images.clone(),
+            // Deletes happen inline; this pass only retries failures and crash leftovers.
+            Duration::from_secs(60),
+            stop.clone(),
+        ));
         // Beside the job workers, with its own slots: a slow receiver never holds a job.
         match app.webhook_dispatcher() {
             Ok(dispatcher) => {

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use easel::base::clock::{now_millis, ManualWallClock, Millis, WallClock};
 
+use easel::base::image::{
+    ImageDeleteOutcome, ImageListQuery, ImageObject, ImageOwner, ImageRecord, NewImage, ObjectState,
+};
 use easel::base::job::Mode;
 use easel::base::job::{
     ClaimedJob, Finish, IdempotencyClaim, Job, JobEvent, JobListQuery, JobParams, JobStatus,
@@ -384,6 +387,7 @@ async fn submit_creates_queued_job_and_one_event(b: Bundle) {
         options: serde_json::json!({"quality": "high", "output_compression": 80})
             .as_object()
             .cloned(),
+        input_image_ids: vec!["img_1".into()],
     };
     job.cancel_at = Some(job.created_at + 5_000);
     let id = submit(s, job.clone()).await;
@@ -2616,6 +2620,311 @@ async fn node_remove_forgets_a_node_at_once(b: Bundle) {
     assert_eq!(s.nodes_live(t0 + 1_000).await.unwrap(), 1);
 }
 
+// ---- the image library's objects and records ----
+
+fn image_object(tenant_id: &str, hash: &str, created_at: Millis) -> ImageObject {
+    let id = format!("obj_{}", ulid());
+    ImageObject {
+        key: format!("uploads/{tenant_id}/{id}.jpg"),
+        thumb_key: format!("uploads/{tenant_id}/{id}_thumb.jpg"),
+        id,
+        tenant_id: tenant_id.into(),
+        content_hash: hash.into(),
+        mime: "image/jpeg".into(),
+        width: 640,
+        height: 480,
+        size: 12_345,
+        state: ObjectState::Pending,
+        holders: 0,
+        created_at,
+    }
+}
+
+fn new_image(owner: &ImageOwner, hash: &str, at: Millis) -> NewImage {
+    NewImage {
+        id: format!("img_{}", ulid()),
+        owner: owner.clone(),
+        kind: "uploaded".into(),
+        session_id: None,
+        original_name: Some("cat.png".into()),
+        content_hash: hash.into(),
+        created_at: at,
+    }
+}
+
+async fn images_share_one_object_per_hash_and_tenant(b: Bundle) {
+    let s = b.store.as_ref();
+    let owner = ImageOwner::user("t1", "u1");
+    let hash = "aa".repeat(32);
+    let first = image_object("t1", &hash, 1_000);
+    s.image_object_begin(first.clone()).await.unwrap();
+    assert_eq!(
+        s.image_add_existing(new_image(&owner, &hash, 1_000))
+            .await
+            .unwrap(),
+        None,
+        "a pending object is not shared"
+    );
+    let (one, redundant) = s
+        .image_add(new_image(&owner, &hash, 1_001), &first.id)
+        .await
+        .unwrap();
+    assert_eq!(redundant, None);
+    assert_eq!(one.object.state, ObjectState::Ready);
+    assert_eq!((one.object.holders, one.ref_count), (1, 0));
+    assert_eq!(one.object.key, first.key);
+    assert_eq!(one.original_name.as_deref(), Some("cat.png"));
+    assert_eq!(one.owner, owner);
+
+    let two = s
+        .image_add_existing(new_image(&owner, &hash, 1_002))
+        .await
+        .unwrap()
+        .expect("the ready object is shared");
+    assert_eq!(two.object.id, first.id);
+    assert_eq!(two.object.holders, 2);
+    assert_eq!(
+        s.image_add_existing(new_image(&ImageOwner::tenant("t2"), &hash, 1_003))
+            .await
+            .unwrap(),
+        None,
+        "never across tenants"
+    );
+
+    // A second upload of the same bytes that wrote its own files: the record goes on the
+    // ready object and the late one comes back doomed.
+    let late = image_object("t1", &hash, 1_004);
+    s.image_object_begin(late.clone()).await.unwrap();
+    let (three, redundant) = s
+        .image_add(new_image(&ImageOwner::tenant("t1"), &hash, 1_005), &late.id)
+        .await
+        .unwrap();
+    assert_eq!(three.object.id, first.id);
+    assert_eq!(three.object.holders, 3);
+    let redundant = redundant.expect("the late object is redundant");
+    assert_eq!(
+        (redundant.id.as_str(), redundant.state),
+        (late.id.as_str(), ObjectState::Doomed)
+    );
+    assert!(s.image_object_forget(&late.id).await.unwrap());
+    assert!(matches!(
+        s.image_add(new_image(&owner, &hash, 1_006), &late.id).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let tenant = ImageOwner::tenant("t1");
+    assert_eq!(
+        s.image_delete(&owner, &one.id).await.unwrap(),
+        ImageDeleteOutcome::Deleted(None)
+    );
+    assert_eq!(
+        s.image_delete(&owner, &one.id).await.unwrap(),
+        ImageDeleteOutcome::NotFound
+    );
+    assert_eq!(
+        s.image_delete(&tenant, &two.id).await.unwrap(),
+        ImageDeleteOutcome::NotFound,
+        "the tenant is another owner than its user"
+    );
+    assert_eq!(
+        s.image_delete(&owner, &two.id).await.unwrap(),
+        ImageDeleteOutcome::Deleted(None)
+    );
+    match s.image_delete(&tenant, &three.id).await.unwrap() {
+        ImageDeleteOutcome::Deleted(Some(doomed)) => {
+            assert_eq!(doomed.id, first.id);
+            assert_eq!((doomed.state, doomed.holders), (ObjectState::Doomed, 0));
+        }
+        other => panic!("the last record dooms the object: {other:?}"),
+    }
+    assert_eq!(
+        s.image_add_existing(new_image(&owner, &hash, 1_007))
+            .await
+            .unwrap(),
+        None,
+        "a doomed object is not shared"
+    );
+    let doomed = s.image_objects_collect(0, 10).await.unwrap();
+    assert_eq!(
+        doomed.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        vec![first.id.as_str()]
+    );
+    assert!(s.image_object_forget(&first.id).await.unwrap());
+    assert!(!s.image_object_forget(&first.id).await.unwrap());
+}
+
+async fn ref_count(s: &dyn Store, owner: &ImageOwner, id: &str) -> u32 {
+    s.image_get(owner, id)
+        .await
+        .unwrap()
+        .expect("image")
+        .ref_count
+}
+
+async fn images_are_scoped_listed_and_counted_by_owner(b: Bundle) {
+    let s = b.store.as_ref();
+    let alice = ImageOwner::user("t1", "alice");
+    let bob = ImageOwner::user("t1", "bob");
+    let mut ids = Vec::new();
+    for (i, (session, kind)) in [
+        (Some("s1"), "uploaded"),
+        (Some("s1"), "generated"),
+        (None, "uploaded"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let hash = format!("{i:064}");
+        let object = image_object("t1", &hash, 1_000);
+        s.image_object_begin(object.clone()).await.unwrap();
+        let mut new = new_image(&alice, &hash, 1_000 + i as Millis);
+        new.session_id = session.map(str::to_owned);
+        new.kind = kind.into();
+        let (record, _) = s.image_add(new, &object.id).await.unwrap();
+        ids.push(record.id);
+    }
+    let query = |owner: &ImageOwner, session: Option<&str>, kind: Option<&str>| ImageListQuery {
+        owner: owner.clone(),
+        session_id: session.map(str::to_owned),
+        kind: kind.map(str::to_owned),
+        limit: 10,
+        offset: 0,
+    };
+    let listed = |page: Vec<ImageRecord>| page.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let (page, total) = s.image_list(query(&alice, None, None)).await.unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(
+        listed(page),
+        vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]
+    );
+    let (page, total) = s.image_list(query(&alice, Some("s1"), None)).await.unwrap();
+    assert_eq!(
+        (listed(page), total),
+        (vec![ids[1].clone(), ids[0].clone()], 2)
+    );
+    let (page, total) = s
+        .image_list(query(&alice, Some("s1"), Some("uploaded")))
+        .await
+        .unwrap();
+    assert_eq!((listed(page), total), (vec![ids[0].clone()], 1));
+    let mut paged = query(&alice, None, None);
+    (paged.limit, paged.offset) = (1, 1);
+    let (page, total) = s.image_list(paged).await.unwrap();
+    assert_eq!((listed(page), total), (vec![ids[1].clone()], 3));
+    let (page, total) = s.image_list(query(&bob, None, None)).await.unwrap();
+    assert_eq!((page.len(), total), (0, 0));
+    assert_eq!(s.image_get(&bob, &ids[0]).await.unwrap(), None);
+    assert_eq!(
+        s.image_get(&alice, &ids[0]).await.unwrap().map(|r| r.id),
+        Some(ids[0].clone())
+    );
+
+    // References: all or nothing, per owner, never below 0, and they block a delete.
+    let two = vec![ids[0].clone(), ids[1].clone()];
+    assert_eq!(
+        s.image_refs(&bob, &two, 1).await.unwrap(),
+        two,
+        "bob has neither"
+    );
+    assert!(s.image_refs(&alice, &two, 1).await.unwrap().is_empty());
+    assert_eq!(
+        s.image_refs(&alice, &[ids[0].clone(), "img_x".into()], 1)
+            .await
+            .unwrap(),
+        vec!["img_x".to_owned()]
+    );
+    assert_eq!(ref_count(s, &alice, &ids[0]).await, 1);
+    assert_eq!(
+        s.image_delete(&alice, &ids[0]).await.unwrap(),
+        ImageDeleteOutcome::Referenced(1)
+    );
+    for _ in 0..2 {
+        assert!(s.image_refs(&alice, &two, -1).await.unwrap().is_empty());
+    }
+    assert_eq!(ref_count(s, &alice, &ids[0]).await, 0);
+    assert!(matches!(
+        s.image_delete(&alice, &ids[0]).await.unwrap(),
+        ImageDeleteOutcome::Deleted(Some(_))
+    ));
+    s.reset().await.unwrap();
+    assert_eq!(s.image_get(&alice, &ids[1]).await.unwrap(), None);
+    assert!(s
+        .image_objects_collect(Millis::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn image_collect_dooms_pending_objects_a_crash_left(b: Bundle) {
+    let s = b.store.as_ref();
+    let t0: Millis = 5_000_000;
+    let old = image_object("t1", &"cc".repeat(32), t0);
+    let fresh = image_object("t1", &"dd".repeat(32), t0 + 1_000);
+    s.image_object_begin(old.clone()).await.unwrap();
+    s.image_object_begin(fresh.clone()).await.unwrap();
+    assert!(s.image_objects_collect(t0, 10).await.unwrap().is_empty());
+    let doomed = s.image_objects_collect(t0 + 1, 10).await.unwrap();
+    assert_eq!(doomed.len(), 1);
+    assert_eq!(
+        (doomed[0].id.as_str(), doomed[0].state),
+        (old.id.as_str(), ObjectState::Doomed)
+    );
+    assert_eq!(doomed[0].key, old.key);
+    // The upload that began it comes back too late: refused, nothing made ready.
+    let owner = ImageOwner::tenant("t1");
+    assert!(matches!(
+        s.image_add(new_image(&owner, &old.content_hash, t0 + 2), &old.id)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // The fresh one finishes normally.
+    let (record, _) = s
+        .image_add(new_image(&owner, &fresh.content_hash, t0 + 2), &fresh.id)
+        .await
+        .unwrap();
+    assert_eq!(record.object.state, ObjectState::Ready);
+    assert!(s.image_object_forget(&old.id).await.unwrap());
+    assert!(
+        !s.image_object_forget(&fresh.id).await.unwrap(),
+        "a ready object stays"
+    );
+    assert!(s
+        .image_objects_collect(Millis::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn concurrent_image_adds_make_one_object_ready(b: Bundle) {
+    let owner = ImageOwner::tenant("t1");
+    let hash = "ee".repeat(32);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (store, owner, hash) = (b.store.clone(), owner.clone(), hash.clone());
+        tasks.push(tokio::spawn(async move {
+            let object = image_object("t1", &hash, 1_000 + i);
+            store.image_object_begin(object.clone()).await.unwrap();
+            store
+                .image_add(new_image(&owner, &hash, 2_000 + i), &object.id)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut kept = HashSet::new();
+    let mut redundant = 0;
+    for task in tasks {
+        let (record, late) = task.await.unwrap();
+        kept.insert(record.object.id);
+        redundant += usize::from(late.is_some());
+    }
+    assert_eq!(kept.len(), 1, "every record on one object");
+    assert_eq!(redundant, 7);
+    let record_object = kept.into_iter().next().unwrap();
+    let doomed = b.store.image_objects_collect(0, 100).await.unwrap();
+    assert_eq!(doomed.len(), 7);
+    assert!(doomed.iter().all(|o| o.id != record_object));
+}
+
 // ---- one test per (backend, scenario) ----
 
 /// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
@@ -2674,6 +2983,10 @@ macro_rules! suite {
             webhook_logs_page_filter_scope_and_replay,
             node_heartbeats_count_live_nodes,
             node_remove_forgets_a_node_at_once,
+            images_share_one_object_per_hash_and_tenant,
+            images_are_scoped_listed_and_counted_by_owner,
+            image_collect_dooms_pending_objects_a_crash_left,
+            concurrent_image_adds_make_one_object_ready,
         );
     };
     (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {

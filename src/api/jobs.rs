@@ -93,7 +93,14 @@ pub async fn submit(
         webhook_url,
         charge,
     };
-    let mut response = match enqueue(&app, job).await? {
+    let inputs = job.params.input_image_ids.clone();
+    super::uploads::hold_inputs(&app, &tenant.id, &inputs).await?;
+    let outcome = enqueue(&app, job).await;
+    if !matches!(outcome, Ok(Enqueued::Created { .. })) {
+        // No new job holds them: a replay's job took its own references.
+        super::uploads::let_go(&app, &tenant.id, &inputs).await;
+    }
+    let mut response = match outcome? {
         Enqueued::Created { job_id } => {
             let body = Accepted {
                 job_id: &job_id,
@@ -209,6 +216,8 @@ struct JobView {
     mode: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     input_image_url: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    input_image_ids: Vec<String>,
     result_urls: Vec<String>,
     error: Option<String>,
     error_code: Option<String>,
@@ -252,6 +261,7 @@ pub async fn get(
         prompt: job.prompt.clone(),
         mode: job.mode.as_str(),
         input_image_url: job.input_image_url.clone(),
+        input_image_ids: job.params.input_image_ids.clone(),
         result_urls: result_urls(&app, &job).await,
         error: job.error_message.clone(),
         error_code: job.error_code.clone(),
@@ -358,6 +368,7 @@ pub async fn cancel(
             // A running attempt hears this and stops; its tenant slot is free again.
             app.events.publish(Change::job(&tenant.id, &job_id));
             app.wake.notify_one();
+            super::uploads::release_job_inputs(&app, &tenant.id, &job_id).await;
             Ok(Json(Accepted {
                 job_id: &job_id,
                 status: JobStatus::Canceled,

@@ -8,17 +8,21 @@ mod admin;
 pub mod consumer;
 pub mod cors;
 pub mod credits;
+pub mod editor_images;
 mod events;
 mod events_ws;
 mod extract;
 mod files;
 mod jobs;
 mod ledger_admin;
+mod multipart;
 pub mod openai;
 pub(crate) mod paging;
+pub mod photo_uploads;
 pub mod ratelimit;
 pub mod submit_request;
 mod tenant_apps;
+mod uploads;
 mod webhooks;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
@@ -35,6 +39,13 @@ use crate::app::App;
 use crate::base::clock::{format_millis, now_millis};
 use crate::error::{ApiError, ErrorCode};
 use crate::telemetry;
+
+/// The body limit of an upload route taking up to `files` files: theirs plus room for the
+/// multipart framing and text fields (each file is also held to the limit on its own).
+fn upload_body_limit(app: &App, files: u64) -> DefaultBodyLimit {
+    let bytes = app.images.config().max_bytes.saturating_mul(files) + 64 * 1024;
+    DefaultBodyLimit::max(usize::try_from(bytes).unwrap_or(usize::MAX))
+}
 
 pub fn router(app: App) -> Router {
     telemetry::install();
@@ -65,6 +76,14 @@ pub fn router(app: App) -> Router {
             axum::routing::post(webhooks::rotate),
         )
         .route("/v1/files/{*key}", get(files::get))
+        .route(
+            "/v1/uploads",
+            axum::routing::post(uploads::create).layer(upload_body_limit(&app, 1)),
+        )
+        .route(
+            "/v1/uploads/{id}",
+            get(uploads::get).delete(uploads::delete),
+        )
         .route(
             "/admin/v1/tenants",
             get(admin::list_tenants).post(admin::create),

@@ -18,6 +18,7 @@ pub const ASPECT_RATIOS: &[&str] = &[
 pub const IMAGE_SIZES: &[&str] = &["1K", "2K", "4K"];
 const MAX_URL_CHARS: usize = 2048;
 const MAX_IMAGES: u64 = 4;
+const MAX_INPUT_IMAGES: usize = 1;
 const MAX_CANCEL_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A submit that passed validation.
@@ -122,6 +123,12 @@ pub fn parse_body(
     let input_image_url = optional_str(body, "inputImageUrl")?
         .map(|u| parse_url("inputImageUrl", u))
         .transpose()?;
+    let input_image_ids = parse_image_ids(body)?;
+    if input_image_url.is_some() && !input_image_ids.is_empty() {
+        return Err(ApiError::invalid(
+            "send inputImageUrl or inputImageIds, not both",
+        ));
+    }
     let webhook_url = optional_str(body, "webhookUrl")?
         .map(|u| parse_url("webhookUrl", u))
         .transpose()?;
@@ -142,6 +149,7 @@ pub fn parse_body(
             ASPECT_RATIOS,
         )?,
         image_size: one_of("imageSize", optional_str(body, "imageSize")?, IMAGE_SIZES)?,
+        input_image_ids,
         ..JobParams::default()
     };
     Ok(SubmitRequest {
@@ -151,6 +159,27 @@ pub fn parse_body(
         params,
         webhook_url,
     })
+}
+
+/// `inputImageIds`: ids of the tenant's uploads. One for now: a provider call takes one
+/// input image.
+fn parse_image_ids(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let Some(value) = optional(body, "inputImageIds") else {
+        return Ok(Vec::new());
+    };
+    let refuse = || ApiError::invalid("inputImageIds must be an array of image id strings");
+    let ids = value.as_array().ok_or_else(refuse)?;
+    if ids.len() > MAX_INPUT_IMAGES {
+        return Err(ApiError::invalid(format!(
+            "inputImageIds holds at most {MAX_INPUT_IMAGES} image id"
+        )));
+    }
+    ids.iter()
+        .map(|id| match id.as_str() {
+            Some(id) if !id.is_empty() && id.len() <= 64 => Ok(id.to_owned()),
+            _ => Err(refuse()),
+        })
+        .collect()
 }
 
 /// An http(s) URL with a host, named `field` in refusals.

@@ -154,6 +154,10 @@ pub struct JobParams {
     /// that provider at submit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The tenant's uploads (`POST /v1/uploads`) the job takes as inputs; each holds a
+    /// reference (`refCount`) until the job ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_image_ids: Vec<String>,
 }
 
 /// A validated submission, ready to be written.

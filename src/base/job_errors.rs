@@ -103,6 +103,8 @@ job_error_codes! {
     /// An image the client uploaded with the job (the OpenAI facade's edits) is no longer in
     /// object storage. Final.
     INPUT_IMAGE_MISSING,
+    /// The upload named in `inputImageIds` is gone (or its stored file is). Final.
+    INPUT_IMAGE_NOT_FOUND,
 }
 
 #[cfg(test)]

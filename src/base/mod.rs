@@ -9,6 +9,7 @@
 //! loop.
 
 pub mod clock;
+pub mod image;
 pub mod job;
 pub mod job_errors;
 pub mod ledger;

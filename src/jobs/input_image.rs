@@ -3,6 +3,7 @@
 //! `inputs.allow_networks` lists it, the connection pinned to the checked address), redirects
 //! followed by hand with the same checks, a size limit, a timeout, and the bytes' magic number
 //! checked. Owns the `[inputs]` configuration section ([`InputImageConfig`]).
+//! [`job_input`] picks a job's input: one of its tenant's uploads, or the fetched URL.
 
 use std::time::Duration;
 
@@ -10,10 +11,13 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::base::image::ImageOwner;
+use crate::base::job::Job;
 use crate::base::job_errors;
 use crate::base::netguard::{pinned_client, NetGuard, Refusal};
 use crate::base::settings::Invalid;
 use crate::providers::InputImage;
+use crate::uploads::{Library, UploadError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -236,6 +240,35 @@ impl InputFetcher {
             bytes,
             mime: mime.to_owned(),
         })
+    }
+}
+
+/// The job's input image: its upload (`inputImageIds`, read from the image library) or its
+/// `inputImageUrl` (fetched); `None` for a job without one.
+pub async fn job_input(
+    images: &Library,
+    fetcher: &InputFetcher,
+    job: &Job,
+) -> Result<Option<InputImage>, InputImageError> {
+    if let Some(url) = &job.input_image_url {
+        return fetcher.fetch(url).await.map(Some);
+    }
+    let Some(id) = job.params.input_image_ids.first() else {
+        return Ok(None);
+    };
+    match images.load(&ImageOwner::tenant(&job.tenant_id), id).await {
+        Ok(loaded) => Ok(Some(InputImage {
+            bytes: loaded.bytes,
+            mime: loaded.mime,
+        })),
+        Err(UploadError::Unavailable(_)) => Err(retryable_error(
+            job_errors::INPUT_IMAGE_UNREACHABLE,
+            "image storage is unavailable",
+        )),
+        Err(_) => Err(final_error(
+            job_errors::INPUT_IMAGE_NOT_FOUND,
+            format!("the input image '{id}' no longer exists"),
+        )),
     }
 }
 

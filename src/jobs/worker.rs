@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::gate::{Capacity, Gate, GlobalTicket};
-use super::input_image::InputFetcher;
+use super::input_image::{job_input, InputFetcher};
 use super::retry::backoff;
 use crate::base::clock::now_millis;
 use crate::base::job::{ClaimedJob, Finish};
@@ -109,6 +109,8 @@ pub struct WorkerDeps {
     pub providers: Registry,
     pub config: WorkerConfig,
     pub inputs: Arc<InputFetcher>,
+    /// Uploads named by jobs' `inputImageIds`.
+    pub images: crate::uploads::Library,
     /// Global concurrency and rate at execution.
     pub gate: Gate,
     /// Upstream keys for providers that need them.
@@ -426,8 +428,12 @@ async fn run_claimed_awaiting(
         Finish::Retry { .. } => "retrying",
         Finish::Failed { .. } => "failed",
     };
+    let ended = !matches!(finish, Finish::Retry { .. });
     match deps.store.job_finish(&job_id, fence, finish).await {
         Ok(()) => {
+            if ended {
+                release_inputs(deps, &claimed.job).await;
+            }
             telemetry::attempt_ended(&claimed.job.provider, result, claimed_at.elapsed());
             deps.events
                 .publish(Change::job(&claimed.job.tenant_id, &job_id))
@@ -451,6 +457,18 @@ async fn delete_stored(deps: &WorkerDeps, job_id: &str, stored: Mutex<Vec<String
         if let Err(e) = deps.objects.delete(&key).await {
             tracing::warn!(job = %job_id, key = %key, error = %e, "could not delete a dropped result image");
         }
+    }
+}
+
+/// A job that ended lets go of its input uploads (`inputImageIds`).
+async fn release_inputs(deps: &WorkerDeps, job: &crate::base::job::Job) {
+    let ids = &job.params.input_image_ids;
+    if ids.is_empty() {
+        return;
+    }
+    let owner = crate::base::image::ImageOwner::tenant(&job.tenant_id);
+    if let Err(e) = deps.images.release(&owner, ids).await {
+        tracing::warn!(job = %job.id, error = %e, "input image references not released");
     }
 }
 
@@ -533,6 +551,21 @@ async fn attempt(
     };
     let mut uploaded_images = uploaded.images.into_iter();
     let input_image = match &job.input_image_url {
+        // The tenant's uploads named by `inputImageIds`, from the image library.
+        None if !job.params.input_image_ids.is_empty() => {
+            match job_input(&deps.images, &deps.inputs, job).await {
+                Ok(image) => image,
+                Err(e) if e.retryable => {
+                    return retry_or_fail(deps, claimed, e.code, &e.message, None)
+                }
+                Err(e) => {
+                    return Finish::Failed {
+                        error_code: e.code.to_owned(),
+                        error_message: e.message,
+                    }
+                }
+            }
+        }
         None => uploaded_images.next(),
         Some(url) => match deps.inputs.fetch(url).await {
             Ok(image) => Some(image),

@@ -408,6 +408,12 @@ mod tests {
         assert_eq!(&got.bytes[..], b"\x89PNG");
         assert_eq!(got.content_type, "image/png");
         assert!(store.exists("t/j/0.png").await.expect("exists"));
+        store.delete("t/j/0.png").await.expect("delete");
+        assert!(!store.exists("t/j/0.png").await.expect("exists"));
+        store
+            .delete("t/j/0.png")
+            .await
+            .expect("a second delete is fine");
         assert!(matches!(
             store.get("t/j/1.png").await,
             Err(StorageError::NotFound)

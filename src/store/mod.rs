@@ -1,6 +1,7 @@
 //! Durable state behind one [`Store`] trait: tenants, API keys, provider keys, jobs (the
-//! queue), job events, idempotency records, the webhook outbox, node heartbeats and (in
-//! [`users`]) end users, their sessions and refresh tokens.
+//! queue), job events, idempotency records, the webhook outbox, node heartbeats, (in
+//! [`users`]) end users, their sessions and refresh tokens, the credit [`ledger`] and the
+//! image library's objects and records ([`images`]).
 //!
 //! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
 //! method here, so no backend can split it: `job_submit` writes the idempotency record, the
@@ -11,6 +12,7 @@
 //! (`sqlite`, the embedded default, and `postgres` at scale), each with its own SQL and
 //! migrations, all passing one conformance suite (`tests/store.rs`).
 
+pub mod images;
 pub mod ledger;
 pub mod postgres;
 pub mod sqlite;
@@ -179,7 +181,9 @@ pub struct Maintenance {
 
 /// Every store keeps the credit ledger too ([`ledger::LedgerStore`]).
 #[async_trait]
-pub trait Store: UserStore + ledger::LedgerStore + Send + Sync + 'static {
+pub trait Store:
+    UserStore + ledger::LedgerStore + images::ImageStore + Send + Sync + 'static
+{
     /// Creates a tenant together with its first API key.
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant>;
     async fn tenant_list(&self) -> StoreResult<Vec<Tenant>>;

@@ -9,6 +9,8 @@ use easel::server::{self, Roles};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+pub mod images;
+
 pub struct TestApp {
     pub base: String,
     pub api_key: String,

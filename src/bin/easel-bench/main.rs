@@ -12,6 +12,8 @@
 //!   and the memory they take (see [`signin`]).
 //! - `easel-bench paid-submit`: submits that hold their price against free ones, same run
 //!   (see [`paid`]).
+//! - `easel-bench uploads`: the image library's pipeline against sharp's, and uploads over
+//!   HTTP (see [`uploads`]).
 //! - `easel-bench webhooks`: job end to webhook received, through the dispatcher (see
 //!   [`webhooks`]).
 //!
@@ -26,6 +28,7 @@ mod gemini;
 mod limiter;
 mod paid;
 mod signin;
+mod uploads;
 mod webhooks;
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Some("webhooks") => webhooks::run(rest),
         Some("signin") => signin::run(rest),
         Some("paid-submit") => paid::run(rest),
+        Some("uploads") => uploads::run(rest),
         Some("stats") => {
             let path = rest
                 .first()

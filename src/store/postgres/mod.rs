@@ -31,6 +31,7 @@
 
 mod claim;
 mod events;
+mod images;
 mod jobs;
 mod ledger;
 mod nodes;
@@ -531,7 +532,7 @@ impl Store for PgStore {
         sqlx::query(&format!(
             "TRUNCATE {}, webhook_deliveries, tenant_webhooks, job_events, idempotency_keys,
                  jobs, api_keys, provider_keys, tenants, nodes, refresh_tokens, auth_sessions,
-                 end_users, tenant_hosts, tenant_wechat",
+                 end_users, tenant_hosts, tenant_wechat, images, image_objects",
             ledger::RESET_TABLES
         ))
         .execute(&self.pool)

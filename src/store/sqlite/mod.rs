@@ -11,6 +11,7 @@
 
 mod claim;
 mod events;
+mod images;
 mod jobs;
 mod ledger;
 mod nodes;
@@ -51,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0007_tenant_burst.sql"),
     include_str!("../../../migrations/sqlite/0008_end_users.sql"),
     include_str!("../../../migrations/sqlite/0009_ledger.sql"),
+    include_str!("../../../migrations/sqlite/0012_images.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
@@ -583,7 +585,7 @@ impl Store for SqliteStore {
                  DELETE FROM webhook_deliveries; DELETE FROM tenant_webhooks;
                  DELETE FROM job_events; DELETE FROM idempotency_keys; DELETE FROM jobs;
                  DELETE FROM api_keys; DELETE FROM provider_keys; DELETE FROM tenants;
-                 DELETE FROM nodes;",
+                 DELETE FROM nodes; DELETE FROM images; DELETE FROM image_objects;",
             )?;
             Ok(())
         })
