@@ -448,3 +448,58 @@ async fn gemini_models_and_the_nano_banana_alias_go_to_gemini() {
     assert!(e["message"].as_str().expect("msg").contains("mask"), "{e}");
     app.shutdown().await;
 }
+
+/// A prepaid tenant pays for facade calls as for job API submits: one image held and settled
+/// per call, and a call it cannot afford is a 402 in OpenAI's shape that creates no job.
+#[tokio::test]
+async fn prepaid_tenants_pay_for_facade_calls() {
+    let app = common::spawn_app_with(
+        |c| c.auth.admin_token = Some(easel::base::secret::Secret::new("adm")),
+        easel::server::Roles::ALL,
+    )
+    .await;
+    let admin = |path: String, body: Value| {
+        app.http
+            .request(reqwest::Method::PUT, app.url(&path))
+            .bearer_auth("adm")
+            .json(&body)
+    };
+    let billing = admin(
+        format!("/admin/v1/tenants/{}/billing", app.tenant_id),
+        json!({"prepaid": true}),
+    )
+    .send()
+    .await
+    .expect("billing");
+    assert_eq!(billing.status(), 200);
+    let gift = app
+        .http
+        .post(app.url(&format!("/admin/v1/tenants/{}/credits", app.tenant_id)))
+        .bearer_auth("adm")
+        .json(&json!({"account": "tenant", "amount": 1, "gift": true, "reason": "test"}))
+        .send()
+        .await
+        .expect("credits");
+    assert_eq!(gift.status(), 201);
+
+    let body = json!({"prompt": "a paid fox", "model": "local"});
+    let paid = post_json(&app, "/v1/images/generations", body.clone()).await;
+    assert_eq!(paid.status(), 200);
+    let refused = post_json(&app, "/v1/images/generations", body).await;
+    let error = openai_error(refused, 402).await;
+    assert_eq!(error["code"], "insufficient_credits");
+
+    let jobs: Value = app
+        .http
+        .get(app.url("/v1/jobs"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jobs["items"].as_array().map(Vec::len), Some(1), "{jobs}");
+    let differences = app.app.store.ledger_check().await.expect("check");
+    assert!(differences.is_empty(), "{differences:?}");
+}

@@ -122,6 +122,7 @@ impl From<ApiError> for OpenAiError {
                 ("invalid_request_error", Some("idempotency_key_reused"))
             }
             ErrorCode::NotFound | ErrorCode::JobNotFound => ("invalid_request_error", None),
+            ErrorCode::InsufficientCredits => ("insufficient_quota", Some("insufficient_credits")),
             ErrorCode::Unavailable | ErrorCode::UnknownError => ("server_error", None),
             _ => ("invalid_request_error", None),
         };

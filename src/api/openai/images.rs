@@ -25,7 +25,10 @@ use crate::api::submit_request::parse_idempotency_key;
 use crate::app::App;
 use crate::base::clock::now_millis;
 use crate::base::job::{new_job_id, IdempotencyClaim, Job, JobParams, JobStatus, Mode, NewJob};
+use crate::base::ledger::Charge;
+use crate::error::ApiError;
 use crate::events::Change;
+use crate::ledger::pricing::{Payer, Priced};
 use crate::providers::openai::Family;
 use crate::providers::{GenerateRequest, InputImage, RequestExtras};
 use crate::store::Tenant;
@@ -265,9 +268,34 @@ fn new_job(
         cancel_at: None,
         deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
         webhook_url: None,
-        // TODO(ledger): price the facade's jobs as the job API's (prepaid tenants).
+        // Priced by the caller ([`price`]), as the job API prices its jobs.
         charge: None,
     }
+}
+
+/// The call's price, held from a prepaid tenant as the job API holds it (`None`: free).
+async fn price(
+    app: &App,
+    tenant: &Tenant,
+    call: &ImageCall,
+    route: &Route,
+    with_inputs: bool,
+) -> Result<Option<Charge>, OpenAiError> {
+    let operation = match (call.variation, with_inputs) {
+        (true, _) => "variation",
+        (false, true) => "edit",
+        (false, false) => "generate",
+    };
+    let priced = Priced {
+        operation,
+        mode: Mode::Final.as_str(),
+        provider: &route.provider,
+        images: call.n,
+    };
+    app.pricing
+        .charge(&tenant.id, &Payer::Tenant, priced)
+        .await
+        .map_err(|e| OpenAiError::from(ApiError::from(e)))
 }
 
 async fn run(
@@ -297,7 +325,9 @@ async fn run(
                 store_upload(&app, key, image).await?;
             }
             let idempotency = idempotency_key.map(|key| IdempotencyClaim { key, request_hash });
-            let job = new_job(&app, &tenant, &call, &route, inputs, mask, idempotency);
+            let charge = price(&app, &tenant, &call, &route, !inputs.is_empty()).await?;
+            let mut job = new_job(&app, &tenant, &call, &route, inputs, mask, idempotency);
+            job.charge = charge;
             match enqueue(&app, job).await? {
                 Enqueued::Created { job_id } => (job_id, rate_headers),
                 Enqueued::Replayed { job_id, .. } => {
