@@ -141,6 +141,14 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// A provider that needs an upstream key was called without one: final.
+    pub fn key_missing(provider: &str) -> ProviderError {
+        ProviderError::Final {
+            code: crate::base::job_errors::PROVIDER_KEY_MISSING.into(),
+            message: format!("the {provider} provider needs an upstream key"),
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

@@ -366,10 +366,7 @@ impl Provider for OpenAiProvider {
     ) -> Result<GenerateOutput, ProviderError> {
         validate(request, &self.config).map_err(invalid)?;
         let Some(credential) = credential else {
-            return Err(ProviderError::Final {
-                code: codes::KEY_MISSING.into(),
-                message: "the openai provider needs an upstream key".into(),
-            });
+            return Err(ProviderError::key_missing(self.name()));
         };
         self.run(request, credential)
             .await
