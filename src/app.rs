@@ -22,6 +22,7 @@ use crate::base::redact::redact_url;
 use crate::base::secret::{read_or_create_secret_file, Sealer};
 use crate::config::Config;
 use crate::events::{EventBus, LocalBus, RedisBus};
+use crate::jobs::followups::Followers;
 use crate::jobs::gate::Gate;
 use crate::jobs::input_image::InputFetcher;
 use crate::jobs::worker::WorkerDeps;
@@ -297,6 +298,12 @@ impl App {
             wake: self.wake.clone(),
             awaiting_keys: Arc::default(),
         }
+    }
+
+    /// The capabilities told when their jobs end (`jobs::followups`): each registers here
+    /// with what it needs of this process.
+    pub fn job_followers(&self) -> Followers {
+        Followers::default()
     }
 
     /// The webhook dispatcher, on this process's store, bus and result links.

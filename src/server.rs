@@ -121,6 +121,12 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
             Duration::from_secs(60),
             stop.clone(),
         ));
+        tasks.spawn(crate::jobs::followups::run(
+            app.store.clone(),
+            app.job_followers(),
+            app.events.subscribe(),
+            stop.clone(),
+        ));
         // Beside the job workers, with its own slots: a slow receiver never holds a job.
         match app.webhook_dispatcher() {
             Ok(dispatcher) => {

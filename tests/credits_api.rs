@@ -306,6 +306,7 @@ async fn records_and_stats_follow_jobs_and_gifts() {
                 account: account.clone(),
                 amount: 2,
             }),
+            follow_up: None,
         };
         ids.push(job.id.clone());
         store.job_submit(job).await.expect("submit");

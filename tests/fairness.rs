@@ -45,6 +45,7 @@ async fn one_job_is_not_starved_by_ten_thousand_queued() {
                     idempotency: None,
                     webhook_url: None,
                     charge: None,
+                    follow_up: None,
                 })
                 .await
                 .expect("submit")

@@ -468,6 +468,7 @@ async fn a_late_result_of_a_canceled_job_is_discarded_with_its_images() {
         deadline_at: easel::base::clock::now_millis() + 600_000,
         webhook_url: None,
         charge: None,
+        follow_up: None,
     });
     let easel::base::job::SubmitOutcome::Created { job_id: id } = submitted.await.expect("submit")
     else {

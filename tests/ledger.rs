@@ -123,6 +123,7 @@ fn paid_job(tenant_id: &str, account: &AccountRef, amount: i64) -> NewJob {
             account: account.clone(),
             amount,
         }),
+        follow_up: None,
     }
 }
 

@@ -206,6 +206,7 @@ async fn a_late_write_from_a_lost_lease_is_refused() {
             idempotency: None,
             webhook_url: None,
             charge: None,
+            follow_up: None,
         })
         .await
         .expect("submit");

@@ -148,6 +148,7 @@ fn new_job(tenant_id: &str, now: Millis) -> NewJob {
         idempotency: None,
         webhook_url: None,
         charge: None,
+        follow_up: None,
     }
 }
 
@@ -2929,10 +2930,150 @@ async fn concurrent_image_adds_make_one_object_ready(b: Bundle) {
 
 /// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
 /// each on a fresh bundle from `factory` (an `async fn() -> Option<Bundle>`; `None` skips).
+// ---- what a job's end writes in its own transaction (migration 0016) ----
+
+/// An image of the tenant's, held once by a job that names it in `inputImageIds`.
+async fn held_image(s: &dyn Store, tenant_id: &str, at: Millis) -> (ImageOwner, String) {
+    let owner = ImageOwner::tenant(tenant_id);
+    let hash = format!("{:064x}", at);
+    let object = image_object(tenant_id, &hash, at);
+    s.image_object_begin(object.clone()).await.unwrap();
+    let (record, _) = s
+        .image_add(new_image(&owner, &hash, at), &object.id)
+        .await
+        .unwrap();
+    let missing = s
+        .image_refs(&owner, std::slice::from_ref(&record.id), 1)
+        .await
+        .unwrap();
+    assert!(missing.is_empty());
+    (owner, record.id)
+}
+
+fn followed_job(b: &Bundle, tenant_id: &str, follower: Option<&str>, inputs: &[&String]) -> NewJob {
+    let mut job = b.job(tenant_id);
+    job.follow_up = follower.map(str::to_owned);
+    job.params.input_image_ids = inputs.iter().map(|id| (*id).clone()).collect();
+    job
+}
+
+async fn claimed_followups(s: &dyn Store) -> Vec<(String, String, u32)> {
+    let mut due: Vec<_> = s
+        .followups_claim(10, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.job_id, d.follower, d.attempts))
+        .collect();
+    due.sort();
+    due
+}
+
+/// Every way a job ends (cancel, a finish, a failure, the deadline) lets go of its input
+/// images and, for a job that asked, writes one follow-up row; a claim holds its rows until
+/// the hold lapses, a retry waits its backoff, and done removes the row.
+async fn job_end_releases_inputs_and_writes_followups(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let now = b.now();
+    let (owner, image) = held_image(s, &t.id, now).await;
+    s.image_refs(&owner, std::slice::from_ref(&image), 2)
+        .await
+        .unwrap();
+    assert_eq!(ref_count(s, &owner, &image).await, 3);
+
+    let canceled = submit(s, followed_job(&b, &t.id, Some("editor"), &[&image])).await;
+    let plain = submit(s, followed_job(&b, &t.id, None, &[&image])).await;
+    let broke = submit(s, followed_job(&b, &t.id, Some("photo"), &[&image])).await;
+    let mut late = followed_job(&b, &t.id, Some("photo"), &[]);
+    late.deadline_at = now + 10_000;
+    let late = submit(s, late).await;
+    assert_eq!(s.followups_pending().await.unwrap(), 0, "nothing ended yet");
+    assert_eq!(
+        ref_count(s, &owner, &image).await,
+        3,
+        "a submit takes nothing"
+    );
+
+    assert_eq!(
+        s.job_cancel(&t.id, &canceled).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    assert_eq!(ref_count(s, &owner, &image).await, 2);
+    let mut by_id: HashMap<String, ClaimedJob> = claim(s, 10, LONG_LEASE)
+        .await
+        .into_iter()
+        .map(|c| (c.job.id.clone(), c))
+        .collect();
+    let c_plain = by_id.remove(&plain).expect("plain claimed");
+    s.job_finish(&plain, c_plain.fence, succeeded(&["k"]))
+        .await
+        .unwrap();
+    assert_eq!(ref_count(s, &owner, &image).await, 1);
+    let c_failed = by_id.remove(&broke).expect("broke claimed");
+    s.job_finish(&broke, c_failed.fence, retry(now))
+        .await
+        .unwrap();
+    assert_eq!(
+        ref_count(s, &owner, &image).await,
+        1,
+        "a retry is not an end"
+    );
+    let c_failed = claim(s, 10, LONG_LEASE).await.pop().expect("reclaimed");
+    s.job_finish(&broke, c_failed.fence, failed("UPSTREAM_5XX"))
+        .await
+        .unwrap();
+    assert_eq!(ref_count(s, &owner, &image).await, 0);
+    b.clock.advance(Duration::from_secs(20));
+    let m = s.job_maintain(b.now()).await.unwrap();
+    assert_eq!(m.expired, 1);
+    assert_eq!(ref_count(s, &owner, &image).await, 0, "never below zero");
+
+    let mut want = vec![
+        (canceled.clone(), "editor".to_owned(), 1),
+        (broke.clone(), "photo".to_owned(), 1),
+        (late.clone(), "photo".to_owned(), 1),
+    ];
+    want.sort();
+    assert_eq!(s.followups_pending().await.unwrap(), 3);
+    assert_eq!(claimed_followups(s).await, want, "one row per followed job");
+    assert_eq!(claimed_followups(s).await, vec![], "held by the claim");
+    b.clock.advance(Duration::from_secs(61));
+    for row in &mut want {
+        row.2 = 2;
+    }
+    assert_eq!(
+        claimed_followups(s).await,
+        want,
+        "a lapsed claim is claimed again"
+    );
+
+    s.followup_done(&canceled).await.unwrap();
+    s.followup_done(&late).await.unwrap();
+    s.followup_retry(&broke, Duration::from_secs(5), "session gone")
+        .await
+        .unwrap();
+    assert_eq!(s.followups_pending().await.unwrap(), 1);
+    b.clock.advance(Duration::from_secs(4));
+    assert_eq!(
+        claimed_followups(s).await,
+        vec![],
+        "the retry waits its backoff"
+    );
+    b.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        claimed_followups(s).await,
+        vec![(broke.clone(), "photo".to_owned(), 3)]
+    );
+    s.followup_done(&broke).await.unwrap();
+    assert_eq!(s.followups_pending().await.unwrap(), 0);
+}
+
 macro_rules! suite {
     ($backend:ident, $factory:path) => {
         suite!(@module $backend, $factory;
             tenant_create_and_list,
+            job_end_releases_inputs_and_writes_followups,
             api_key_find_by_hash,
             duplicate_key_hash_is_a_conflict,
             provider_keys_add_and_list,

@@ -92,6 +92,7 @@ pub async fn submit(
         deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
         webhook_url,
         charge,
+        follow_up: None,
     };
     let inputs = job.params.input_image_ids.clone();
     super::uploads::hold_inputs(&app, &tenant.id, &inputs).await?;
@@ -368,7 +369,6 @@ pub async fn cancel(
             // A running attempt hears this and stops; its tenant slot is free again.
             app.events.publish(Change::job(&tenant.id, &job_id));
             app.wake.notify_one();
-            super::uploads::release_job_inputs(&app, &tenant.id, &job_id).await;
             Ok(Json(Accepted {
                 job_id: &job_id,
                 status: JobStatus::Canceled,

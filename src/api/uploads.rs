@@ -170,7 +170,8 @@ pub(super) async fn hold_inputs(
     }
 }
 
-/// Gives back references taken by [`hold_inputs`]; a failure is logged (the count stays high,
+/// Gives back references taken by [`hold_inputs`] for a submit that made no job (a job lets
+/// go of them itself, in the transaction that ends it: migration 0016); a failure is logged (the count stays high,
 /// which only keeps an image from being deleted).
 pub(super) async fn let_go(app: &App, tenant_id: &str, ids: &[String]) {
     if ids.is_empty() {
@@ -182,14 +183,5 @@ pub(super) async fn let_go(app: &App, tenant_id: &str, ids: &[String]) {
         .await
     {
         tracing::warn!(error = %e, "input image references not released");
-    }
-}
-
-/// A canceled job lets go of its input images.
-pub(super) async fn release_job_inputs(app: &App, tenant_id: &str, job_id: &str) {
-    match app.store.job_get(tenant_id, job_id).await {
-        Ok(Some(job)) => let_go(app, tenant_id, &job.params.input_image_ids).await,
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, job = job_id, "input image references not released"),
     }
 }

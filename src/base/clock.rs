@@ -13,6 +13,11 @@ pub fn now_millis() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// `after` past `now`, saturating.
+pub fn millis_after(now: Millis, after: Duration) -> Millis {
+    now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// RFC 3339 UTC with milliseconds, as the contract wants (`2026-01-26T09:36:16.288Z`).
 pub fn format_millis(ms: Millis) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)

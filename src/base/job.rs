@@ -181,6 +181,9 @@ pub struct NewJob {
     /// The price held from an account in the submit transaction (settled or released when
     /// the job ends); `None` for a free job.
     pub charge: Option<crate::base::ledger::Charge>,
+    /// The follower (`jobs::followups`) to tell once the job ends: the capability that made
+    /// the job for something of its own (an editor message, a photo task); `None` for none.
+    pub follow_up: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -240,6 +240,7 @@ mod tests {
             idempotency: None,
             webhook_url: None,
             charge: None,
+            follow_up: None,
         };
         match store.job_submit(job).await.expect("submit") {
             SubmitOutcome::Created { job_id } => job_id,

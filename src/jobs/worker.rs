@@ -428,12 +428,8 @@ async fn run_claimed_awaiting(
         Finish::Retry { .. } => "retrying",
         Finish::Failed { .. } => "failed",
     };
-    let ended = !matches!(finish, Finish::Retry { .. });
     match deps.store.job_finish(&job_id, fence, finish).await {
         Ok(()) => {
-            if ended {
-                release_inputs(deps, &claimed.job).await;
-            }
             telemetry::attempt_ended(&claimed.job.provider, result, claimed_at.elapsed());
             deps.events
                 .publish(Change::job(&claimed.job.tenant_id, &job_id))
@@ -457,18 +453,6 @@ async fn delete_stored(deps: &WorkerDeps, job_id: &str, stored: Mutex<Vec<String
         if let Err(e) = deps.objects.delete(&key).await {
             tracing::warn!(job = %job_id, key = %key, error = %e, "could not delete a dropped result image");
         }
-    }
-}
-
-/// A job that ended lets go of its input uploads (`inputImageIds`).
-async fn release_inputs(deps: &WorkerDeps, job: &crate::base::job::Job) {
-    let ids = &job.params.input_image_ids;
-    if ids.is_empty() {
-        return;
-    }
-    let owner = crate::base::image::ImageOwner::tenant(&job.tenant_id);
-    if let Err(e) = deps.images.release(&owner, ids).await {
-        tracing::warn!(job = %job.id, error = %e, "input image references not released");
     }
 }
 

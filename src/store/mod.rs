@@ -12,6 +12,7 @@
 //! (`sqlite`, the embedded default, and `postgres` at scale), each with its own SQL and
 //! migrations, all passing one conformance suite (`tests/store.rs`).
 
+pub mod followups;
 pub mod images;
 pub mod ledger;
 pub mod postgres;
@@ -182,7 +183,13 @@ pub struct Maintenance {
 /// Every store keeps the credit ledger too ([`ledger::LedgerStore`]).
 #[async_trait]
 pub trait Store:
-    UserStore + ledger::LedgerStore + images::ImageStore + Send + Sync + 'static
+    UserStore
+    + ledger::LedgerStore
+    + images::ImageStore
+    + followups::FollowupStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Creates a tenant together with its first API key.
     async fn tenant_create(&self, tenant: NewTenant, key: NewApiKey) -> StoreResult<Tenant>;

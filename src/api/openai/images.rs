@@ -270,6 +270,7 @@ fn new_job(
         webhook_url: None,
         // Priced by the caller ([`price`]), as the job API prices its jobs.
         charge: None,
+        follow_up: None,
     }
 }
 

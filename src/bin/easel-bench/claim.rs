@@ -139,6 +139,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                             idempotency: None,
                             webhook_url: None,
                             charge: None,
+                            follow_up: None,
                         })
                         .await?;
                 }

@@ -47,6 +47,9 @@ async fn measure(
         config.users.argon2_memory_kib,
         config.users.argon2_iterations,
     );
+    let parallelism = config.users.argon2_parallelism;
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let bare = bare_verifies_per_s(memory_kib, iterations, parallelism, threads, seconds)?;
     let app = easel::app::App::build(config).await?;
     easel::app::create_tenant(app.store.as_ref(), "bench", 1_000_000, 50, None).await?;
     let server = RunningServer::start(&app, listener).await;
@@ -116,12 +119,51 @@ async fn measure(
     println!(
         "RESULT signin logins_per_s={:.1} p50_ms={:.1} p99_ms={:.1} failed={failed} \
          connections={connections} argon2_memory_kib={memory_kib} argon2_iterations={iterations} \
-         rss_before_kb={rss_before} rss_peak_kb={} rss_growth_kb={}",
+         rss_before_kb={rss_before} rss_peak_kb={} rss_growth_kb={}\n\
+         RESULT bare_argon2 verifies_per_s={bare:.1} threads={threads} ratio_signin_over_bare={:.2}",
         all.len() as f64 / seconds as f64,
         all.value_at_quantile(0.5) as f64 / 1000.0,
         all.value_at_quantile(0.99) as f64 / 1000.0,
         peak.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed).saturating_sub(rss_before),
+        all.len() as f64 / seconds as f64 / bare,
     );
     Ok(())
+}
+
+/// The baseline: argon2id verifies per second with the same parameters, one thread per core
+/// and nothing else (no HTTP, no store, no tokens).
+fn bare_verifies_per_s(
+    memory_kib: u32,
+    iterations: u32,
+    parallelism: u32,
+    threads: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+    let params = argon2::Params::new(memory_kib, iterations, parallelism, None)
+        .map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
+    let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"bench-salt-16byt").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stored = hasher
+        .hash_password(b"bench-password", &salt)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string();
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let Ok(parsed) = PasswordHash::new(&stored) else {
+                    return;
+                };
+                while Instant::now() < stop_at {
+                    if hasher.verify_password(b"bench-password", &parsed).is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    Ok(done.load(Ordering::Relaxed) as f64 / seconds as f64)
 }

@@ -101,14 +101,15 @@ impl TryFrom<JobRow> for Job {
 // ---- submit ----
 
 /// The job, its QUEUED event and the wake-up hint: one statement.
-static JOB_INSERT: LazyLock<String> = LazyLock::new(|| job_insert_sql(None));
+static JOB_INSERT: LazyLock<String> = LazyLock::new(|| job_insert_sql(None, "$13"));
 /// The same behind the hold of its price (`$13` from account `$14`): nothing is written when
-/// the account cannot pay.
+/// the account cannot pay. (`follow_up` is bound after the hold's two parameters.)
 static JOB_INSERT_PAID: LazyLock<String> =
-    LazyLock::new(|| job_insert_sql(Some(super::ledger::HOLD_CTE)));
+    LazyLock::new(|| job_insert_sql(Some(super::ledger::HOLD_CTE), "$15"));
 
-fn job_insert_sql(hold: Option<&str>) -> String {
-    let values = "$1, $2, 'QUEUED', $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12";
+fn job_insert_sql(hold: Option<&str>, follow_up: &str) -> String {
+    let values =
+        format!("$1, $2, 'QUEUED', $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11, $12, {follow_up}");
     let (hold, source) = match hold {
         Some(cte) => (format!("{cte}, "), format!("SELECT {values} FROM acct")),
         None => (String::new(), format!("VALUES ({values})")),
@@ -117,7 +118,7 @@ fn job_insert_sql(hold: Option<&str>) -> String {
         "WITH {hold}done AS (
              INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params,
                  provider, max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at,
-                 webhook_url)
+                 webhook_url, follow_up)
              {source}
              {EVENT_SOURCE}
          ), event AS ({})
@@ -153,6 +154,7 @@ async fn job_insert(conn: &mut PgConnection, job: &NewJob, params: &str) -> Stor
         Some(c) => query.bind(c.amount).bind(&c.account.id),
         None => query,
     };
+    let query = query.bind(&job.follow_up);
     Ok(query.fetch_optional(conn).await?.is_some())
 }
 

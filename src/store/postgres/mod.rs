@@ -31,6 +31,7 @@
 
 mod claim;
 mod events;
+mod followups;
 mod images;
 mod jobs;
 mod ledger;

@@ -106,8 +106,9 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
         serde_json::to_string(&job.params).map_err(|e| StoreError::Conflict(e.to_string()))?;
     conn.prepare_cached(
         "INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params, provider,
-             max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at, webhook_url)
-         VALUES (?1, ?2, 'QUEUED', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12)",
+             max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at, webhook_url,
+             follow_up)
+         VALUES (?1, ?2, 'QUEUED', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         job.id,
@@ -121,7 +122,8 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
         job.created_at,
         job.cancel_at,
         job.deadline_at,
-        job.webhook_url
+        job.webhook_url,
+        job.follow_up
     ])?;
     event_insert(
         conn,

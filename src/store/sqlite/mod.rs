@@ -11,6 +11,7 @@
 
 mod claim;
 mod events;
+mod followups;
 mod images;
 mod jobs;
 mod ledger;
@@ -53,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0008_end_users.sql"),
     include_str!("../../../migrations/sqlite/0009_ledger.sql"),
     include_str!("../../../migrations/sqlite/0012_images.sql"),
+    include_str!("../../../migrations/sqlite/0016_job_followups.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
