@@ -317,6 +317,57 @@ async fn a_call_waits_for_its_job_without_polling_and_times_out_as_504() {
     app.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_client_that_hangs_up_cancels_its_job_when_configured() {
+    let app = common::spawn_app_with(
+        |c| c.openai_api.cancel_on_disconnect = true,
+        common::API_ONLY,
+    )
+    .await;
+    let call = tokio::spawn({
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/v1/images/generations"),
+            app.api_key.clone(),
+        );
+        async move {
+            http.post(url)
+                .bearer_auth(key)
+                .json(&json!({"prompt": "abandoned"}))
+                .send()
+                .await
+        }
+    });
+    // No worker runs, so the call waits on its queued job; find that job.
+    let started = std::time::Instant::now();
+    let job_id = loop {
+        let page: Value = app
+            .http
+            .get(app.url("/v1/jobs"))
+            .bearer_auth(&app.api_key)
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        if let Some(id) = page["items"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    call.abort();
+    let job = app
+        .wait_for(&job_id, &["CANCELED"], std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(job["status"], "CANCELED");
+    app.shutdown().await;
+}
+
 async fn openai_upstream_app(fake: &FakeOpenAi) -> common::TestApp {
     let app = common::spawn_app().await;
     app.add_key("openai", "sk-up", Some(&fake.base_url), 60_000, 4)

@@ -465,7 +465,7 @@ async fn read_b64(app: &App, key: &str) -> Result<String, OpenAiError> {
 }
 
 /// With `openai_api.cancel_on_disconnect`, cancels the job if the call is dropped (the client
-/// hung up) before it answered. Only a job that has not started can be canceled.
+/// hung up) before it answered, whether it waits or runs (a running attempt is aborted).
 struct CancelOnDrop {
     armed: Option<(App, String, String)>,
 }
