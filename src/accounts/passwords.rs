@@ -1,15 +1,17 @@
-//! Password hashing: argon2id with the configured cost, off the async runtime, a bounded number
-//! at once (each takes `argon2_memory_kib` of memory).
+//! Password hashing: argon2id with the configured cost, off the async runtime on a fixed set
+//! of threads (`users.max_concurrent_hashes`), each taking `argon2_memory_kib` while it hashes.
+//! Fixed threads, not `spawn_blocking`: the allocator keeps a hash's large blocks per thread,
+//! and on the blocking pool's ever-changing threads 16 concurrent sign-ins held 1.7 GB.
 //!
 //! A sign-in for an unknown account verifies against a dummy hash made with the same
 //! parameters, so it costs the same time as a wrong password and gets the same answer.
 
-use std::sync::Arc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
 
 use super::config::UsersConfig;
 
@@ -22,7 +24,7 @@ pub enum PasswordError {
 #[derive(Clone)]
 pub struct Passwords {
     params: Params,
-    permits: Arc<Semaphore>,
+    hashers: mpsc::Sender<HashJob>,
     /// A hash of a random password nobody knows, with the same parameters.
     dummy: Arc<String>,
 }
@@ -44,7 +46,7 @@ impl Passwords {
         let dummy = hash_with(&params, &hex::encode(unknown))?;
         Ok(Passwords {
             params,
-            permits: Arc::new(Semaphore::new(at_once)),
+            hashers: start_hashers(at_once)?,
             dummy: Arc::new(dummy),
         })
     }
@@ -83,15 +85,40 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, PasswordError> {
-        let _permit = self
-            .permits
-            .acquire()
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.hashers
+            .send(Box::new(move || {
+                let _ = reply.send(work());
+            }))
+            .map_err(|_| PasswordError::Hash("hashers stopped".into()))?;
+        answer
             .await
-            .map_err(|_| PasswordError::Hash("hasher closed".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| PasswordError::Hash(e.to_string()))
+            .map_err(|_| PasswordError::Hash("hash abandoned".into()))
     }
+}
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// `n` threads taking hash jobs from one queue, in order; they end when every sender is gone.
+fn start_hashers(n: usize) -> Result<mpsc::Sender<HashJob>, PasswordError> {
+    let (jobs, queue) = mpsc::channel::<HashJob>();
+    let queue = Arc::new(Mutex::new(queue));
+    for i in 0..n.max(1) {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name(format!("easel-argon2-{i}"))
+            .spawn(move || loop {
+                let next = match queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => return,
+                };
+                let Ok(job) = next else { return };
+                // A panicking job drops its reply (the caller gets an error); the thread stays.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            })
+            .map_err(|e| PasswordError::Hash(format!("hasher thread: {e}")))?;
+    }
+    Ok(jobs)
 }
 
 fn hash_with(params: &Params, password: &str) -> Result<String, PasswordError> {
