@@ -2926,10 +2926,6 @@ async fn concurrent_image_adds_make_one_object_ready(b: Bundle) {
     assert!(doomed.iter().all(|o| o.id != record_object));
 }
 
-// ---- one test per (backend, scenario) ----
-
-/// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
-/// each on a fresh bundle from `factory` (an `async fn() -> Option<Bundle>`; `None` skips).
 // ---- what a job's end writes in its own transaction (migration 0016) ----
 
 /// An image of the tenant's, held once by a job that names it in `inputImageIds`.
@@ -3069,6 +3065,10 @@ async fn job_end_releases_inputs_and_writes_followups(b: Bundle) {
     assert_eq!(s.followups_pending().await.unwrap(), 0);
 }
 
+// ---- one test per (backend, scenario) ----
+
+/// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
+/// each on a fresh bundle from `factory` (an `async fn() -> Option<Bundle>`; `None` skips).
 macro_rules! suite {
     ($backend:ident, $factory:path) => {
         suite!(@module $backend, $factory;
