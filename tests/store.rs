@@ -389,6 +389,7 @@ async fn submit_creates_queued_job_and_one_event(b: Bundle) {
             .as_object()
             .cloned(),
         input_image_ids: vec!["img_1".into()],
+        history: Vec::new(),
     };
     job.cancel_at = Some(job.created_at + 5_000);
     let id = submit(s, job.clone()).await;

@@ -158,6 +158,26 @@ pub struct JobParams {
     /// reference (`refCount`) until the job ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub input_image_ids: Vec<String>,
+    /// Earlier turns of a conversation the request continues (an editor session), oldest
+    /// first; the provider sends them before this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Turn>,
+}
+
+/// One earlier turn of a conversation: who spoke, what was said, the images it carried
+/// (object-store keys) and, for a model turn, what the provider needs to continue from it
+/// (Gemini's `thoughtSignature`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Turn {
+    /// `user` or `model`.
+    pub role: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thought_signature: Option<String>,
 }
 
 /// A validated submission, ready to be written.

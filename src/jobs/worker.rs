@@ -34,7 +34,7 @@ use crate::base::settings::{at_least_one, Invalid};
 use crate::events::{Change, EventBus, Subscription, Wake};
 use crate::keypool::{KeyLease, KeyPool, Outcome};
 use crate::providers::{
-    GenerateRequest, InputImage, Provider, ProviderError, Registry, RequestExtras,
+    GenerateRequest, HistoryTurn, InputImage, Provider, ProviderError, Registry, RequestExtras,
 };
 use crate::storage::{ObjectStore, StorageError};
 use crate::store::{Store, StoreError};
@@ -577,6 +577,7 @@ async fn attempt(
             model: job.params.model.clone(),
             variation: job.params.variation,
             options: job.params.options.clone().unwrap_or_default(),
+            history: uploaded.history,
         },
     };
     let remaining = Duration::from_millis((job.deadline_at - now_millis()).max(0) as u64);
@@ -601,6 +602,8 @@ async fn attempt(
 struct UploadedInputs {
     images: Vec<InputImage>,
     mask: Option<InputImage>,
+    /// The earlier turns of a conversation (an editor session), with their images.
+    history: Vec<HistoryTurn>,
 }
 
 async fn uploaded_inputs(
@@ -616,7 +619,24 @@ async fn uploaded_inputs(
         Some(key) => Some(read_input(deps, claimed, key).await?),
         None => None,
     };
-    Ok(UploadedInputs { images, mask })
+    let mut history = Vec::with_capacity(params.history.len());
+    for turn in &params.history {
+        let mut images = Vec::with_capacity(turn.image_keys.len());
+        for key in &turn.image_keys {
+            images.push(read_input(deps, claimed, key).await?);
+        }
+        history.push(HistoryTurn {
+            role: turn.role.clone(),
+            text: turn.text.clone(),
+            images,
+            thought_signature: turn.thought_signature.clone(),
+        });
+    }
+    Ok(UploadedInputs {
+        images,
+        mask,
+        history,
+    })
 }
 
 async fn read_input(

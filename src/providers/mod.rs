@@ -67,6 +67,19 @@ pub struct RequestExtras {
     pub variation: bool,
     /// Provider-specific parameters as the client gave them (OpenAI's `size`, `quality`...).
     pub options: serde_json::Map<String, serde_json::Value>,
+    /// Earlier turns of the conversation, oldest first (Gemini sends them as `contents`
+    /// before this request's own turn; other providers ignore them).
+    pub history: Vec<HistoryTurn>,
+}
+
+/// One earlier turn, with its images read back.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryTurn {
+    /// `user` or `model`.
+    pub role: String,
+    pub text: String,
+    pub images: Vec<InputImage>,
+    pub thought_signature: Option<String>,
 }
 
 impl GenerateRequest {

@@ -19,6 +19,9 @@ use crate::store::sessions::{
 };
 use crate::store::{Store, StoreResult};
 
+pub mod context;
+pub mod follower;
+
 /// The title of a session created without one, until its first message names it.
 pub const DEFAULT_TITLE: &str = "New Chat";
 

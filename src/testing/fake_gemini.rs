@@ -606,8 +606,10 @@ fn note_answer(shared: &Shared, request: &Value) {
     let Some(answered) = inner.answered.as_mut() else {
         return;
     };
-    let prompt = request
-        .pointer("/contents/0/parts/0/text")
+    let prompt = request["contents"]
+        .as_array()
+        .and_then(|c| c.last())
+        .and_then(|c| c.pointer("/parts/0/text"))
         .or_else(|| request.pointer("/instances/0/prompt"))
         .and_then(Value::as_str);
     if let Some(prompt) = prompt {

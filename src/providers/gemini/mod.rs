@@ -309,17 +309,56 @@ pub fn build_generate_content(
     } else {
         &["TEXT", "IMAGE"]
     };
+    let mut contents: Vec<Content> = request.extra.history.iter().map(history_content).collect();
+    contents.push(Content {
+        role: Some("user".into()),
+        parts,
+    });
     GenerateContentRequest {
-        contents: vec![Content {
-            role: Some("user".into()),
-            parts,
-        }],
+        contents,
         generation_config: GenerationConfig {
             response_modalities: modalities.iter().map(|m| (*m).to_owned()).collect(),
             candidate_count,
             seed: seed.map(upstream_seed),
             image_config: has_image_config.then_some(image_config),
         },
+    }
+}
+
+/// An earlier turn as Gemini takes it back: its text, then its images; a model turn's
+/// `thoughtSignature` rides on its first image (where Gemini put it), else on its text.
+fn history_content(turn: &crate::providers::HistoryTurn) -> Content {
+    let mut parts = Vec::new();
+    if !turn.text.is_empty() {
+        parts.push(Part::text(turn.text.clone()));
+    }
+    for image in &turn.images {
+        parts.push(Part::inline(
+            image.mime.clone(),
+            base64::engine::general_purpose::STANDARD.encode(&image.bytes),
+        ));
+    }
+    if let Some(signature) = &turn.thought_signature {
+        let carrier = parts
+            .iter()
+            .position(|p| p.inline_data.is_some())
+            .or(if parts.is_empty() { None } else { Some(0) });
+        match carrier {
+            Some(i) => parts[i].thought_signature = Some(signature.clone()),
+            None => parts.push(Part {
+                thought_signature: Some(signature.clone()),
+                ..Part::text("")
+            }),
+        }
+    }
+    let role = if turn.role == "model" {
+        "model"
+    } else {
+        "user"
+    };
+    Content {
+        role: Some(role.into()),
+        parts,
     }
 }
 

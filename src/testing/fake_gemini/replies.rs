@@ -356,6 +356,9 @@ pub(super) fn generate_content(model: &str, request: &Value) -> Reply {
         .ok_or_else(|| {
             bad_request("* GenerateContentRequest.contents: contents is not specified")
         })?;
+    if model.starts_with("gemini-3") {
+        check_signatures(request)?;
+    }
     let prompt: String = parts
         .iter()
         .filter_map(|p| p["text"].as_str())
@@ -418,6 +421,34 @@ pub(super) fn generate_content(model: &str, request: &Value) -> Reply {
         seed,
         modalities.contains(&"TEXT"),
     ))
+}
+
+/// A Gemini 3 conversation: every earlier model turn must carry back the `thoughtSignature`
+/// this fake gave it (`sig-fake-...`), as Gemini refuses a continued image edit without it.
+fn check_signatures(request: &Value) -> Result<(), Refusal> {
+    let contents = request["contents"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let earlier = contents.len().saturating_sub(1);
+    for (position, content) in contents[..earlier].iter().enumerate() {
+        if content["role"].as_str() != Some("model") {
+            continue;
+        }
+        let parts = content["parts"].as_array().map_or(&[][..], Vec::as_slice);
+        let signed = parts.iter().any(|p| {
+            p["thoughtSignature"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("sig-fake-"))
+        });
+        if !signed {
+            return Err(bad_request(&format!(
+                "Image part is missing a thought_signature in content position {}, part position 1. \
+                 Additional data, function call `default_api:...`, or image parts must include a thought_signature.",
+                position + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks an Imagen `predict` request as the real API would, and answers it.
