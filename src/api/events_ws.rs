@@ -228,7 +228,7 @@ async fn run(
 }
 
 /// Sends a close frame and waits (briefly) for the client's.
-async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+pub(crate) async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
@@ -239,7 +239,7 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
 }
 
 /// Reads until the connection is closed, so the close handshake completes.
-async fn finish(mut socket: WebSocket) {
+pub(crate) async fn finish(mut socket: WebSocket) {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(_)) = socket.recv().await {}
     })

@@ -20,6 +20,7 @@ use crate::store::sessions::{
 use crate::store::{Store, StoreResult};
 
 pub mod context;
+pub mod feed;
 pub mod follower;
 
 /// The title of a session created without one, until its first message names it.

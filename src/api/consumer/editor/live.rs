@@ -1,1 +1,284 @@
-//! `/ws/{sessionId}`: the editor's live socket.
+//! `GET /ws/{sessionId}?userId=<id>&token=<jwt>[&lastEventId=<n>]`: the editor's live socket
+//! (`editor-api.md` §2.3), its messages exactly, and beyond the origin every change of the
+//! session for every device of its user.
+//!
+//! Authentication: a missing `userId` or `token` closes with 1008 `Missing authentication`
+//! (as the origin); then, unlike the origin (which never verified the token), the token must
+//! be a valid access token whose user is `userId` (else 1008 `Invalid token`) and the session
+//! must be that user's (else 1008 `Session not found`).
+//!
+//! Server → client: `{"type":"connected","sessionId","userId","timestamp","lastEventId"}`,
+//! `{"type":"ping","timestamp"}` every 30 s, `joined_session`/`left_session` answers,
+//! `user_typing` from the user's other connections to the session, `{"type":"error","message":
+//! "Invalid message format"}` for invalid JSON or a missing payload (unknown types and `pong`
+//! are ignored). Added: each change of the session, in order and once, with its `eventId`:
+//! `message_created` / `message_updated` (`message`, `null` if since deleted),
+//! `message_deleted` (`messageId`), `session_updated` (`session`), `session_deleted` (then a
+//! 1000 close), `job_status` (`jobId`, `status`, `errorCode`, `errorMessage`). A device that
+//! reconnects with `lastEventId` gets what it missed; without it, it starts now.
+//!
+//! Differences from the origin, listed: several tabs of one user coexist (the origin's second
+//! tab replaced the first); connections are not closed after 5-6 minutes; typing reaches the
+//! user's other connections in this process only (as the origin's did), while session changes
+//! reach every process through the event bus.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use super::{images_of, message_json, session_json};
+use crate::api::events_ws::{close, finish};
+use crate::app::App;
+use crate::base::clock::{format_millis, now_millis};
+use crate::base::image::ImageOwner;
+use crate::sessions::feed::SessionFeed;
+use crate::store::sessions::{SessionEvent, SessionOwner};
+
+const PING_EVERY: Duration = Duration::from_secs(30);
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketQuery {
+    user_id: Option<String>,
+    token: Option<String>,
+    last_event_id: Option<String>,
+}
+
+/// A typing notice between the connections of this process.
+#[derive(Debug, Clone)]
+struct Typing {
+    session_id: String,
+    user_id: String,
+    is_typing: bool,
+    from: u64,
+}
+
+static TYPING: LazyLock<broadcast::Sender<Typing>> = LazyLock::new(|| broadcast::channel(1024).0);
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// `GET /ws/{sessionId}`
+pub async fn socket(
+    State(app): State<App>,
+    Path(session_id): Path<String>,
+    query: Result<Query<SocketQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let query = query.map(|q| q.0).unwrap_or_default();
+    upgrade
+        .on_upgrade(move |socket| open(app, socket, session_id, query))
+        .into_response()
+}
+
+fn nonempty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+async fn open(app: App, socket: WebSocket, session_id: String, query: SocketQuery) {
+    let (Some(user_id), Some(token)) = (nonempty(query.user_id), nonempty(query.token)) else {
+        return close(socket, CLOSE_POLICY, "Missing authentication").await;
+    };
+    let authed = match app.accounts.authenticate(&token).await {
+        Ok(authed) if authed.user.id == user_id => authed,
+        _ => return close(socket, CLOSE_POLICY, "Invalid token").await,
+    };
+    let owner = SessionOwner::new(authed.user.tenant_id, authed.user.id);
+    let last = match app.store.editor_events_last_id(&owner, &session_id).await {
+        Ok(Some(last)) => last,
+        Ok(None) => return close(socket, CLOSE_POLICY, "Session not found").await,
+        Err(e) => {
+            tracing::warn!(error = %e, "editor socket: session not read");
+            return close(socket, 1011, "internal error").await;
+        }
+    };
+    let after = query
+        .last_event_id
+        .and_then(|id| id.trim().parse::<i64>().ok())
+        .map_or(last, |id| id.clamp(0, last));
+    let feed = SessionFeed::open(
+        app.store.clone(),
+        app.events.as_ref(),
+        owner.clone(),
+        &session_id,
+        after,
+    );
+    Connection {
+        app,
+        owner,
+        session_id,
+        id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+    }
+    .run(socket, feed)
+    .await;
+}
+
+struct Connection {
+    app: App,
+    owner: SessionOwner,
+    session_id: String,
+    id: u64,
+}
+
+fn now() -> String {
+    format_millis(now_millis())
+}
+
+async fn send(socket: &mut WebSocket, body: Value) -> bool {
+    socket.send(Message::text(body.to_string())).await.is_ok()
+}
+
+impl Connection {
+    async fn run(self, mut socket: WebSocket, mut feed: SessionFeed) {
+        let mut typing = TYPING.subscribe();
+        let connected = json!({
+            "type": "connected",
+            "sessionId": self.session_id,
+            "userId": self.owner.user_id,
+            "timestamp": now(),
+            "lastEventId": feed.last_id(),
+        });
+        if !send(&mut socket, connected).await {
+            return;
+        }
+        let start = tokio::time::Instant::now() + PING_EVERY;
+        let mut ping = tokio::time::interval_at(start, PING_EVERY);
+        loop {
+            tokio::select! {
+                event = feed.next() => {
+                    let Some(event) = event else {
+                        return close(socket, CLOSE_GOING_AWAY, "server shutting down").await;
+                    };
+                    let ended = event.kind == "session_deleted";
+                    if !send(&mut socket, self.render(&event).await).await {
+                        return;
+                    }
+                    if ended {
+                        return close(socket, CLOSE_NORMAL, "Session deleted").await;
+                    }
+                }
+                note = typing.recv() => match note {
+                    Ok(note) if note.session_id == self.session_id && note.from != self.id
+                        && note.user_id == self.owner.user_id => {
+                        let body = json!({"type": "user_typing", "userId": note.user_id,
+                                          "isTyping": note.is_typing, "timestamp": now()});
+                        if !send(&mut socket, body).await {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = ping.tick() => {
+                    if !send(&mut socket, json!({"type": "ping", "timestamp": now()})).await {
+                        return;
+                    }
+                }
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(reply) = self.answer(text.as_str()) {
+                            if !send(&mut socket, reply).await {
+                                return;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return finish(socket).await,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+
+    /// The answer to a client message, if it has one.
+    fn answer(&self, text: &str) -> Option<Value> {
+        let invalid = || Some(json!({"type": "error", "message": "Invalid message format"}));
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            return invalid();
+        };
+        let kind = message["type"].as_str().unwrap_or_default();
+        if kind == "pong" {
+            return None;
+        }
+        let payload = match message.get("payload") {
+            Some(payload) if payload.is_object() => payload,
+            _ => return invalid(),
+        };
+        let session = payload["sessionId"].as_str().unwrap_or(&self.session_id);
+        match kind {
+            "join_session" => Some(json!({"type": "joined_session", "sessionId": session,
+                                          "timestamp": now()})),
+            "leave_session" => Some(json!({"type": "left_session", "sessionId": session,
+                                          "timestamp": now()})),
+            "typing" => {
+                let _ = TYPING.send(Typing {
+                    session_id: session.to_owned(),
+                    user_id: self.owner.user_id.clone(),
+                    is_typing: payload["isTyping"].as_bool().unwrap_or(false),
+                    from: self.id,
+                });
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// An event as the client sees it.
+    async fn render(&self, event: &SessionEvent) -> Value {
+        let mut body = json!({
+            "type": event.kind,
+            "eventId": event.id,
+            "sessionId": event.session_id,
+            "timestamp": format_millis(event.at),
+        });
+        let subject = event.subject.as_deref().unwrap_or_default();
+        match event.kind.as_str() {
+            "message_created" | "message_updated" => {
+                body["messageId"] = json!(subject);
+                body["message"] = self.message(subject).await;
+            }
+            "message_deleted" => body["messageId"] = json!(subject),
+            "session_updated" => {
+                let session = self
+                    .app
+                    .store
+                    .editor_session_get(&self.owner, &self.session_id)
+                    .await;
+                body["session"] = match session {
+                    Ok(Some(session)) => session_json(&session),
+                    _ => Value::Null,
+                };
+            }
+            "job_status" => {
+                if let Some(Value::Object(detail)) = &event.detail {
+                    for (k, v) in detail {
+                        body[k] = v.clone();
+                    }
+                }
+            }
+            _ => {}
+        }
+        body
+    }
+
+    /// The message now, with its images; `null` if it is gone.
+    async fn message(&self, id: &str) -> Value {
+        match self.app.store.editor_message_get(&self.owner, id).await {
+            Ok(Some(message)) => {
+                let owner = ImageOwner::user(&self.owner.tenant_id, &self.owner.user_id);
+                let mut body = message_json(&message);
+                body["images"] =
+                    Value::Array(images_of(&self.app, &owner, &message.image_ids).await);
+                body
+            }
+            _ => Value::Null,
+        }
+    }
+}

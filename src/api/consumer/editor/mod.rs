@@ -72,6 +72,7 @@ pub fn router(app: &App) -> Router<App> {
             "/api/messages/{id}/images/{image_id}",
             delete(messages::remove_image),
         )
+        .route("/ws/{session_id}", get(live::socket))
         .merge(images::router(app))
 }
 
