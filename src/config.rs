@@ -58,6 +58,8 @@ pub struct Config {
     pub wechat: WechatConfig,
     /// The image library: upload limits and what is made of each image.
     pub uploads: crate::uploads::UploadsConfig,
+    /// The editor's sessions (`[editor]`: earlier turns a generating message sends).
+    pub editor: crate::sessions::EditorConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +176,7 @@ impl Default for Config {
             users: Default::default(),
             wechat: Default::default(),
             uploads: Default::default(),
+            editor: Default::default(),
         }
     }
 }

@@ -36,6 +36,7 @@ mod images;
 mod jobs;
 mod ledger;
 mod nodes;
+mod sessions;
 mod tenants;
 mod users;
 mod webhooks;
@@ -533,7 +534,8 @@ impl Store for PgStore {
         sqlx::query(&format!(
             "TRUNCATE {}, webhook_deliveries, tenant_webhooks, job_events, idempotency_keys,
                  jobs, api_keys, provider_keys, tenants, nodes, refresh_tokens, auth_sessions,
-                 end_users, tenant_hosts, tenant_wechat, images, image_objects",
+                 end_users, tenant_hosts, tenant_wechat, images, image_objects,
+                 editor_events, editor_messages, editor_sessions",
             ledger::RESET_TABLES
         ))
         .execute(&self.pool)
