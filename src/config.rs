@@ -58,6 +58,8 @@ pub struct Config {
     pub wechat: WechatConfig,
     /// The image library: upload limits and what is made of each image.
     pub uploads: crate::uploads::UploadsConfig,
+    /// The photo app: each task type's provider and model.
+    pub photo: crate::photo::PhotoConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +176,7 @@ impl Default for Config {
             users: Default::default(),
             wechat: Default::default(),
             uploads: Default::default(),
+            photo: Default::default(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Durable state behind one [`Store`] trait: tenants, API keys, provider keys, jobs (the
 //! queue), job events, idempotency records, the webhook outbox, node heartbeats, (in
-//! [`users`]) end users, their sessions and refresh tokens, the credit [`ledger`] and the
-//! image library's objects and records ([`images`]).
+//! [`users`]) end users, their sessions and refresh tokens, the credit [`ledger`], the
+//! image library's objects and records ([`images`]) and the photo app's rows ([`photo`]).
 //!
 //! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
 //! method here, so no backend can split it: `job_submit` writes the idempotency record, the
@@ -15,6 +15,7 @@
 pub mod followups;
 pub mod images;
 pub mod ledger;
+pub mod photo;
 pub mod postgres;
 pub mod sqlite;
 pub mod users;
@@ -187,6 +188,7 @@ pub trait Store:
     + ledger::LedgerStore
     + images::ImageStore
     + followups::FollowupStore
+    + photo::PhotoStore
     + Send
     + Sync
     + 'static

@@ -36,6 +36,7 @@ mod images;
 mod jobs;
 mod ledger;
 mod nodes;
+mod photo;
 mod tenants;
 mod users;
 mod webhooks;
