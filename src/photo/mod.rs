@@ -10,6 +10,7 @@
 //! Must not touch: HTTP (the routes are `api::consumer::photo`), SQL, the ledger's entries
 //! (holds are written and resolved by the store with the jobs).
 
+pub mod follower;
 pub mod template;
 
 use serde::{Deserialize, Serialize};
@@ -46,4 +47,20 @@ pub struct TaskTypeConfig {
     pub provider: Option<String>,
     /// The upstream model; `None`: the provider's model for the mode.
     pub model: Option<String>,
+}
+
+/// A random (version 4) UUID: the origin's task, work and scene ids.
+pub fn new_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }

@@ -42,6 +42,7 @@ pub fn router(app: App) -> Router<App> {
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/wechat/login", post(wechat::login))
         .route("/api/auth/admin/login", post(admin_login::login))
+        .merge(photo::router())
         .merge(crate::api::credits::router::<
             extract::SignedIn,
             extract::HostTenant,
