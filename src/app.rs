@@ -303,15 +303,19 @@ impl App {
     /// The capabilities told when their jobs end (`jobs::followups`): each registers here
     /// with what it needs of this process.
     pub fn job_followers(&self) -> Followers {
-        Followers::default().with(Arc::new(crate::sessions::follower::EditorFollower {
-            sessions: crate::sessions::Sessions::new(
+        Followers::default()
+            .with(Arc::new(crate::sessions::follower::EditorFollower {
+                sessions: crate::sessions::Sessions::new(
+                    self.store.clone(),
+                    self.events.clone(),
+                    self.config.editor.clone(),
+                ),
+                images: self.images.clone(),
+                objects: self.objects.clone(),
+            }))
+            .with(Arc::new(crate::photo::follower::PhotoFollower::new(
                 self.store.clone(),
-                self.events.clone(),
-                self.config.editor.clone(),
-            ),
-            images: self.images.clone(),
-            objects: self.objects.clone(),
-        }))
+            )))
     }
 
     /// The webhook dispatcher, on this process's store, bus and result links.

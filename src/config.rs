@@ -60,6 +60,8 @@ pub struct Config {
     pub uploads: crate::uploads::UploadsConfig,
     /// The editor's sessions (`[editor]`: earlier turns a generating message sends).
     pub editor: crate::sessions::EditorConfig,
+    /// The photo app: each task type's provider and model.
+    pub photo: crate::photo::PhotoConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,6 +179,7 @@ impl Default for Config {
             wechat: Default::default(),
             uploads: Default::default(),
             editor: Default::default(),
+            photo: Default::default(),
         }
     }
 }

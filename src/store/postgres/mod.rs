@@ -36,6 +36,7 @@ mod images;
 mod jobs;
 mod ledger;
 mod nodes;
+mod photo;
 mod sessions;
 mod tenants;
 mod users;

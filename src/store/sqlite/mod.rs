@@ -16,6 +16,7 @@ mod images;
 mod jobs;
 mod ledger;
 mod nodes;
+mod photo;
 mod sessions;
 mod tenants;
 mod users;
@@ -57,6 +58,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0012_images.sql"),
     include_str!("../../../migrations/sqlite/0016_job_followups.sql"),
     include_str!("../../../migrations/sqlite/0017_editor_sessions.sql"),
+    include_str!("../../../migrations/sqlite/0018_photo.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
