@@ -1,6 +1,7 @@
 //! [`SessionFeed`]: one socket's ordered walk over a session's event log, woken by the bus
 //! (the session's notices, from any process when the bus is Redis) and by a periodic re-read
-//! ([`SAFETY_POLL`]), so a lost notice costs a delay, never an event.
+//! (five times [`SAFETY_POLL`]: thousands of idle sockets must not each read the store every
+//! second), so a lost notice costs a delay, never an event.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -45,7 +46,7 @@ impl SessionFeed {
             last_id: after_id.max(0),
             pending: VecDeque::new(),
             stale: true,
-            poll: SAFETY_POLL,
+            poll: SAFETY_POLL * 5,
         }
     }
 

@@ -14,6 +14,8 @@
 //!   (see [`paid`]).
 //! - `easel-bench uploads`: the image library's pipeline against sharp's, and uploads over
 //!   HTTP (see [`uploads`]).
+//! - `easel-bench sockets`: the editor's live sockets, idle memory per connection and the
+//!   delivery latency of a posted message to the user's other device (see [`sockets`]).
 //! - `easel-bench webhooks`: job end to webhook received, through the dispatcher (see
 //!   [`webhooks`]).
 //!
@@ -28,6 +30,7 @@ mod gemini;
 mod limiter;
 mod paid;
 mod signin;
+mod sockets;
 mod uploads;
 mod webhooks;
 
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Some("signin") => signin::run(rest),
         Some("paid-submit") => paid::run(rest),
         Some("uploads") => uploads::run(rest),
+        Some("sockets") => sockets::run(rest),
         Some("stats") => {
             let path = rest
                 .first()

@@ -45,6 +45,9 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
+const READ_BUFFER: usize = 4 * 1024;
+/// A client message larger than this ends the connection.
+const MAX_MESSAGE: usize = 64 * 1024;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,7 +77,12 @@ pub async fn socket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let query = query.map(|q| q.0).unwrap_or_default();
+    // Clients send small JSON: small buffers keep an idle connection cheap (tungstenite's
+    // default is 128 KiB each way).
     upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| open(app, socket, session_id, query))
         .into_response()
 }
