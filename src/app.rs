@@ -58,6 +58,8 @@ pub struct App {
     pub wake: Arc<Notify>,
     /// Committed status changes are announced here; live event streams listen.
     pub events: Arc<dyn EventBus>,
+    /// The editor sockets' share of the bus: one subscription routing each session's notices.
+    pub session_hub: Arc<crate::sessions::hub::SessionHub>,
     /// This process in the `nodes` table (`node_<ulid>`, new at every start).
     pub node_id: Arc<str>,
     /// Live nodes as last counted from the heartbeats ([`crate::server`] keeps it current);
@@ -277,6 +279,7 @@ impl App {
             keys,
             inputs,
             wake: Arc::new(Notify::new()),
+            session_hub: crate::sessions::hub::SessionHub::start(events.as_ref()),
             events,
             node_id: format!("node_{}", ulid::Ulid::new().to_string().to_lowercase()).into(),
             live_nodes,

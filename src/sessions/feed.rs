@@ -7,8 +7,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::hub::SessionHub;
 use super::topic;
-use crate::events::{EventBus, Subscription, Wake, SAFETY_POLL};
+use crate::events::SAFETY_POLL;
 use crate::store::sessions::{SessionEvent, SessionOwner};
 use crate::store::Store;
 
@@ -17,10 +21,10 @@ const PAGE: u32 = 200;
 
 pub struct SessionFeed {
     store: Arc<dyn Store>,
-    subscription: Subscription,
+    notices: Arc<Notify>,
+    closed: CancellationToken,
     owner: SessionOwner,
     session_id: String,
-    topic: String,
     last_id: i64,
     pending: VecDeque<SessionEvent>,
     stale: bool,
@@ -28,21 +32,21 @@ pub struct SessionFeed {
 }
 
 impl SessionFeed {
-    /// The session's events after `after_id` (subscribed before the first read, so nothing
+    /// The session's events after `after_id` (watched before the first read, so nothing
     /// committed after it is missed).
     pub fn open(
         store: Arc<dyn Store>,
-        bus: &dyn EventBus,
+        hub: &SessionHub,
         owner: SessionOwner,
         session_id: &str,
         after_id: i64,
     ) -> SessionFeed {
         SessionFeed {
             store,
-            subscription: bus.subscribe(),
+            notices: hub.watch(&topic(session_id)),
+            closed: hub.closed(),
             owner,
             session_id: session_id.to_owned(),
-            topic: topic(session_id),
             last_id: after_id.max(0),
             pending: VecDeque::new(),
             stale: true,
@@ -62,8 +66,10 @@ impl SessionFeed {
                 self.last_id = event.id;
                 return Some(event);
             }
+            if self.closed.is_cancelled() {
+                return None;
+            }
             if self.stale {
-                self.subscription.drain();
                 match self
                     .store
                     .editor_events_after(&self.owner, &self.session_id, self.last_id, PAGE)
@@ -79,17 +85,8 @@ impl SessionFeed {
                 }
             }
             tokio::select! {
-                wake = self.subscription.recv() => match wake {
-                    Wake::Closed => return None,
-                    Wake::Missed => self.stale = true,
-                    Wake::Changed(change) => {
-                        if change.concerns(&self.owner.tenant_id, Some(&self.topic))
-                            && change.job_id.is_some()
-                        {
-                            self.stale = true;
-                        }
-                    }
-                },
+                _ = self.closed.cancelled() => return None,
+                _ = self.notices.notified() => self.stale = true,
                 _ = tokio::time::sleep(self.poll) => self.stale = true,
             }
         }

@@ -22,6 +22,7 @@ use crate::store::{Store, StoreResult};
 pub mod context;
 pub mod feed;
 pub mod follower;
+pub mod hub;
 
 /// The title of a session created without one, until its first message names it.
 pub const DEFAULT_TITLE: &str = "New Chat";

@@ -114,7 +114,7 @@ async fn open(app: App, socket: WebSocket, session_id: String, query: SocketQuer
         .map_or(last, |id| id.clamp(0, last));
     let feed = SessionFeed::open(
         app.store.clone(),
-        app.events.as_ref(),
+        app.session_hub.as_ref(),
         owner.clone(),
         &session_id,
         after,
