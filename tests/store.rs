@@ -389,6 +389,13 @@ async fn submit_creates_queued_job_and_one_event(b: Bundle) {
             .as_object()
             .cloned(),
         input_image_ids: vec!["img_1".into()],
+        operation: easel::base::operation::Operation::Upscale {
+            style: easel::base::operation::UpscaleStyle::Creative,
+            factor: 4,
+        },
+        parent_job_id: Some("job_parent".into()),
+        parent_index: Some(2),
+        grid: true,
     };
     job.cancel_at = Some(job.created_at + 5_000);
     let id = submit(s, job.clone()).await;
