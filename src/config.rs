@@ -10,6 +10,7 @@
 //! those modules never import this one. A bad value fails at start and names its key. Secrets are [`Secret`]s, whose
 //! `Debug` never prints them.
 
+pub mod midjourney;
 pub mod openai_api;
 pub mod origins;
 
@@ -58,6 +59,8 @@ pub struct Config {
     pub wechat: WechatConfig,
     /// The image library: upload limits and what is made of each image.
     pub uploads: crate::uploads::UploadsConfig,
+    /// The Midjourney API seed's routes (provider, banned words, bot secret).
+    pub midjourney: midjourney::MidjourneyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +177,7 @@ impl Default for Config {
             users: Default::default(),
             wechat: Default::default(),
             uploads: Default::default(),
+            midjourney: Default::default(),
         }
     }
 }

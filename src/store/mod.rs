@@ -15,6 +15,7 @@
 pub mod followups;
 pub mod images;
 pub mod ledger;
+pub mod midjourney;
 pub mod postgres;
 pub mod sqlite;
 pub mod users;
@@ -187,6 +188,7 @@ pub trait Store:
     + ledger::LedgerStore
     + images::ImageStore
     + followups::FollowupStore
+    + midjourney::MjTaskStore
     + Send
     + Sync
     + 'static

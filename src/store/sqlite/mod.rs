@@ -15,6 +15,7 @@ mod followups;
 mod images;
 mod jobs;
 mod ledger;
+mod midjourney;
 mod nodes;
 mod tenants;
 mod users;
@@ -55,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0009_ledger.sql"),
     include_str!("../../../migrations/sqlite/0012_images.sql"),
     include_str!("../../../migrations/sqlite/0016_job_followups.sql"),
+    include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
