@@ -46,7 +46,7 @@ const MAX_BATCH: i64 = 50;
 const MAX_DESCRIPTION: usize = 500;
 
 /// A task as the origin's row; `jobs` (when read) give its `processing` state and progress.
-fn task_json(t: &Task, jobs: Option<&[TaskJob]>) -> Value {
+pub fn task_json(t: &Task, jobs: Option<&[TaskJob]>) -> Value {
     let started = jobs.is_some_and(|js| js.iter().any(|j| j.status != JobStatus::Queued));
     let status = if t.status == "pending" && started {
         "processing"
