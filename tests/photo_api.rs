@@ -763,3 +763,119 @@ async fn the_admin_area() {
     assert_eq!(body["data"]["configs"]["default_credits"], 20);
     p.app.shutdown().await;
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn socket(p: &Photo) -> Socket {
+    let url = p.app.url("/ws").replacen("http://", "ws://", 1);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn say(socket: &mut Socket, message: Value) {
+    use futures::SinkExt;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            message.to_string(),
+        ))
+        .await
+        .expect("send");
+}
+
+/// The next JSON text message (bounded wait).
+async fn hear(socket: &mut Socket) -> Value {
+    use futures::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("frame");
+        if let Ok(text) = frame.to_text() {
+            if !text.is_empty() {
+                return serde_json::from_str(text).expect("json");
+            }
+        }
+    }
+}
+
+/// Messages until one of type `wanted` (returned with the types heard before it).
+async fn hear_until(socket: &mut Socket, wanted: &str) -> (Value, Vec<String>) {
+    let mut before = Vec::new();
+    loop {
+        let message = hear(socket).await;
+        let kind = message["type"].as_str().unwrap_or("").to_owned();
+        if kind == wanted {
+            return (message, before);
+        }
+        before.push(kind);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_pushes_a_user_s_tasks_to_each_of_its_sockets_only() {
+    let p = start(|_| {}).await;
+    let user = p.user("wu").await;
+    let other = p.user("qian").await;
+
+    let mut refused = socket(&p).await;
+    say(&mut refused, json!({"type": "auth"})).await;
+    assert_eq!(
+        hear(&mut refused).await,
+        json!({"type": "error", "message": "缺少认证令牌"})
+    );
+    let mut refused = socket(&p).await;
+    say(&mut refused, json!({"type": "auth", "token": "forged"})).await;
+    assert_eq!(
+        hear(&mut refused).await,
+        json!({"type": "error", "message": "认证失败"})
+    );
+
+    let mut first = socket(&p).await;
+    say(&mut first, json!({"type": "ping"})).await;
+    let pong = hear(&mut first).await;
+    assert_eq!(pong["type"], "pong");
+    assert!(pong["timestamp"].is_i64());
+    let mut second = socket(&p).await;
+    let mut theirs = socket(&p).await;
+    for (s, token) in [
+        (&mut first, &user),
+        (&mut second, &user),
+        (&mut theirs, &other),
+    ] {
+        say(s, json!({"type": "auth", "token": token})).await;
+        assert_eq!(
+            hear(s).await,
+            json!({"type": "auth_success", "message": "认证成功"})
+        );
+    }
+
+    let file = p.upload(&user).await;
+    let (status, body) = p
+        .post(
+            "/api/tasks/create",
+            Some(&user),
+            json!({"type": "fitting", "batch_count": 2, "images": [file["fileName"]]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let task_id = body["data"]["task_id"].clone();
+    for s in [&mut first, &mut second] {
+        let (done, before) = hear_until(s, "task_complete").await;
+        assert_eq!(done["task_id"], task_id);
+        assert_eq!(
+            done["result"]["images"].as_array().unwrap().len(),
+            2,
+            "{done}"
+        );
+        assert!(before.iter().all(|t| t == "task_progress"), "{before:?}");
+        assert!(!before.is_empty(), "progress before the end");
+    }
+    // The other user heard nothing of it: its next message answers its own ping.
+    say(&mut theirs, json!({"type": "ping"})).await;
+    assert_eq!(hear(&mut theirs).await["type"], "pong");
+    p.app.shutdown().await;
+}

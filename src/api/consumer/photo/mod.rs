@@ -5,6 +5,7 @@
 
 mod admin;
 mod scenes;
+mod socket;
 mod tasks;
 mod uploads;
 mod works;
@@ -108,6 +109,7 @@ pub fn router() -> Router<App> {
         .route("/api/tasks/stats/queue", get(tasks::queue))
         .route("/api/tasks/{task_id}", get(tasks::get))
         .route("/api/tasks/{task_id}/cancel", post(tasks::cancel))
+        .route("/ws", get(socket::socket))
         .route("/api/admin/stats/overview", get(admin::overview))
         .route("/api/admin/users", get(admin::users))
         .route(
