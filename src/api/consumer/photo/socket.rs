@@ -60,27 +60,8 @@ async fn run(app: App, mut socket: WebSocket) {
             message = socket.recv() => {
                 let Some(Ok(message)) = message else { return };
                 let Message::Text(text) = message else { continue };
-                let Ok(request) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-                match request["type"].as_str() {
-                    Some("ping") => {
-                        if !send(&mut socket, json!({"type": "pong", "timestamp": now_millis()})).await {
-                            return;
-                        }
-                    }
-                    Some("auth") => match sign_in(&app, request["token"].as_str()).await {
-                        Ok(authed) => {
-                            follow = Some(start(&app, authed).await);
-                            if !send(&mut socket, json!({"type": "auth_success", "message": "认证成功"})).await {
-                                return;
-                            }
-                        }
-                        Err(message) => {
-                            send(&mut socket, json!({"type": "error", "message": message})).await;
-                            let _ = socket.send(Message::Close(None)).await;
-                            return;
-                        }
-                    },
-                    _ => {}
+                if !answer(&app, &mut socket, text.as_str(), &mut follow).await {
+                    return;
                 }
             }
             event = next_event(&mut follow) => {
@@ -97,6 +78,37 @@ async fn run(app: App, mut socket: WebSocket) {
                 }
             }
         }
+    }
+}
+
+/// Answers a client message; `false` when the socket is done (closed, or refused).
+async fn answer(
+    app: &App,
+    socket: &mut WebSocket,
+    text: &str,
+    follow: &mut Option<Follow>,
+) -> bool {
+    let Ok(request) = serde_json::from_str::<Value>(text) else {
+        return true;
+    };
+    match request["type"].as_str() {
+        Some("ping") => send(socket, json!({"type": "pong", "timestamp": now_millis()})).await,
+        Some("auth") => match sign_in(app, request["token"].as_str()).await {
+            Ok(authed) => {
+                *follow = Some(start(app, authed).await);
+                send(
+                    socket,
+                    json!({"type": "auth_success", "message": "认证成功"}),
+                )
+                .await
+            }
+            Err(message) => {
+                send(socket, json!({"type": "error", "message": message})).await;
+                let _ = socket.send(Message::Close(None)).await;
+                false
+            }
+        },
+        _ => true,
     }
 }
 
