@@ -58,6 +58,8 @@ pub struct Config {
     pub wechat: WechatConfig,
     /// The image library: upload limits and what is made of each image.
     pub uploads: crate::uploads::UploadsConfig,
+    /// The editor's sessions (`[editor]`: earlier turns a generating message sends).
+    pub editor: crate::sessions::EditorConfig,
     /// The photo app: each task type's provider and model.
     pub photo: crate::photo::PhotoConfig,
 }
@@ -176,6 +178,7 @@ impl Default for Config {
             users: Default::default(),
             wechat: Default::default(),
             uploads: Default::default(),
+            editor: Default::default(),
             photo: Default::default(),
         }
     }

@@ -13,7 +13,7 @@ const FLOORS: &[&[&str]] = &[
     &["accounts", "providers", "ledger", "uploads"],
     &["keypool"],
     &["jobs", "webhooks"],
-    &["photo"],
+    &["sessions", "photo"],
     &["config"],
     &["app"],
     &["api", "error"],
