@@ -854,6 +854,12 @@ async fn the_socket_pushes_a_user_s_tasks_to_each_of_its_sockets_only() {
     }
 
     let file = p.upload(&user).await;
+    for named in [&file["fileUrl"], &file["fileName"]] {
+        let body = json!({"type": "fitting", "images": [named]});
+        let (status, body) = p.post("/api/tasks/create", Some(&other), body).await;
+        assert_eq!(status, 400, "another user's upload: {body}");
+        assert_eq!(invalid_fields(&body), ["images[0]"]);
+    }
     let (status, body) = p
         .post(
             "/api/tasks/create",

@@ -265,6 +265,15 @@ pub trait PhotoStore: Send + Sync + 'static {
     /// The jobs of the tenant's tasks by task type and job status.
     async fn photo_queue_counts(&self, tenant_id: &str) -> StoreResult<Vec<QueueCount>>;
 
+    /// Whether the end user has an image stored as `object_key` (a task input named by its
+    /// link).
+    async fn photo_owns_object(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        object_key: &str,
+    ) -> StoreResult<bool>;
+
     /// The admin overview's figures, in the order of [`OVERVIEW`]; `since` starts "today".
     async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>>;
     /// The tenant's credit orders (one account's with `account_id`), newest first.
@@ -812,6 +821,15 @@ pub(crate) mod sql {
              WHERE t.tenant_id = $1 GROUP BY t.type, j.status"
                 .into(),
             vec![text(tenant_id)],
+        )
+    }
+
+    pub fn owns_object(tenant_id: &str, user_id: &str, object_key: &str) -> Statement {
+        (
+            "SELECT count(*) FROM images i JOIN image_objects o ON o.id = i.object_id
+             WHERE i.tenant_id = $1 AND i.owner_user = $2 AND o.object_key = $3"
+                .into(),
+            vec![text(tenant_id), text(user_id), text(object_key)],
         )
     }
 

@@ -255,6 +255,16 @@ impl PhotoStore for PgStore {
         Ok(queue_counts(found))
     }
 
+    async fn photo_owns_object(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        object_key: &str,
+    ) -> StoreResult<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(count(&mut conn, &sql::owns_object(tenant_id, user_id, object_key)).await? > 0)
+    }
+
     async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>> {
         let mut conn = self.pool.acquire().await?;
         let row = one(&mut conn, &sql::overview(tenant_id, since), |r| {

@@ -264,6 +264,16 @@ impl PhotoStore for SqliteStore {
         Ok(queue_counts(found))
     }
 
+    async fn photo_owns_object(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        object_key: &str,
+    ) -> StoreResult<bool> {
+        let statement = sql::owns_object(tenant_id, user_id, object_key);
+        self.read(move |c| Ok(count(c, &statement)? > 0)).await
+    }
+
     async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>> {
         let statement = sql::overview(tenant_id, since);
         let row = self

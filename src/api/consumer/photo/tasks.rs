@@ -177,7 +177,7 @@ async fn prompt(app: &App, tenant_id: &str, r: &TaskRequest) -> Result<String, R
 
 /// The object key of one of the caller's uploads, named as the upload routes returned it:
 /// `<image id>.jpg` at the end of a `file_name` or `file_path`, or the link of a `file_url`
-/// (whose path ends in the object key, under the tenant's folder).
+/// (whose path ends in the object key of one of the caller's images).
 async fn input_key(app: &App, owner: &ImageOwner, named: &str) -> Option<String> {
     let path = named.split(['?', '#']).next()?;
     let last = path.rsplit('/').next()?;
@@ -185,20 +185,20 @@ async fn input_key(app: &App, owner: &ImageOwner, named: &str) -> Option<String>
     if stem.len() == 26 && stem.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return app.images.get(owner, stem).await.ok().map(|r| r.object.key);
     }
-    let tenant: String = owner
-        .tenant_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let folder = format!("uploads/{tenant}/");
-    let key = &path[path.rfind(&folder)?..];
-    (key.split('/').count() == 4 && !key.contains("..")).then(|| key.to_owned())
+    // A link: its path ends in the object key, which must be one of the caller's images
+    // (tried from each `uploads/` in the path: a bucket or host may hold the word too).
+    let user_id = owner.user_id.as_deref().unwrap_or_default();
+    for (at, _) in path.match_indices("uploads/") {
+        let key = &path[at..];
+        if let Ok(true) = app
+            .store
+            .photo_owns_object(&owner.tenant_id, user_id, key)
+            .await
+        {
+            return Some(key.to_owned());
+        }
+    }
+    None
 }
 
 async fn input_keys(
