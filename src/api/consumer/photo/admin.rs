@@ -24,7 +24,7 @@ use crate::api::consumer::extract::{AdminUser, JsonBody};
 use crate::api::consumer::reply::{photo_error, user_json};
 use crate::app::App;
 use crate::base::clock::{format_millis, now_millis};
-use crate::base::ledger::{AccountRef, EntryKind, NewEntry, PostOutcome};
+use crate::base::ledger::{AccountRef, EntryKind, NewEntry, Order, PostOutcome};
 use crate::base::user::{EndUser, Role, UserStatus};
 use crate::store::photo::{ConfigEntry, OrderListQuery, TaskQuery, WorkQuery, OVERVIEW};
 
@@ -57,7 +57,8 @@ pub async fn overview(State(app): State<App>, AdminUser(admin): AdminUser) -> Re
     ok(Value::Object(data))
 }
 
-/// Users by internal id, read once per page: the rows' `nickname` and `avatar_url`.
+/// Users by internal id, read once per page: the rows' `user_id` (number), `nickname` and
+/// `avatar_url`.
 struct Names<'a> {
     app: &'a App,
     tenant_id: &'a str,
@@ -77,6 +78,7 @@ impl Names<'_> {
             self.seen.insert(user_id.to_owned(), user);
         }
         let user = self.seen.get(user_id).and_then(Option::as_ref);
+        row["user_id"] = json!(user.map(|u| u.seq));
         row["nickname"] = json!(user.and_then(|u| u.nickname.clone()));
         row["avatar_url"] = json!(user.and_then(|u| u.avatar.clone()));
     }
@@ -235,15 +237,45 @@ pub async fn update_user(
     ok_with("用户更新成功", json!({"user": user_json(&user, credits)}))
 }
 
+/// Rows of an admin list, each with its user's `nickname` and `avatar_url`.
+async fn with_names(
+    app: &App,
+    tenant_id: &str,
+    name: &str,
+    page: (u64, u32, u64),
+    (rows, total): (Vec<(Value, String)>, u64),
+) -> Response {
+    let mut names = Names {
+        app,
+        tenant_id,
+        seen: HashMap::new(),
+    };
+    let mut named = Vec::with_capacity(rows.len());
+    for (mut row, owner) in rows {
+        names.add_to(&mut row, &owner).await;
+        named.push(row);
+    }
+    listed(name, named, page, total)
+}
+
+/// An admin list's page and `user_id` filter; `None` when no user has that number.
+async fn listing(
+    app: &App,
+    tenant_id: &str,
+    q: &ListQuery,
+) -> Option<((u64, u32, u64), Option<String>)> {
+    let user_id = user_of_seq(app, tenant_id, &q.user_id).await.ok()?;
+    Some((q.page(20), user_id))
+}
+
 pub async fn works(
     State(app): State<App>,
     AdminUser(admin): AdminUser,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let page = q.page(20);
     let tenant_id = &admin.user.tenant_id;
-    let Ok(user_id) = user_of_seq(&app, tenant_id, &q.user_id).await else {
-        return empty("works", page);
+    let Some((page, user_id)) = listing(&app, tenant_id, &q).await else {
+        return empty("works", q.page(20));
     };
     let query = WorkQuery {
         tenant_id: tenant_id.clone(),
@@ -258,18 +290,11 @@ pub async fn works(
         Ok(found) => found,
         Err(e) => return store_failure(e),
     };
-    let mut names = Names {
-        app: &app,
-        tenant_id,
-        seen: HashMap::new(),
-    };
     let mut rows = Vec::with_capacity(found.len());
     for w in &found {
-        let mut row = work_json(&app, w).await;
-        names.add_to(&mut row, &w.user_id).await;
-        rows.push(row);
+        rows.push((work_json(&app, w).await, w.user_id.clone()));
     }
-    listed("works", rows, page, total)
+    with_names(&app, tenant_id, "works", page, (rows, total)).await
 }
 
 pub async fn tasks(
@@ -277,10 +302,9 @@ pub async fn tasks(
     AdminUser(admin): AdminUser,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let page = q.page(20);
     let tenant_id = &admin.user.tenant_id;
-    let Ok(user_id) = user_of_seq(&app, tenant_id, &q.user_id).await else {
-        return empty("tasks", page);
+    let Some((page, user_id)) = listing(&app, tenant_id, &q).await else {
+        return empty("tasks", q.page(20));
     };
     let query = TaskQuery {
         tenant_id: tenant_id.clone(),
@@ -290,22 +314,20 @@ pub async fn tasks(
         offset: page.2,
         limit: page.1,
     };
-    let (found, total) = match app.store.photo_task_list(query).await {
-        Ok(found) => found,
-        Err(e) => return store_failure(e),
-    };
-    let mut names = Names {
-        app: &app,
-        tenant_id,
-        seen: HashMap::new(),
-    };
-    let mut rows = Vec::with_capacity(found.len());
-    for t in &found {
-        let mut row = task_json(t, None);
-        names.add_to(&mut row, &t.user_id).await;
-        rows.push(row);
+    let found = app
+        .store
+        .photo_task_list(query)
+        .await
+        .map(|(found, total)| {
+            let rows = found
+                .iter()
+                .map(|t| (task_json(t, None), t.user_id.clone()));
+            (rows.collect(), total)
+        });
+    match found {
+        Ok(found) => with_names(&app, tenant_id, "tasks", page, found).await,
+        Err(e) => store_failure(e),
     }
-    listed("tasks", rows, page, total)
 }
 
 pub async fn orders(
@@ -313,10 +335,9 @@ pub async fn orders(
     AdminUser(admin): AdminUser,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let page = q.page(20);
     let tenant_id = &admin.user.tenant_id;
-    let Ok(user_id) = user_of_seq(&app, tenant_id, &q.user_id).await else {
-        return empty("orders", page);
+    let Some((page, user_id)) = listing(&app, tenant_id, &q).await else {
+        return empty("orders", q.page(20));
     };
     let query = OrderListQuery {
         tenant_id: tenant_id.clone(),
@@ -325,46 +346,32 @@ pub async fn orders(
         offset: page.2,
         limit: page.1,
     };
-    let (found, total) = match app.store.photo_orders(query).await {
-        Ok(found) => found,
-        Err(e) => return store_failure(e),
-    };
-    let mut names = Names {
-        app: &app,
-        tenant_id,
-        seen: HashMap::new(),
-    };
-    let mut rows = Vec::with_capacity(found.len());
-    for o in &found {
-        let owner = o.account_id.strip_prefix("user:").unwrap_or_default();
-        let seq = names_seq(&mut names, owner).await;
-        let mut row = json!({
-            "order_id": o.order_no,
-            "order_no": o.order_no,
-            "user_id": seq,
-            "package_id": o.package_id,
-            "credits": o.credits,
-            "amount": yuan(o.amount_cents),
-            "payment_method": o.payment_method,
-            "status": o.status,
-            "created_at": format_millis(o.created_at),
-            "paid_at": o.paid_at.map(format_millis),
-        });
-        names.add_to(&mut row, owner).await;
-        rows.push(row);
+    let found = app
+        .store
+        .photo_orders(query)
+        .await
+        .map(|(found, total)| (found.iter().map(order_row).collect(), total));
+    match found {
+        Ok(found) => with_names(&app, tenant_id, "orders", page, found).await,
+        Err(e) => store_failure(e),
     }
-    listed("orders", rows, page, total)
 }
 
-/// The number of the user with internal id `user_id` (read through the page's cache).
-async fn names_seq(names: &mut Names<'_>, user_id: &str) -> Option<i64> {
-    let mut probe = json!({});
-    names.add_to(&mut probe, user_id).await;
-    names
-        .seen
-        .get(user_id)
-        .and_then(Option::as_ref)
-        .map(|u| u.seq)
+/// An order as the admin list shows it, and its owner's id.
+fn order_row(o: &Order) -> (Value, String) {
+    let row = json!({
+        "order_id": o.order_no,
+        "order_no": o.order_no,
+        "package_id": o.package_id,
+        "credits": o.credits,
+        "amount": yuan(o.amount_cents),
+        "payment_method": o.payment_method,
+        "status": o.status,
+        "created_at": format_millis(o.created_at),
+        "paid_at": o.paid_at.map(format_millis),
+    });
+    let owner = o.account_id.strip_prefix("user:").unwrap_or_default();
+    (row, owner.to_owned())
 }
 
 /// A setting's value as its type reads it; `None` when the text does not parse.
