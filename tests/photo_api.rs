@@ -761,6 +761,27 @@ async fn the_admin_area() {
     assert_eq!(status, 200);
     let (_, body) = p.get("/api/admin/config", Some(&admin)).await;
     assert_eq!(body["data"]["configs"]["default_credits"], 20);
+    // The price of an image is a setting.
+    let path = config("credits_per_image");
+    let (status, _) = p
+        .call(
+            Method::PUT,
+            &path,
+            Some(&admin),
+            Some(json!({"config_value": 2})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let buyer = p.user("zhou").await;
+    let file = p.upload(&buyer).await;
+    let body = json!({"type": "fitting", "batch_count": 2, "images": [file["fileName"]]});
+    let (status, body) = p.post("/api/tasks/create", Some(&buyer), body).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["credits_deducted"], 4);
+    let task_id = body["data"]["task_id"].as_str().unwrap().to_owned();
+    p.wait_task(&buyer, &task_id, &["completed"]).await;
+    assert_eq!(p.credits(&buyer).await, 6);
+    p.ledger_check();
     p.app.shutdown().await;
 }
 

@@ -40,7 +40,8 @@ use crate::photo::follower::FOLLOWER;
 use crate::photo::{new_uuid, template, TASK_TYPES};
 use crate::store::photo::{Task, TaskCreated, TaskJob, TaskQuery};
 
-/// Credits one image costs (the origin's 1).
+/// Credits one image costs unless the tenant's `credits_per_image` setting says otherwise
+/// (the origin's 1).
 const CREDITS_PER_IMAGE: i64 = 1;
 const MAX_BATCH: i64 = 50;
 const MAX_DESCRIPTION: usize = 500;
@@ -218,6 +219,21 @@ async fn input_keys(
     Ok(keys)
 }
 
+/// The tenant's `credits_per_image` setting (a whole number, 0 or more).
+async fn credits_per_image(app: &App, tenant_id: &str) -> Result<i64, Response> {
+    let settings = app
+        .store
+        .photo_config_list(tenant_id)
+        .await
+        .map_err(store_failure)?;
+    Ok(settings
+        .iter()
+        .find(|c| c.key == "credits_per_image")
+        .and_then(|c| c.value.trim().parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .unwrap_or(CREDITS_PER_IMAGE))
+}
+
 fn jobs_for(
     app: &App,
     task: &Task,
@@ -248,7 +264,7 @@ fn jobs_for(
             webhook_url: None,
             charge: Some(Charge {
                 account: AccountRef::user(&task.tenant_id, &task.user_id),
-                amount: CREDITS_PER_IMAGE,
+                amount: task.credits / task.batch_count.max(1),
             }),
             follow_up: Some(FOLLOWER.to_owned()),
         })
@@ -287,6 +303,10 @@ pub async fn create(
     let provider = settings
         .provider
         .unwrap_or_else(|| app.providers.default_name().to_owned());
+    let per_image = match credits_per_image(&app, &user.tenant_id).await {
+        Ok(per_image) => per_image,
+        Err(refused) => return refused,
+    };
     let now = now_millis();
     let task = Task {
         task_id: new_uuid(),
@@ -301,7 +321,7 @@ pub async fn create(
         parameters: Value::Object(request.parameters),
         custom_description: request.custom_description,
         prompt,
-        credits: request.batch_count * CREDITS_PER_IMAGE,
+        credits: request.batch_count * per_image,
         error: None,
         created_at: now,
         updated_at: now,
