@@ -10,6 +10,7 @@
 //! those modules never import this one. A bad value fails at start and names its key. Secrets are [`Secret`]s, whose
 //! `Debug` never prints them.
 
+pub mod midjourney;
 pub mod openai_api;
 pub mod origins;
 
@@ -62,6 +63,8 @@ pub struct Config {
     pub editor: crate::sessions::EditorConfig,
     /// The photo app: each task type's provider and model.
     pub photo: crate::photo::PhotoConfig,
+    /// The Midjourney API seed's routes (provider, banned words, bot secret).
+    pub midjourney: midjourney::MidjourneyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +183,7 @@ impl Default for Config {
             uploads: Default::default(),
             editor: Default::default(),
             photo: Default::default(),
+            midjourney: Default::default(),
         }
     }
 }

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     UnknownError,
     /// An upload that is not an image type Easel takes.
     UnsupportedMediaType,
+    /// The job's provider cannot do the operation asked for.
+    UnsupportedOperation,
 }
 
 impl ErrorCode {
@@ -45,12 +47,15 @@ impl ErrorCode {
             ErrorCode::Unavailable => "SERVICE_UNAVAILABLE",
             ErrorCode::UnknownError => "UNKNOWN_ERROR",
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::UnsupportedOperation => "UNSUPPORTED_OPERATION",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::InvalidRequest | ErrorCode::InvalidState => StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest
+            | ErrorCode::InvalidState
+            | ErrorCode::UnsupportedOperation => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidApiKey => StatusCode::UNAUTHORIZED,
             ErrorCode::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::JobNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,

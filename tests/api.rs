@@ -572,6 +572,7 @@ async fn queued_job_has_every_field_with_its_format() {
             "jobId",
             "maxAttempts",
             "mode",
+            "operation",
             "prompt",
             "queuePosition",
             "resultUrls",
@@ -585,6 +586,10 @@ async fn queued_job_has_every_field_with_its_format() {
     assert_eq!(view["status"], "QUEUED");
     assert_eq!(view["prompt"], "first");
     assert_eq!(view["mode"], "draft");
+    assert_eq!(
+        view["operation"], "generate",
+        "an added field, generate by default"
+    );
     assert_eq!(view["resultUrls"], json!([]));
     assert_eq!(view["error"], Value::Null);
     assert_eq!(view["errorCode"], Value::Null);
@@ -623,6 +628,7 @@ async fn succeeded_job_links_to_pngs_served_by_easel() {
             "jobId",
             "maxAttempts",
             "mode",
+            "operation",
             "prompt",
             "resultUrls",
             "startedAt",

@@ -389,6 +389,13 @@ async fn submit_creates_queued_job_and_one_event(b: Bundle) {
             .as_object()
             .cloned(),
         input_image_ids: vec!["img_1".into()],
+        operation: easel::base::operation::Operation::Upscale {
+            style: easel::base::operation::UpscaleStyle::Creative,
+            factor: 4,
+        },
+        parent_job_id: Some("job_parent".into()),
+        parent_index: Some(2),
+        grid: true,
     };
     job.cancel_at = Some(job.created_at + 5_000);
     let id = submit(s, job.clone()).await;
@@ -3065,6 +3072,111 @@ async fn job_end_releases_inputs_and_writes_followups(b: Bundle) {
     assert_eq!(s.followups_pending().await.unwrap(), 0);
 }
 
+/// Midjourney tasks: the origin's status read from the job, lists per account newest first,
+/// the waiting count, and the bot's result on the newest unfinished task of a trigger id.
+async fn mj_tasks_follow_their_jobs(b: Bundle) {
+    use easel::store::midjourney::{MjBotResult, MjTask};
+    let s = b.store.as_ref();
+    let t = tenant(s, "Mj", 5).await;
+    let first = submit(s, b.job(&t.id)).await;
+    let second = submit(s, b.job(&t.id)).await;
+    let task = |id: &str, job: &str, at: i64| MjTask {
+        task_id: id.into(),
+        trigger_id: "3935532608".into(),
+        tenant_id: t.id.clone(),
+        account_id: "key:k1".into(),
+        job_id: Some(job.into()),
+        task_name: "imagine".into(),
+        task_type: "generate".into(),
+        image_index: 0,
+        msg_id: 1_384_952_701_758_083_308,
+        msg_hash: format!("hash-{id}"),
+        zoom_out: 0,
+        direction: String::new(),
+        ref_pic_url: None,
+        prompts: "a cat".into(),
+        bot_status: None,
+        result_url: None,
+        attachments: None,
+        created_at: at,
+        updated_at: at,
+    };
+    s.mj_task_insert(task("100", &first, 100)).await.unwrap();
+    s.mj_task_insert(task("200", &second, 200)).await.unwrap();
+    let again = s.mj_task_insert(task("100", &first, 300)).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(s.mj_tasks_waiting(&t.id).await.unwrap(), 2);
+    let c = claim_one(s, LONG_LEASE).await;
+    s.job_finish(&c.job.id, c.fence, succeeded(&["t/j/1-0.png"]))
+        .await
+        .unwrap();
+    let done = s.mj_task_get(&t.id, "100").await.unwrap().expect("task");
+    assert_eq!(
+        (done.status.as_str(), done.task.msg_id),
+        ("SUCCESS", 1_384_952_701_758_083_308)
+    );
+    assert!(s.mj_task_get("ten_other", "100").await.unwrap().is_none());
+    let by_hash = s
+        .mj_task_by_hash(&t.id, "hash-200")
+        .await
+        .unwrap()
+        .expect("task");
+    assert_eq!(by_hash.status, "SUBMITTED");
+    let all = s.mj_task_list("key:k1", None, 10, 0).await.unwrap();
+    let ids: Vec<_> = all.iter().map(|r| r.task.task_id.as_str()).collect();
+    assert_eq!(ids, ["200", "100"]);
+    let ok = s
+        .mj_task_list("key:k1", Some("SUCCESS"), 10, 5)
+        .await
+        .unwrap();
+    assert_eq!(ok.len(), 1);
+    assert!(s
+        .mj_task_list("key:k2", None, 10, 0)
+        .await
+        .unwrap()
+        .is_empty());
+    // The bot bans the newest SUBMITTED task of the trigger id: "200".
+    let hit = s
+        .mj_task_bot_result(MjBotResult {
+            trigger_id: "3935532608".into(),
+            status: "BANNED".into(),
+            result_url: None,
+            attachments: None,
+            msg_id: None,
+            msg_hash: None,
+            at: 400,
+        })
+        .await
+        .unwrap()
+        .expect("hit");
+    assert_eq!(
+        (hit.task_id.as_str(), hit.job_id.as_deref()),
+        ("200", Some(second.as_str()))
+    );
+    assert_eq!(
+        s.mj_task_get(&t.id, "200")
+            .await
+            .unwrap()
+            .expect("t")
+            .status,
+        "BANNED"
+    );
+    assert_eq!(s.mj_tasks_waiting(&t.id).await.unwrap(), 0);
+    let none = s
+        .mj_task_bot_result(MjBotResult {
+            trigger_id: "3935532608".into(),
+            status: "SUCCESS".into(),
+            result_url: Some("https://cdn/x.png".into()),
+            attachments: Some("[]".into()),
+            msg_id: Some(5),
+            msg_hash: Some("h".into()),
+            at: 500,
+        })
+        .await
+        .unwrap();
+    assert!(none.is_none());
+}
+
 // ---- one test per (backend, scenario) ----
 
 /// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
@@ -3128,6 +3240,7 @@ macro_rules! suite {
             images_are_scoped_listed_and_counted_by_owner,
             image_collect_dooms_pending_objects_a_crash_left,
             concurrent_image_adds_make_one_object_ready,
+            mj_tasks_follow_their_jobs,
         );
     };
     (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {

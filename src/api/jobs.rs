@@ -14,10 +14,12 @@ use super::submit_request::{parse_body, parse_cancel_after, parse_idempotency_ke
 use crate::app::App;
 use crate::base::clock::{format_millis, now_millis};
 use crate::base::job::{
-    new_job_id, IdempotencyClaim, Job, JobListQuery, JobStatus, NewJob, SubmitOutcome,
+    new_job_id, IdempotencyClaim, Job, JobListQuery, JobParams, JobStatus, NewJob, Operation,
+    SubmitOutcome,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::events::Change;
+use crate::jobs::operations::{image_count, image_key};
 use crate::ledger::pricing::{Payer, Priced};
 use crate::ledger::InsufficientCredits;
 use crate::store::{CancelOutcome, IdempotencyHit};
@@ -60,13 +62,13 @@ pub async fn submit(
             return answer_seen_key(hit, &request_hash);
         }
     }
-    let rate_headers = super::ratelimit::check_tenant(&app, &tenant).await?;
     let provider = app.providers.default_name().to_owned();
+    check_operation(&app, &tenant.id, &provider, &request.params).await?;
+    let rate_headers = super::ratelimit::check_tenant(&app, &tenant).await?;
     let priced = Priced {
-        operation: if request.input_image_url.is_some() {
-            "edit"
-        } else {
-            "generate"
+        operation: match request.params.operation {
+            Operation::Generate if request.input_image_url.is_some() => "edit",
+            op => op.kind(),
         },
         mode: request.mode.as_str(),
         provider: &provider,
@@ -116,6 +118,52 @@ pub async fn submit(
         response.headers_mut().insert(name, value);
     }
     Ok(response)
+}
+
+/// 400 `UNSUPPORTED_OPERATION` when `provider` cannot do the job's operation, and 400
+/// `INVALID_REQUEST` when its parent job is not the tenant's, has not succeeded or has no
+/// such image: refused now, never a failed job later.
+pub(super) async fn check_operation(
+    app: &App,
+    tenant_id: &str,
+    provider: &str,
+    params: &JobParams,
+) -> Result<(), ApiError> {
+    let op = params.operation;
+    let supported = app.providers.get(provider).is_some_and(|p| p.supports(&op));
+    if !supported {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedOperation,
+            format!(
+                "the provider '{provider}' cannot do the operation '{}'",
+                op.kind()
+            ),
+        ));
+    }
+    let Some(parent_id) = &params.parent_job_id else {
+        return Ok(());
+    };
+    let parent = app
+        .store
+        .job_get(tenant_id, parent_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid(format!("parentJobId '{parent_id}' is not a job of yours"))
+        })?;
+    if parent.status != JobStatus::Succeeded {
+        return Err(ApiError::invalid(format!(
+            "the parent job is {}; only a SUCCEEDED job's images can be worked on",
+            parent.status
+        )));
+    }
+    let index = params.parent_index.unwrap_or(1);
+    if image_key(&parent, index).is_none() {
+        return Err(ApiError::invalid(format!(
+            "parentIndex {index}: the parent job has {} image(s)",
+            image_count(&parent)
+        )));
+    }
+    Ok(())
 }
 
 /// The answer to a submit whose `Idempotency-Key` was seen: the stored job for the same
@@ -233,6 +281,25 @@ struct JobView {
     finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancel_at: Option<String>,
+    /// Easel's additions: what the job does, what it works on, and its text result.
+    operation: Operation,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grid_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result_text: Option<String>,
+}
+
+/// A describe's text result.
+pub(super) fn result_text(job: &Job) -> Option<String> {
+    job.result_meta
+        .as_ref()?
+        .get("text")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// The job's result links, as `storage` makes them (public, presigned or Easel-signed).
@@ -256,14 +323,14 @@ pub async fn get(
     } else {
         None
     };
-    let view = JobView {
+    let mut view = JobView {
         job_id: job.id.clone(),
         status: job.status,
         prompt: job.prompt.clone(),
         mode: job.mode.as_str(),
         input_image_url: job.input_image_url.clone(),
         input_image_ids: job.params.input_image_ids.clone(),
-        result_urls: result_urls(&app, &job).await,
+        result_urls: Vec::new(),
         error: job.error_message.clone(),
         error_code: job.error_code.clone(),
         error_message: job.error_message.clone(),
@@ -275,7 +342,17 @@ pub async fn get(
         started_at: job.started_at.map(format_millis),
         finished_at: job.finished_at.map(format_millis),
         cancel_at: job.cancel_at.map(format_millis),
+        operation: job.params.operation,
+        parent_job_id: job.params.parent_job_id.clone(),
+        parent_index: job.params.parent_index,
+        grid_url: None,
+        result_text: result_text(&job),
     };
+    view.result_urls = result_urls(&app, &job).await;
+    if job.params.grid && view.result_urls.len() > 1 {
+        // An imagine's images, then its grid on its own.
+        view.grid_url = view.result_urls.pop();
+    }
     Ok(super::with_etag(&headers, &view))
 }
 

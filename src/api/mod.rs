@@ -15,6 +15,7 @@ mod extract;
 mod files;
 mod jobs;
 mod ledger_admin;
+pub mod midjourney;
 mod multipart;
 pub mod openai;
 pub(crate) mod paging;
@@ -56,6 +57,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/images/generate", axum::routing::post(jobs::submit))
         .merge(openai::routes())
+        .merge(midjourney::routes())
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/events", get(events::job_stream))

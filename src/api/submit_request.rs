@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::base::job::JobParams;
 use crate::base::job::Mode;
+use crate::base::operation::{Operation, BLEND_IMAGES};
 use crate::error::ApiError;
 
 /// Aspect ratios the image APIs accept.
@@ -140,7 +141,20 @@ pub fn parse_body(
             )));
         }
     }
-    let params = JobParams {
+    let operation = match optional_str(body, "operation")? {
+        None => Operation::Generate,
+        Some(raw) => Operation::parse(raw).map_err(ApiError::invalid)?,
+    };
+    let (parent_job_id, parent_index) = parse_parent(body)?;
+    let grid = match optional(body, "grid") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("grid must be a boolean")),
+    };
+    if grid && n.is_some_and(|n| n != 4) {
+        return Err(ApiError::invalid("a grid is made of 4 images: n must be 4"));
+    }
+    let mut params = JobParams {
         seed: optional_uint(body, "seed")?,
         n: n.map(|n| n as u32),
         aspect_ratio: one_of(
@@ -150,8 +164,16 @@ pub fn parse_body(
         )?,
         image_size: one_of("imageSize", optional_str(body, "imageSize")?, IMAGE_SIZES)?,
         input_image_ids,
+        operation,
+        parent_job_id,
+        parent_index,
+        grid,
         ..JobParams::default()
     };
+    if grid {
+        params.n = Some(4);
+    }
+    check_sources(&params, input_image_url.is_some())?;
     Ok(SubmitRequest {
         prompt: prompt.to_owned(),
         mode,
@@ -161,17 +183,66 @@ pub fn parse_body(
     })
 }
 
-/// `inputImageIds`: ids of the tenant's uploads. One for now: a provider call takes one
-/// input image.
+/// `parentJobId` and `parentIndex` (from 1: U2 is index 2 of the parent's images).
+fn parse_parent(body: &Map<String, Value>) -> Result<(Option<String>, Option<u32>), ApiError> {
+    let parent = optional_str(body, "parentJobId")?;
+    if parent.is_some_and(|p| p.is_empty() || p.len() > 64) {
+        return Err(ApiError::invalid("parentJobId must be a job id"));
+    }
+    let index = optional_uint(body, "parentIndex")?;
+    match (parent, index) {
+        (None, Some(_)) => Err(ApiError::invalid("parentIndex needs a parentJobId")),
+        (_, Some(i)) if !(1..=MAX_IMAGES).contains(&i) => Err(ApiError::invalid(format!(
+            "parentIndex must be between 1 and {MAX_IMAGES}"
+        ))),
+        (p, i) => Ok((p.map(str::to_owned), i.map(|i| i as u32))),
+    }
+}
+
+/// Each operation's images: one source (a parent's image or an input image) for those that
+/// work on one, 2-5 uploads for a blend, at most one otherwise.
+fn check_sources(params: &JobParams, has_url: bool) -> Result<(), ApiError> {
+    let op = params.operation;
+    let uploads = params.input_image_ids.len();
+    let blend = matches!(op, Operation::Blend(_));
+    if blend && !BLEND_IMAGES.contains(&uploads) {
+        return Err(ApiError::invalid(format!(
+            "a blend takes {} to {} inputImageIds",
+            BLEND_IMAGES.start(),
+            BLEND_IMAGES.end()
+        )));
+    }
+    if !blend && uploads > MAX_INPUT_IMAGES {
+        return Err(ApiError::invalid(format!(
+            "inputImageIds holds at most {MAX_INPUT_IMAGES} image id (a blend takes more)"
+        )));
+    }
+    let has_source = params.parent_job_id.is_some() || has_url || uploads > 0;
+    if op.needs_source_image() && !has_source {
+        return Err(ApiError::invalid(format!(
+            "operation '{op}' needs an image: parentJobId (with parentIndex), inputImageUrl or inputImageIds"
+        )));
+    }
+    if params.parent_job_id.is_some() && (has_url || uploads > 0) {
+        return Err(ApiError::invalid(
+            "send parentJobId or an input image, not both",
+        ));
+    }
+    Ok(())
+}
+
+/// `inputImageIds`: ids of the tenant's uploads: one, or up to five for a blend (checked
+/// with the operation).
 fn parse_image_ids(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     let Some(value) = optional(body, "inputImageIds") else {
         return Ok(Vec::new());
     };
     let refuse = || ApiError::invalid("inputImageIds must be an array of image id strings");
     let ids = value.as_array().ok_or_else(refuse)?;
-    if ids.len() > MAX_INPUT_IMAGES {
+    if ids.len() > *BLEND_IMAGES.end() {
         return Err(ApiError::invalid(format!(
-            "inputImageIds holds at most {MAX_INPUT_IMAGES} image id"
+            "inputImageIds holds at most {} image ids",
+            BLEND_IMAGES.end()
         )));
     }
     ids.iter()

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::base::clock::Millis;
+pub use crate::base::operation::Operation;
 
 /// A job's place in its life. `QUEUED` → `RUNNING` → `SUCCEEDED` | `FAILED`; a retryable failure
 /// goes `RUNNING` → `RETRYING` → `RUNNING`; `QUEUED`/`RETRYING` → `CANCELED`.
@@ -158,6 +159,18 @@ pub struct JobParams {
     /// reference (`refCount`) until the job ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub input_image_ids: Vec<String>,
+    /// What the job does (`generate` unless said).
+    #[serde(default, skip_serializing_if = "Operation::is_generate")]
+    pub operation: Operation,
+    /// The job whose image this one works on (an upscale's grid), with `parent_index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_job_id: Option<String>,
+    /// Which of the parent's images, from 1 (U2 is index 2); `None`: the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_index: Option<u32>,
+    /// Four images and a 2x2 grid of them composed by Easel, stored last (an imagine).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grid: bool,
 }
 
 /// A validated submission, ready to be written.

@@ -105,6 +105,9 @@ job_error_codes! {
     INPUT_IMAGE_MISSING,
     /// The upload named in `inputImageIds` is gone (or its stored file is). Final.
     INPUT_IMAGE_NOT_FOUND,
+    /// The parent job's image the operation works on (`parentJobId`, `parentIndex`) is gone:
+    /// the job was deleted or its image expired. Final.
+    PARENT_IMAGE_NOT_FOUND,
 }
 
 #[cfg(test)]

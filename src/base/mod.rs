@@ -1,6 +1,6 @@
 //! The ground floor: types and helpers every other module shares.
 //!
-//! Owns: time ([`clock`]), the job, ledger, webhook and end-user models ([`job`], [`ledger`],
+//! Owns: time ([`clock`]), the job and its [`operation`], ledger, webhook and end-user models ([`job`], [`ledger`],
 //! [`webhook`], [`user`]), the catalogue of job error codes ([`job_errors`]), secrets and their
 //! sealing ([`secret`]), the network guard for addresses a client supplied ([`netguard`]) and
 //! the redaction of URLs for logs ([`redact`]), what configuration sections share
@@ -14,6 +14,7 @@ pub mod job;
 pub mod job_errors;
 pub mod ledger;
 pub mod netguard;
+pub mod operation;
 pub mod redact;
 pub mod secret;
 pub mod settings;

@@ -9,5 +9,6 @@ pub mod followups;
 pub mod gate;
 pub mod input_image;
 pub mod maintenance;
+pub mod operations;
 pub mod retry;
 pub mod worker;

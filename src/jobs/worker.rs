@@ -534,7 +534,25 @@ async fn attempt(
         Err(finish) => return finish,
     };
     let mut uploaded_images = uploaded.images.into_iter();
+    let sources = match super::operations::source_images(deps, job).await {
+        Ok(sources) => sources,
+        Err(e) if e.retryable => return retry_or_fail(deps, claimed, e.code, &e.message, None),
+        Err(e) => {
+            return Finish::Failed {
+                error_code: e.code.to_owned(),
+                error_message: e.message,
+            }
+        }
+    };
+    let mut more_images = Vec::new();
     let input_image = match &job.input_image_url {
+        // A parent job's image, or a blend's uploads.
+        _ if sources.is_some() => {
+            let mut sources = sources.unwrap_or_default().into_iter();
+            let first = sources.next();
+            more_images.extend(sources);
+            first
+        }
         // The tenant's uploads named by `inputImageIds`, from the image library.
         None if !job.params.input_image_ids.is_empty() => {
             match job_input(&deps.images, &deps.inputs, job).await {
@@ -572,11 +590,12 @@ async fn attempt(
         aspect_ratio: job.params.aspect_ratio.clone(),
         image_size: job.params.image_size.clone(),
         extra: RequestExtras {
-            more_images: uploaded_images.collect(),
+            more_images: more_images.into_iter().chain(uploaded_images).collect(),
             mask: uploaded.mask,
             model: job.params.model.clone(),
             variation: job.params.variation,
             options: job.params.options.clone().unwrap_or_default(),
+            operation: job.params.operation,
         },
     };
     let remaining = Duration::from_millis((job.deadline_at - now_millis()).max(0) as u64);
@@ -759,7 +778,21 @@ async fn store_images(
     stored: &Mutex<Vec<String>>,
 ) -> Finish {
     let job = &claimed.job;
-    if output.images.is_empty() {
+    let output = if job.params.grid {
+        match super::operations::with_grid(output).await {
+            Ok(output) => output,
+            Err(message) => {
+                return Finish::Failed {
+                    error_code: job_errors::NO_IMAGE.into(),
+                    error_message: message,
+                }
+            }
+        }
+    } else {
+        output
+    };
+    let text_only = job.params.operation.gives_text() && output.caption.is_some();
+    if output.images.is_empty() && !text_only {
         return Finish::Failed {
             error_code: job_errors::NO_IMAGE.into(),
             error_message: "the provider returned no image".into(),
@@ -795,6 +828,14 @@ async fn store_images(
         "responseId": output.response_id,
         "thoughtSignature": output.thought_signature,
     });
+    let mut meta = meta;
+    if let (true, Some(map)) = (job.params.operation.gives_text(), meta.as_object_mut()) {
+        // A describe's answer: the job's text result.
+        map.insert(
+            "text".into(),
+            map.get("caption").cloned().unwrap_or_default(),
+        );
+    }
     Finish::Succeeded {
         result_keys: keys,
         meta: Some(meta),

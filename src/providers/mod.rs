@@ -18,6 +18,7 @@
 //! probes and the command line all ask the registry.
 
 pub mod gemini;
+pub mod imageops;
 pub mod local;
 pub mod openai;
 pub mod registry;
@@ -28,6 +29,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::base::job::Mode;
+use crate::base::operation::Operation;
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -67,9 +69,16 @@ pub struct RequestExtras {
     pub variation: bool,
     /// Provider-specific parameters as the client gave them (OpenAI's `size`, `quality`...).
     pub options: serde_json::Map<String, serde_json::Value>,
+    /// What to do with the prompt and `input_image` (`generate` unless the job says).
+    pub operation: Operation,
 }
 
 impl GenerateRequest {
+    /// A variation of the input image: OpenAI's flag, or the job's operation.
+    pub fn is_variation(&self) -> bool {
+        self.extra.variation || matches!(self.extra.operation, Operation::Variation(_))
+    }
+
     /// Every input image in order: `input_image` first, then the other references.
     pub fn input_images(&self) -> impl Iterator<Item = &InputImage> {
         self.input_image.iter().chain(&self.extra.more_images)
@@ -203,6 +212,17 @@ pub trait Provider: Send + Sync {
     /// Checks that the upstream accepts `credential` with a cheap call that spends no image
     /// quota (listing models). Used to re-test disabled keys, on a schedule and by hand.
     async fn probe(&self, credential: &UpstreamCredential) -> Result<(), ProviderError>;
+
+    /// Whether it can do `operation`; asked at submit, so a job it cannot do is refused with
+    /// 400 `UNSUPPORTED_OPERATION` rather than failing later. Default: generate, and edit
+    /// when it takes an input image.
+    fn supports(&self, operation: &Operation) -> bool {
+        match operation {
+            Operation::Generate => true,
+            Operation::Edit => self.capabilities().image_to_image,
+            _ => false,
+        }
+    }
 
     /// Runs one generation. `credential` is `None` only for providers that need no key.
     async fn generate(

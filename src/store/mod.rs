@@ -16,6 +16,7 @@
 pub mod followups;
 pub mod images;
 pub mod ledger;
+pub mod midjourney;
 pub mod photo;
 pub mod postgres;
 pub mod sessions;
@@ -192,6 +193,7 @@ pub trait Store:
     + followups::FollowupStore
     + sessions::SessionStore
     + photo::PhotoStore
+    + midjourney::MjTaskStore
     + Send
     + Sync
     + 'static

@@ -156,6 +156,7 @@ fn provider_request(call: &ImageCall, route: &Route) -> GenerateRequest {
             model: route.model.clone(),
             variation: call.variation,
             options: provider_options(call, route),
+            ..RequestExtras::default()
         },
     }
 }

@@ -1,8 +1,9 @@
 //! `easel-bench uploads [--dir DIR] [--images N] [--threads T] [--uploads U] [--senders S]`:
 //! the image library's pipeline and upload path.
 //!
-//! 1. Resize: one 12 MP photo to 2048 px with `image`'s Lanczos3 and with
-//!    `fast_image_resize`'s, timed (why the library uses the latter).
+//! 1. Steps: one 12 MP photo decoded, resized to 2048 px with `image`'s Lanczos3 and with
+//!    `fast_image_resize`'s, and encoded at q90 with `image`'s encoder and with `jpeg-encoder`'s,
+//!    each timed (why the library uses the latter of each).
 //! 2. Pipeline: the first N JPEGs of DIR (the sharp anchor's `make_images.js` output, 4000x3000;
 //!    or made here) each stored inside 2048 (q90) and thumbnailed inside 300 (q80), T at once:
 //!    images/s and peak RSS, to read beside `anchors/sharp/bench.sh` run in the same session.
@@ -12,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use easel::uploads::{process, UploadsConfig};
@@ -120,18 +121,42 @@ fn resize_comparison(photo: &[u8]) -> anyhow::Result<()> {
     let _ = process::process(photo, &pipeline)?;
     let whole = started.elapsed();
     let started = Instant::now();
-    let _ = process::resize_to(&decoded, w, h)?;
+    let stored = process::resize_to(&decoded, w, h)?;
     let fast = started.elapsed();
+    let (with_image_encoder, with_jpeg_encoder) = encode_comparison(&stored)?;
     println!(
-        "RESULT uploads resize_{}x{}_to_{w}x{h} decode_ms={} image_lanczos3_ms={} fast_image_resize_lanczos3_ms={} whole_pipeline_ms={}",
+        "RESULT uploads resize_{}x{}_to_{w}x{h} decode_ms={} image_lanczos3_ms={} fast_image_resize_lanczos3_ms={} image_jpeg_q90_ms={} jpeg_encoder_q90_ms={} whole_pipeline_ms={}",
         decoded.width(),
         decoded.height(),
         decode.as_millis(),
         with_image.as_millis(),
         fast.as_millis(),
+        with_image_encoder.as_millis(),
+        with_jpeg_encoder.as_millis(),
         whole.as_millis()
     );
     Ok(())
+}
+
+/// The stored image encoded at q90 by `image`'s encoder and by `jpeg-encoder` (what the
+/// library uses), timed.
+fn encode_comparison(stored: &RgbImage) -> anyhow::Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(stored)?;
+    let with_image = started.elapsed();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    let side = |v: u32| u16::try_from(v).context("too wide for JPEG");
+    encoder.encode(
+        stored.as_raw(),
+        side(stored.width())?,
+        side(stored.height())?,
+        jpeg_encoder::ColorType::Rgb,
+    )?;
+    Ok((with_image, started.elapsed()))
 }
 
 fn pipeline(inputs: &[Vec<u8>], threads: usize) -> anyhow::Result<()> {

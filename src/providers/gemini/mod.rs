@@ -14,6 +14,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod operations;
 pub mod wire;
 
 use std::sync::Arc;
@@ -112,6 +113,9 @@ impl GeminiProvider {
             .capability(model)
             .ok_or_else(|| invalid(format!("model '{model}' is not configured")))?;
         let base = self.base_url(credential);
+        if request.extra.operation.gives_text() {
+            return self.describe(request, cap, credential).await;
+        }
         if is_imagen(model) {
             let url = format!("{base}/v1beta/models/{model}:predict");
             let body = encode(&build_predict(request, cap))?;
@@ -160,6 +164,31 @@ impl GeminiProvider {
         let mut out = merge(outputs);
         out.images.truncate(n as usize);
         Ok(out)
+    }
+
+    /// A describe: the source image and the instruction, answered in text only.
+    async fn describe(
+        &self,
+        request: &GenerateRequest,
+        cap: &ModelCapability,
+        credential: &UpstreamCredential,
+    ) -> Result<GenerateOutput, ProviderError> {
+        let model = self.config.model_of(request);
+        let url = format!(
+            "{}/v1beta/models/{model}:generateContent",
+            self.base_url(credential)
+        );
+        let mut body = build_generate_content(request, cap, &self.config, None, None);
+        body.generation_config.response_modalities = vec!["TEXT".into()];
+        body.generation_config.image_config = None;
+        let reply = self.call(&url, &credential.secret, encode(&body)?).await?;
+        let reply: wire::GenerateContentResponse =
+            serde_json::from_slice(&reply).map_err(|e| ProviderError::Retryable {
+                code: codes::MALFORMED.into(),
+                message: format!("the describe reply is not JSON: {e}"),
+                retry_after: None,
+            })?;
+        operations::parse_text(reply)
     }
 
     /// One POST; returns the body of a 2xx reply, or the classified failure.
@@ -459,6 +488,14 @@ impl Provider for GeminiProvider {
         &self.capabilities
     }
 
+    /// Every operation on the `generateContent` models ([`operations`]); Imagen takes no
+    /// input image, so only generate and reroll there.
+    fn supports(&self, operation: &crate::base::operation::Operation) -> bool {
+        use crate::base::operation::Operation;
+        self.capabilities.image_to_image
+            || matches!(operation, Operation::Generate | Operation::Reroll)
+    }
+
     fn call_timeout(&self) -> Duration {
         Duration::from_secs(self.config.timeout_secs)
     }
@@ -493,6 +530,18 @@ impl Provider for GeminiProvider {
         request: &GenerateRequest,
         credential: Option<&UpstreamCredential>,
     ) -> Result<GenerateOutput, ProviderError> {
+        let prepared;
+        let request = if request.extra.operation.is_generate() {
+            request
+        } else {
+            // Decoding and padding images is CPU work: off the async workers.
+            let (owned, ratios) = (request.clone(), self.capabilities.aspect_ratios.clone());
+            prepared = tokio::task::spawn_blocking(move || operations::prepare(&owned, &ratios))
+                .await
+                .map_err(|e| invalid(e.to_string()))?
+                .map_err(invalid)?;
+            &prepared
+        };
         validate(request, &self.config).map_err(invalid)?;
         let Some(credential) = credential else {
             return Err(ProviderError::key_missing(self.name()));

@@ -2,17 +2,17 @@
 //! flow works with no upstream key. Same prompt and seed, same image; drafts are smaller.
 //! Owns its `[providers.local]` configuration section ([`LocalProviderConfig`]).
 
+pub mod ops;
 pub mod render;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 use super::{
-    Capabilities, GenerateOutput, GenerateRequest, GeneratedImage, Provider, ProviderError,
-    ProvidersConfig, UpstreamCredential,
+    Capabilities, GenerateOutput, GenerateRequest, Provider, ProviderError, ProvidersConfig,
+    UpstreamCredential,
 };
 use crate::base::job::Mode;
 use crate::base::settings::Invalid;
@@ -91,6 +91,11 @@ impl Provider for LocalProvider {
         &self.capabilities
     }
 
+    /// Every operation, deterministically ([`ops`]).
+    fn supports(&self, _operation: &crate::base::operation::Operation) -> bool {
+        true
+    }
+
     fn call_timeout(&self) -> Duration {
         CALL_TIMEOUT + Duration::from_millis(self.config.delay_ms)
     }
@@ -112,7 +117,6 @@ impl Provider for LocalProvider {
             Mode::Draft => self.config.draft_size,
             Mode::Final => self.config.final_size,
         };
-        let prompt = request.prompt.clone();
         // Input images (all of them, and a mask) steer the picture too, so edits and
         // variations give a different result from the prompt alone.
         let seed = request
@@ -126,29 +130,30 @@ impl Provider for LocalProvider {
                 // Rotated by position, so the order of the images matters.
                 seed ^ u64::from_le_bytes(first).rotate_left(index as u32)
             });
-        let n = request.n.max(1);
+        let job = ops::LocalJob {
+            operation: request.extra.operation,
+            prompt: request.prompt.clone(),
+            seed,
+            size,
+            n: request.n.max(1),
+            images: request.input_images().map(|i| i.bytes.clone()).collect(),
+        };
         // Rendering is CPU work: keep it off the async workers.
-        let images = tokio::task::spawn_blocking(move || {
-            (0..n)
-                .map(|i| GeneratedImage {
-                    bytes: Bytes::from(render::render_png(
-                        &prompt,
-                        seed.wrapping_add(u64::from(i)),
-                        size,
-                        size,
-                    )),
-                    mime: "image/png".into(),
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| ProviderError::Retryable {
-            code: crate::base::job_errors::RENDER_FAILED.into(),
-            message: format!("local render task failed: {e}"),
-            retry_after: None,
-        })?;
+        let result = tokio::task::spawn_blocking(move || ops::perform(&job))
+            .await
+            .map_err(|e| ProviderError::Retryable {
+                code: crate::base::job_errors::RENDER_FAILED.into(),
+                message: format!("local render task failed: {e}"),
+                retry_after: None,
+            })?
+            .map_err(|e| ProviderError::Final {
+                code: crate::base::job_errors::RENDER_FAILED.into(),
+                message: e.0,
+            })?;
+        let images = result.images;
         Ok(GenerateOutput {
             images,
+            caption: result.text,
             model_version: Some(format!("local-{size}")),
             ..GenerateOutput::default()
         })
@@ -193,7 +198,7 @@ mod tests {
             .await
             .expect("render");
         assert_eq!(a.images[0].bytes, b.images[0].bytes);
-        let dims = |png: &Bytes| {
+        let dims = |png: &bytes::Bytes| {
             let decoder = png::Decoder::new(&png[..]);
             let reader = decoder.read_info().expect("png");
             (reader.info().width, reader.info().height)

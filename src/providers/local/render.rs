@@ -61,6 +61,20 @@ pub fn render_png(prompt: &str, seed: u64, width: u32, height: u32) -> Vec<u8> {
     encode(&scene.rasterize(), width, height)
 }
 
+/// The same picture as [`render_png`] as RGBA pixels, for the operations that mix it with
+/// other images.
+pub fn render_rgba(prompt: &str, seed: u64, width: u32, height: u32) -> image::RgbaImage {
+    let width = width.max(1);
+    let height = height.max(1);
+    let rgb = Scene::new(prompt, seed, width, height).rasterize();
+    let rgba = rgb
+        .chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect();
+    image::RgbaImage::from_raw(width, height, rgba)
+        .unwrap_or_else(|| image::RgbaImage::new(width, height))
+}
+
 /// Encodes tightly packed RGB8 rows as a PNG.
 fn encode(pixels: &[u8], width: u32, height: u32) -> Vec<u8> {
     // Smooth images compress well even at the fastest level; a rough quarter is a fair guess.

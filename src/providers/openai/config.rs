@@ -314,7 +314,7 @@ fn check_options(request: &GenerateRequest, family: Family, model: &str) -> Resu
 
 fn check_inputs(request: &GenerateRequest, family: Family, model: &str) -> Result<(), String> {
     let count = request.input_images().count();
-    if request.extra.variation {
+    if request.is_variation() {
         if family != Family::DallE2 {
             return Err(format!("variations are made by dall-e-2 only, not {model}"));
         }
@@ -356,7 +356,7 @@ pub fn validate(request: &GenerateRequest, config: &OpenAiConfig) -> Result<(), 
         return Err(format!("'{model}' is not a model name"));
     }
     let family = Family::of(model);
-    if request.prompt.trim().is_empty() && !request.extra.variation {
+    if request.prompt.trim().is_empty() && !request.is_variation() {
         return Err("prompt must not be empty".into());
     }
     let chars = request.prompt.chars().count();

@@ -104,7 +104,7 @@ impl OpenAiProvider {
         let endpoint =
             Endpoint::parse(&credential.base_url, &self.config.base_url).map_err(invalid)?;
         let fields = build_request(request, &model);
-        let (route, body) = if request.extra.variation {
+        let (route, body) = if request.is_variation() {
             (VARIATIONS, Body::Form(form(request, &fields, true)?))
         } else if request.input_image.is_some() {
             (EDITS, Body::Form(form(request, &fields, false)?))
@@ -323,6 +323,15 @@ fn form(
 impl Provider for OpenAiProvider {
     fn name(&self) -> &'static str {
         "openai"
+    }
+
+    /// Generations, edits and (dall-e-2) variations: the Images API has nothing else.
+    fn supports(&self, operation: &crate::base::operation::Operation) -> bool {
+        use crate::base::operation::Operation;
+        matches!(
+            operation,
+            Operation::Generate | Operation::Edit | Operation::Variation(_)
+        )
     }
 
     fn capabilities(&self) -> &Capabilities {

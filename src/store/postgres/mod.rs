@@ -35,6 +35,7 @@ mod followups;
 mod images;
 mod jobs;
 mod ledger;
+mod midjourney;
 mod nodes;
 mod photo;
 mod sessions;

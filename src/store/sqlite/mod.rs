@@ -15,6 +15,7 @@ mod followups;
 mod images;
 mod jobs;
 mod ledger;
+mod midjourney;
 mod nodes;
 mod photo;
 mod sessions;
@@ -59,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0016_job_followups.sql"),
     include_str!("../../../migrations/sqlite/0017_editor_sessions.sql"),
     include_str!("../../../migrations/sqlite/0018_photo.sql"),
+    include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).

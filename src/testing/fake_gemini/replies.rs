@@ -381,6 +381,18 @@ pub(super) fn generate_content(model: &str, request: &Value) -> Reply {
         .as_array()
         .map(|m| m.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    if modalities == ["TEXT"] {
+        // A text-only answer (a describe): what the image models do when asked for text.
+        return Ok(json!({
+            "candidates": [{
+                "content": {"role": "model", "parts": [{"text": format!("1️⃣ a described image ({} parts seen)", parts.len())}]},
+                "finishReason": "STOP",
+                "index": 0,
+            }],
+            "modelVersion": model,
+            "responseId": response_id(),
+        }));
+    }
     if !modalities.contains(&"IMAGE") {
         return Err(bad_request(
             "fake Gemini: an image model needs generationConfig.responseModalities with IMAGE",

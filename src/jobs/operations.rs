@@ -1,0 +1,143 @@
+//! What the worker does for operations beyond generate: it finds the images an operation
+//! works on (the parent job's chosen image, a blend's uploads) and composes the 2x2 grid of
+//! an imagine after the provider's four images.
+//! Must not touch: providers' wire formats (they get the images and the operation) or job
+//! state (the worker reports the outcome).
+
+use bytes::Bytes;
+
+use super::input_image::InputImageError;
+use super::worker::WorkerDeps;
+use crate::base::image::ImageOwner;
+use crate::base::job::{Job, JobStatus};
+use crate::base::job_errors;
+use crate::providers::{imageops, GenerateOutput, GeneratedImage, InputImage};
+use crate::storage::StorageError;
+use crate::uploads::UploadError;
+
+fn final_error(code: &'static str, message: String) -> InputImageError {
+    InputImageError {
+        code,
+        message,
+        retryable: false,
+    }
+}
+
+fn unavailable(message: String) -> InputImageError {
+    InputImageError {
+        code: job_errors::STORAGE_ERROR,
+        message,
+        retryable: true,
+    }
+}
+
+/// The object key of image `index` (from 1) of a finished job: its images come before an
+/// imagine's grid.
+pub fn image_key(parent: &Job, index: u32) -> Option<&String> {
+    let images = if parent.params.grid {
+        parent.result_keys.len().saturating_sub(1)
+    } else {
+        parent.result_keys.len()
+    };
+    let i = index.checked_sub(1)? as usize;
+    (i < images).then(|| &parent.result_keys[i])
+}
+
+/// How many images (grid aside) a finished job has.
+pub fn image_count(job: &Job) -> usize {
+    job.result_keys.len() - usize::from(job.params.grid && !job.result_keys.is_empty())
+}
+
+/// The images the job's operation works on when they are not the plain input image: the
+/// parent job's chosen image, or every upload a blend names. `None`: the usual input path.
+pub async fn source_images(
+    deps: &WorkerDeps,
+    job: &Job,
+) -> Result<Option<Vec<InputImage>>, InputImageError> {
+    if let Some(parent_id) = &job.params.parent_job_id {
+        return parent_image(deps, job, parent_id)
+            .await
+            .map(|i| Some(vec![i]));
+    }
+    if job.params.input_image_ids.len() < 2 {
+        return Ok(None);
+    }
+    let owner = ImageOwner::tenant(&job.tenant_id);
+    let mut images = Vec::with_capacity(job.params.input_image_ids.len());
+    for id in &job.params.input_image_ids {
+        match deps.images.load(&owner, id).await {
+            Ok(loaded) => images.push(InputImage {
+                bytes: loaded.bytes,
+                mime: loaded.mime,
+            }),
+            Err(UploadError::Unavailable(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => {
+                return Err(final_error(
+                    job_errors::INPUT_IMAGE_NOT_FOUND,
+                    format!("the input image '{id}' no longer exists"),
+                ))
+            }
+        }
+    }
+    Ok(Some(images))
+}
+
+async fn parent_image(
+    deps: &WorkerDeps,
+    job: &Job,
+    parent_id: &str,
+) -> Result<InputImage, InputImageError> {
+    let gone = |what: &str| {
+        final_error(
+            job_errors::PARENT_IMAGE_NOT_FOUND,
+            format!("the parent job '{parent_id}' {what}"),
+        )
+    };
+    let parent = deps
+        .store
+        .job_get(&job.tenant_id, parent_id)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .ok_or_else(|| gone("no longer exists"))?;
+    if parent.status != JobStatus::Succeeded {
+        return Err(gone("has no images"));
+    }
+    let index = job.params.parent_index.unwrap_or(1);
+    let key = image_key(&parent, index).ok_or_else(|| gone("has no such image"))?;
+    match deps.objects.get(key).await {
+        Ok(object) => Ok(InputImage {
+            bytes: object.bytes,
+            mime: object.content_type,
+        }),
+        Err(StorageError::Unavailable(e)) => Err(unavailable(e)),
+        Err(_) => Err(gone("image has expired")),
+    }
+}
+
+/// The provider's four images with their 2x2 grid appended (an imagine), composed off the
+/// async workers.
+pub async fn with_grid(mut output: GenerateOutput) -> Result<GenerateOutput, String> {
+    if output.images.len() < 4 {
+        return Err(format!(
+            "a grid needs 4 images and the provider gave {}",
+            output.images.len()
+        ));
+    }
+    output.images.truncate(4);
+    let cells: Vec<Bytes> = output.images.iter().map(|i| i.bytes.clone()).collect();
+    let grid = tokio::task::spawn_blocking(move || {
+        let decoded = cells
+            .iter()
+            .map(|b| imageops::decode(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        imageops::encode_png(&imageops::grid(&decoded)?)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.0)?;
+    output.images.push(GeneratedImage {
+        bytes: Bytes::from(grid),
+        mime: "image/png".into(),
+    });
+    Ok(output)
+}
