@@ -584,3 +584,325 @@ async fn cancel_mid_run_releases_what_has_not_run() {
     p.ledger_check();
     p.app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_area() {
+    let p = start(|_| {}).await;
+    let admin = p.admin().await;
+    let user = p.user("sun").await;
+    let paths = [
+        "/api/admin/stats/overview",
+        "/api/admin/users",
+        "/api/admin/works",
+        "/api/admin/tasks",
+        "/api/admin/orders",
+        "/api/admin/config",
+    ];
+    for path in paths {
+        let (status, body) = p.get(path, None).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (401, Some("请先登录")),
+            "{path}"
+        );
+        let (status, body) = p.get(path, Some(&user)).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (403, Some("需要管理员权限")),
+            "{path}"
+        );
+    }
+    let file = p.upload(&user).await;
+    let (status, body) = p
+        .post(
+            "/api/tasks/create",
+            Some(&user),
+            json!({"type": "photography", "batch_count": 2, "images": [file["filePath"]]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let task_id = body["data"]["task_id"].as_str().unwrap().to_owned();
+    p.wait_task(&user, &task_id, &["completed"]).await;
+    p.post(
+        "/api/credits/recharge",
+        Some(&user),
+        json!({"package_id": "basic"}),
+    )
+    .await;
+
+    let (status, body) = p.get("/api/admin/stats/overview", Some(&admin)).await;
+    assert_eq!(status, 200, "{body}");
+    let data = &body["data"];
+    assert_eq!(data["users"]["total_users"], 2, "{data}");
+    assert_eq!(data["works"]["completed_works"], 1);
+    assert_eq!(data["tasks"]["completed_tasks"], 1);
+    assert_eq!(data["orders"]["total_orders"], 1);
+    assert_eq!(
+        data["orders"]["total_revenue"], "0.00",
+        "the order is not paid"
+    );
+    assert_eq!(data["credits"]["total_consumed"], 2);
+
+    let (_, body) = p.get("/api/admin/users?role=user", Some(&admin)).await;
+    assert_eq!(body["pagination"]["total"], 1);
+    let listed = &body["data"]["users"][0];
+    assert_eq!(listed["credits"], 8);
+    let seq = listed["user_id"].as_i64().unwrap();
+    let path = format!("/api/admin/users/{seq}");
+    let (status, body) = p
+        .call(
+            Method::PUT,
+            &path,
+            Some(&admin),
+            Some(json!({"role": "boss", "credits_adjustment": 1.5})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(invalid_fields(&body), ["role", "credits_adjustment"]);
+    let (status, body) = p
+        .call(
+            Method::PUT,
+            &path,
+            Some(&admin),
+            Some(json!({"credits_adjustment": -100})),
+        )
+        .await;
+    assert_eq!((status, body["message"].as_str()), (400, Some("积分不足")));
+    let (status, body) = p
+        .call(
+            Method::PUT,
+            &path,
+            Some(&admin),
+            Some(
+                json!({"credits_adjustment": 5, "adjustment_reason": "补偿", "status": "inactive"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (200, Some("用户更新成功")),
+        "{body}"
+    );
+    assert_eq!(body["data"]["user"]["credits"], 13);
+    assert_eq!(body["data"]["user"]["status"], "inactive");
+    let (status, _) = p
+        .call(
+            Method::PUT,
+            "/api/admin/users/999999",
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    p.ledger_check();
+
+    let (_, body) = p
+        .get(&format!("/api/admin/works?user_id={seq}"), Some(&admin))
+        .await;
+    assert_eq!(body["pagination"]["total"], 1);
+    assert_eq!(body["data"]["works"][0]["nickname"], "用户", "{body}");
+    let (_, body) = p
+        .get("/api/admin/tasks?type=photography", Some(&admin))
+        .await;
+    assert_eq!(body["data"]["tasks"][0]["task_id"], task_id.as_str());
+    let (_, body) = p.get("/api/admin/tasks?user_id=999999", Some(&admin)).await;
+    assert_eq!(body["pagination"]["total"], 0);
+    let (_, body) = p.get("/api/admin/orders", Some(&admin)).await;
+    assert_eq!(body["data"]["orders"][0]["user_id"], seq);
+    assert_eq!(body["data"]["orders"][0]["amount"], "9.90");
+
+    let (_, body) = p.get("/api/admin/config", Some(&admin)).await;
+    assert_eq!(body["data"]["configs"]["default_credits"], 10);
+    assert_eq!(body["data"]["configs"]["enable_registration"], true);
+    let config = |key: &str| format!("/api/admin/config/{key}");
+    let (status, body) = p
+        .call(
+            Method::PUT,
+            &config("default_credits"),
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (400, Some("配置值不能为空"))
+    );
+    let (status, body) = p
+        .call(
+            Method::PUT,
+            &config("default_credits"),
+            Some(&admin),
+            Some(json!({"config_value": "many"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(invalid_fields(&body), ["config_value"]);
+    let (status, body) = p
+        .call(
+            Method::PUT,
+            &config("nope"),
+            Some(&admin),
+            Some(json!({"config_value": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (404, Some("配置不存在"))
+    );
+    let (status, body) = p
+        .call(
+            Method::PUT,
+            &config("default_credits"),
+            Some(&admin),
+            Some(json!({"config_value": 20})),
+        )
+        .await;
+    assert_eq!(body, json!({"success": true, "message": "配置更新成功"}));
+    assert_eq!(status, 200);
+    let (_, body) = p.get("/api/admin/config", Some(&admin)).await;
+    assert_eq!(body["data"]["configs"]["default_credits"], 20);
+    // The price of an image is a setting.
+    let path = config("credits_per_image");
+    let (status, _) = p
+        .call(
+            Method::PUT,
+            &path,
+            Some(&admin),
+            Some(json!({"config_value": 2})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let buyer = p.user("zhou").await;
+    let file = p.upload(&buyer).await;
+    let body = json!({"type": "fitting", "batch_count": 2, "images": [file["fileName"]]});
+    let (status, body) = p.post("/api/tasks/create", Some(&buyer), body).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["credits_deducted"], 4);
+    let task_id = body["data"]["task_id"].as_str().unwrap().to_owned();
+    p.wait_task(&buyer, &task_id, &["completed"]).await;
+    assert_eq!(p.credits(&buyer).await, 6);
+    p.ledger_check();
+    p.app.shutdown().await;
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn socket(p: &Photo) -> Socket {
+    let url = p.app.url("/ws").replacen("http://", "ws://", 1);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn say(socket: &mut Socket, message: Value) {
+    use futures::SinkExt;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            message.to_string(),
+        ))
+        .await
+        .expect("send");
+}
+
+/// The next JSON text message (bounded wait).
+async fn hear(socket: &mut Socket) -> Value {
+    use futures::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("frame");
+        if let Ok(text) = frame.to_text() {
+            if !text.is_empty() {
+                return serde_json::from_str(text).expect("json");
+            }
+        }
+    }
+}
+
+/// Messages until one of type `wanted` (returned with the types heard before it).
+async fn hear_until(socket: &mut Socket, wanted: &str) -> (Value, Vec<String>) {
+    let mut before = Vec::new();
+    loop {
+        let message = hear(socket).await;
+        let kind = message["type"].as_str().unwrap_or("").to_owned();
+        if kind == wanted {
+            return (message, before);
+        }
+        before.push(kind);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_pushes_a_user_s_tasks_to_each_of_its_sockets_only() {
+    let p = start(|_| {}).await;
+    let user = p.user("wu").await;
+    let other = p.user("qian").await;
+
+    let mut refused = socket(&p).await;
+    say(&mut refused, json!({"type": "auth"})).await;
+    assert_eq!(
+        hear(&mut refused).await,
+        json!({"type": "error", "message": "缺少认证令牌"})
+    );
+    let mut refused = socket(&p).await;
+    say(&mut refused, json!({"type": "auth", "token": "forged"})).await;
+    assert_eq!(
+        hear(&mut refused).await,
+        json!({"type": "error", "message": "认证失败"})
+    );
+
+    let mut first = socket(&p).await;
+    say(&mut first, json!({"type": "ping"})).await;
+    let pong = hear(&mut first).await;
+    assert_eq!(pong["type"], "pong");
+    assert!(pong["timestamp"].is_i64());
+    let mut second = socket(&p).await;
+    let mut theirs = socket(&p).await;
+    for (s, token) in [
+        (&mut first, &user),
+        (&mut second, &user),
+        (&mut theirs, &other),
+    ] {
+        say(s, json!({"type": "auth", "token": token})).await;
+        assert_eq!(
+            hear(s).await,
+            json!({"type": "auth_success", "message": "认证成功"})
+        );
+    }
+
+    let file = p.upload(&user).await;
+    for named in [&file["fileUrl"], &file["fileName"]] {
+        let body = json!({"type": "fitting", "images": [named]});
+        let (status, body) = p.post("/api/tasks/create", Some(&other), body).await;
+        assert_eq!(status, 400, "another user's upload: {body}");
+        assert_eq!(invalid_fields(&body), ["images[0]"]);
+    }
+    let (status, body) = p
+        .post(
+            "/api/tasks/create",
+            Some(&user),
+            json!({"type": "fitting", "batch_count": 2, "images": [file["fileName"]]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let task_id = body["data"]["task_id"].clone();
+    for s in [&mut first, &mut second] {
+        let (done, before) = hear_until(s, "task_complete").await;
+        assert_eq!(done["task_id"], task_id);
+        assert_eq!(
+            done["result"]["images"].as_array().unwrap().len(),
+            2,
+            "{done}"
+        );
+        assert!(before.iter().all(|t| t == "task_progress"), "{before:?}");
+        assert!(!before.is_empty(), "progress before the end");
+    }
+    // The other user heard nothing of it: its next message answers its own ping.
+    say(&mut theirs, json!({"type": "ping"})).await;
+    assert_eq!(hear(&mut theirs).await["type"], "pong");
+    p.app.shutdown().await;
+}

@@ -432,6 +432,19 @@ async fn settings_default_until_set(b: Bundle) {
     let credits = list.iter().find(|c| c.key == "default_credits").unwrap();
     assert_eq!(credits.value, "20");
     assert!(list.iter().all(|c| c.key != "no_such_key"));
+    let figures = s.photo_overview(&t, 0).await.unwrap();
+    assert_eq!(figures.len(), easel::store::photo::OVERVIEW.len());
+    assert!(figures.iter().all(|f| *f == 0), "{figures:?}");
+    let (orders, total) = s
+        .photo_orders(easel::store::photo::OrderListQuery {
+            tenant_id: t.clone(),
+            status: Some("paid".into()),
+            limit: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((orders.len(), total), (0, 0));
     let other = tenant(s).await;
     let theirs = s.photo_config_list(&other).await.unwrap();
     assert_eq!(

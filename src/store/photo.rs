@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::StoreResult;
 use crate::base::clock::Millis;
 use crate::base::job::{JobStatus, NewJob};
+use crate::base::ledger::{Order, OrderStatus};
 
 /// A scene: a prompt template with its display settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +158,39 @@ pub struct WorkPatch {
     pub tags: Option<Vec<String>>,
 }
 
+/// Filter and page of a tenant's credit orders.
+#[derive(Debug, Clone, Default)]
+pub struct OrderListQuery {
+    pub tenant_id: String,
+    pub account_id: Option<String>,
+    pub status: Option<String>,
+    pub offset: u64,
+    pub limit: u32,
+}
+
+/// The admin overview: `(group, figure, SQL)`, each SQL a scalar over tenant `$1` and the
+/// start of today `$2`. Money is in cents; credits consumed are the settled holds.
+pub const OVERVIEW: &[(&str, &str, &str)] = &[
+    ("users", "total_users", "SELECT count(*) FROM end_users WHERE tenant_id = $1 AND deleted_at IS NULL"),
+    ("users", "today_new_users", "SELECT count(*) FROM end_users WHERE tenant_id = $1 AND deleted_at IS NULL AND created_at >= $2"),
+    ("users", "active_users", "SELECT count(*) FROM end_users WHERE tenant_id = $1 AND deleted_at IS NULL AND status = 'active'"),
+    ("works", "total_works", "SELECT count(*) FROM photo_works WHERE tenant_id = $1"),
+    ("works", "today_works", "SELECT count(*) FROM photo_works WHERE tenant_id = $1 AND created_at >= $2"),
+    ("works", "completed_works", "SELECT count(*) FROM photo_works WHERE tenant_id = $1 AND status = 'completed'"),
+    ("works", "failed_works", "SELECT count(*) FROM photo_works WHERE tenant_id = $1 AND status = 'failed'"),
+    ("tasks", "total_tasks", "SELECT count(*) FROM photo_tasks WHERE tenant_id = $1"),
+    ("tasks", "pending_tasks", "SELECT count(*) FROM photo_tasks t WHERE tenant_id = $1 AND status = 'pending' AND NOT EXISTS (SELECT 1 FROM photo_task_jobs tj JOIN jobs j ON j.id = tj.job_id WHERE tj.task_id = t.task_id AND j.status <> 'QUEUED')"),
+    ("tasks", "processing_tasks", "SELECT count(*) FROM photo_tasks t WHERE tenant_id = $1 AND status = 'pending' AND EXISTS (SELECT 1 FROM photo_task_jobs tj JOIN jobs j ON j.id = tj.job_id WHERE tj.task_id = t.task_id AND j.status <> 'QUEUED')"),
+    ("tasks", "completed_tasks", "SELECT count(*) FROM photo_tasks WHERE tenant_id = $1 AND status = 'completed'"),
+    ("tasks", "failed_tasks", "SELECT count(*) FROM photo_tasks WHERE tenant_id = $1 AND status = 'failed'"),
+    ("orders", "total_orders", "SELECT count(*) FROM credit_orders WHERE tenant_id = $1"),
+    ("orders", "total_revenue", "SELECT CAST(coalesce(sum(amount_cents), 0) AS BIGINT) FROM credit_orders WHERE tenant_id = $1 AND status = 'paid'"),
+    ("orders", "today_revenue", "SELECT CAST(coalesce(sum(amount_cents), 0) AS BIGINT) FROM credit_orders WHERE tenant_id = $1 AND status = 'paid' AND paid_at >= $2"),
+    ("credits", "total_credits", "SELECT CAST(coalesce(sum(balance), 0) AS BIGINT) FROM ledger_accounts WHERE tenant_id = $1 AND kind = 'user'"),
+    ("credits", "total_recharged", "SELECT CAST(coalesce(sum(e.amount), 0) AS BIGINT) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id WHERE a.tenant_id = $1 AND a.kind = 'user' AND e.kind = 'recharge'"),
+    ("credits", "total_consumed", "SELECT CAST(coalesce(-sum(e.held), 0) AS BIGINT) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id WHERE a.tenant_id = $1 AND a.kind = 'user' AND e.kind = 'settle'"),
+];
+
 /// A setting: its text and the type it is read as (`string`, `number`, `boolean`, `json`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigEntry {
@@ -230,6 +264,20 @@ pub trait PhotoStore: Send + Sync + 'static {
 
     /// The jobs of the tenant's tasks by task type and job status.
     async fn photo_queue_counts(&self, tenant_id: &str) -> StoreResult<Vec<QueueCount>>;
+
+    /// Whether the end user has an image stored as `object_key` (a task input named by its
+    /// link).
+    async fn photo_owns_object(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        object_key: &str,
+    ) -> StoreResult<bool>;
+
+    /// The admin overview's figures, in the order of [`OVERVIEW`]; `since` starts "today".
+    async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>>;
+    /// The tenant's credit orders (one account's with `account_id`), newest first.
+    async fn photo_orders(&self, query: OrderListQuery) -> StoreResult<(Vec<Order>, u64)>;
 
     /// The tenant's settings: its own, and the defaults it has not set, by key.
     async fn photo_config_list(&self, tenant_id: &str) -> StoreResult<Vec<ConfigEntry>>;
@@ -413,6 +461,23 @@ pub(crate) fn config_from<R: RowRead>(r: &R) -> Result<ConfigEntry, R::Error> {
         value: r.text(1)?,
         value_type: r.text(2)?,
         description: r.opt_text(3)?,
+    })
+}
+
+pub(crate) fn order_from<R: RowRead>(r: &R) -> Result<Order, R::Error> {
+    let status = r.text(7)?;
+    Ok(Order {
+        order_no: r.text(0)?,
+        tenant_id: r.text(1)?,
+        account_id: r.text(2)?,
+        package_id: r.text(3)?,
+        credits: r.int(4)?,
+        amount_cents: r.int(5)?,
+        payment_method: r.text(6)?,
+        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
+        paid_via: r.opt_text(8)?,
+        created_at: r.int(9)?,
+        paid_at: r.opt_int(10)?,
     })
 }
 
@@ -756,6 +821,42 @@ pub(crate) mod sql {
              WHERE t.tenant_id = $1 GROUP BY t.type, j.status"
                 .into(),
             vec![text(tenant_id)],
+        )
+    }
+
+    pub fn owns_object(tenant_id: &str, user_id: &str, object_key: &str) -> Statement {
+        (
+            "SELECT count(*) FROM images i JOIN image_objects o ON o.id = i.object_id
+             WHERE i.tenant_id = $1 AND i.owner_user = $2 AND o.object_key = $3"
+                .into(),
+            vec![text(tenant_id), text(user_id), text(object_key)],
+        )
+    }
+
+    /// One row of every [`OVERVIEW`] figure.
+    pub fn overview(tenant_id: &str, since: Millis) -> Statement {
+        let figures: Vec<String> = OVERVIEW.iter().map(|(_, _, q)| format!("({q})")).collect();
+        (
+            format!("SELECT {}", figures.join(", ")),
+            vec![text(tenant_id), int(since)],
+        )
+    }
+
+    pub fn orders(q: &OrderListQuery) -> (Statement, Statement) {
+        listing(
+            "order_no, tenant_id, account_id, package_id, credits, amount_cents, payment_method,
+             status, paid_via, created_at, paid_at",
+            "FROM credit_orders WHERE tenant_id = $1
+                 AND (CAST($2 AS TEXT) IS NULL OR account_id = $2)
+                 AND (CAST($3 AS TEXT) IS NULL OR status = $3)",
+            "created_at DESC, order_no DESC",
+            vec![
+                text(&q.tenant_id),
+                opt_text(q.account_id.as_deref()),
+                opt_text(q.status.as_deref()),
+            ],
+            q.offset,
+            q.limit,
         )
     }
 

@@ -11,10 +11,11 @@ use super::jobs::job_insert;
 use super::PgStore;
 use crate::base::clock::Millis;
 use crate::base::job::NewJob;
+use crate::base::ledger::Order;
 use crate::store::photo::{
-    config_from, queue_counts, scene_from, sql, task_from, task_job_from, work_from, ConfigEntry,
-    Param, PhotoStore, QueueCount, RowRead, Scene, SceneQuery, Statement, Task, TaskCreated,
-    TaskJob, TaskQuery, Work, WorkPatch, WorkQuery,
+    config_from, order_from, queue_counts, scene_from, sql, task_from, task_job_from, work_from,
+    ConfigEntry, OrderListQuery, Param, PhotoStore, QueueCount, RowRead, Scene, SceneQuery,
+    Statement, Task, TaskCreated, TaskJob, TaskQuery, Work, WorkPatch, WorkQuery, OVERVIEW,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -252,6 +253,36 @@ impl PhotoStore for PgStore {
         })
         .await?;
         Ok(queue_counts(found))
+    }
+
+    async fn photo_owns_object(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        object_key: &str,
+    ) -> StoreResult<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(count(&mut conn, &sql::owns_object(tenant_id, user_id, object_key)).await? > 0)
+    }
+
+    async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>> {
+        let mut conn = self.pool.acquire().await?;
+        let row = one(&mut conn, &sql::overview(tenant_id, since), |r| {
+            (0..OVERVIEW.len())
+                .map(|i| r.try_get::<i64, _>(i))
+                .collect::<Result<Vec<i64>, _>>()
+        })
+        .await?;
+        Ok(row.unwrap_or_default())
+    }
+
+    async fn photo_orders(&self, query: OrderListQuery) -> StoreResult<(Vec<Order>, u64)> {
+        let (list, total) = sql::orders(&query);
+        let mut conn = self.pool.acquire().await?;
+        Ok((
+            rows(&mut conn, &list, order_from).await?,
+            count(&mut conn, &total).await?,
+        ))
     }
 
     async fn photo_config_list(&self, tenant_id: &str) -> StoreResult<Vec<ConfigEntry>> {

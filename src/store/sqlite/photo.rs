@@ -9,10 +9,12 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension, Row, ToSql};
 use super::{jobs, ledger, SqliteStore};
 use crate::base::clock::Millis;
 use crate::base::job::{NewJob, SubmitOutcome};
+use crate::base::ledger::Order;
 use crate::store::photo::{
-    config_from, for_sqlite, queue_counts, scene_from, sql, task_from, task_job_from, work_from,
-    ConfigEntry, Param, PhotoStore, QueueCount, RowRead, Scene, SceneQuery, Statement, Task,
-    TaskCreated, TaskJob, TaskQuery, Work, WorkPatch, WorkQuery,
+    config_from, for_sqlite, order_from, queue_counts, scene_from, sql, task_from, task_job_from,
+    work_from, ConfigEntry, OrderListQuery, Param, PhotoStore, QueueCount, RowRead, Scene,
+    SceneQuery, Statement, Task, TaskCreated, TaskJob, TaskQuery, Work, WorkPatch, WorkQuery,
+    OVERVIEW,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -260,6 +262,36 @@ impl PhotoStore for SqliteStore {
             .read(move |c| rows(c, &statement, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
             .await?;
         Ok(queue_counts(found))
+    }
+
+    async fn photo_owns_object(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        object_key: &str,
+    ) -> StoreResult<bool> {
+        let statement = sql::owns_object(tenant_id, user_id, object_key);
+        self.read(move |c| Ok(count(c, &statement)? > 0)).await
+    }
+
+    async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>> {
+        let statement = sql::overview(tenant_id, since);
+        let row = self
+            .read(move |c| {
+                one(c, &statement, |r| {
+                    (0..OVERVIEW.len())
+                        .map(|i| r.get(i))
+                        .collect::<Result<Vec<i64>, _>>()
+                })
+            })
+            .await?;
+        Ok(row.unwrap_or_default())
+    }
+
+    async fn photo_orders(&self, query: OrderListQuery) -> StoreResult<(Vec<Order>, u64)> {
+        let statements = sql::orders(&query);
+        self.read(move |c| page(c, &statements, |r| order_from(r)))
+            .await
     }
 
     async fn photo_config_list(&self, tenant_id: &str) -> StoreResult<Vec<ConfigEntry>> {

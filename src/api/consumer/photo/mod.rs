@@ -3,7 +3,9 @@
 //! body check (every problem, its own messages, unknown keys dropped), the answer to an
 //! account error, the envelope, pages and the optionally signed-in viewer.
 
+mod admin;
 mod scenes;
+mod socket;
 mod tasks;
 mod uploads;
 mod works;
@@ -107,6 +109,21 @@ pub fn router() -> Router<App> {
         .route("/api/tasks/stats/queue", get(tasks::queue))
         .route("/api/tasks/{task_id}", get(tasks::get))
         .route("/api/tasks/{task_id}/cancel", post(tasks::cancel))
+        .route("/ws", get(socket::socket))
+        .route("/api/admin/stats/overview", get(admin::overview))
+        .route("/api/admin/users", get(admin::users))
+        .route(
+            "/api/admin/users/{user_id}",
+            axum::routing::put(admin::update_user),
+        )
+        .route("/api/admin/works", get(admin::works))
+        .route("/api/admin/tasks", get(admin::tasks))
+        .route("/api/admin/orders", get(admin::orders))
+        .route("/api/admin/config", get(admin::config))
+        .route(
+            "/api/admin/config/{config_key}",
+            axum::routing::put(admin::set_config),
+        )
 }
 
 /// `{"success": true, "data": data}`.
@@ -151,6 +168,7 @@ struct ListQuery {
     is_public: Option<String>,
     is_favorite: Option<String>,
     user_id: Option<String>,
+    role: Option<String>,
 }
 
 impl ListQuery {

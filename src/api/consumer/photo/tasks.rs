@@ -40,13 +40,14 @@ use crate::photo::follower::FOLLOWER;
 use crate::photo::{new_uuid, template, TASK_TYPES};
 use crate::store::photo::{Task, TaskCreated, TaskJob, TaskQuery};
 
-/// Credits one image costs (the origin's 1).
+/// Credits one image costs unless the tenant's `credits_per_image` setting says otherwise
+/// (the origin's 1).
 const CREDITS_PER_IMAGE: i64 = 1;
 const MAX_BATCH: i64 = 50;
 const MAX_DESCRIPTION: usize = 500;
 
 /// A task as the origin's row; `jobs` (when read) give its `processing` state and progress.
-fn task_json(t: &Task, jobs: Option<&[TaskJob]>) -> Value {
+pub fn task_json(t: &Task, jobs: Option<&[TaskJob]>) -> Value {
     let started = jobs.is_some_and(|js| js.iter().any(|j| j.status != JobStatus::Queued));
     let status = if t.status == "pending" && started {
         "processing"
@@ -177,7 +178,7 @@ async fn prompt(app: &App, tenant_id: &str, r: &TaskRequest) -> Result<String, R
 
 /// The object key of one of the caller's uploads, named as the upload routes returned it:
 /// `<image id>.jpg` at the end of a `file_name` or `file_path`, or the link of a `file_url`
-/// (whose path ends in the object key, under the tenant's folder).
+/// (whose path ends in the object key of one of the caller's images).
 async fn input_key(app: &App, owner: &ImageOwner, named: &str) -> Option<String> {
     let path = named.split(['?', '#']).next()?;
     let last = path.rsplit('/').next()?;
@@ -185,20 +186,20 @@ async fn input_key(app: &App, owner: &ImageOwner, named: &str) -> Option<String>
     if stem.len() == 26 && stem.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return app.images.get(owner, stem).await.ok().map(|r| r.object.key);
     }
-    let tenant: String = owner
-        .tenant_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let folder = format!("uploads/{tenant}/");
-    let key = &path[path.rfind(&folder)?..];
-    (key.split('/').count() == 4 && !key.contains("..")).then(|| key.to_owned())
+    // A link: its path ends in the object key, which must be one of the caller's images
+    // (tried from each `uploads/` in the path: a bucket or host may hold the word too).
+    let user_id = owner.user_id.as_deref().unwrap_or_default();
+    for (at, _) in path.match_indices("uploads/") {
+        let key = &path[at..];
+        if let Ok(true) = app
+            .store
+            .photo_owns_object(&owner.tenant_id, user_id, key)
+            .await
+        {
+            return Some(key.to_owned());
+        }
+    }
+    None
 }
 
 async fn input_keys(
@@ -216,6 +217,21 @@ async fn input_keys(
     }
     problems.answer().map_err(photo_invalid)?;
     Ok(keys)
+}
+
+/// The tenant's `credits_per_image` setting (a whole number, 0 or more).
+async fn credits_per_image(app: &App, tenant_id: &str) -> Result<i64, Response> {
+    let settings = app
+        .store
+        .photo_config_list(tenant_id)
+        .await
+        .map_err(store_failure)?;
+    Ok(settings
+        .iter()
+        .find(|c| c.key == "credits_per_image")
+        .and_then(|c| c.value.trim().parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .unwrap_or(CREDITS_PER_IMAGE))
 }
 
 fn jobs_for(
@@ -248,7 +264,7 @@ fn jobs_for(
             webhook_url: None,
             charge: Some(Charge {
                 account: AccountRef::user(&task.tenant_id, &task.user_id),
-                amount: CREDITS_PER_IMAGE,
+                amount: task.credits / task.batch_count.max(1),
             }),
             follow_up: Some(FOLLOWER.to_owned()),
         })
@@ -287,6 +303,10 @@ pub async fn create(
     let provider = settings
         .provider
         .unwrap_or_else(|| app.providers.default_name().to_owned());
+    let per_image = match credits_per_image(&app, &user.tenant_id).await {
+        Ok(per_image) => per_image,
+        Err(refused) => return refused,
+    };
     let now = now_millis();
     let task = Task {
         task_id: new_uuid(),
@@ -301,7 +321,7 @@ pub async fn create(
         parameters: Value::Object(request.parameters),
         custom_description: request.custom_description,
         prompt,
-        credits: request.batch_count * CREDITS_PER_IMAGE,
+        credits: request.batch_count * per_image,
         error: None,
         created_at: now,
         updated_at: now,
