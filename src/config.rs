@@ -61,6 +61,8 @@ pub struct Config {
     pub uploads: crate::uploads::UploadsConfig,
     /// The Midjourney API seed's routes (provider, banned words, bot secret).
     pub midjourney: midjourney::MidjourneyConfig,
+    /// The editor's sessions (`[editor]`: earlier turns a generating message sends).
+    pub editor: crate::sessions::EditorConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +180,7 @@ impl Default for Config {
             wechat: Default::default(),
             uploads: Default::default(),
             midjourney: Default::default(),
+            editor: Default::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ const FLOORS: &[&[&str]] = &[
     &["accounts", "providers", "ledger", "uploads"],
     &["keypool"],
     &["jobs", "webhooks"],
+    &["sessions"],
     &["config"],
     &["app"],
     &["api", "error"],

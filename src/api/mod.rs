@@ -43,7 +43,7 @@ use crate::telemetry;
 
 /// The body limit of an upload route taking up to `files` files: theirs plus room for the
 /// multipart framing and text fields (each file is also held to the limit on its own).
-fn upload_body_limit(app: &App, files: u64) -> DefaultBodyLimit {
+pub(crate) fn upload_body_limit(app: &App, files: u64) -> DefaultBodyLimit {
     let bytes = app.images.config().max_bytes.saturating_mul(files) + 64 * 1024;
     DefaultBodyLimit::max(usize::try_from(bytes).unwrap_or(usize::MAX))
 }

@@ -9,6 +9,7 @@
 
 mod admin_login;
 mod auth;
+pub mod editor;
 pub mod extract;
 mod joi;
 mod photo;
@@ -42,6 +43,7 @@ pub fn router(app: App) -> Router<App> {
         .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/wechat/login", post(wechat::login))
         .route("/api/auth/admin/login", post(admin_login::login))
+        .merge(editor::router(&app))
         .merge(crate::api::credits::router::<
             extract::SignedIn,
             extract::HostTenant,

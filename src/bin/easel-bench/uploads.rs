@@ -108,7 +108,9 @@ fn load_inputs(args: &Args) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 fn resize_comparison(photo: &[u8]) -> anyhow::Result<()> {
+    let started = Instant::now();
     let decoded = image::load_from_memory_with_format(photo, ImageFormat::Jpeg)?.into_rgb8();
+    let decode = started.elapsed();
     let (w, h) = process::fit_inside(decoded.width(), decoded.height(), 2048);
     let started = Instant::now();
     let _ = image::imageops::resize(&decoded, w, h, image::imageops::FilterType::Lanczos3);
@@ -121,9 +123,10 @@ fn resize_comparison(photo: &[u8]) -> anyhow::Result<()> {
     let _ = process::resize_to(&decoded, w, h)?;
     let fast = started.elapsed();
     println!(
-        "RESULT uploads resize_{}x{}_to_{w}x{h} image_lanczos3_ms={} fast_image_resize_lanczos3_ms={} whole_pipeline_ms={}",
+        "RESULT uploads resize_{}x{}_to_{w}x{h} decode_ms={} image_lanczos3_ms={} fast_image_resize_lanczos3_ms={} whole_pipeline_ms={}",
         decoded.width(),
         decoded.height(),
+        decode.as_millis(),
         with_image.as_millis(),
         fast.as_millis(),
         whole.as_millis()

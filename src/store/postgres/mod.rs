@@ -37,6 +37,7 @@ mod jobs;
 mod ledger;
 mod midjourney;
 mod nodes;
+mod sessions;
 mod tenants;
 mod users;
 mod webhooks;
@@ -534,7 +535,8 @@ impl Store for PgStore {
         sqlx::query(&format!(
             "TRUNCATE {}, webhook_deliveries, tenant_webhooks, job_events, idempotency_keys,
                  jobs, api_keys, provider_keys, tenants, nodes, refresh_tokens, auth_sessions,
-                 end_users, tenant_hosts, tenant_wechat, images, image_objects",
+                 end_users, tenant_hosts, tenant_wechat, images, image_objects,
+                 editor_events, editor_messages, editor_sessions",
             ledger::RESET_TABLES
         ))
         .execute(&self.pool)

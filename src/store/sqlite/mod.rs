@@ -17,6 +17,7 @@ mod jobs;
 mod ledger;
 mod midjourney;
 mod nodes;
+mod sessions;
 mod tenants;
 mod users;
 mod webhooks;
@@ -56,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0009_ledger.sql"),
     include_str!("../../../migrations/sqlite/0012_images.sql"),
     include_str!("../../../migrations/sqlite/0016_job_followups.sql"),
+    include_str!("../../../migrations/sqlite/0017_editor_sessions.sql"),
     include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
 ];
 
@@ -589,7 +591,9 @@ impl Store for SqliteStore {
                  DELETE FROM webhook_deliveries; DELETE FROM tenant_webhooks;
                  DELETE FROM job_events; DELETE FROM idempotency_keys; DELETE FROM jobs;
                  DELETE FROM api_keys; DELETE FROM provider_keys; DELETE FROM tenants;
-                 DELETE FROM nodes; DELETE FROM images; DELETE FROM image_objects;",
+                 DELETE FROM nodes; DELETE FROM images; DELETE FROM image_objects;
+                 DELETE FROM editor_events; DELETE FROM editor_messages;
+                 DELETE FROM editor_sessions;",
             )?;
             Ok(())
         })

@@ -1,0 +1,1 @@
+//! `/ws/{sessionId}`: the editor's live socket.
