@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(registry.default_name(), "local");
         assert_eq!(
             registry.keyed().map(|p| p.name()).collect::<Vec<_>>(),
-            ["gemini", "openai"]
+            ["gemini", "openai", "midjourney"]
         );
     }
 }
