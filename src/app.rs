@@ -303,7 +303,9 @@ impl App {
     /// The capabilities told when their jobs end (`jobs::followups`): each registers here
     /// with what it needs of this process.
     pub fn job_followers(&self) -> Followers {
-        Followers::default()
+        Followers::default().with(Arc::new(crate::photo::follower::PhotoFollower::new(
+            self.store.clone(),
+        )))
     }
 
     /// The webhook dispatcher, on this process's store, bus and result links.

@@ -63,6 +63,8 @@ pub struct Config {
     pub midjourney: midjourney::MidjourneyConfig,
     /// The editor's sessions (`[editor]`: earlier turns a generating message sends).
     pub editor: crate::sessions::EditorConfig,
+    /// The photo app: each task type's provider and model.
+    pub photo: crate::photo::PhotoConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,6 +183,7 @@ impl Default for Config {
             uploads: Default::default(),
             midjourney: Default::default(),
             editor: Default::default(),
+            photo: Default::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ const FLOORS: &[&[&str]] = &[
     &["accounts", "providers", "ledger", "uploads"],
     &["keypool"],
     &["jobs", "webhooks"],
-    &["sessions"],
+    &["sessions", "photo"],
     &["config"],
     &["app"],
     &["api", "error"],

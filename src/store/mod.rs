@@ -1,8 +1,8 @@
 //! Durable state behind one [`Store`] trait: tenants, API keys, provider keys, jobs (the
 //! queue), job events, idempotency records, the webhook outbox, node heartbeats, (in
 //! [`users`]) end users, their sessions and refresh tokens, the credit [`ledger`] and the
-//! image library's objects and records ([`images`]) and the editor's sessions
-//! ([`sessions`]).
+//! image library's objects and records ([`images`]), the editor's sessions ([`sessions`])
+//! and the photo app's rows ([`photo`]).
 //!
 //! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
 //! method here, so no backend can split it: `job_submit` writes the idempotency record, the
@@ -17,6 +17,7 @@ pub mod followups;
 pub mod images;
 pub mod ledger;
 pub mod midjourney;
+pub mod photo;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
@@ -192,6 +193,7 @@ pub trait Store:
     + followups::FollowupStore
     + midjourney::MjTaskStore
     + sessions::SessionStore
+    + photo::PhotoStore
     + Send
     + Sync
     + 'static

@@ -44,6 +44,7 @@ pub fn router(app: App) -> Router<App> {
         .route("/api/auth/wechat/login", post(wechat::login))
         .route("/api/auth/admin/login", post(admin_login::login))
         .merge(editor::router(&app))
+        .merge(photo::router())
         .merge(crate::api::credits::router::<
             extract::SignedIn,
             extract::HostTenant,

@@ -128,7 +128,11 @@ fn job_insert_sql(hold: Option<&str>, follow_up: &str) -> String {
 }
 
 /// Inserts the job (and holds its charge); `false` when the charge's account cannot pay.
-async fn job_insert(conn: &mut PgConnection, job: &NewJob, params: &str) -> StoreResult<bool> {
+pub(super) async fn job_insert(
+    conn: &mut PgConnection,
+    job: &NewJob,
+    params: &str,
+) -> StoreResult<bool> {
     let charge = job.charge.as_ref().filter(|c| c.amount > 0);
     let max_attempts =
         i32::try_from(job.max_attempts).map_err(|_| StoreError::Conflict("max_attempts".into()))?;

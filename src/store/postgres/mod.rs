@@ -37,6 +37,7 @@ mod jobs;
 mod ledger;
 mod midjourney;
 mod nodes;
+mod photo;
 mod sessions;
 mod tenants;
 mod users;

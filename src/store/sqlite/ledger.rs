@@ -79,7 +79,7 @@ fn open_account(conn: &Connection, account: &AccountRef, at: Millis) -> StoreRes
     Ok(())
 }
 
-fn balance_of(conn: &Connection, account_id: &str) -> StoreResult<i64> {
+pub(super) fn balance_of(conn: &Connection, account_id: &str) -> StoreResult<i64> {
     Ok(conn
         .prepare_cached("SELECT balance FROM ledger_accounts WHERE id = ?1")?
         .query_row([account_id], |r| r.get(0))

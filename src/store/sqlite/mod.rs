@@ -17,6 +17,7 @@ mod jobs;
 mod ledger;
 mod midjourney;
 mod nodes;
+mod photo;
 mod sessions;
 mod tenants;
 mod users;
@@ -58,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0012_images.sql"),
     include_str!("../../../migrations/sqlite/0016_job_followups.sql"),
     include_str!("../../../migrations/sqlite/0017_editor_sessions.sql"),
+    include_str!("../../../migrations/sqlite/0018_photo.sql"),
     include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
 ];
 
