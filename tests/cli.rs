@@ -285,12 +285,12 @@ fn bad_arguments_fail_with_a_clear_message_and_write_nothing() {
         (
             &["add-provider-key", "dalle", "K1", "60", "2"],
             1,
-            "unknown provider 'dalle': expected one of gemini, openai",
+            "unknown provider 'dalle': expected one of gemini, openai, midjourney",
         ),
         (
-            &["add-provider-key", "midjourney", "K1", "60", "2"],
+            &["add-provider-key", "stability", "K1", "60", "2"],
             1,
-            "unknown provider 'midjourney': expected one of gemini, openai",
+            "unknown provider 'stability': expected one of gemini, openai, midjourney",
         ),
         (
             &["add-provider-key", "gemini", "K1", "0", "2"],

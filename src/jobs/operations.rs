@@ -48,16 +48,26 @@ pub fn image_count(job: &Job) -> usize {
     job.result_keys.len() - usize::from(job.params.grid && !job.result_keys.is_empty())
 }
 
+/// What an operation works on beyond the plain input image.
+pub struct Sources {
+    pub images: Vec<InputImage>,
+    /// The parent job's upstream result (`result_meta.upstream`), for providers that act on
+    /// it upstream (a midjourney button).
+    pub parent_upstream: Option<serde_json::Value>,
+}
+
 /// The images the job's operation works on when they are not the plain input image: the
 /// parent job's chosen image, or every upload a blend names. `None`: the usual input path.
 pub async fn source_images(
     deps: &WorkerDeps,
     job: &Job,
-) -> Result<Option<Vec<InputImage>>, InputImageError> {
+) -> Result<Option<Sources>, InputImageError> {
     if let Some(parent_id) = &job.params.parent_job_id {
-        return parent_image(deps, job, parent_id)
-            .await
-            .map(|i| Some(vec![i]));
+        let (image, upstream) = parent_image(deps, job, parent_id).await?;
+        return Ok(Some(Sources {
+            images: vec![image],
+            parent_upstream: upstream,
+        }));
     }
     if job.params.input_image_ids.len() < 2 {
         return Ok(None);
@@ -79,14 +89,17 @@ pub async fn source_images(
             }
         }
     }
-    Ok(Some(images))
+    Ok(Some(Sources {
+        images,
+        parent_upstream: None,
+    }))
 }
 
 async fn parent_image(
     deps: &WorkerDeps,
     job: &Job,
     parent_id: &str,
-) -> Result<InputImage, InputImageError> {
+) -> Result<(InputImage, Option<serde_json::Value>), InputImageError> {
     let gone = |what: &str| {
         final_error(
             job_errors::PARENT_IMAGE_NOT_FOUND,
@@ -104,11 +117,20 @@ async fn parent_image(
     }
     let index = job.params.parent_index.unwrap_or(1);
     let key = image_key(&parent, index).ok_or_else(|| gone("has no such image"))?;
+    let upstream = parent
+        .result_meta
+        .as_ref()
+        .and_then(|m| m.get("upstream"))
+        .filter(|u| !u.is_null())
+        .cloned();
     match deps.objects.get(key).await {
-        Ok(object) => Ok(InputImage {
-            bytes: object.bytes,
-            mime: object.content_type,
-        }),
+        Ok(object) => Ok((
+            InputImage {
+                bytes: object.bytes,
+                mime: object.content_type,
+            },
+            upstream,
+        )),
         Err(StorageError::Unavailable(e)) => Err(unavailable(e)),
         Err(_) => Err(gone("image has expired")),
     }

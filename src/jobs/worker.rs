@@ -545,10 +545,11 @@ async fn attempt(
         }
     };
     let mut more_images = Vec::new();
+    let parent_upstream = sources.as_ref().and_then(|s| s.parent_upstream.clone());
     let input_image = match &job.input_image_url {
         // A parent job's image, or a blend's uploads.
         _ if sources.is_some() => {
-            let mut sources = sources.unwrap_or_default().into_iter();
+            let mut sources = sources.map(|s| s.images).unwrap_or_default().into_iter();
             let first = sources.next();
             more_images.extend(sources);
             first
@@ -597,6 +598,8 @@ async fn attempt(
             options: job.params.options.clone().unwrap_or_default(),
             operation: job.params.operation,
             history: uploaded.history,
+            parent: parent_upstream,
+            parent_index: job.params.parent_index,
         },
     };
     let remaining = Duration::from_millis((job.deadline_at - now_millis()).max(0) as u64);

@@ -1,7 +1,7 @@
 //! Upstream image models behind one [`Provider`] trait, and the [`Registry`]: the one list of
 //! providers this build has.
 //!
-//! Owns: the wire formats of each upstream (Gemini, OpenAI; a Midjourney proxy to come; the
+//! Owns: the wire formats of each upstream (Gemini, OpenAI, a midjourney-proxy; the
 //! built-in `local` renderer), what each declares it can do ([`Capabilities`]), how
 //! long one of its calls may take, how it checks a key ([`Provider::probe`]), and the
 //! classification of every upstream failure into [`ProviderError`] (retryable, final, key
@@ -20,6 +20,7 @@
 pub mod gemini;
 pub mod imageops;
 pub mod local;
+pub mod midjourney;
 pub mod openai;
 pub mod registry;
 
@@ -71,6 +72,11 @@ pub struct RequestExtras {
     pub options: serde_json::Map<String, serde_json::Value>,
     /// What to do with the prompt and `input_image` (`generate` unless the job says).
     pub operation: Operation,
+    /// The parent job's upstream result (its `upstream` meta: the midjourney task id and
+    /// message hash an action names), when the job works on a parent's image.
+    pub parent: Option<serde_json::Value>,
+    /// Which of the parent's images (from 1).
+    pub parent_index: Option<u32>,
     /// Earlier turns of the conversation, oldest first (Gemini sends them as `contents`
     /// before this request's own turn; other providers ignore them).
     pub history: Vec<HistoryTurn>,
@@ -254,6 +260,7 @@ pub struct ProvidersConfig {
     pub local: local::LocalProviderConfig,
     pub gemini: gemini::GeminiConfig,
     pub openai: openai::OpenAiConfig,
+    pub midjourney: midjourney::MidjourneyProviderConfig,
 }
 
 impl ProvidersConfig {
@@ -265,6 +272,7 @@ impl ProvidersConfig {
             .map_err(|problem| ("providers.gemini", problem))?;
         self.openai
             .validate()
-            .map_err(|problem| ("providers.openai", problem))
+            .map_err(|problem| ("providers.openai", problem))?;
+        self.midjourney.validate()
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::{gemini, local, openai, Provider, ProvidersConfig};
+use super::{gemini, local, midjourney, openai, Provider, ProvidersConfig};
 
 /// Builds one provider from the providers' configuration (it reads its own section).
 pub type Constructor = fn(&ProvidersConfig) -> Result<Arc<dyn Provider>, String>;
@@ -19,6 +19,7 @@ pub const BUILT_IN: &[Constructor] = &[
     local::LocalProvider::build,
     gemini::GeminiProvider::build,
     openai::OpenAiProvider::build,
+    midjourney::MidjourneyProvider::build,
 ];
 
 /// Providers by name, and which one new jobs use.
@@ -214,7 +215,7 @@ mod tests {
         assert_eq!(registry.default_name(), "local");
         assert_eq!(
             registry.keyed().map(|p| p.name()).collect::<Vec<_>>(),
-            ["gemini", "openai"]
+            ["gemini", "openai", "midjourney"]
         );
     }
 }

@@ -8,5 +8,6 @@
 //! integration tests and `easel-bench` can share them.
 
 pub mod fake_gemini;
+pub mod fake_mj_proxy;
 pub mod fake_openai;
 pub mod fake_wechat;
