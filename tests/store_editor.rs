@@ -1,55 +1,21 @@
 //! The `Store` conformance suite for the editor's sessions, messages and session events, run
 //! unchanged on SQLite and (with `EASEL_TEST_PG_URL`) PostgreSQL.
 
-use std::sync::Arc;
-
-use easel::base::clock::{now_millis, ManualWallClock, Millis};
+use easel::base::clock::Millis;
 use easel::base::image::{ImageObject, ImageOwner, NewImage, ObjectState};
-use easel::store::postgres::PgStore;
 use easel::store::sessions::{MessagePatch, NewMessage, SessionListQuery, SessionOwner};
-use easel::store::sqlite::SqliteStore;
 use easel::store::Store;
 use serde_json::json;
 
 #[path = "common/stores.rs"]
 mod stores;
 
-struct Bundle {
-    store: Arc<dyn Store>,
-    clock: Arc<ManualWallClock>,
-    _dir: Option<tempfile::TempDir>,
-}
+// One backend under test: a fresh database and a clock that moves only when told.
+use stores::ClockedStore as Bundle;
 
-impl Bundle {
-    async fn sqlite() -> Option<Bundle> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clock = Arc::new(ManualWallClock::new(now_millis()));
-        let store = SqliteStore::open_with_clock(&dir.path().join("easel.db"), clock.clone())
-            .expect("open sqlite");
-        Some(Bundle {
-            store: Arc::new(store),
-            clock,
-            _dir: Some(dir),
-        })
-    }
-
-    async fn postgres() -> Option<Bundle> {
-        let (url, schema) = stores::pg_schema().await?;
-        let clock = Arc::new(ManualWallClock::new(now_millis()));
-        let store = PgStore::connect_with_schema(&url, &schema, &stores::pg_settings())
-            .await
-            .expect("connect to EASEL_TEST_PG_URL")
-            .with_clock(clock.clone());
-        Some(Bundle {
-            store: Arc::new(store),
-            clock,
-            _dir: None,
-        })
-    }
-
-    fn tick(&self) {
-        self.clock.advance(std::time::Duration::from_millis(10));
-    }
+/// Moves the store's clock on, so each write gets a later time than the last.
+fn tick(b: &Bundle) {
+    b.clock.advance(std::time::Duration::from_millis(10));
 }
 
 fn ulid() -> String {
@@ -174,21 +140,21 @@ async fn list_orders_by_touch_hides_deleted_and_searches(b: Bundle) {
         .editor_session_create(&alice, &ulid(), Some("Red fox"), "New Chat")
         .await
         .unwrap();
-    b.tick();
+    tick(&b);
     let second = s
         .editor_session_create(&alice, &ulid(), None, "New Chat")
         .await
         .unwrap();
-    b.tick();
+    tick(&b);
     let third = s
         .editor_session_create(&alice, &ulid(), Some("gone"), "New Chat")
         .await
         .unwrap();
-    b.tick();
+    tick(&b);
     let mut new = message(&second.id, "a blue 100% BIRD_x", &[]);
     new.auto_title = Some("a blue bird".into());
     s.editor_message_add(&alice, new).await.unwrap().unwrap();
-    b.tick();
+    tick(&b);
     // A message on the first touches it: it comes first now.
     s.editor_message_add(&alice, message(&first.id, "more", &[]))
         .await

@@ -3,53 +3,19 @@
 
 use std::sync::Arc;
 
-use easel::base::clock::{now_millis, ManualWallClock, WallClock};
+use easel::base::clock::{now_millis, WallClock};
 use easel::base::secret::Secret;
 use easel::base::user::{
     AuthSession, NewEndUser, NewRefreshToken, ProfileUpdate, RefreshOutcome, Role, UserStatus,
     WechatSettings,
 };
-use easel::store::postgres::PgStore;
-use easel::store::sqlite::SqliteStore;
 use easel::store::{NewApiKey, NewTenant, Store, StoreError, Tenant};
 
 #[path = "common/stores.rs"]
 mod stores;
 
-/// One backend under test, with a fresh, empty database and a clock that moves only when told.
-struct Bundle {
-    store: Arc<dyn Store>,
-    clock: Arc<ManualWallClock>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Bundle {
-    async fn sqlite() -> Option<Bundle> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clock = Arc::new(ManualWallClock::new(now_millis()));
-        let store = SqliteStore::open_with_clock(&dir.path().join("easel.db"), clock.clone())
-            .expect("open sqlite");
-        Some(Bundle {
-            store: Arc::new(store),
-            clock,
-            _dir: Some(dir),
-        })
-    }
-
-    async fn postgres() -> Option<Bundle> {
-        let (url, schema) = stores::pg_schema().await?;
-        let clock = Arc::new(ManualWallClock::new(now_millis()));
-        let store = PgStore::connect_with_schema(&url, &schema, &stores::pg_settings())
-            .await
-            .expect("connect to EASEL_TEST_PG_URL")
-            .with_clock(clock.clone());
-        Some(Bundle {
-            store: Arc::new(store),
-            clock,
-            _dir: None,
-        })
-    }
-}
+// One backend under test: a fresh database and a clock that moves only when told.
+use stores::ClockedStore as Bundle;
 
 fn ulid() -> String {
     ulid::Ulid::new().to_string().to_lowercase()

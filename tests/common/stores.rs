@@ -3,8 +3,12 @@
 //! the sweep of schemas old runs left. Included with `#[path]`, as each suite is its own crate.
 #![allow(dead_code)]
 
-use easel::base::clock::{now_millis, Millis};
-use easel::store::postgres::PgSettings;
+use std::sync::Arc;
+
+use easel::base::clock::{now_millis, ManualWallClock, Millis};
+use easel::store::postgres::{PgSettings, PgStore};
+use easel::store::sqlite::SqliteStore;
+use easel::store::Store;
 
 const HOUR: Millis = 3_600_000;
 
@@ -64,4 +68,41 @@ async fn drop_stale_schemas(url: &str) -> Result<(), sqlx::Error> {
 
 fn ulid() -> String {
     ulid::Ulid::new().to_string().to_lowercase()
+}
+
+/// One backend under test, with a fresh, empty database and a clock that moves only when told.
+pub struct ClockedStore {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<ManualWallClock>,
+    /// Keeps the SQLite folder alive for the test's duration.
+    pub _dir: Option<tempfile::TempDir>,
+}
+
+impl ClockedStore {
+    pub async fn sqlite() -> Option<ClockedStore> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualWallClock::new(now_millis()));
+        let store = SqliteStore::open_with_clock(&dir.path().join("easel.db"), clock.clone())
+            .expect("open sqlite");
+        Some(ClockedStore {
+            store: Arc::new(store),
+            clock,
+            _dir: Some(dir),
+        })
+    }
+
+    /// `None` (the suite skips) without `EASEL_TEST_PG_URL`.
+    pub async fn postgres() -> Option<ClockedStore> {
+        let (url, schema) = pg_schema().await?;
+        let clock = Arc::new(ManualWallClock::new(now_millis()));
+        let store = PgStore::connect_with_schema(&url, &schema, &pg_settings())
+            .await
+            .expect("connect to EASEL_TEST_PG_URL")
+            .with_clock(clock.clone());
+        Some(ClockedStore {
+            store: Arc::new(store),
+            clock,
+            _dir: None,
+        })
+    }
 }
