@@ -307,6 +307,38 @@ async fn a_task_holds_every_image_or_nothing(b: Bundle) {
         .unwrap();
     assert_eq!((listed.len(), total), (1, 1));
     assert!(s.ledger_check().await.unwrap().is_empty());
+
+    // The claim of its first job makes the task `processing` (once; later claims and a task
+    // that ended leave it as it is).
+    let claimed = s
+        .job_claim("w1", 1, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let status = |task: Option<Task>| task.map(|t| t.status);
+    let read = s.photo_task_get(&t, &small.task_id).await.unwrap();
+    assert_eq!(status(read), Some("processing".to_owned()));
+    let (listed, total) = s
+        .photo_task_list(TaskQuery {
+            tenant_id: t.clone(),
+            status: Some("processing".into()),
+            limit: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((listed.len(), total), (1, 1));
+    assert!(s
+        .photo_task_mark(&small.task_id, "cancelled", Some("用户取消"), now_millis())
+        .await
+        .unwrap());
+    let claimed = s
+        .job_claim("w1", 1, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let read = s.photo_task_get(&t, &small.task_id).await.unwrap();
+    assert_eq!(status(read), Some("cancelled".to_owned()));
 }
 
 async fn a_task_ends_once_with_its_work(b: Bundle) {
