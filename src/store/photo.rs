@@ -553,6 +553,23 @@ fn page(offset: u64, limit: u32) -> [Param; 2] {
     ]
 }
 
+/// `FROM <table> WHERE tenant_id = $1 AND <column> = $n ...` with only the filters given
+/// (a `None` value is no filter), and its parameters. Leaving the absent ones out, rather
+/// than `($n IS NULL OR column = $n)`, lets both engines use the indexes (a user's works,
+/// a tenant's tasks) however the statement was prepared.
+fn filtered(table: &str, tenant_id: &str, filters: Vec<(&str, Param)>) -> (String, Vec<Param>) {
+    let mut sql = format!("FROM {table} WHERE tenant_id = $1");
+    let mut params = vec![text(tenant_id)];
+    for (column, value) in filters {
+        if matches!(value, Param::Text(None) | Param::Int(None)) {
+            continue;
+        }
+        params.push(value);
+        sql.push_str(&format!(" AND {column} = ${}", params.len()));
+    }
+    (sql, params)
+}
+
 /// A list statement (with `LIMIT $n OFFSET $n+1` after the filters) and its count statement.
 fn listing(
     columns: &str,
@@ -706,19 +723,20 @@ pub(crate) mod sql {
     }
 
     pub fn task_list(q: &TaskQuery) -> (Statement, Statement) {
+        let (from_where, params) = filtered(
+            "photo_tasks",
+            &q.tenant_id,
+            vec![
+                ("user_id", opt_text(q.user_id.as_deref())),
+                ("type", opt_text(q.task_type.as_deref())),
+                ("status", opt_text(q.status.as_deref())),
+            ],
+        );
         listing(
             TASK_COLUMNS,
-            "FROM photo_tasks WHERE tenant_id = $1
-                 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2)
-                 AND (CAST($3 AS TEXT) IS NULL OR type = $3)
-                 AND (CAST($4 AS TEXT) IS NULL OR status = $4)",
+            &from_where,
             "created_at DESC, task_id DESC",
-            vec![
-                text(&q.tenant_id),
-                opt_text(q.user_id.as_deref()),
-                opt_text(q.task_type.as_deref()),
-                opt_text(q.status.as_deref()),
-            ],
+            params,
             q.offset,
             q.limit,
         )
@@ -802,25 +820,23 @@ pub(crate) mod sql {
     }
 
     pub fn work_list(q: &WorkQuery) -> (Statement, Statement) {
+        let (from_where, params) = filtered(
+            "photo_works",
+            &q.tenant_id,
+            vec![
+                ("user_id", opt_text(q.user_id.as_deref())),
+                ("user_seq", Param::Int(q.user_seq)),
+                ("type", opt_text(q.work_type.as_deref())),
+                ("status", opt_text(q.status.as_deref())),
+                ("is_public", flag(q.is_public)),
+                ("is_favorite", flag(q.is_favorite)),
+            ],
+        );
         listing(
             WORK_COLUMNS,
-            "FROM photo_works WHERE tenant_id = $1
-                 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2)
-                 AND (CAST($3 AS BIGINT) IS NULL OR user_seq = $3)
-                 AND (CAST($4 AS TEXT) IS NULL OR type = $4)
-                 AND (CAST($5 AS TEXT) IS NULL OR status = $5)
-                 AND (CAST($6 AS BIGINT) IS NULL OR is_public = $6)
-                 AND (CAST($7 AS BIGINT) IS NULL OR is_favorite = $7)",
+            &from_where,
             "created_at DESC, work_id DESC",
-            vec![
-                text(&q.tenant_id),
-                opt_text(q.user_id.as_deref()),
-                Param::Int(q.user_seq),
-                opt_text(q.work_type.as_deref()),
-                opt_text(q.status.as_deref()),
-                flag(q.is_public),
-                flag(q.is_favorite),
-            ],
+            params,
             q.offset,
             q.limit,
         )

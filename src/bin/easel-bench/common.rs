@@ -282,6 +282,17 @@ impl RunDatabase {
         }
     }
 
+    /// Brings the planner's statistics up to date after a bulk load (PostgreSQL's
+    /// autovacuum would, some time later); nothing on SQLite.
+    pub async fn analyze(&self, config: &Config) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        if let (Some(_), Some(url)) = (&self.pg, &config.database.url) {
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            sqlx::query("VACUUM ANALYZE").execute(&mut conn).await?;
+        }
+        Ok(())
+    }
+
     pub async fn drop(self) {
         if let Some((url, name)) = self.pg {
             drop_pg_database(&url, &name).await;

@@ -10,8 +10,9 @@
 //!    tasks, submits, tasks). Each phase reports accepted requests per second; the closing
 //!    line the ratio tasks / submits, and the ledger check.
 //! 2. Works: `GET /api/works` (the first page of 20, with signed links) of a user with 10,000
-//!    works, one connection after another for `--seconds` (p50 and p99), then over
-//!    `--connections`.
+//!    works (written in bulk, then on PostgreSQL `VACUUM ANALYZE`, as autovacuum would), one
+//!    request after another for `--seconds` (p50 and p99), then over `--connections`; and
+//!    the store's list call alone (the mean of 100), to tell the database's share.
 //!
 //! Usage: `easel-bench photo [--seconds S] [--connections C] [--database-url URL]`.
 
@@ -105,6 +106,22 @@ async fn run_in(args: LoadArgs) -> anyhow::Result<()> {
 
     let owner = &users[0];
     fill_works(&app, &photo.tenant.id, owner).await?;
+    database.analyze(&app.config).await?;
+    let query = easel::store::photo::WorkQuery {
+        tenant_id: photo.tenant.id.clone(),
+        user_id: Some(owner.id.clone()),
+        status: Some("completed".into()),
+        limit: 20,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    for _ in 0..100 {
+        app.store.photo_work_list(query.clone()).await?;
+    }
+    println!(
+        "RESULT mode=photo-works engine={engine} store_list_ms={:.2}",
+        started.elapsed().as_secs_f64() * 10.0
+    );
     for connections in [1, c] {
         let (p50, p99, rps) = works_latency(&http, &base, &owner.token, connections, seconds).await;
         println!(
