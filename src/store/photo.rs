@@ -186,7 +186,9 @@ pub const OVERVIEW: &[(&str, &str, &str)] = &[
     ("orders", "total_orders", "SELECT count(*) FROM credit_orders WHERE tenant_id = $1"),
     ("orders", "total_revenue", "SELECT CAST(coalesce(sum(amount_cents), 0) AS BIGINT) FROM credit_orders WHERE tenant_id = $1 AND status = 'paid'"),
     ("orders", "today_revenue", "SELECT CAST(coalesce(sum(amount_cents), 0) AS BIGINT) FROM credit_orders WHERE tenant_id = $1 AND status = 'paid' AND paid_at >= $2"),
-    ("credits", "total_credits", "SELECT CAST(coalesce(sum(balance), 0) AS BIGINT) FROM ledger_accounts WHERE tenant_id = $1 AND kind = 'user'"),
+    // From the entries, which both engines keep alike (PostgreSQL's cached balances are
+    // spread over hold stripes).
+    ("credits", "total_credits", "SELECT CAST(coalesce(sum(e.amount), 0) AS BIGINT) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id WHERE a.tenant_id = $1 AND a.kind = 'user'"),
     ("credits", "total_recharged", "SELECT CAST(coalesce(sum(e.amount), 0) AS BIGINT) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id WHERE a.tenant_id = $1 AND a.kind = 'user' AND e.kind = 'recharge'"),
     ("credits", "total_consumed", "SELECT CAST(coalesce(-sum(e.held), 0) AS BIGINT) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id WHERE a.tenant_id = $1 AND a.kind = 'user' AND e.kind = 'settle'"),
 ];

@@ -39,6 +39,7 @@ mod midjourney;
 mod nodes;
 mod photo;
 mod sessions;
+mod stripes;
 mod tenants;
 mod users;
 mod webhooks;

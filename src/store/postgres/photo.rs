@@ -1,6 +1,7 @@
 //! The photo app on PostgreSQL (see [`PhotoStore`]): the statements of
-//! [`crate::store::photo::sql`]. A task's creation locks the paying account's row while it
-//! checks the balance and writes the jobs' holds, so two tasks at once cannot both spend it.
+//! [`crate::store::photo::sql`]. A task's creation locks the paying account (its row and its
+//! hold stripes) while it checks the balance and writes the jobs' holds, so two tasks at once
+//! cannot both spend it.
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgArguments, PgRow};
@@ -86,12 +87,7 @@ async fn task_create(
     let charges: Vec<_> = jobs.iter().filter_map(|j| j.charge.as_ref()).collect();
     let required: i64 = charges.iter().map(|c| c.amount).sum();
     if let Some(charge) = charges.first().filter(|_| required > 0) {
-        let available: i64 =
-            sqlx::query_scalar("SELECT balance FROM ledger_accounts WHERE id = $1 FOR UPDATE")
-                .bind(&charge.account.id)
-                .fetch_optional(&mut *conn)
-                .await?
-                .unwrap_or(0);
+        let available = super::stripes::lock_total(conn, &charge.account.id).await?;
         if available < required {
             return Ok(TaskCreated::Insufficient {
                 required,
