@@ -1,4 +1,6 @@
-//! What the modes share: the runtime, submits, RSS, and reading a finished SQLite run.
+//! What the modes share: the runtime, submits, RSS, reading a finished SQLite run, and for
+//! the load modes their arguments, their database (SQLite, or a fresh PostgreSQL one) and the
+//! rate of a request over many connections.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -282,4 +284,152 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+/// `[--seconds S] [--connections C] [--database-url URL]` of the load modes.
+pub struct LoadArgs {
+    pub seconds: u64,
+    pub connections: u64,
+    pub database_url: Option<String>,
+}
+
+impl LoadArgs {
+    /// Parses the arguments; exits with `usage` on a bad one.
+    pub fn parse(raw: &[String], usage: &str) -> LoadArgs {
+        let mut args = LoadArgs {
+            seconds: 5,
+            connections: 64,
+            database_url: None,
+        };
+        for pair in raw.chunks(2) {
+            let value = pair.get(1).cloned();
+            match (pair[0].as_str(), value) {
+                ("--seconds", Some(v)) if v.parse::<u64>().is_ok() => {
+                    args.seconds = v.parse().unwrap_or(5)
+                }
+                ("--connections", Some(v)) if v.parse::<u64>().is_ok() => {
+                    args.connections = v.parse().unwrap_or(64)
+                }
+                ("--database-url", Some(v)) => args.database_url = Some(v),
+                _ => {
+                    eprintln!("usage: {usage}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        args
+    }
+}
+
+/// The database of a load run: SQLite in the data folder, or with `--database-url` a fresh
+/// database on that PostgreSQL server, dropped by [`RunDatabase::drop`].
+pub struct RunDatabase {
+    /// The server's URL and the database's name.
+    pg: Option<(String, String)>,
+}
+
+impl RunDatabase {
+    /// Points `config` at the run's database.
+    pub async fn configure(config: &mut Config, args: &LoadArgs) -> anyhow::Result<RunDatabase> {
+        let Some(url) = &args.database_url else {
+            return Ok(RunDatabase { pg: None });
+        };
+        let (db_url, name) = fresh_pg_database(url).await?;
+        config.database.url = Some(db_url);
+        config.database.max_connections = args.connections as u32;
+        Ok(RunDatabase {
+            pg: Some((url.clone(), name)),
+        })
+    }
+
+    pub fn engine(&self) -> &'static str {
+        if self.pg.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// Brings the planner's statistics up to date after a bulk load (PostgreSQL's
+    /// autovacuum would, some time later); nothing on SQLite.
+    pub async fn analyze(&self, config: &Config) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        if let (Some(_), Some(url)) = (&self.pg, &config.database.url) {
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            sqlx::query("VACUUM ANALYZE").execute(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn drop(self) {
+        if let Some((url, name)) = self.pg {
+            drop_pg_database(&url, &name).await;
+        }
+    }
+}
+
+/// A database of its own on the PostgreSQL server of `url`; its URL, and the name to drop.
+async fn fresh_pg_database(url: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let name = format!(
+        "easel_bench_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    let mut parsed = url::Url::parse(url)?;
+    parsed.set_path(&format!("/{name}"));
+    Ok((parsed.to_string(), name))
+}
+
+async fn drop_pg_database(url: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
+        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        if let Err(e) = sqlx::query(&sql).execute(&mut conn).await {
+            eprintln!("could not drop {name}: {e}");
+        }
+    }
+}
+
+/// Successful requests per second over `connections` senders for `duration`: sender `i`
+/// sends `request(i)` again and again; it says whether the request succeeded.
+pub async fn rate<F, Fut>(connections: u64, duration: Duration, request: F) -> f64
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..connections {
+        let (request, accepted) = (request.clone(), accepted.clone());
+        senders.spawn(async move {
+            while Instant::now() < deadline {
+                if request(i).await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while senders.join_next().await.is_some() {}
+    accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Accepted plain submits per second of the tenant with `key` (see [`rate`]).
+pub async fn submit_rate(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    connections: u64,
+    duration: Duration,
+) -> f64 {
+    let (http, base, key) = (http.clone(), base.to_owned(), key.to_owned());
+    rate(connections, duration, move |_| {
+        let (http, base, key) = (http.clone(), base.clone(), key.clone());
+        async move { submit(&http, &base, &key).await.is_some() }
+    })
+    .await
 }

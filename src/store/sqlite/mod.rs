@@ -61,6 +61,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0017_editor_sessions.sql"),
     include_str!("../../../migrations/sqlite/0018_photo.sql"),
     include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
+    include_str!("../../../migrations/sqlite/0020_photo_workflow.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
