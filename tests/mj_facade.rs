@@ -685,3 +685,207 @@ async fn job_count(app: &TestApp) -> usize {
         .expect("json");
     jobs["items"].as_array().map_or(0, Vec::len)
 }
+
+// ---- notifyHook ----
+
+/// One call a loopback receiver got: its headers and JSON body.
+type Call = (reqwest::header::HeaderMap, Value);
+
+/// A receiver on 127.0.0.1:0 whose calls come out of the returned channel.
+async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Call>) {
+    use axum::http::HeaderMap;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Call>();
+    let hook = move |headers: HeaderMap, body: axum::body::Bytes| {
+        let tx = tx.clone();
+        async move {
+            let mut copied = reqwest::header::HeaderMap::new();
+            for (name, value) in &headers {
+                if let (Ok(n), Ok(v)) = (
+                    reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+                    reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+                ) {
+                    copied.insert(n, v);
+                }
+            }
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let _ = tx.send((copied, body));
+            "ok"
+        }
+    };
+    let router = axum::Router::new().route("/hook", axum::routing::post(hook));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/hook"), rx)
+}
+
+async fn hooked_app() -> (TestApp, String) {
+    let app = common::spawn_app_with(
+        |c| {
+            c.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
+            c.webhooks.poll_ms = 20;
+        },
+        easel::server::Roles::ALL,
+    )
+    .await;
+    let created: Value = app
+        .http
+        .put(app.url("/v1/webhook"))
+        .bearer_auth(&app.api_key)
+        .json(&json!({"url": null}))
+        .send()
+        .await
+        .expect("webhook")
+        .json()
+        .await
+        .expect("json");
+    let secret = created["secret"].as_str().expect("secret").to_owned();
+    (app, secret)
+}
+
+/// The calls for task `id` until one ends it (SUCCESS or FAILURE).
+async fn calls_until_end(
+    calls: &mut tokio::sync::mpsc::UnboundedReceiver<Call>,
+    id: &str,
+) -> Vec<Call> {
+    let mut got = Vec::new();
+    loop {
+        let call = tokio::time::timeout(WAIT, calls.recv())
+            .await
+            .expect("a notifyHook call in time")
+            .expect("receiver open");
+        if call.1["id"] != id {
+            continue;
+        }
+        let end = call.1["status"] == "SUCCESS" || call.1["status"] == "FAILURE";
+        got.push(call);
+        if end {
+            return got;
+        }
+    }
+}
+
+fn order(task: &Value) -> u32 {
+    let progress: u32 = task["progress"]
+        .as_str()
+        .and_then(|p| p.trim_end_matches('%').parse().ok())
+        .unwrap_or(0);
+    match task["status"].as_str().unwrap_or("") {
+        "MODAL" => 50,
+        "SUBMITTED" => 100,
+        "IN_PROGRESS" => 300 + progress.min(99),
+        _ => 400,
+    }
+}
+
+#[tokio::test]
+async fn notify_hook_posts_the_whole_task_signed_and_never_regressing() {
+    let (app, secret) = hooked_app().await;
+    let (hook, mut calls) = receiver().await;
+    let id = submitted(
+        &app,
+        "/mj/submit/imagine",
+        json!({"prompt": "a comet", "notifyHook": hook, "state": "s-1"}),
+    )
+    .await;
+    let got = calls_until_end(&mut calls, &id).await;
+    let statuses: Vec<&str> = got
+        .iter()
+        .map(|(_, t)| t["status"].as_str().unwrap_or(""))
+        .collect();
+    // SUBMITTED unless the job had started before the submit's call was rendered.
+    assert!(
+        matches!(statuses.first(), Some(&"SUBMITTED" | &"IN_PROGRESS")),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.last(), Some(&"SUCCESS"), "{statuses:?}");
+    for pair in got.windows(2) {
+        assert!(order(&pair[0].1) < order(&pair[1].1), "{statuses:?}");
+    }
+    let (headers, last) = got.last().expect("the end");
+    // The whole task object, as fetch shows it.
+    let (_, fetched) = get(&app, &format!("/mj/task/{id}/fetch")).await;
+    for field in [
+        "id",
+        "action",
+        "status",
+        "progress",
+        "state",
+        "buttons",
+        "properties",
+    ] {
+        assert_eq!(last[field], fetched[field], "{field}");
+    }
+    // Signed with the tenant's webhook secret (Standard Webhooks).
+    let header = |name: &str| headers[name].to_str().expect("header").to_owned();
+    let timestamp: i64 = header("webhook-timestamp").parse().expect("timestamp");
+    let body = serde_json::to_vec(last).expect("body");
+    let signed = easel::webhooks::signing::sign(
+        &[easel::base::secret::Secret::new(secret)],
+        &header("webhook-id"),
+        timestamp,
+        &body,
+    )
+    .expect("signature");
+    assert_eq!(header("webhook-signature"), signed.webhook_signature);
+
+    // The MODAL flow: MODAL, then its submit's states, then its end.
+    let u1 = succeeded(
+        &app,
+        "/mj/submit/action",
+        json!({"taskId": id, "customId": button(&fetched, "U1")}),
+    )
+    .await;
+    let (_, waiting) = post(
+        &app,
+        "/mj/submit/action",
+        json!({"taskId": u1["id"], "customId": button(&u1, "Custom Zoom"), "notifyHook": hook}),
+    )
+    .await;
+    let modal_id = waiting["result"].as_str().expect("id").to_owned();
+    let first = tokio::time::timeout(WAIT, calls.recv())
+        .await
+        .expect("a call")
+        .expect("open");
+    assert_eq!(
+        (&first.1["id"], &first.1["status"]),
+        (&json!(modal_id), &json!("MODAL"))
+    );
+    post(
+        &app,
+        "/mj/submit/modal",
+        json!({"taskId": modal_id, "prompt": "wide --zoom 2"}),
+    )
+    .await;
+    let rest = calls_until_end(&mut calls, &modal_id).await;
+    assert_eq!(rest.last().map(|c| &c.1["status"]), Some(&json!("SUCCESS")));
+    assert!(rest.iter().all(|c| order(&c.1) > 50));
+
+    // The outbox logged every call.
+    let deliveries: Value = app
+        .http
+        .get(app.url("/v1/webhooks/deliveries"))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .expect("deliveries")
+        .json()
+        .await
+        .expect("json");
+    let states: Vec<&str> = deliveries["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|d| d["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(states.len(), got.len() + 1 + rest.len(), "{deliveries}");
+    // Each was received; the newest may not have recorded its answer yet.
+    assert!(
+        states
+            .iter()
+            .all(|s| matches!(*s, "succeeded" | "delivering")),
+        "{states:?}"
+    );
+}

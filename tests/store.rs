@@ -3181,7 +3181,9 @@ async fn mj_tasks_follow_their_jobs(b: Bundle) {
 /// The `/mj` facade's tasks: scoped to their tenant, listed newest first or (queued) oldest
 /// first by their jobs, a MODAL task started or canceled once, notifyHook orders only rising.
 async fn mj_proxy_tasks_start_once(b: Bundle) {
-    use easel::store::mj_proxy::{ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL};
+    use easel::store::mj_proxy::{
+        ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+    };
     let s = b.store.as_ref();
     let t = tenant(s, "MjProxy", 5).await;
     let first = submit(s, b.job(&t.id)).await;
@@ -3259,10 +3261,35 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
     let canceled = s.mj_proxy_get(&t.id, "4").await.unwrap().expect("task");
     assert_eq!(canceled.phase.as_deref(), Some(PHASE_CANCEL));
 
-    assert!(s.mj_proxy_notified("1", 100).await.unwrap());
-    assert!(!s.mj_proxy_notified("1", 100).await.unwrap());
-    assert!(!s.mj_proxy_notified("1", 50).await.unwrap());
-    assert!(s.mj_proxy_notified("1", 400).await.unwrap());
+    // A notifyHook call is an outbox row, written only while the order rises.
+    let call = |n: u32| ProxyDelivery {
+        id: format!("evt_{n}"),
+        job_id: first.clone(),
+        tenant_id: t.id.clone(),
+        url: "https://hooks.example/mj".into(),
+        status: JobStatus::Running,
+        body: format!(r#"{{"n":{n}}}"#),
+        at: 1000,
+    };
+    assert!(s.mj_proxy_notify("1", 100, call(1)).await.unwrap());
+    assert!(!s.mj_proxy_notify("1", 100, call(2)).await.unwrap());
+    assert!(!s.mj_proxy_notify("1", 50, call(3)).await.unwrap());
+    assert!(s.mj_proxy_notify("1", 400, call(4)).await.unwrap());
+    let page = s
+        .webhook_deliveries(DeliveryListQuery {
+            tenant_id: t.id.clone(),
+            job_id: None,
+            state: None,
+            limit: 10,
+            before_seq: None,
+        })
+        .await
+        .unwrap();
+    let bodies: Vec<_> = page.items.iter().map(|d| d.body.clone()).collect();
+    assert_eq!(
+        bodies,
+        [Some(r#"{"n":4}"#.to_owned()), Some(r#"{"n":1}"#.to_owned())]
+    );
 }
 
 // ---- one test per (backend, scenario) ----

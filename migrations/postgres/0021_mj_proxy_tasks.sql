@@ -18,3 +18,7 @@ CREATE TABLE mj_proxy_tasks (
 );
 CREATE INDEX mj_proxy_tasks_tenant ON mj_proxy_tasks (tenant_id, created_at);
 CREATE INDEX mj_proxy_tasks_job ON mj_proxy_tasks (job_id);
+
+-- A notifyHook call is a row of the webhook outbox whose body is the task object, sent as is
+-- (NULL: the contract payload built from the event's snapshot, as before).
+ALTER TABLE webhook_deliveries ADD COLUMN body TEXT;

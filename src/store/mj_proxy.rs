@@ -1,13 +1,15 @@
 //! The `/mj` facade's tasks (`mj_proxy_tasks`): one row per midjourney-proxy submit, naming
 //! the job that does its work. A MODAL task has no job until its modal submit starts one
 //! ([`MjProxyStore::mj_proxy_start`]); a task's other fields are the facade's JSON `detail`,
-//! which this module stores and never reads.
+//! which this module stores and never reads. A notifyHook call is a row of the webhook outbox
+//! whose `body` is sent as is.
 //! Must not touch: jobs (a task's status is read from its job by the caller).
 
 use async_trait::async_trait;
 
 use super::StoreResult;
 use crate::base::clock::Millis;
+use crate::base::job::JobStatus;
 
 /// A task waiting for its `/mj/submit/modal`.
 pub const PHASE_MODAL: &str = "MODAL";
@@ -44,6 +46,21 @@ pub enum ProxyFilter {
     Queued,
 }
 
+/// A notifyHook call for the webhook outbox: its body is the task object, sent as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyDelivery {
+    /// `evt_` + ULID.
+    pub id: String,
+    /// The task's job (the task's id while it has none).
+    pub job_id: String,
+    pub tenant_id: String,
+    pub url: String,
+    /// The job's status, for the delivery log.
+    pub status: JobStatus,
+    pub body: String,
+    pub at: Millis,
+}
+
 #[async_trait]
 pub trait MjProxyStore: Send + Sync + 'static {
     /// Writes a new task; `Conflict` when its id is taken.
@@ -75,7 +92,13 @@ pub trait MjProxyStore: Send + Sync + 'static {
         id: &str,
         at: Millis,
     ) -> StoreResult<bool>;
-    /// Records that a notifyHook call of `order` was queued for task `id`; false (and no
-    /// change) when one of the same or a higher order already was.
-    async fn mj_proxy_notified(&self, id: &str, order: i64) -> StoreResult<bool>;
+    /// Queues the notifyHook call `delivery` of `order` for task `id` (an outbox row, in one
+    /// transaction with the task's new order); false, and nothing written, when a call of the
+    /// same or a higher order was queued already.
+    async fn mj_proxy_notify(
+        &self,
+        id: &str,
+        order: i64,
+        delivery: ProxyDelivery,
+    ) -> StoreResult<bool>;
 }

@@ -9,13 +9,13 @@ use axum::extract::State;
 use axum::Extension;
 use serde_json::{json, Map, Value};
 
-use super::buttons::{self, Button};
 use super::submit::{common, record, seed_of, start, store_image, Plan};
-use super::view::{job_of, Detail};
 use super::{object_body, text, MjTenant, Reply, Speed};
 use crate::app::App;
 use crate::base::job::{Job, JobStatus};
 use crate::base::operation::Operation;
+use crate::mj_tasks::buttons::{self, Button};
+use crate::mj_tasks::view::{job_of, Detail};
 use crate::store::mj_proxy::{ProxyTask, PHASE_MODAL};
 use crate::store::Tenant;
 
@@ -131,7 +131,7 @@ async fn finished(app: &App, tenant: &Tenant, task_id: &str) -> Result<(ProxyTas
         .mj_proxy_get(&tenant.id, task_id)
         .await?
         .ok_or_else(Reply::no_task)?;
-    match job_of(app, &task).await? {
+    match job_of(&app.mj_tasks(), &task).await? {
         Some(job) if job.status == JobStatus::Succeeded => Ok((task, job)),
         _ => Err(Reply::invalid("关联任务状态错误")),
     }
@@ -166,6 +166,7 @@ async fn perform(
         detail.pending = Some(asked.button.custom_id(&parent.hash));
         let plan = Plan::new(asked.button.action(), Operation::Generate, detail);
         let id = record(app, tenant, &plan, None).await?;
+        super::notify(app, &tenant.id, &id).await;
         return Ok(Reply::new(21, "Waiting for window confirm", Some(id))
             .with(json!({"finalPrompt": parent_detail.prompt, "remix": true})));
     }

@@ -6,10 +6,10 @@
 //! tenant.
 //!
 //! Owns: the routes ([`submit`]: imagine, describe, blend; [`action`]: change, simple-change,
-//! action, modal; [`task`]: fetch, list-by-condition, list, queue, image-seed, cancel), the
-//! task object ([`view`]), the buttons and their customIds ([`buttons`]) and the auth
-//! ([`MjTenant`]). Must not: talk to an upstream or write SQL; tasks are rows of
-//! [`crate::store::mj_proxy`] naming their jobs.
+//! action, modal; [`task`]: fetch, list-by-condition, list, queue, image-seed, cancel) and the
+//! auth ([`MjTenant`]). Must not: talk to an upstream or write SQL; tasks are rows of
+//! [`crate::store::mj_proxy`] naming their jobs, and what they look like, their buttons and
+//! their notifyHook calls are [`crate::mj_tasks`]'.
 //!
 //! Served under `/mj`, and with a speed mode (recorded as the task's `mode`) under
 //! `/mj-fast`, `/mj-turbo` and `/mj-relax`, each both as `/mj-fast/mj/...` (the C# edition)
@@ -31,10 +31,8 @@
 //!   sent.
 
 mod action;
-mod buttons;
 mod submit;
 mod task;
-mod view;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -194,6 +192,20 @@ impl FromRequestParts<App> for MjTenant {
                 Err((StatusCode::SERVICE_UNAVAILABLE, "Service unavailable.").into_response())
             }
         }
+    }
+}
+
+/// Queues the notifyHook call of the caller's task `id` for its new state (a failure is
+/// logged: the follower and the bus listener notice later changes anyway).
+pub async fn notify(app: &App, tenant_id: &str, id: &str) {
+    let tasks = app.mj_tasks();
+    let queued = match app.store.mj_proxy_get(tenant_id, id).await {
+        Ok(Some(task)) => tasks.notify(&task).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = queued {
+        tracing::warn!(task = %id, error = %e, "mj notifyHook not queued");
     }
 }
 

@@ -11,7 +11,6 @@ use base64::Engine;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
-use super::view::Detail;
 use super::{object_body, text, MjTenant, Reply, Speed};
 use crate::api::jobs::{check_operation, enqueue, Enqueued};
 use crate::app::App;
@@ -21,6 +20,7 @@ use crate::base::job::{new_job_id, JobParams, Mode, NewJob};
 use crate::base::operation::{BlendShape, Operation, BLEND_IMAGES};
 use crate::error::ErrorCode;
 use crate::ledger::pricing::{Payer, Priced};
+use crate::mj_tasks::view::Detail;
 use crate::store::mj_proxy::{ProxyFilter, ProxyTask, PHASE_MODAL};
 use crate::store::{StoreError, Tenant};
 use crate::uploads::{Upload, UploadError};
@@ -179,7 +179,12 @@ async fn try_start(
         idempotency: None,
         webhook_url: None,
         charge,
-        follow_up: None,
+        // Its end queues the task's last notifyHook call.
+        follow_up: plan
+            .detail
+            .notify_hook
+            .is_some()
+            .then(|| crate::mj_tasks::follower::NAME.to_owned()),
     };
     crate::api::uploads::hold_inputs(app, &tenant.id, &plan.input_image_ids)
         .await
@@ -200,6 +205,7 @@ async fn try_start(
         Some(id) => started(app, tenant, id, &job_id, &plan.detail).await?,
         None => record(app, tenant, &plan, Some(&job_id)).await?,
     };
+    super::notify(app, &tenant.id, &task_id).await;
     queued_answer(app, tenant, &job_id, task_id).await
 }
 

@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use super::view::{job_of, task_json};
 use super::{object_body, MjTenant, Reply};
 use crate::app::App;
 use crate::base::clock::now_millis;
+use crate::mj_tasks::view::{job_of, task_json};
 use crate::store::mj_proxy::{ProxyFilter, ProxyTask, PHASE_MODAL};
 use crate::store::{CancelOutcome, Tenant};
 
@@ -30,7 +30,7 @@ async fn own(app: &App, tenant: &Tenant, id: &str) -> Result<ProxyTask, Reply> {
 async fn array(app: &App, tasks: &[ProxyTask]) -> Result<Response, Reply> {
     let mut all = Vec::with_capacity(tasks.len());
     for task in tasks {
-        all.push(task_json(app, task).await?);
+        all.push(task_json(&app.mj_tasks(), task).await?);
     }
     Ok(Json(Value::Array(all)).into_response())
 }
@@ -47,7 +47,7 @@ pub async fn fetch(
 ) -> Response {
     let run = async {
         let task = own(&app, &tenant, &id).await?;
-        Ok(Json(task_json(&app, &task).await?).into_response())
+        Ok(Json(task_json(&app.mj_tasks(), &task).await?).into_response())
     };
     either(run.await)
 }
@@ -109,7 +109,7 @@ pub async fn image_seed(
 ) -> Reply {
     let run = async {
         let task = own(&app, &tenant, &id).await?;
-        let seed = job_of(&app, &task)
+        let seed = job_of(&app.mj_tasks(), &task)
             .await?
             .filter(|job| job.status == crate::base::job::JobStatus::Succeeded)
             .and_then(|job| job.params.seed);
@@ -145,6 +145,7 @@ pub async fn cancel(
         if !canceled {
             return Err(Reply::invalid("任务状态不允许取消 (the task has ended)"));
         }
+        super::notify(&app, &tenant.id, &task.id).await;
         if let Some(job_id) = &task.job_id {
             // A running attempt hears this and stops; its tenant slot is free again.
             app.events

@@ -6,7 +6,9 @@ use sqlx::Row;
 
 use super::PgStore;
 use crate::base::clock::Millis;
-use crate::store::mj_proxy::{MjProxyStore, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL};
+use crate::store::mj_proxy::{
+    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+};
 use crate::store::StoreResult;
 
 const COLUMNS: &str = "t.id, t.tenant_id, t.job_id, t.hash, t.action, t.phase, t.detail,
@@ -139,13 +141,32 @@ impl MjProxyStore for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn mj_proxy_notified(&self, id: &str, order: i64) -> StoreResult<bool> {
-        let done =
+    async fn mj_proxy_notify(&self, id: &str, order: i64, d: ProxyDelivery) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let rose =
             sqlx::query("UPDATE mj_proxy_tasks SET notified = $2 WHERE id = $1 AND notified < $2")
                 .bind(id)
                 .bind(i32::try_from(order).unwrap_or(i32::MAX))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
-        Ok(done.rows_affected() == 1)
+        if rose.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, job_id, tenant_id, job_event_id, url, source,
+                status, event_at, next_attempt_at, created_at, updated_at, body)
+             VALUES ($1, $2, $3, 0, $4, 'job', $5, $6, $6, $6, $6, $7)",
+        )
+        .bind(&d.id)
+        .bind(&d.job_id)
+        .bind(&d.tenant_id)
+        .bind(&d.url)
+        .bind(d.status.as_str())
+        .bind(d.at)
+        .bind(&d.body)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

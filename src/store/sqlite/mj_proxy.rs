@@ -5,7 +5,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
 use crate::base::clock::Millis;
-use crate::store::mj_proxy::{MjProxyStore, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL};
+use crate::store::mj_proxy::{
+    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+};
 use crate::store::StoreResult;
 
 const COLUMNS: &str = "t.id, t.tenant_id, t.job_id, t.hash, t.action, t.phase, t.detail,
@@ -150,15 +152,32 @@ impl MjProxyStore for SqliteStore {
         .await
     }
 
-    async fn mj_proxy_notified(&self, id: &str, order: i64) -> StoreResult<bool> {
+    async fn mj_proxy_notify(&self, id: &str, order: i64, d: ProxyDelivery) -> StoreResult<bool> {
         let id = id.to_owned();
         self.write(move |c| {
-            let changed = c
+            let rose = c
                 .prepare_cached(
                     "UPDATE mj_proxy_tasks SET notified = ?2 WHERE id = ?1 AND notified < ?2",
                 )?
                 .execute(params![id, order])?;
-            Ok(changed == 1)
+            if rose == 0 {
+                return Ok(false);
+            }
+            c.prepare_cached(
+                "INSERT INTO webhook_deliveries (id, job_id, tenant_id, job_event_id, url, source,
+                    status, event_at, next_attempt_at, created_at, updated_at, body)
+                 VALUES (?1, ?2, ?3, 0, ?4, 'job', ?5, ?6, ?6, ?6, ?6, ?7)",
+            )?
+            .execute(params![
+                d.id,
+                d.job_id,
+                d.tenant_id,
+                d.url,
+                d.status.as_str(),
+                d.at,
+                d.body
+            ])?;
+            Ok(true)
         })
         .await
     }

@@ -8,8 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::buttons;
-use crate::app::App;
+use super::{buttons, MjTasks};
 use crate::base::clock::now_millis;
 use crate::base::image::ImageOwner;
 use crate::base::job::{Job, JobStatus};
@@ -63,7 +62,6 @@ impl Status {
     /// The order midjourney-proxy drops regressive callbacks by (NOT_START 0, SUBMITTED 1,
     /// IN_PROGRESS 3 + progress, FAILURE and SUCCESS 4), times 100; MODAL, which comes
     /// before its submit, is 0.5.
-    #[allow(dead_code)] // The notifyHook calls (next) use it.
     pub fn order(&self) -> i64 {
         match self.status {
             "MODAL" => 50,
@@ -108,7 +106,7 @@ pub fn status_of(task: &ProxyTask, job: Option<&Job>) -> Status {
 }
 
 /// The task's job, if it has one.
-pub async fn job_of(app: &App, task: &ProxyTask) -> Result<Option<Job>, StoreError> {
+pub async fn job_of(app: &MjTasks, task: &ProxyTask) -> Result<Option<Job>, StoreError> {
     match &task.job_id {
         Some(id) => app.store.job_get(&task.tenant_id, id).await,
         None => Ok(None),
@@ -116,13 +114,13 @@ pub async fn job_of(app: &App, task: &ProxyTask) -> Result<Option<Job>, StoreErr
 }
 
 /// The task object.
-pub async fn task_json(app: &App, task: &ProxyTask) -> Result<Value, StoreError> {
+pub async fn task_json(app: &MjTasks, task: &ProxyTask) -> Result<Value, StoreError> {
     let job = job_of(app, task).await?;
     Ok(render(app, task, job.as_ref()).await)
 }
 
 /// The task object of a task and its job.
-pub async fn render(app: &App, task: &ProxyTask, job: Option<&Job>) -> Value {
+pub async fn render(app: &MjTasks, task: &ProxyTask, job: Option<&Job>) -> Value {
     let detail = Detail::of(task);
     let status = status_of(task, job);
     let succeeded = status.status == "SUCCESS";
@@ -131,9 +129,13 @@ pub async fn render(app: &App, task: &ProxyTask, job: Option<&Job>) -> Value {
     let mut image_url = None;
     let mut buttons = Vec::new();
     if let (true, Some(job)) = (succeeded, job) {
-        if let Some(text) = crate::api::jobs::result_text(job) {
-            prompt = text.clone();
-            final_prompt = text;
+        let text = job
+            .result_meta
+            .as_ref()
+            .and_then(|m| m.get("text")?.as_str());
+        if let Some(text) = text {
+            prompt = text.to_owned();
+            final_prompt = text.to_owned();
         }
         image_url = match &detail.image_id {
             Some(id) => described_image(app, &task.tenant_id, id).await,
@@ -180,7 +182,7 @@ pub async fn render(app: &App, task: &ProxyTask, job: Option<&Job>) -> Value {
 }
 
 /// The image a finished job shows: an imagine's grid, else its first image.
-async fn shown_image(app: &App, job: &Job) -> Option<String> {
+async fn shown_image(app: &MjTasks, job: &Job) -> Option<String> {
     let key = if job.params.grid {
         job.result_keys.last()
     } else {
@@ -189,7 +191,7 @@ async fn shown_image(app: &App, job: &Job) -> Option<String> {
     Some(app.urls.url(key, now_millis() / 1000).await)
 }
 
-async fn described_image(app: &App, tenant_id: &str, image_id: &str) -> Option<String> {
+async fn described_image(app: &MjTasks, tenant_id: &str, image_id: &str) -> Option<String> {
     let record = app
         .images
         .get(&ImageOwner::tenant(tenant_id), image_id)
