@@ -95,7 +95,9 @@ async fn open(app: App, socket: WebSocket, session_id: String, query: SocketQuer
     let (Some(user_id), Some(token)) = (nonempty(query.user_id), nonempty(query.token)) else {
         return close(socket, CLOSE_POLICY, "Missing authentication").await;
     };
-    let authed = match app.accounts.authenticate(&token).await {
+    // Boxed: the sign-in check's future would otherwise stay inline in every idle
+    // connection's task for its whole life.
+    let authed = match Box::pin(app.accounts.authenticate(&token)).await {
         Ok(authed) if authed.user.id == user_id => authed,
         _ => return close(socket, CLOSE_POLICY, "Invalid token").await,
     };
