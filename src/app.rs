@@ -320,6 +320,19 @@ impl App {
             .with(Arc::new(crate::photo::follower::PhotoFollower::new(
                 self.store.clone(),
             )))
+            .with(Arc::new(crate::mj_tasks::follower::MjTaskFollower(
+                self.mj_tasks(),
+            )))
+    }
+
+    /// The `/mj` facade's tasks: their views and notifyHook calls.
+    pub fn mj_tasks(&self) -> crate::mj_tasks::MjTasks {
+        crate::mj_tasks::MjTasks {
+            store: self.store.clone(),
+            urls: self.urls.clone(),
+            images: self.images.clone(),
+            events: self.events.clone(),
+        }
     }
 
     /// The webhook dispatcher, on this process's store, bus and result links.

@@ -37,8 +37,9 @@
 //! 5. [`keypool`]: upstream keys, which it probes through `providers`.
 //! 6. [`jobs`] and [`webhooks`]: the worker, maintenance and the dispatcher.
 //!    Then, side by side, [`sessions`]: the editor's sessions, their live events and the
-//!    follower that answers a generating message when its job ends; and [`photo`]: the photo
-//!    app's scenes, tasks (batches of jobs) and works.
+//!    follower that answers a generating message when its job ends; [`photo`]: the photo
+//!    app's scenes, tasks (batches of jobs) and works; and [`mj_tasks`]: the `/mj` facade's
+//!    task objects, buttons and notifyHook calls.
 //! 7. [`config`]: gathers each module's own section (the sections live with their owners).
 //! 8. [`app`]: builds every dependency from the config and hands it in; nothing below it
 //!    imports it.
@@ -58,6 +59,7 @@ pub mod jobs;
 pub mod keypool;
 pub mod ledger;
 pub mod limits;
+pub mod mj_tasks;
 pub mod photo;
 pub mod providers;
 pub mod server;

@@ -13,7 +13,7 @@ const FLOORS: &[&[&str]] = &[
     &["accounts", "providers", "ledger", "uploads"],
     &["keypool"],
     &["jobs", "webhooks"],
-    &["sessions", "photo"],
+    &["sessions", "photo", "mj_tasks"],
     &["config"],
     &["app"],
     &["api", "error"],

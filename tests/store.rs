@@ -3178,6 +3178,120 @@ async fn mj_tasks_follow_their_jobs(b: Bundle) {
     assert!(none.is_none());
 }
 
+/// The `/mj` facade's tasks: scoped to their tenant, listed newest first or (queued) oldest
+/// first by their jobs, a MODAL task started or canceled once, notifyHook orders only rising.
+async fn mj_proxy_tasks_start_once(b: Bundle) {
+    use easel::store::mj_proxy::{
+        ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+    };
+    let s = b.store.as_ref();
+    let t = tenant(s, "MjProxy", 5).await;
+    let first = submit(s, b.job(&t.id)).await;
+    let later = submit(s, b.job(&t.id)).await;
+    let task = |id: &str, job: Option<&str>, at: i64| ProxyTask {
+        id: id.into(),
+        tenant_id: t.id.clone(),
+        job_id: job.map(str::to_owned),
+        hash: format!("hash-{id}"),
+        action: "IMAGINE".into(),
+        phase: job.is_none().then(|| PHASE_MODAL.to_owned()),
+        detail: "{}".into(),
+        notified: -1,
+        created_at: at,
+        updated_at: at,
+    };
+    s.mj_proxy_insert(task("1", Some(&first), 100))
+        .await
+        .unwrap();
+    s.mj_proxy_insert(task("2", Some(&later), 200))
+        .await
+        .unwrap();
+    s.mj_proxy_insert(task("3", None, 300)).await.unwrap();
+    s.mj_proxy_insert(task("4", None, 400)).await.unwrap();
+    let again = s.mj_proxy_insert(task("1", None, 500)).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert!(s.mj_proxy_get("ten_other", "1").await.unwrap().is_none());
+    let ids = |tasks: Vec<ProxyTask>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let all = s.mj_proxy_list(&t.id, ProxyFilter::All, 3).await.unwrap();
+    assert_eq!(ids(all), ["4", "3", "2"]);
+    let queued = s
+        .mj_proxy_list(&t.id, ProxyFilter::Queued, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(queued), ["1", "2"]);
+    let c = claim_one(s, LONG_LEASE).await;
+    assert_eq!(c.job.id, first);
+    let queued = s
+        .mj_proxy_list(&t.id, ProxyFilter::Queued, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(queued), ["2"]);
+    assert!(s
+        .mj_proxy_list("ten_other", ProxyFilter::All, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let job = submit(s, b.job(&t.id)).await;
+    assert!(!s
+        .mj_proxy_start("ten_other", "3", &job, "{}", 600)
+        .await
+        .unwrap());
+    assert!(s
+        .mj_proxy_start(&t.id, "3", &job, r#"{"a":1}"#, 600)
+        .await
+        .unwrap());
+    assert!(!s.mj_proxy_start(&t.id, "3", &job, "{}", 700).await.unwrap());
+    let started = s.mj_proxy_get(&t.id, "3").await.unwrap().expect("task");
+    assert_eq!(
+        (
+            started.job_id.as_deref(),
+            started.phase,
+            started.detail.as_str()
+        ),
+        (Some(job.as_str()), None, r#"{"a":1}"#)
+    );
+    assert_eq!(
+        s.mj_proxy_by_job(&job).await.unwrap().map(|t| t.id),
+        Some("3".to_owned())
+    );
+    assert!(!s.mj_proxy_cancel_modal(&t.id, "3", 800).await.unwrap());
+    assert!(s.mj_proxy_cancel_modal(&t.id, "4", 800).await.unwrap());
+    assert!(!s.mj_proxy_start(&t.id, "4", &job, "{}", 900).await.unwrap());
+    let canceled = s.mj_proxy_get(&t.id, "4").await.unwrap().expect("task");
+    assert_eq!(canceled.phase.as_deref(), Some(PHASE_CANCEL));
+
+    // A notifyHook call is an outbox row, written only while the order rises.
+    let call = |n: u32| ProxyDelivery {
+        id: format!("evt_{n}"),
+        job_id: first.clone(),
+        tenant_id: t.id.clone(),
+        url: "https://hooks.example/mj".into(),
+        status: JobStatus::Running,
+        body: format!(r#"{{"n":{n}}}"#),
+        at: 1000,
+    };
+    assert!(s.mj_proxy_notify("1", 100, call(1)).await.unwrap());
+    assert!(!s.mj_proxy_notify("1", 100, call(2)).await.unwrap());
+    assert!(!s.mj_proxy_notify("1", 50, call(3)).await.unwrap());
+    assert!(s.mj_proxy_notify("1", 400, call(4)).await.unwrap());
+    let page = s
+        .webhook_deliveries(DeliveryListQuery {
+            tenant_id: t.id.clone(),
+            job_id: None,
+            state: None,
+            limit: 10,
+            before_seq: None,
+        })
+        .await
+        .unwrap();
+    let bodies: Vec<_> = page.items.iter().map(|d| d.body.clone()).collect();
+    assert_eq!(
+        bodies,
+        [Some(r#"{"n":4}"#.to_owned()), Some(r#"{"n":1}"#.to_owned())]
+    );
+}
+
 // ---- one test per (backend, scenario) ----
 
 /// `suite!(backend, factory)` makes a module `backend` with one `#[tokio::test]` per scenario,
@@ -3242,6 +3356,7 @@ macro_rules! suite {
             image_collect_dooms_pending_objects_a_crash_left,
             concurrent_image_adds_make_one_object_ready,
             mj_tasks_follow_their_jobs,
+            mj_proxy_tasks_start_once,
         );
     };
     (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {

@@ -16,6 +16,7 @@ mod files;
 mod jobs;
 mod ledger_admin;
 pub mod midjourney;
+pub mod mj_facade;
 mod multipart;
 pub mod openai;
 pub(crate) mod paging;
@@ -58,6 +59,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/images/generate", axum::routing::post(jobs::submit))
         .merge(openai::routes())
         .merge(midjourney::routes())
+        .merge(mj_facade::routes(&app))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/events", get(events::job_stream))

@@ -175,6 +175,8 @@ pub struct Delivery {
     pub created_at: Millis,
     pub updated_at: Millis,
     pub delivered_at: Option<Millis>,
+    /// A body sent as is instead of the contract payload (a `/mj` task's notifyHook call).
+    pub body: Option<String>,
 }
 
 /// A delivery handed to a dispatcher, with the claim's fencing token and the tenant's live

@@ -2,7 +2,7 @@
 //! queue), job events, idempotency records, the webhook outbox, node heartbeats, (in
 //! [`users`]) end users, their sessions and refresh tokens, the credit [`ledger`] and the
 //! image library's objects and records ([`images`]), the editor's sessions ([`sessions`])
-//! and the photo app's rows ([`photo`]).
+//! the photo app's rows ([`photo`]) and the Midjourney tasks ([`midjourney`], [`mj_proxy`]).
 //!
 //! Owns: SQL, migrations and transactions. Each "one transaction" of DESIGN.md is one trait
 //! method here, so no backend can split it: `job_submit` writes the idempotency record, the
@@ -17,6 +17,7 @@ pub mod followups;
 pub mod images;
 pub mod ledger;
 pub mod midjourney;
+pub mod mj_proxy;
 pub mod photo;
 pub mod postgres;
 pub mod sessions;
@@ -194,6 +195,7 @@ pub trait Store:
     + sessions::SessionStore
     + photo::PhotoStore
     + midjourney::MjTaskStore
+    + mj_proxy::MjProxyStore
     + Send
     + Sync
     + 'static

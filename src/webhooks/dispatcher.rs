@@ -454,8 +454,13 @@ impl Dispatcher {
             Err(e) => return Attempt::failed(format!("cannot build the HTTP client: {e}"), false),
         };
         let now = chrono::Utc::now();
-        let links = self.urls.urls(&delivery.result_keys, now.timestamp()).await;
-        let body = payload(delivery, links);
+        let body = match &delivery.body {
+            Some(body) => body.clone().into_bytes(),
+            None => {
+                let links = self.urls.urls(&delivery.result_keys, now.timestamp()).await;
+                payload(delivery, links)
+            }
+        };
         let timestamp = now.timestamp();
         let Some(signed) = signing::sign(&secrets, &delivery.id, timestamp, &body) else {
             return Attempt::failed("the tenant's webhook secret is not a whsec_ secret", true);
@@ -592,6 +597,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             delivered_at: None,
+            body: None,
         };
         let links = delivery
             .result_keys

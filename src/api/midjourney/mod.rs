@@ -34,6 +34,7 @@ use serde_json::{json, Value};
 use crate::app::App;
 
 pub use auth::AppKey;
+pub use trigger::{provider_of, uuid4};
 
 const PREFIX: &str = "/v1/api/trigger";
 

@@ -104,7 +104,8 @@ pub async fn handle(route: &'static str, app: App, key: AppKey, body: Bytes) -> 
     }
 }
 
-fn provider_of(app: &App) -> String {
+/// The provider MJ calls run on: `midjourney.provider`, else `providers.default`.
+pub fn provider_of(app: &App) -> String {
     app.config
         .midjourney
         .provider

@@ -18,7 +18,12 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// This process's resident set, in KiB.
 pub fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kb_of("self")
+}
+
+/// The resident set of process `pid` (or `self`), in KiB.
+pub fn rss_kb_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -237,6 +242,68 @@ impl RunningServer {
     }
 }
 
+/// `easel serve` in a child process (the `easel` binary beside this one), for figures that
+/// must be the server's alone (its RSS); killed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub base: String,
+    _data_dir: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts it on a free loopback port with a fresh data folder and `env` (`EASEL_...`
+    /// settings), and waits until `/health` answers.
+    pub async fn start(env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
+        let exe = std::env::current_exe()?.with_file_name("easel");
+        anyhow::ensure!(
+            exe.exists(),
+            "{} not built (cargo build --release)",
+            exe.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let data_dir = tempfile_dir()?;
+        let child = std::process::Command::new(exe)
+            .args(["--data-dir", &data_dir.to_string_lossy(), "serve"])
+            .args(["--port", &port.to_string()])
+            .env("EASEL_SERVER__HOST", "127.0.0.1")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let server = ServerProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _data_dir: data_dir,
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http
+                .get(format!("{}/health", server.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("easel serve did not answer /health in 10 s")
+    }
+
+    /// The server's resident set, in KiB.
+    pub fn rss_kb(&self) -> u64 {
+        rss_kb_of(&self.child.id().to_string())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 /// `[--seconds S] [--connections C] [--database-url URL]` of the load modes.
 pub struct LoadArgs {
     pub seconds: u64,

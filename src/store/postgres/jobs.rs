@@ -140,7 +140,7 @@ pub(super) async fn job_insert(
     let Some(charge) = job.charge.as_ref().filter(|c| c.amount > 0) else {
         return Ok(false);
     };
-    if !super::stripes::refill(conn, &charge.account.id, &job.id, charge.amount).await? {
+    if !super::stripes::refill(conn, &charge.account.id, charge.amount).await? {
         return Ok(false);
     }
     job_insert_once(conn, job, params).await

@@ -28,7 +28,7 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 /// The hold of a paid submit, as the first CTE of the job's insert (`$13` the price, `$14`
-/// the account, `$1` the job id, `$9` the time), taken from the job's stripe (see
+/// the account, `$1` the job id, `$9` the time), taken from this connection's stripe (see
 /// `stripes.rs`): the job and its event are inserted `FROM acct`, so a stripe that cannot pay
 /// makes the whole statement write nothing (and the caller refills it or refuses).
 pub(super) static HOLD_CTE: LazyLock<String> = LazyLock::new(|| {
@@ -42,17 +42,16 @@ pub(super) static HOLD_CTE: LazyLock<String> = LazyLock::new(|| {
                  created_at)
              SELECT id, 'hold', -$13, $13, 'job:' || $1 || ':hold', $1, $9 FROM acct
          )",
-        stripes::stripe_of("$1")
+        *stripes::THIS_STRIPE
     )
 });
 
 /// CTEs that settle (SUCCEEDED) or release (FAILED, CANCELED) the hold of every job a `done`
 /// CTE ended, stamped `at`; appended after `done` in every statement that ends jobs. The
-/// close key is the same for both, so a hold resolves once; the account's cache moves by the
-/// sum of what was closed (one job or a maintenance batch), on the stripes the holds were
-/// taken from.
+/// close key is the same for both, so a hold resolves once; what was closed is credited to
+/// this connection's stripe of each account (one job or a maintenance batch).
 pub(super) fn close_holds_cte(at: &str) -> String {
-    let stripe = stripes::stripe_of("job_id");
+    let stripe = &*stripes::THIS_STRIPE;
     format!(
         ", hold AS (
              SELECT h.account_id, h.held, d.id AS job_id, d.status FROM done d
@@ -65,13 +64,13 @@ pub(super) fn close_holds_cte(at: &str) -> String {
                  CASE WHEN status = 'SUCCEEDED' THEN 0 ELSE held END, -held,
                  'job:' || job_id || ':close', job_id, {at} FROM hold
              ON CONFLICT (idem_key) DO NOTHING
-             RETURNING account_id, amount, held, job_id
+             RETURNING account_id, amount, held
          ), credited AS (
-             UPDATE ledger_stripes s SET balance = s.balance + c.amount, held = s.held + c.held
-             FROM (SELECT account_id, {stripe} AS stripe, sum(amount)::BIGINT AS amount,
-                       sum(held)::BIGINT AS held
-                   FROM closed GROUP BY 1, 2) c
-             WHERE s.account_id = c.account_id AND s.stripe = c.stripe
+             INSERT INTO ledger_stripes AS s (account_id, stripe, balance, held)
+             SELECT account_id, {stripe}, sum(amount)::BIGINT, sum(held)::BIGINT
+             FROM closed GROUP BY account_id
+             ON CONFLICT (account_id, stripe) DO UPDATE
+             SET balance = s.balance + excluded.balance, held = s.held + excluded.held
          )"
     )
 }

@@ -36,6 +36,7 @@ mod images;
 mod jobs;
 mod ledger;
 mod midjourney;
+mod mj_proxy;
 mod nodes;
 mod photo;
 mod sessions;
@@ -538,7 +539,7 @@ impl Store for PgStore {
             "TRUNCATE {}, webhook_deliveries, tenant_webhooks, job_events, idempotency_keys,
                  jobs, api_keys, provider_keys, tenants, nodes, refresh_tokens, auth_sessions,
                  end_users, tenant_hosts, tenant_wechat, images, image_objects,
-                 editor_events, editor_messages, editor_sessions",
+                 editor_events, editor_messages, editor_sessions, mj_proxy_tasks",
             ledger::RESET_TABLES
         ))
         .execute(&self.pool)

@@ -51,7 +51,7 @@ const WEBHOOK_COLUMNS: &str = "tenant_id, url, events, enabled, disabled_reason,
 
 const DELIVERY_COLUMNS: &str = "seq, id, job_id, tenant_id, url, source, status, error, \
      result_keys, event_at, state, attempts, next_attempt_at, last_status_code, last_error, \
-     last_latency_ms, last_attempt_at, created_at, updated_at, delivered_at, claim_token";
+     last_latency_ms, last_attempt_at, created_at, updated_at, delivered_at, claim_token, body";
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Unavailable(format!("corrupt webhook row: bad {what}"))
@@ -124,6 +124,7 @@ struct DeliveryRow {
     updated_at: Millis,
     delivered_at: Option<Millis>,
     claim_token: i64,
+    body: Option<String>,
 }
 
 impl TryFrom<DeliveryRow> for Delivery {
@@ -154,6 +155,7 @@ impl TryFrom<DeliveryRow> for Delivery {
             created_at: r.created_at,
             updated_at: r.updated_at,
             delivered_at: r.delivered_at,
+            body: r.body,
         })
     }
 }

@@ -16,6 +16,7 @@ mod images;
 mod jobs;
 mod ledger;
 mod midjourney;
+mod mj_proxy;
 mod nodes;
 mod photo;
 mod sessions;
@@ -62,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0018_photo.sql"),
     include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
     include_str!("../../../migrations/sqlite/0020_photo_workflow.sql"),
+    include_str!("../../../migrations/sqlite/0021_mj_proxy_tasks.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
@@ -596,7 +598,7 @@ impl Store for SqliteStore {
                  DELETE FROM api_keys; DELETE FROM provider_keys; DELETE FROM tenants;
                  DELETE FROM nodes; DELETE FROM images; DELETE FROM image_objects;
                  DELETE FROM editor_events; DELETE FROM editor_messages;
-                 DELETE FROM editor_sessions;",
+                 DELETE FROM editor_sessions; DELETE FROM mj_proxy_tasks;",
             )?;
             Ok(())
         })

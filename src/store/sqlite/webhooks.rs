@@ -25,7 +25,7 @@ const WEBHOOK_COLUMNS: &str = "tenant_id, url, events, enabled, disabled_reason,
 
 const DELIVERY_COLUMNS: &str = "seq, id, job_id, tenant_id, url, source, status, error, \
      result_keys, event_at, state, attempts, next_attempt_at, last_status_code, last_error, \
-     last_latency_ms, last_attempt_at, created_at, updated_at, delivered_at, claim_token";
+     last_latency_ms, last_attempt_at, created_at, updated_at, delivered_at, claim_token, body";
 
 /// URLs with due work considered per claim.
 const CLAIM_URL_WINDOW: usize = 256;
@@ -84,6 +84,7 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
         created_at: row.get(17)?,
         updated_at: row.get(18)?,
         delivered_at: row.get(19)?,
+        body: row.get(21)?,
     })
 }
 

@@ -1,0 +1,172 @@
+//! The `/mj` facade's tasks on PostgreSQL (see [`MjProxyStore`]).
+
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use super::PgStore;
+use crate::base::clock::Millis;
+use crate::store::mj_proxy::{
+    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+};
+use crate::store::StoreResult;
+
+const COLUMNS: &str = "t.id, t.tenant_id, t.job_id, t.hash, t.action, t.phase, t.detail,
+    t.notified, t.created_at, t.updated_at";
+
+fn row_of(row: &PgRow) -> Result<ProxyTask, sqlx::Error> {
+    Ok(ProxyTask {
+        id: row.try_get(0)?,
+        tenant_id: row.try_get(1)?,
+        job_id: row.try_get(2)?,
+        hash: row.try_get(3)?,
+        action: row.try_get(4)?,
+        phase: row.try_get(5)?,
+        detail: row.try_get(6)?,
+        notified: i64::from(row.try_get::<i32, _>(7)?),
+        created_at: row.try_get(8)?,
+        updated_at: row.try_get(9)?,
+    })
+}
+
+impl PgStore {
+    async fn mj_proxy_one(&self, filter: &str, binds: &[&str]) -> StoreResult<Option<ProxyTask>> {
+        let sql = format!("SELECT {COLUMNS} FROM mj_proxy_tasks t WHERE {filter}");
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let found = query.fetch_optional(&self.pool).await?;
+        Ok(found.as_ref().map(row_of).transpose()?)
+    }
+}
+
+#[async_trait]
+impl MjProxyStore for PgStore {
+    async fn mj_proxy_insert(&self, t: ProxyTask) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO mj_proxy_tasks (id, tenant_id, job_id, hash, action, phase, detail,
+                notified, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&t.id)
+        .bind(&t.tenant_id)
+        .bind(&t.job_id)
+        .bind(&t.hash)
+        .bind(&t.action)
+        .bind(&t.phase)
+        .bind(&t.detail)
+        .bind(i32::try_from(t.notified).unwrap_or(-1))
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn mj_proxy_get(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyTask>> {
+        self.mj_proxy_one("t.tenant_id = $1 AND t.id = $2", &[tenant_id, id])
+            .await
+    }
+
+    async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyTask>> {
+        self.mj_proxy_one("t.job_id = $1", &[job_id]).await
+    }
+
+    async fn mj_proxy_list(
+        &self,
+        tenant_id: &str,
+        filter: ProxyFilter,
+        limit: u32,
+    ) -> StoreResult<Vec<ProxyTask>> {
+        let sql = match filter {
+            ProxyFilter::All => format!(
+                "SELECT {COLUMNS} FROM mj_proxy_tasks t WHERE t.tenant_id = $1
+                 ORDER BY t.created_at DESC, t.id DESC LIMIT $2"
+            ),
+            ProxyFilter::Queued => format!(
+                "SELECT {COLUMNS} FROM mj_proxy_tasks t JOIN jobs j ON j.id = t.job_id
+                 WHERE t.tenant_id = $1 AND j.status IN ('QUEUED', 'RETRYING')
+                 ORDER BY t.created_at, t.id LIMIT $2"
+            ),
+        };
+        let found = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(found.iter().map(row_of).collect::<Result<Vec<_>, _>>()?)
+    }
+
+    async fn mj_proxy_start(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        job_id: &str,
+        detail: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE mj_proxy_tasks SET job_id = $3, detail = $4, phase = NULL, updated_at = $5
+             WHERE tenant_id = $1 AND id = $2 AND phase = $6 AND job_id IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(job_id)
+        .bind(detail)
+        .bind(at)
+        .bind(PHASE_MODAL)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn mj_proxy_cancel_modal(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE mj_proxy_tasks SET phase = $3, updated_at = $4
+             WHERE tenant_id = $1 AND id = $2 AND phase = $5 AND job_id IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(PHASE_CANCEL)
+        .bind(at)
+        .bind(PHASE_MODAL)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn mj_proxy_notify(&self, id: &str, order: i64, d: ProxyDelivery) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let rose =
+            sqlx::query("UPDATE mj_proxy_tasks SET notified = $2 WHERE id = $1 AND notified < $2")
+                .bind(id)
+                .bind(i32::try_from(order).unwrap_or(i32::MAX))
+                .execute(&mut *tx)
+                .await?;
+        if rose.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, job_id, tenant_id, job_event_id, url, source,
+                status, event_at, next_attempt_at, created_at, updated_at, body)
+             VALUES ($1, $2, $3, 0, $4, 'job', $5, $6, $6, $6, $6, $7)",
+        )
+        .bind(&d.id)
+        .bind(&d.job_id)
+        .bind(&d.tenant_id)
+        .bind(&d.url)
+        .bind(d.status.as_str())
+        .bind(d.at)
+        .bind(&d.body)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

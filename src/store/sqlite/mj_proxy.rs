@@ -1,0 +1,184 @@
+//! The `/mj` facade's tasks on SQLite (see [`MjProxyStore`]).
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::SqliteStore;
+use crate::base::clock::Millis;
+use crate::store::mj_proxy::{
+    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+};
+use crate::store::StoreResult;
+
+const COLUMNS: &str = "t.id, t.tenant_id, t.job_id, t.hash, t.action, t.phase, t.detail,
+    t.notified, t.created_at, t.updated_at";
+
+fn row_of(row: &Row<'_>) -> rusqlite::Result<ProxyTask> {
+    Ok(ProxyTask {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        job_id: row.get(2)?,
+        hash: row.get(3)?,
+        action: row.get(4)?,
+        phase: row.get(5)?,
+        detail: row.get(6)?,
+        notified: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+    })
+}
+
+fn one(conn: &Connection, filter: &str, binds: &[&str]) -> StoreResult<Option<ProxyTask>> {
+    let sql = format!("SELECT {COLUMNS} FROM mj_proxy_tasks t WHERE {filter}");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(rusqlite::params_from_iter(binds), row_of)
+        .optional()?)
+}
+
+fn list(
+    conn: &Connection,
+    tenant: &str,
+    filter: ProxyFilter,
+    limit: u32,
+) -> StoreResult<Vec<ProxyTask>> {
+    let sql = match filter {
+        ProxyFilter::All => format!(
+            "SELECT {COLUMNS} FROM mj_proxy_tasks t WHERE t.tenant_id = ?1
+             ORDER BY t.created_at DESC, t.id DESC LIMIT ?2"
+        ),
+        ProxyFilter::Queued => format!(
+            "SELECT {COLUMNS} FROM mj_proxy_tasks t JOIN jobs j ON j.id = t.job_id
+             WHERE t.tenant_id = ?1 AND j.status IN ('QUEUED', 'RETRYING')
+             ORDER BY t.created_at, t.id LIMIT ?2"
+        ),
+    };
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_map(params![tenant, limit], row_of)?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+#[async_trait]
+impl MjProxyStore for SqliteStore {
+    async fn mj_proxy_insert(&self, t: ProxyTask) -> StoreResult<()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO mj_proxy_tasks (id, tenant_id, job_id, hash, action, phase, detail,
+                    notified, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                t.id,
+                t.tenant_id,
+                t.job_id,
+                t.hash,
+                t.action,
+                t.phase,
+                t.detail,
+                t.notified,
+                t.created_at,
+                t.updated_at
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mj_proxy_get(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyTask>> {
+        let (tenant, id) = (tenant_id.to_owned(), id.to_owned());
+        self.read(move |c| one(c, "t.tenant_id = ?1 AND t.id = ?2", &[&tenant, &id]))
+            .await
+    }
+
+    async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyTask>> {
+        let job = job_id.to_owned();
+        self.read(move |c| one(c, "t.job_id = ?1", &[&job])).await
+    }
+
+    async fn mj_proxy_list(
+        &self,
+        tenant_id: &str,
+        filter: ProxyFilter,
+        limit: u32,
+    ) -> StoreResult<Vec<ProxyTask>> {
+        let tenant = tenant_id.to_owned();
+        self.read(move |c| list(c, &tenant, filter, limit)).await
+    }
+
+    async fn mj_proxy_start(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        job_id: &str,
+        detail: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let (tenant, id, job, detail) = (
+            tenant_id.to_owned(),
+            id.to_owned(),
+            job_id.to_owned(),
+            detail.to_owned(),
+        );
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE mj_proxy_tasks SET job_id = ?3, detail = ?4, phase = NULL,
+                        updated_at = ?5
+                     WHERE tenant_id = ?1 AND id = ?2 AND phase = ?6 AND job_id IS NULL",
+                )?
+                .execute(params![tenant, id, job, detail, at, PHASE_MODAL])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn mj_proxy_cancel_modal(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let (tenant, id) = (tenant_id.to_owned(), id.to_owned());
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE mj_proxy_tasks SET phase = ?3, updated_at = ?4
+                     WHERE tenant_id = ?1 AND id = ?2 AND phase = ?5 AND job_id IS NULL",
+                )?
+                .execute(params![tenant, id, PHASE_CANCEL, at, PHASE_MODAL])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn mj_proxy_notify(&self, id: &str, order: i64, d: ProxyDelivery) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            let rose = c
+                .prepare_cached(
+                    "UPDATE mj_proxy_tasks SET notified = ?2 WHERE id = ?1 AND notified < ?2",
+                )?
+                .execute(params![id, order])?;
+            if rose == 0 {
+                return Ok(false);
+            }
+            c.prepare_cached(
+                "INSERT INTO webhook_deliveries (id, job_id, tenant_id, job_event_id, url, source,
+                    status, event_at, next_attempt_at, created_at, updated_at, body)
+                 VALUES (?1, ?2, ?3, 0, ?4, 'job', ?5, ?6, ?6, ?6, ?6, ?7)",
+            )?
+            .execute(params![
+                d.id,
+                d.job_id,
+                d.tenant_id,
+                d.url,
+                d.status.as_str(),
+                d.at,
+                d.body
+            ])?;
+            Ok(true)
+        })
+        .await
+    }
+}
