@@ -121,3 +121,23 @@ pub fn new_uuid() -> String {
         &h[20..]
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workflow_needs_a_long_enough_secret() {
+        let mut config = PhotoConfig::default();
+        assert!(config.validate().is_ok(), "no workflow, no secret needed");
+        config.travel.workflow_url = Some("http://n8n/webhook/travel".into());
+        assert!(config.uses_workflow());
+        assert_eq!(config.validate().unwrap_err().0, "photo.workflow_secret");
+        config.workflow_secret = Some(Secret::new("short"));
+        assert!(config.validate().is_err());
+        config.workflow_secret = Some(Secret::new("sixteen-chars-ok"));
+        assert!(config.validate().is_ok());
+        config.workflow_timeout_secs = 0;
+        assert!(config.validate().is_err());
+    }
+}

@@ -85,14 +85,6 @@ pub struct FakeN8n {
 impl FakeN8n {
     /// Starts on an ephemeral port, signing with `secret`; panics if it cannot bind.
     pub async fn start(secret: &str) -> FakeN8n {
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-            Ok(listener) => listener,
-            Err(e) => panic!("fake n8n cannot bind 127.0.0.1:0: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(addr) => addr,
-            Err(e) => panic!("fake n8n has no address: {e}"),
-        };
         let shared = Arc::new(Shared {
             secret: secret.to_owned(),
             inner: Mutex::new(Inner {
@@ -112,12 +104,7 @@ impl FakeN8n {
         let router = Router::new()
             .route("/webhook/{name}", post(webhook))
             .with_state(shared.clone());
-        let stop = shared.stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        let addr = super::serve_local("fake n8n", router, shared.stop.clone()).await;
         FakeN8n {
             base_url: format!("http://{addr}"),
             addr,

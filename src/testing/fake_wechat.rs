@@ -48,14 +48,6 @@ pub struct FakeWechat {
 impl FakeWechat {
     /// Starts on an ephemeral port; panics if it cannot bind (a broken test host).
     pub async fn start() -> FakeWechat {
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-            Ok(listener) => listener,
-            Err(e) => panic!("fake WeChat cannot bind 127.0.0.1:0: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(addr) => addr,
-            Err(e) => panic!("fake WeChat has no address: {e}"),
-        };
         let shared = Arc::new(Shared {
             seen: Mutex::new(Seen::default()),
             stop: CancellationToken::new(),
@@ -63,12 +55,7 @@ impl FakeWechat {
         let router = Router::new()
             .route("/sns/jscode2session", get(code2session))
             .with_state(shared.clone());
-        let stop = shared.stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
+        let addr = super::serve_local("fake WeChat", router, shared.stop.clone()).await;
         FakeWechat {
             base_url: format!("http://{addr}"),
             addr,

@@ -188,6 +188,25 @@ pub async fn submit_all(
     accepted
 }
 
+/// The API role alone (no worker: jobs stay queued) serving on `listener` in this process:
+/// the server, its base URL, and a client that keeps `connections` connections.
+pub async fn api_only(
+    app: &easel::app::App,
+    listener: tokio::net::TcpListener,
+    connections: u64,
+) -> anyhow::Result<(RunningServer, String, reqwest::Client)> {
+    let base = format!("http://{}", listener.local_addr()?);
+    let roles = easel::server::Roles {
+        api: true,
+        worker: false,
+    };
+    let server = RunningServer::start_with(app, listener, roles).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections as usize)
+        .build()?;
+    Ok((server, base, http))
+}
+
 /// Easel with every role, serving on `listener`, in this process.
 pub struct RunningServer {
     stop: tokio_util::sync::CancellationToken,

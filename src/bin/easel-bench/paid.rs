@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use easel::app::{create_tenant, App};
 use easel::base::ledger::AccountRef;
-use easel::server::Roles;
 
 use crate::common::{
-    bench_config, remove_or_keep, runtime, submit_rate, tempfile_dir, LoadArgs, RunDatabase,
-    RunningServer,
+    api_only, bench_config, remove_or_keep, runtime, submit_rate, tempfile_dir, LoadArgs,
+    RunDatabase,
 };
 
 const USAGE: &str = "easel-bench paid-submit [--seconds S] [--connections C] [--database-url URL]";
@@ -44,15 +43,7 @@ async fn run_in(args: LoadArgs) -> anyhow::Result<()> {
         idem_key: None,
     };
     easel::ledger::adjust(app.store.as_ref(), funds).await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api_only = Roles {
-        api: true,
-        worker: false,
-    };
-    let server = RunningServer::start_with(&app, listener, api_only).await;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections as usize)
-        .build()?;
+    let (server, base, http) = api_only(&app, listener, args.connections).await?;
     let seconds = Duration::from_secs(args.seconds);
     // Warm-up: connections, prepared statements, the price cache.
     submit_rate(

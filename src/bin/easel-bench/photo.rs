@@ -22,13 +22,12 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use easel::app::{create_tenant, App};
 use easel::base::clock::now_millis;
-use easel::server::Roles;
 use easel::store::photo::Work;
 use serde_json::{json, Value};
 
 use crate::common::{
-    bench_config, rate, remove_or_keep, runtime, submit_rate, tempfile_dir, LoadArgs, RunDatabase,
-    RunningServer,
+    api_only, bench_config, rate, remove_or_keep, runtime, submit_rate, tempfile_dir, LoadArgs,
+    RunDatabase,
 };
 
 const USAGE: &str = "easel-bench photo [--seconds S] [--connections C] [--database-url URL]";
@@ -62,15 +61,7 @@ async fn run_in(args: LoadArgs) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     let free = create_tenant(app.store.as_ref(), "free", 1_000_000_000, 1_000, None).await?;
     let photo = create_tenant(app.store.as_ref(), "photo", 1_000_000_000, 1_000, None).await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api_only = Roles {
-        api: true,
-        worker: false,
-    };
-    let server = RunningServer::start_with(&app, listener, api_only).await;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections as usize)
-        .build()?;
+    let (server, base, http) = api_only(&app, listener, args.connections).await?;
     let mut users = Vec::new();
     for n in 0..args.connections.max(1) {
         users.push(sign_up(&app, &http, &base, &photo.tenant.id, n).await?);
