@@ -266,6 +266,7 @@ impl App {
             urls.clone(),
             config.uploads.clone(),
         );
+        let providers = photo_workflow(providers, &config, &store, &events, &images)?;
         Ok(App {
             accounts,
             tenancy,
@@ -347,6 +348,28 @@ impl App {
             Some(self.events.clone()),
         )
     }
+}
+
+/// The registry with the photo app's `workflow` provider when a task type runs on an n8n
+/// workflow (`[photo.<type>] workflow_url`).
+fn photo_workflow(
+    providers: Registry,
+    config: &Config,
+    store: &Arc<dyn Store>,
+    events: &Arc<dyn EventBus>,
+    images: &crate::uploads::Library,
+) -> anyhow::Result<Registry> {
+    if !config.photo.uses_workflow() {
+        return Ok(providers);
+    }
+    let workflow = crate::photo::workflow::WorkflowProvider::new(
+        store.clone(),
+        events.clone(),
+        images.clone(),
+        config.photo.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(providers.with(Arc::new(workflow)))
 }
 
 /// What `import_env_keys` did.

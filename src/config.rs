@@ -238,6 +238,7 @@ const STRING_KEYS: &[&str] = &[
     "users.jwt_secret",
     "wechat.app_id",
     "wechat.app_secret",
+    "photo.workflow_secret",
 ];
 
 /// The `EASEL_*` variables of [`STRING_KEYS`], as strings; merged over `Env::prefixed`.
@@ -348,6 +349,7 @@ impl Config {
             .and_then(|()| self.openai_api.validate())
             .and_then(|()| self.users.validate())
             .and_then(|()| self.wechat.validate())
+            .and_then(|()| self.photo.validate())
             .and_then(|()| {
                 self.server
                     .proxies()

@@ -375,6 +375,41 @@ async fn parallel_paid_submits_never_overdraw(b: Bundle) {
     assert_ledger_adds_up(s.as_ref()).await;
 }
 
+async fn a_debit_sees_every_credit_after_many_holds(b: Bundle) {
+    // Many holds spread a large balance (on PostgreSQL, over hold stripes); a debit of all
+    // that is left still goes through, and one credit more is refused with the true balance.
+    let s = b.store.as_ref();
+    let t = tenant(s).await;
+    let user = AccountRef::user(&t, "u1");
+    fund(s, &user, 1_000).await;
+    for _ in 0..20 {
+        submit(s, paid_job(&t, &user, 3)).await;
+    }
+    assert_eq!(balance(s, &user).await, (940, 60));
+    let all = grant(&user, EntryKind::Adjustment, -940, "debit:all");
+    let outcome = s.ledger_post(all).await.expect("post");
+    assert!(matches!(outcome, PostOutcome::Posted(_)), "{outcome:?}");
+    let more = grant(&user, EntryKind::Adjustment, -1, "debit:more");
+    let outcome = s.ledger_post(more).await.expect("post");
+    assert!(
+        matches!(
+            outcome,
+            PostOutcome::Insufficient {
+                required: 1,
+                available: 0
+            }
+        ),
+        "{outcome:?}"
+    );
+    let refused = s.job_submit(paid_job(&t, &user, 1)).await.expect("submit");
+    assert!(
+        matches!(refused, SubmitOutcome::InsufficientCredits { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(balance(s, &user).await, (0, 60));
+    assert_ledger_adds_up(s).await;
+}
+
 async fn an_order_is_paid_exactly_once(b: Bundle) {
     let s = b.store.clone();
     let t = tenant(s.as_ref()).await;
@@ -575,6 +610,7 @@ macro_rules! suite {
             failed_canceled_and_expired_jobs_release,
             a_refused_charge_creates_nothing,
             parallel_paid_submits_never_overdraw,
+            a_debit_sees_every_credit_after_many_holds,
             an_order_is_paid_exactly_once,
             mj_app_keys_count_tokens_from_the_ledger,
             packages_default_to_the_origin_four,

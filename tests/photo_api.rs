@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::TestApp;
 use easel::config::Config;
+use easel::testing::fake_n8n::{FakeN8n, Proof, Reply};
 use easel::testing::fake_openai::{FakeOpenAi, Fault, FaultKind};
 use easel::testing::fake_wechat::{self, FakeWechat};
 use reqwest::Method;
@@ -385,6 +386,10 @@ async fn a_task_of_four_with_one_failure_settles_three_and_releases_one() {
     assert_eq!(fetched.status(), 200, "{url}");
     assert_eq!(p.credits(&user).await, 7, "3 settled, 1 released");
     p.ledger_check();
+    // Each image was made from the task's photo, read from the image library.
+    let last = fake.stats("sk-photo").last.expect("a request");
+    assert!(last.route.contains("edits"), "{}", last.route);
+    assert_eq!(last.file_parts().len(), 1, "{:?}", last.parts);
 
     // The work in the lists: the user's own, not anyone's public ones yet.
     let (_, body) = p.get("/api/works", Some(&user)).await;
@@ -526,6 +531,7 @@ async fn cancel_mid_run_releases_what_has_not_run() {
         .add_key("openai", "sk-held", Some(&fake.base_url), 60_000, 1)
         .await;
     fake.set_fault("sk-held", Fault::always(FaultKind::Held));
+    let admin = p.admin().await;
     let user = p.user("chen").await;
     let file = p.upload(&user).await;
     let (status, body) = p
@@ -543,6 +549,20 @@ async fn cancel_mid_run_releases_what_has_not_run() {
     fake.wait_held(1).await;
     let running = p.wait_task(&user, &task_id, &["processing"]).await;
     assert_eq!(running["work"], Value::Null);
+    // The stored task is `processing` from its first job's claim: the lists and the admin
+    // filter see it, not only the task's own page.
+    let (_, body) = p.get("/api/tasks/user/list", Some(&user)).await;
+    assert_eq!(body["data"]["tasks"][0]["status"], "processing", "{body}");
+    let (_, body) = p
+        .get("/api/admin/tasks?status=processing", Some(&admin))
+        .await;
+    assert_eq!(body["pagination"]["total"], 1, "{body}");
+    assert_eq!(body["data"]["tasks"][0]["task_id"], task_id.as_str());
+    let (_, body) = p.get("/api/admin/tasks?status=pending", Some(&admin)).await;
+    assert_eq!(body["pagination"]["total"], 0, "{body}");
+    let (_, body) = p.get("/api/admin/stats/overview", Some(&admin)).await;
+    assert_eq!(body["data"]["tasks"]["processing_tasks"], 1, "{body}");
+    assert_eq!(body["data"]["tasks"]["pending_tasks"], 0, "{body}");
     let (status, body) = p
         .post(
             &format!("/api/tasks/{task_id}/cancel"),
@@ -774,6 +794,22 @@ async fn the_admin_area() {
     assert_eq!(status, 200);
     let buyer = p.user("zhou").await;
     let file = p.upload(&buyer).await;
+    // The largest batch is a setting too, refused in the validation shape.
+    let (status, _) = p
+        .call(
+            Method::PUT,
+            &config("max_batch_count"),
+            Some(&admin),
+            Some(json!({"config_value": 2})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = json!({"type": "fitting", "batch_count": 3, "images": [file["fileName"]]});
+    let (status, body) = p.post("/api/tasks/create", Some(&buyer), body).await;
+    assert_eq!(status, 400);
+    assert_eq!(invalid_fields(&body), ["batch_count"]);
+    assert_eq!(body["errors"][0]["message"], "生成数量不能超过2");
+    assert_eq!(p.credits(&buyer).await, 10, "nothing held");
     let body = json!({"type": "fitting", "batch_count": 2, "images": [file["fileName"]]});
     let (status, body) = p.post("/api/tasks/create", Some(&buyer), body).await;
     assert_eq!(status, 200, "{body}");
@@ -904,5 +940,187 @@ async fn the_socket_pushes_a_user_s_tasks_to_each_of_its_sockets_only() {
     // The other user heard nothing of it: its next message answers its own ping.
     say(&mut theirs, json!({"type": "ping"})).await;
     assert_eq!(hear(&mut theirs).await["type"], "pong");
+    p.app.shutdown().await;
+}
+
+const WORKFLOW_SECRET: &str = "workflow-secret-0123456789";
+
+/// The app with travel tasks on the fake n8n's workflow.
+async fn workflow_app(n8n: &FakeN8n, timeout_secs: u64) -> Photo {
+    let webhook = n8n.webhook("travel");
+    let p = start(move |c| {
+        c.photo.travel.workflow_url = Some(webhook);
+        c.photo.workflow_secret = Some(easel::base::secret::Secret::new(WORKFLOW_SECRET));
+        c.photo.workflow_timeout_secs = timeout_secs;
+    })
+    .await;
+    n8n.set_easel(&p.app.base);
+    p
+}
+
+async fn travel_task(p: &Photo, token: &str, file: &Value, n: i64) -> String {
+    let (status, body) = p
+        .post(
+            "/api/tasks/create",
+            Some(token),
+            json!({"type": "travel", "batch_count": n, "images": [file["fileUrl"]],
+                   "parameters": {"destination": "Paris"}, "custom_description": "at dusk"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["task_id"]
+        .as_str()
+        .expect("task_id")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_task_is_posted_once_and_ends_once_however_often_n8n_calls_back() {
+    let n8n = FakeN8n::start(WORKFLOW_SECRET).await;
+    let p = workflow_app(&n8n, 600).await;
+    let user = p.user("wu").await;
+    let file = p.upload(&user).await;
+
+    // Called back once, the secret in the callback URL.
+    n8n.set_proof(Proof::UrlSecret);
+    let task_id = travel_task(&p, &user, &file, 2).await;
+    let ended = p.wait_task(&user, &task_id, &["completed", "failed"]).await;
+    assert_eq!(ended["task"]["status"], "completed", "{ended}");
+    let received = n8n.received();
+    assert_eq!(
+        received.len(),
+        1,
+        "one webhook call for the task's two jobs"
+    );
+    let call = &received[0];
+    assert_eq!(call.path, "/webhook/travel");
+    let body = &call.body;
+    assert_eq!(
+        (&body["task_id"], &body["type"], &body["batch_count"]),
+        (&json!(task_id), &json!("travel"), &json!(2))
+    );
+    assert_eq!(body["images"], json!([file["fileUrl"]]));
+    assert_eq!(body["parameters"]["destination"], "Paris");
+    assert_eq!(body["destination"], "Paris");
+    assert_eq!(body["custom_description"], "at dusk");
+    let signed =
+        easel::ledger::payments::sign(WORKFLOW_SECRET.as_bytes(), body.to_string().as_bytes());
+    assert_eq!(call.signature.as_deref(), Some(signed.as_str()));
+    let input = body["image_urls"][0].as_str().expect("an input link");
+    assert_eq!(
+        reqwest::get(input).await.unwrap().status(),
+        200,
+        "n8n can load the input"
+    );
+    let work = &ended["work"];
+    assert_eq!(work["images"].as_array().map(Vec::len), Some(2), "{work}");
+    assert_eq!(work["ai_description"], "一张海边的照片");
+    let image = work["images"][0]["url"].as_str().unwrap();
+    let fetched = reqwest::get(image).await.unwrap();
+    assert_eq!(
+        fetched.status(),
+        200,
+        "the image is in Easel's storage: {image}"
+    );
+    assert_eq!(p.credits(&user).await, 8);
+    p.ledger_check();
+
+    // Called back twice, signed: the second changes nothing.
+    n8n.set_proof(Proof::Signature);
+    n8n.set_reply(Reply::Complete {
+        times: 2,
+        missing: vec![],
+    });
+    let task_id = travel_task(&p, &user, &file, 2).await;
+    let ended = p.wait_task(&user, &task_id, &["completed", "failed"]).await;
+    assert_eq!(ended["task"]["status"], "completed", "{ended}");
+    assert_eq!(n8n.wait_callbacks(3).await, [200, 200, 200]);
+    let again = p.wait_task(&user, &task_id, &["completed"]).await;
+    assert_eq!(again["work"]["work_id"], ended["work"]["work_id"]);
+    assert_eq!(again["work"]["images"].as_array().map(Vec::len), Some(2));
+    assert_eq!(p.credits(&user).await, 6, "two images settled once");
+    p.ledger_check();
+
+    // An image the workflow did not return is released, the other settled.
+    n8n.set_reply(Reply::Complete {
+        times: 1,
+        missing: vec![2],
+    });
+    let task_id = travel_task(&p, &user, &file, 2).await;
+    let ended = p.wait_task(&user, &task_id, &["completed", "failed"]).await;
+    assert_eq!(ended["task"]["status"], "completed", "{ended}");
+    assert_eq!(ended["work"]["images"].as_array().map(Vec::len), Some(1));
+    assert_eq!(p.credits(&user).await, 5, "one settled, one released");
+
+    // A failed run fails the task with the workflow's error and releases everything.
+    n8n.set_reply(Reply::Fail("AI生成失败".into()));
+    let task_id = travel_task(&p, &user, &file, 2).await;
+    let ended = p.wait_task(&user, &task_id, &["completed", "failed"]).await;
+    assert_eq!(ended["task"]["status"], "failed", "{ended}");
+    assert_eq!(ended["task"]["error"], "AI生成失败");
+    assert_eq!(p.credits(&user).await, 5);
+    assert_eq!(n8n.received().len(), 4, "one webhook call per task");
+    p.ledger_check();
+    p.app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_callback_unsigned_late_or_never_changes_nothing_and_the_deadline_releases() {
+    let n8n = FakeN8n::start(WORKFLOW_SECRET).await;
+    let p = workflow_app(&n8n, 2).await;
+    let user = p.user("qian").await;
+    let file = p.upload(&user).await;
+
+    // Unsigned, wrongly signed or a wrong URL secret: 401 in the envelope, nothing written.
+    let payload = json!({"task_id": "nope", "error": "x"});
+    let (status, body) = p
+        .post("/api/callback/task-failed", None, payload.clone())
+        .await;
+    assert_eq!(
+        (status, body),
+        (401, json!({"success": false, "message": "回调验证失败"}))
+    );
+    let (status, _) = p
+        .post("/api/callback/task-complete?secret=guess", None, payload)
+        .await;
+    assert_eq!(status, 401);
+    let url = format!("/api/callback/task-complete?secret={WORKFLOW_SECRET}");
+    let (status, body) = p.post(&url, None, json!({})).await;
+    assert_eq!(
+        (status, body),
+        (400, json!({"success": false, "message": "缺少task_id参数"}))
+    );
+    let (status, body) = p.post(&url, None, json!({"task_id": "unknown"})).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"success": true, "message": "任务状态已更新"}))
+    );
+
+    // A badly signed callback is refused; the task times out and its credits come back.
+    n8n.set_proof(Proof::WrongSignature);
+    let task_id = travel_task(&p, &user, &file, 2).await;
+    assert_eq!(p.credits(&user).await, 8);
+    assert_eq!(n8n.wait_callbacks(1).await, [401]);
+    let ended = p.wait_task(&user, &task_id, &["completed", "failed"]).await;
+    assert_eq!(ended["task"]["status"], "failed", "{ended}");
+    assert_eq!(p.credits(&user).await, 10, "the deadline released both");
+    p.ledger_check();
+
+    // Never called back: the deadline fails it; a late callback then changes nothing.
+    n8n.set_proof(Proof::Signature);
+    n8n.set_reply(Reply::Silent);
+    let task_id = travel_task(&p, &user, &file, 2).await;
+    let ended = p.wait_task(&user, &task_id, &["completed", "failed"]).await;
+    assert_eq!(ended["task"]["status"], "failed", "{ended}");
+    assert_eq!(p.credits(&user).await, 10);
+    assert_eq!(
+        n8n.complete(&task_id, 2).await,
+        200,
+        "late: answered, ignored"
+    );
+    let after = p.wait_task(&user, &task_id, &["failed"]).await;
+    assert_eq!(after["task"], ended["task"]);
+    assert_eq!(p.credits(&user).await, 10, "no charge for a late callback");
+    p.ledger_check();
     p.app.shutdown().await;
 }

@@ -7,7 +7,7 @@ use easel::base::clock::{now_millis, Millis};
 use easel::base::job::{JobParams, JobStatus, Mode, NewJob};
 use easel::base::ledger::{AccountRef, Charge, EntryKind, NewEntry};
 use easel::store::photo::{
-    Scene, SceneQuery, Task, TaskCreated, TaskQuery, Work, WorkPatch, WorkQuery,
+    Scene, SceneQuery, Task, TaskCreated, TaskQuery, Work, WorkPatch, WorkQuery, WorkflowEnd,
 };
 use easel::store::postgres::PgStore;
 use easel::store::sqlite::SqliteStore;
@@ -307,6 +307,94 @@ async fn a_task_holds_every_image_or_nothing(b: Bundle) {
         .unwrap();
     assert_eq!((listed.len(), total), (1, 1));
     assert!(s.ledger_check().await.unwrap().is_empty());
+
+    // The claim of its first job makes the task `processing` (once; later claims and a task
+    // that ended leave it as it is).
+    let claimed = s
+        .job_claim("w1", 1, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let status = |task: Option<Task>| task.map(|t| t.status);
+    let read = s.photo_task_get(&t, &small.task_id).await.unwrap();
+    assert_eq!(status(read), Some("processing".to_owned()));
+    let (listed, total) = s
+        .photo_task_list(TaskQuery {
+            tenant_id: t.clone(),
+            status: Some("processing".into()),
+            limit: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((listed.len(), total), (1, 1));
+    assert!(s
+        .photo_task_mark(&small.task_id, "cancelled", Some("用户取消"), now_millis())
+        .await
+        .unwrap());
+    let claimed = s
+        .job_claim("w1", 1, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let read = s.photo_task_get(&t, &small.task_id).await.unwrap();
+    assert_eq!(status(read), Some("cancelled".to_owned()));
+}
+
+async fn a_workflow_run_starts_once_and_ends_once(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s).await;
+    let tk = task(&t, "u1", 1);
+    s.photo_task_create(tk.clone(), vec![]).await.unwrap();
+    let id = tk.task_id.as_str();
+    assert_eq!(s.photo_workflow_get(id).await.unwrap(), None);
+    assert!(s.photo_workflow_begin(&t, id, 5).await.unwrap());
+    assert!(
+        !s.photo_workflow_begin(&t, id, 6).await.unwrap(),
+        "posted once"
+    );
+    s.photo_workflow_abandon(id).await.unwrap();
+    assert!(
+        s.photo_workflow_begin(&t, id, 7).await.unwrap(),
+        "a failed post is forgotten"
+    );
+    let end = WorkflowEnd {
+        outcome: "completed".into(),
+        images: json!([{"url": "data:image/png;base64,aGk=", "batch_index": 1}]),
+        ai_description: Some("d".into()),
+        error: None,
+    };
+    assert!(s.photo_workflow_end(id, end.clone(), 8).await.unwrap());
+    let second = WorkflowEnd {
+        outcome: "failed".into(),
+        error: Some("x".into()),
+        ..end.clone()
+    };
+    assert!(
+        !s.photo_workflow_end(id, second, 9).await.unwrap(),
+        "ends once"
+    );
+    s.photo_workflow_abandon(id).await.unwrap();
+    let run = s.photo_workflow_get(id).await.unwrap().expect("the run");
+    assert_eq!(
+        (run.outcome.as_deref(), run.posted_at, run.ended_at),
+        (Some("completed"), Some(7), Some(8))
+    );
+    assert_eq!(
+        (run.images, run.ai_description),
+        (end.images.clone(), Some("d".into()))
+    );
+    assert_eq!(run.tenant_id, t);
+
+    // A callback for a task that ended (timed out, cancelled) writes nothing.
+    let gone = task(&t, "u1", 1);
+    s.photo_task_create(gone.clone(), vec![]).await.unwrap();
+    assert!(s
+        .photo_task_mark(&gone.task_id, "cancelled", Some("用户取消"), now_millis())
+        .await
+        .unwrap());
+    assert!(!s.photo_workflow_end(&gone.task_id, end, 10).await.unwrap());
+    assert_eq!(s.photo_workflow_get(&gone.task_id).await.unwrap(), None);
 }
 
 async fn a_task_ends_once_with_its_work(b: Bundle) {
@@ -464,6 +552,7 @@ macro_rules! suite {
                 scenes_filter_order_and_delete,
                 a_task_holds_every_image_or_nothing,
                 a_task_ends_once_with_its_work,
+                a_workflow_run_starts_once_and_ends_once,
                 works_filter_update_and_delete_all_or_nothing,
                 settings_default_until_set,
             );

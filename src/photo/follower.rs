@@ -1,7 +1,8 @@
 //! The `photo` follower: when a task's last job ends, the task ends and its work is written
 //! (one store transaction, once however often it is told). The work keeps the images of the
 //! jobs that succeeded, in image order; their credits were settled and the failed jobs'
-//! released by the store when each job ended.
+//! released by the store when each job ended. A task run on a workflow takes the run's
+//! `ai_description` (and its error, when it failed).
 
 use std::sync::Arc;
 
@@ -103,7 +104,18 @@ impl JobFollower for PhotoFollower {
             return Ok(());
         }
         let (status, images, error) = outcome(&task, &jobs);
-        let work = work_of(&task, status, images, error);
+        let mut work = work_of(&task, status, images, error);
+        // A workflow's own words: its description, and its error as it gave it.
+        if let Some(run) = store
+            .photo_workflow_get(&task.task_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            work.ai_description = run.ai_description;
+            if status == "failed" && run.error.is_some() {
+                work.error = run.error;
+            }
+        }
         store
             .photo_task_end(&task.task_id, status, work)
             .await

@@ -179,14 +179,16 @@ pub const OVERVIEW: &[(&str, &str, &str)] = &[
     ("works", "completed_works", "SELECT count(*) FROM photo_works WHERE tenant_id = $1 AND status = 'completed'"),
     ("works", "failed_works", "SELECT count(*) FROM photo_works WHERE tenant_id = $1 AND status = 'failed'"),
     ("tasks", "total_tasks", "SELECT count(*) FROM photo_tasks WHERE tenant_id = $1"),
-    ("tasks", "pending_tasks", "SELECT count(*) FROM photo_tasks t WHERE tenant_id = $1 AND status = 'pending' AND NOT EXISTS (SELECT 1 FROM photo_task_jobs tj JOIN jobs j ON j.id = tj.job_id WHERE tj.task_id = t.task_id AND j.status <> 'QUEUED')"),
-    ("tasks", "processing_tasks", "SELECT count(*) FROM photo_tasks t WHERE tenant_id = $1 AND status = 'pending' AND EXISTS (SELECT 1 FROM photo_task_jobs tj JOIN jobs j ON j.id = tj.job_id WHERE tj.task_id = t.task_id AND j.status <> 'QUEUED')"),
+    ("tasks", "pending_tasks", "SELECT count(*) FROM photo_tasks WHERE tenant_id = $1 AND status = 'pending'"),
+    ("tasks", "processing_tasks", "SELECT count(*) FROM photo_tasks WHERE tenant_id = $1 AND status = 'processing'"),
     ("tasks", "completed_tasks", "SELECT count(*) FROM photo_tasks WHERE tenant_id = $1 AND status = 'completed'"),
     ("tasks", "failed_tasks", "SELECT count(*) FROM photo_tasks WHERE tenant_id = $1 AND status = 'failed'"),
     ("orders", "total_orders", "SELECT count(*) FROM credit_orders WHERE tenant_id = $1"),
     ("orders", "total_revenue", "SELECT CAST(coalesce(sum(amount_cents), 0) AS BIGINT) FROM credit_orders WHERE tenant_id = $1 AND status = 'paid'"),
     ("orders", "today_revenue", "SELECT CAST(coalesce(sum(amount_cents), 0) AS BIGINT) FROM credit_orders WHERE tenant_id = $1 AND status = 'paid' AND paid_at >= $2"),
-    ("credits", "total_credits", "SELECT CAST(coalesce(sum(balance), 0) AS BIGINT) FROM ledger_accounts WHERE tenant_id = $1 AND kind = 'user'"),
+    // From the entries, which both engines keep alike (PostgreSQL's cached balances are
+    // spread over hold stripes).
+    ("credits", "total_credits", "SELECT CAST(coalesce(sum(e.amount), 0) AS BIGINT) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id WHERE a.tenant_id = $1 AND a.kind = 'user'"),
     ("credits", "total_recharged", "SELECT CAST(coalesce(sum(e.amount), 0) AS BIGINT) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id WHERE a.tenant_id = $1 AND a.kind = 'user' AND e.kind = 'recharge'"),
     ("credits", "total_consumed", "SELECT CAST(coalesce(-sum(e.held), 0) AS BIGINT) FROM ledger_entries e JOIN ledger_accounts a ON a.id = e.account_id WHERE a.tenant_id = $1 AND a.kind = 'user' AND e.kind = 'settle'"),
 ];
@@ -206,6 +208,34 @@ pub struct QueueCount {
     pub task_type: String,
     pub status: JobStatus,
     pub count: u64,
+}
+
+/// A task run on an n8n workflow (migration 0020): posted to the webhook by one of its jobs,
+/// ended once by the workflow's callback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowRun {
+    pub task_id: String,
+    pub tenant_id: String,
+    /// When a job posted the task to the webhook.
+    pub posted_at: Option<Millis>,
+    /// `None` while waiting; then `completed` or `failed`, once.
+    pub outcome: Option<String>,
+    /// The callback's images as it sent them (`[{url, format, batch_index}]`).
+    pub images: Value,
+    pub ai_description: Option<String>,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub ended_at: Option<Millis>,
+}
+
+/// What a workflow's callback said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowEnd {
+    /// `completed` or `failed`.
+    pub outcome: String,
+    pub images: Value,
+    pub ai_description: Option<String>,
+    pub error: Option<String>,
 }
 
 #[async_trait]
@@ -278,6 +308,28 @@ pub trait PhotoStore: Send + Sync + 'static {
     async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>>;
     /// The tenant's credit orders (one account's with `account_id`), newest first.
     async fn photo_orders(&self, query: OrderListQuery) -> StoreResult<(Vec<Order>, u64)>;
+
+    /// The workflow run of a task, if one was posted or called back.
+    async fn photo_workflow_get(&self, task_id: &str) -> StoreResult<Option<WorkflowRun>>;
+    /// Starts the task's run (posted at `at`); `false` when it has one already (another job
+    /// of the task posted it).
+    async fn photo_workflow_begin(
+        &self,
+        tenant_id: &str,
+        task_id: &str,
+        at: Millis,
+    ) -> StoreResult<bool>;
+    /// Forgets a run still waiting (its post failed), so the next job posts again.
+    async fn photo_workflow_abandon(&self, task_id: &str) -> StoreResult<()>;
+    /// Ends the run of an open task with what its callback said; `false` (and nothing
+    /// written) when the task ended already or its run has an outcome: a callback that comes
+    /// twice, or late, changes nothing.
+    async fn photo_workflow_end(
+        &self,
+        task_id: &str,
+        end: WorkflowEnd,
+        at: Millis,
+    ) -> StoreResult<bool>;
 
     /// The tenant's settings: its own, and the defaults it has not set, by key.
     async fn photo_config_list(&self, tenant_id: &str) -> StoreResult<Vec<ConfigEntry>>;
@@ -455,6 +507,20 @@ pub(crate) fn task_job_from<R: RowRead>(r: &R) -> Result<TaskJob, R::Error> {
     })
 }
 
+pub(crate) fn workflow_run_from<R: RowRead>(r: &R) -> Result<WorkflowRun, R::Error> {
+    Ok(WorkflowRun {
+        task_id: r.text(0)?,
+        tenant_id: r.text(1)?,
+        posted_at: r.opt_int(2)?,
+        outcome: r.opt_text(3)?,
+        images: r.opt_json(4)?.unwrap_or(Value::Null),
+        ai_description: r.opt_text(5)?,
+        error: r.opt_text(6)?,
+        created_at: r.int(7)?,
+        ended_at: r.opt_int(8)?,
+    })
+}
+
 pub(crate) fn config_from<R: RowRead>(r: &R) -> Result<ConfigEntry, R::Error> {
     Ok(ConfigEntry {
         key: r.text(0)?,
@@ -487,6 +553,23 @@ fn page(offset: u64, limit: u32) -> [Param; 2] {
         int(i64::from(limit)),
         int(i64::try_from(offset).unwrap_or(i64::MAX)),
     ]
+}
+
+/// `FROM <table> WHERE tenant_id = $1 AND <column> = $n ...` with only the filters given
+/// (a `None` value is no filter), and its parameters. Leaving the absent ones out, rather
+/// than `($n IS NULL OR column = $n)`, lets both engines use the indexes (a user's works,
+/// a tenant's tasks) however the statement was prepared.
+fn filtered(table: &str, tenant_id: &str, filters: Vec<(&str, Param)>) -> (String, Vec<Param>) {
+    let mut sql = format!("FROM {table} WHERE tenant_id = $1");
+    let mut params = vec![text(tenant_id)];
+    for (column, value) in filters {
+        if matches!(value, Param::Text(None) | Param::Int(None)) {
+            continue;
+        }
+        params.push(value);
+        sql.push_str(&format!(" AND {column} = ${}", params.len()));
+    }
+    (sql, params)
 }
 
 /// A list statement (with `LIMIT $n OFFSET $n+1` after the filters) and its count statement.
@@ -642,19 +725,20 @@ pub(crate) mod sql {
     }
 
     pub fn task_list(q: &TaskQuery) -> (Statement, Statement) {
+        let (from_where, params) = filtered(
+            "photo_tasks",
+            &q.tenant_id,
+            vec![
+                ("user_id", opt_text(q.user_id.as_deref())),
+                ("type", opt_text(q.task_type.as_deref())),
+                ("status", opt_text(q.status.as_deref())),
+            ],
+        );
         listing(
             TASK_COLUMNS,
-            "FROM photo_tasks WHERE tenant_id = $1
-                 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2)
-                 AND (CAST($3 AS TEXT) IS NULL OR type = $3)
-                 AND (CAST($4 AS TEXT) IS NULL OR status = $4)",
+            &from_where,
             "created_at DESC, task_id DESC",
-            vec![
-                text(&q.tenant_id),
-                opt_text(q.user_id.as_deref()),
-                opt_text(q.task_type.as_deref()),
-                opt_text(q.status.as_deref()),
-            ],
+            params,
             q.offset,
             q.limit,
         )
@@ -738,25 +822,23 @@ pub(crate) mod sql {
     }
 
     pub fn work_list(q: &WorkQuery) -> (Statement, Statement) {
+        let (from_where, params) = filtered(
+            "photo_works",
+            &q.tenant_id,
+            vec![
+                ("user_id", opt_text(q.user_id.as_deref())),
+                ("user_seq", Param::Int(q.user_seq)),
+                ("type", opt_text(q.work_type.as_deref())),
+                ("status", opt_text(q.status.as_deref())),
+                ("is_public", flag(q.is_public)),
+                ("is_favorite", flag(q.is_favorite)),
+            ],
+        );
         listing(
             WORK_COLUMNS,
-            "FROM photo_works WHERE tenant_id = $1
-                 AND (CAST($2 AS TEXT) IS NULL OR user_id = $2)
-                 AND (CAST($3 AS BIGINT) IS NULL OR user_seq = $3)
-                 AND (CAST($4 AS TEXT) IS NULL OR type = $4)
-                 AND (CAST($5 AS TEXT) IS NULL OR status = $5)
-                 AND (CAST($6 AS BIGINT) IS NULL OR is_public = $6)
-                 AND (CAST($7 AS BIGINT) IS NULL OR is_favorite = $7)",
+            &from_where,
             "created_at DESC, work_id DESC",
-            vec![
-                text(&q.tenant_id),
-                opt_text(q.user_id.as_deref()),
-                Param::Int(q.user_seq),
-                opt_text(q.work_type.as_deref()),
-                opt_text(q.status.as_deref()),
-                flag(q.is_public),
-                flag(q.is_favorite),
-            ],
+            params,
             q.offset,
             q.limit,
         )
@@ -857,6 +939,57 @@ pub(crate) mod sql {
             ],
             q.offset,
             q.limit,
+        )
+    }
+
+    pub fn workflow_get(task_id: &str) -> Statement {
+        (
+            "SELECT task_id, tenant_id, posted_at, outcome, images, ai_description, error,
+                 created_at, ended_at
+             FROM photo_workflow_runs WHERE task_id = $1"
+                .into(),
+            vec![text(task_id)],
+        )
+    }
+
+    /// A row comes back when the run was started here.
+    pub fn workflow_begin(tenant_id: &str, task_id: &str, at: Millis) -> Statement {
+        (
+            "INSERT INTO photo_workflow_runs (task_id, tenant_id, posted_at, created_at)
+             VALUES ($1, $2, $3, $3) ON CONFLICT (task_id) DO NOTHING RETURNING task_id"
+                .into(),
+            vec![text(task_id), text(tenant_id), int(at)],
+        )
+    }
+
+    pub fn workflow_abandon(task_id: &str) -> Statement {
+        (
+            "DELETE FROM photo_workflow_runs WHERE task_id = $1 AND outcome IS NULL".into(),
+            vec![text(task_id)],
+        )
+    }
+
+    /// Ends the run of an open task once; a row comes back when it was written.
+    pub fn workflow_end(task_id: &str, end: &WorkflowEnd, at: Millis) -> Statement {
+        (
+            "INSERT INTO photo_workflow_runs (task_id, tenant_id, outcome, images,
+                 ai_description, error, created_at, ended_at)
+             SELECT task_id, tenant_id, $2, $3, $4, $5, $6, $6 FROM photo_tasks
+             WHERE task_id = $1 AND status IN ('pending', 'processing')
+             ON CONFLICT (task_id) DO UPDATE SET outcome = excluded.outcome,
+                 images = excluded.images, ai_description = excluded.ai_description,
+                 error = excluded.error, ended_at = excluded.ended_at
+             WHERE photo_workflow_runs.outcome IS NULL
+             RETURNING task_id"
+                .into(),
+            vec![
+                text(task_id),
+                text(&end.outcome),
+                text(&to_json_text(&end.images)),
+                opt_text(end.ai_description.as_deref()),
+                opt_text(end.error.as_deref()),
+                int(at),
+            ],
         )
     }
 

@@ -9,5 +9,6 @@
 
 pub mod fake_gemini;
 pub mod fake_mj_proxy;
+pub mod fake_n8n;
 pub mod fake_openai;
 pub mod fake_wechat;

@@ -1,4 +1,6 @@
-//! What the modes share: the runtime, submits, RSS, and reading a finished SQLite run.
+//! What the modes share: the runtime, submits, RSS, reading a finished SQLite run, and for
+//! the load modes their arguments, their database (SQLite, or a fresh PostgreSQL one) and the
+//! rate of a request over many connections.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +18,12 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// This process's resident set, in KiB.
 pub fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_kb_of("self")
+}
+
+/// The resident set of process `pid` (or `self`), in KiB.
+pub fn rss_kb_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -214,4 +221,215 @@ impl RunningServer {
         self.stop.cancel();
         let _ = self.task.await;
     }
+}
+
+/// `easel serve` in a child process (the `easel` binary beside this one), for figures that
+/// must be the server's alone (its RSS); killed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub base: String,
+    _data_dir: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts it on a free loopback port with a fresh data folder and `env` (`EASEL_...`
+    /// settings), and waits until `/health` answers.
+    pub async fn start(env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
+        let exe = std::env::current_exe()?.with_file_name("easel");
+        anyhow::ensure!(
+            exe.exists(),
+            "{} not built (cargo build --release)",
+            exe.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let data_dir = tempfile_dir()?;
+        let child = std::process::Command::new(exe)
+            .args(["--data-dir", &data_dir.to_string_lossy(), "serve"])
+            .args(["--port", &port.to_string()])
+            .env("EASEL_SERVER__HOST", "127.0.0.1")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let server = ServerProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _data_dir: data_dir,
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http
+                .get(format!("{}/health", server.base))
+                .send()
+                .await
+                .is_ok()
+            {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("easel serve did not answer /health in 10 s")
+    }
+
+    /// The server's resident set, in KiB.
+    pub fn rss_kb(&self) -> u64 {
+        rss_kb_of(&self.child.id().to_string())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+/// `[--seconds S] [--connections C] [--database-url URL]` of the load modes.
+pub struct LoadArgs {
+    pub seconds: u64,
+    pub connections: u64,
+    pub database_url: Option<String>,
+}
+
+impl LoadArgs {
+    /// Parses the arguments; exits with `usage` on a bad one.
+    pub fn parse(raw: &[String], usage: &str) -> LoadArgs {
+        let mut args = LoadArgs {
+            seconds: 5,
+            connections: 64,
+            database_url: None,
+        };
+        for pair in raw.chunks(2) {
+            let value = pair.get(1).cloned();
+            match (pair[0].as_str(), value) {
+                ("--seconds", Some(v)) if v.parse::<u64>().is_ok() => {
+                    args.seconds = v.parse().unwrap_or(5)
+                }
+                ("--connections", Some(v)) if v.parse::<u64>().is_ok() => {
+                    args.connections = v.parse().unwrap_or(64)
+                }
+                ("--database-url", Some(v)) => args.database_url = Some(v),
+                _ => {
+                    eprintln!("usage: {usage}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        args
+    }
+}
+
+/// The database of a load run: SQLite in the data folder, or with `--database-url` a fresh
+/// database on that PostgreSQL server, dropped by [`RunDatabase::drop`].
+pub struct RunDatabase {
+    /// The server's URL and the database's name.
+    pg: Option<(String, String)>,
+}
+
+impl RunDatabase {
+    /// Points `config` at the run's database.
+    pub async fn configure(config: &mut Config, args: &LoadArgs) -> anyhow::Result<RunDatabase> {
+        let Some(url) = &args.database_url else {
+            return Ok(RunDatabase { pg: None });
+        };
+        let (db_url, name) = fresh_pg_database(url).await?;
+        config.database.url = Some(db_url);
+        config.database.max_connections = args.connections as u32;
+        Ok(RunDatabase {
+            pg: Some((url.clone(), name)),
+        })
+    }
+
+    pub fn engine(&self) -> &'static str {
+        if self.pg.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// Brings the planner's statistics up to date after a bulk load (PostgreSQL's
+    /// autovacuum would, some time later); nothing on SQLite.
+    pub async fn analyze(&self, config: &Config) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        if let (Some(_), Some(url)) = (&self.pg, &config.database.url) {
+            let mut conn = sqlx::PgConnection::connect(url).await?;
+            sqlx::query("VACUUM ANALYZE").execute(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn drop(self) {
+        if let Some((url, name)) = self.pg {
+            drop_pg_database(&url, &name).await;
+        }
+    }
+}
+
+/// A database of its own on the PostgreSQL server of `url`; its URL, and the name to drop.
+async fn fresh_pg_database(url: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let name = format!(
+        "easel_bench_{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    let mut parsed = url::Url::parse(url)?;
+    parsed.set_path(&format!("/{name}"));
+    Ok((parsed.to_string(), name))
+}
+
+async fn drop_pg_database(url: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
+        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        if let Err(e) = sqlx::query(&sql).execute(&mut conn).await {
+            eprintln!("could not drop {name}: {e}");
+        }
+    }
+}
+
+/// Successful requests per second over `connections` senders for `duration`: sender `i`
+/// sends `request(i)` again and again; it says whether the request succeeded.
+pub async fn rate<F, Fut>(connections: u64, duration: Duration, request: F) -> f64
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..connections {
+        let (request, accepted) = (request.clone(), accepted.clone());
+        senders.spawn(async move {
+            while Instant::now() < deadline {
+                if request(i).await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while senders.join_next().await.is_some() {}
+    accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Accepted plain submits per second of the tenant with `key` (see [`rate`]).
+pub async fn submit_rate(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    connections: u64,
+    duration: Duration,
+) -> f64 {
+    let (http, base, key) = (http.clone(), base.to_owned(), key.to_owned());
+    rate(connections, duration, move |_| {
+        let (http, base, key) = (http.clone(), base.clone(), key.clone());
+        async move { submit(&http, &base, &key).await.is_some() }
+    })
+    .await
 }

@@ -12,6 +12,8 @@
 //!   and the memory they take (see [`signin`]).
 //! - `easel-bench paid-submit`: submits that hold their price against free ones, same run
 //!   (see [`paid`]).
+//! - `easel-bench photo`: the photo app's task creation against plain submits, same run, and
+//!   its works list of a user with 10,000 works (see [`photo`]).
 //! - `easel-bench uploads`: the image library's pipeline against sharp's, and uploads over
 //!   HTTP (see [`uploads`]).
 //! - `easel-bench sockets`: the editor's live sockets, idle memory per connection and the
@@ -32,6 +34,7 @@ mod gemini;
 mod limiter;
 mod mj;
 mod paid;
+mod photo;
 mod signin;
 mod sockets;
 mod uploads;
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Some("webhooks") => webhooks::run(rest),
         Some("signin") => signin::run(rest),
         Some("paid-submit") => paid::run(rest),
+        Some("photo") => photo::run(rest),
         Some("uploads") => uploads::run(rest),
         Some("sockets") => sockets::run(rest),
         Some("mj") => mj::run(rest),

@@ -1,7 +1,7 @@
 //! `easel-bench sockets`: the editor's live sync on one node. U users each open one session
-//! on D devices (`/ws/{sessionId}`, 2,000 sockets by default); the RSS the idle sockets add is
-//! divided by their number (both ends live in this process, so it is an upper bound of the
-//! server's share); then device 0 of a user posts a message over HTTP at R messages/s for S
+//! on D devices (`/ws/{sessionId}`, 2,000 sockets by default) of an `easel serve` running in a
+//! child process, so the RSS the idle sockets add to it, divided by their number, is the
+//! server's alone; then device 0 of a user posts a message over HTTP at R messages/s for S
 //! seconds and the time until device 1 hears `message_created` is recorded (p50, p99).
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{rss_kb, runtime, tempfile_dir, RunningServer};
+use crate::common::{runtime, ServerProcess};
 
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
 type Latencies = Arc<Mutex<hdrhistogram::Histogram<u64>>>;
@@ -45,17 +45,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         o.devices >= 2 && o.users >= 1,
         "need at least one user with two devices"
     );
-    let mut config = easel::config::Config {
-        data_dir: tempfile_dir()?,
-        ..Default::default()
-    };
-    config.server.host = "127.0.0.1".into();
-    config.users.requests_per_window = 1_000_000_000;
-    // Sign-in cost is `easel-bench signin`'s subject, not this one's.
-    config.users.argon2_memory_kib = 64;
-    config.users.argon2_iterations = 1;
-    runtime()?.block_on(measure(config, o))
+    runtime()?.block_on(measure(o))
 }
+
+/// Consumer routes without their per-address limit, and cheap sign-ups: sign-in cost is
+/// `easel-bench signin`'s subject, not this one's.
+const SERVER_ENV: &[(&str, &str)] = &[
+    ("EASEL_USERS__REQUESTS_PER_WINDOW", "1000000000"),
+    ("EASEL_USERS__ARGON2_MEMORY_KIB", "64"),
+    ("EASEL_USERS__ARGON2_ITERATIONS", "1"),
+];
 
 /// A user: token, id, session.
 struct Seat {
@@ -111,7 +110,6 @@ async fn device(
     latencies: Latencies,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
-    // Small client buffers: both ends live in this process and are measured together.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
@@ -144,13 +142,10 @@ async fn device(
     Ok(())
 }
 
-async fn measure(config: easel::config::Config, o: Options) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let base = format!("http://{addr}");
-    let app = easel::app::App::build(config).await?;
-    easel::app::create_tenant(app.store.as_ref(), "bench", 1_000_000, 50, None).await?;
-    let server = RunningServer::start(&app, listener).await;
+async fn measure(o: Options) -> anyhow::Result<()> {
+    let server = ServerProcess::start(SERVER_ENV).await?;
+    let base = server.base.clone();
+    let addr = base.trim_start_matches("http://").to_owned();
     let http = reqwest::Client::new();
     let mut seats = Vec::with_capacity(o.users);
     for n in 0..o.users {
@@ -160,7 +155,7 @@ async fn measure(config: easel::config::Config, o: Options) -> anyhow::Result<()
     let latencies: Latencies = Arc::new(Mutex::new(hdrhistogram::Histogram::new(3)?));
     let sockets = o.users * o.devices;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(sockets);
-    let rss_before = rss_kb();
+    let rss_before = server.rss_kb();
     let mut readers = tokio::task::JoinSet::new();
     for s in &seats {
         for d in 0..o.devices {
@@ -182,7 +177,7 @@ async fn measure(config: easel::config::Config, o: Options) -> anyhow::Result<()
         ready_rx.recv().await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = rss_kb();
+    let rss_idle = server.rss_kb();
     let per_connection_kb = rss_idle.saturating_sub(rss_before) as f64 / sockets as f64;
 
     let interval = Duration::from_secs_f64(1.0 / o.rate.max(1) as f64);
@@ -218,7 +213,7 @@ async fn measure(config: easel::config::Config, o: Options) -> anyhow::Result<()
         .map_err(|_| anyhow::anyhow!("histogram lock"))?
         .clone();
     readers.abort_all();
-    server.stop().await;
+    drop(server);
     println!(
         "RESULT sockets sockets={sockets} rss_per_idle_socket_kb={per_connection_kb:.1} \
          posted={n} rate_per_s={} delivered={} undelivered={undelivered} failed_posts={failed} \

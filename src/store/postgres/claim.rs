@@ -122,6 +122,10 @@ const CLAIM_JOBS: &str = "WITH locked AS MATERIALIZED (
      ), events AS (
          INSERT INTO job_events (job_id, tenant_id, status, attempt, at)
          SELECT id, tenant_id, 'RUNNING', attempts, $2 FROM claimed ORDER BY pos
+     ), started AS (
+         UPDATE photo_tasks t SET status = 'processing', updated_at = $2
+         FROM photo_task_jobs tj, claimed c
+         WHERE tj.job_id = c.id AND t.task_id = tj.task_id AND t.status = 'pending'
      ), served AS MATERIALIZED (
          SELECT id, running + taken AS bound, nextval('tenant_claim_order') AS stamp
          FROM (SELECT l.id, l.ord, l.running,

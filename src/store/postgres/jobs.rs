@@ -8,7 +8,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::{FromRow, PgConnection, PgPool};
+use sqlx::{Acquire, FromRow, PgConnection, PgPool};
 
 use crate::base::clock::Millis;
 
@@ -105,7 +105,7 @@ static JOB_INSERT: LazyLock<String> = LazyLock::new(|| job_insert_sql(None, "$13
 /// The same behind the hold of its price (`$13` from account `$14`): nothing is written when
 /// the account cannot pay. (`follow_up` is bound after the hold's two parameters.)
 static JOB_INSERT_PAID: LazyLock<String> =
-    LazyLock::new(|| job_insert_sql(Some(super::ledger::HOLD_CTE), "$15"));
+    LazyLock::new(|| job_insert_sql(Some(&super::ledger::HOLD_CTE), "$15"));
 
 fn job_insert_sql(hold: Option<&str>, follow_up: &str) -> String {
     let values =
@@ -127,12 +127,27 @@ fn job_insert_sql(hold: Option<&str>, follow_up: &str) -> String {
     )
 }
 
-/// Inserts the job (and holds its charge); `false` when the charge's account cannot pay.
+/// Inserts the job and holds its charge, in the caller's transaction, refilling the hold's
+/// stripe when it alone cannot pay; `false` when the whole account cannot (nothing written).
 pub(super) async fn job_insert(
     conn: &mut PgConnection,
     job: &NewJob,
     params: &str,
 ) -> StoreResult<bool> {
+    if job_insert_once(conn, job, params).await? {
+        return Ok(true);
+    }
+    let Some(charge) = job.charge.as_ref().filter(|c| c.amount > 0) else {
+        return Ok(false);
+    };
+    if !super::stripes::refill(conn, &charge.account.id, &job.id, charge.amount).await? {
+        return Ok(false);
+    }
+    job_insert_once(conn, job, params).await
+}
+
+/// One statement: the job, and its hold when the hold's stripe can pay; `false` otherwise.
+async fn job_insert_once(conn: &mut PgConnection, job: &NewJob, params: &str) -> StoreResult<bool> {
     let charge = job.charge.as_ref().filter(|c| c.amount > 0);
     let max_attempts =
         i32::try_from(job.max_attempts).map_err(|_| StoreError::Conflict("max_attempts".into()))?;
@@ -181,11 +196,16 @@ pub async fn submit(pool: &PgPool, job: &NewJob) -> StoreResult<SubmitOutcome> {
         job_id: job.id.clone(),
     };
     let Some(idem) = &job.idempotency else {
-        // One statement is one transaction.
+        // One statement is one transaction, unless the hold's stripe needs a refill.
         let mut conn = pool.acquire().await?;
-        if !job_insert(&mut conn, job, &params).await? {
-            return insufficient(&mut conn, job).await;
+        if job_insert_once(&mut conn, job, &params).await? {
+            return Ok(created);
         }
+        let mut tx = conn.begin().await?;
+        if !job_insert(&mut tx, job, &params).await? {
+            return insufficient(&mut tx, job).await;
+        }
+        tx.commit().await?;
         return Ok(created);
     };
     let mut tx = pool.begin().await?;

@@ -7,8 +7,11 @@
 //! the balance too low; entry keys are unique, so a racing duplicate finds the first entry.
 
 use async_trait::async_trait;
+use std::sync::LazyLock;
+
 use sqlx::{FromRow, PgConnection, PgPool};
 
+use super::stripes::{self, TOTAL_BALANCE, TOTAL_HELD};
 use super::PgStore;
 use crate::base::clock::Millis;
 use crate::base::job::JobStatus;
@@ -25,21 +28,31 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 /// The hold of a paid submit, as the first CTE of the job's insert (`$13` the price, `$14`
-/// the account, `$1` the job id, `$9` the time): the job and its event are inserted `FROM
-/// acct`, so an account that cannot pay makes the whole statement write nothing.
-pub(super) const HOLD_CTE: &str = "acct AS (
-         UPDATE ledger_accounts SET balance = balance - $13, held = held + $13, updated_at = $9
-         WHERE id = $14 AND balance >= $13 RETURNING id
-     ), hold AS (
-         INSERT INTO ledger_entries (account_id, kind, amount, held, idem_key, job_id, created_at)
-         SELECT id, 'hold', -$13, $13, 'job:' || $1 || ':hold', $1, $9 FROM acct
-     )";
+/// the account, `$1` the job id, `$9` the time), taken from the job's stripe (see
+/// `stripes.rs`): the job and its event are inserted `FROM acct`, so a stripe that cannot pay
+/// makes the whole statement write nothing (and the caller refills it or refuses).
+pub(super) static HOLD_CTE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "acct AS (
+             UPDATE ledger_stripes SET balance = balance - $13, held = held + $13
+             WHERE account_id = $14 AND stripe = {} AND balance >= $13
+             RETURNING account_id AS id
+         ), hold AS (
+             INSERT INTO ledger_entries (account_id, kind, amount, held, idem_key, job_id,
+                 created_at)
+             SELECT id, 'hold', -$13, $13, 'job:' || $1 || ':hold', $1, $9 FROM acct
+         )",
+        stripes::stripe_of("$1")
+    )
+});
 
 /// CTEs that settle (SUCCEEDED) or release (FAILED, CANCELED) the hold of every job a `done`
 /// CTE ended, stamped `at`; appended after `done` in every statement that ends jobs. The
 /// close key is the same for both, so a hold resolves once; the account's cache moves by the
-/// sum of what was closed (one job or a maintenance batch).
+/// sum of what was closed (one job or a maintenance batch), on the stripes the holds were
+/// taken from.
 pub(super) fn close_holds_cte(at: &str) -> String {
+    let stripe = stripes::stripe_of("job_id");
     format!(
         ", hold AS (
              SELECT h.account_id, h.held, d.id AS job_id, d.status FROM done d
@@ -52,26 +65,26 @@ pub(super) fn close_holds_cte(at: &str) -> String {
                  CASE WHEN status = 'SUCCEEDED' THEN 0 ELSE held END, -held,
                  'job:' || job_id || ':close', job_id, {at} FROM hold
              ON CONFLICT (idem_key) DO NOTHING
-             RETURNING account_id, amount, held
+             RETURNING account_id, amount, held, job_id
          ), credited AS (
-             UPDATE ledger_accounts a SET balance = a.balance + c.amount,
-                 held = a.held + c.held, updated_at = {at}
-             FROM (SELECT account_id, sum(amount)::BIGINT AS amount, sum(held)::BIGINT AS held
-                   FROM closed GROUP BY account_id) c
-             WHERE a.id = c.account_id
+             UPDATE ledger_stripes s SET balance = s.balance + c.amount, held = s.held + c.held
+             FROM (SELECT account_id, {stripe} AS stripe, sum(amount)::BIGINT AS amount,
+                       sum(held)::BIGINT AS held
+                   FROM closed GROUP BY 1, 2) c
+             WHERE s.account_id = c.account_id AND s.stripe = c.stripe
          )"
     )
 }
 
 /// What the account can spend now (0 if it was never opened).
 pub(super) async fn balance_of(conn: &mut PgConnection, account_id: &str) -> StoreResult<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT balance FROM ledger_accounts WHERE id = $1")
-            .bind(account_id)
-            .fetch_optional(conn)
-            .await?
-            .unwrap_or(0),
-    )
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT {TOTAL_BALANCE} FROM ledger_accounts a WHERE a.id = $1"
+    ))
+    .bind(account_id)
+    .fetch_optional(conn)
+    .await?
+    .unwrap_or(0))
 }
 
 const ENTRY_COLUMNS: &str =
@@ -133,9 +146,24 @@ async fn open_account(conn: &mut PgConnection, a: &AccountRef, at: Millis) -> St
     Ok(())
 }
 
-/// Moves the balance (never below zero) and writes the entry, in one statement; `None` when
-/// the balance cannot pay or the key was written meanwhile (nothing written either way).
+/// Moves the balance (never below zero) and writes the entry; `None` when the account cannot
+/// pay (nothing written). A debit the row alone cannot pay first brings the stripes' credits
+/// back to the row.
 async fn apply(
+    conn: &mut PgConnection,
+    account_id: &str,
+    e: &NewEntry,
+) -> StoreResult<Option<Entry>> {
+    let applied = apply_to_row(conn, account_id, e).await?;
+    if applied.is_some() || e.amount >= 0 {
+        return Ok(applied);
+    }
+    stripes::sweep(conn, account_id).await?;
+    apply_to_row(conn, account_id, e).await
+}
+
+/// [`apply`] on the account row alone, in one statement.
+async fn apply_to_row(
     conn: &mut PgConnection,
     account_id: &str,
     e: &NewEntry,
@@ -218,10 +246,11 @@ struct AccountRow {
 }
 
 async fn account(pool: &PgPool, account_id: &str) -> StoreResult<Option<Account>> {
-    let row: Option<AccountRow> = sqlx::query_as(
-        "SELECT id, tenant_id, kind, balance, held, created_at FROM ledger_accounts
-         WHERE id = $1",
-    )
+    let row: Option<AccountRow> = sqlx::query_as(&format!(
+        "SELECT id, tenant_id, kind, {TOTAL_BALANCE} AS balance, {TOTAL_HELD} AS held,
+             created_at
+         FROM ledger_accounts a WHERE id = $1"
+    ))
     .bind(account_id)
     .fetch_optional(pool)
     .await?;
@@ -319,12 +348,12 @@ async fn check(pool: &PgPool) -> StoreResult<Vec<Difference>> {
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let accounts: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT a.id, a.balance, a.held, coalesce(sum(e.amount), 0)::BIGINT,
-             coalesce(sum(e.held), 0)::BIGINT
-         FROM ledger_accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id
-         GROUP BY a.id",
-    )
+    let accounts: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT a.id, {TOTAL_BALANCE}, {TOTAL_HELD}, coalesce(sum(e.amount), 0)::BIGINT,
+                 coalesce(sum(e.held), 0)::BIGINT
+             FROM ledger_accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id
+             GROUP BY a.id"
+    ))
     .fetch_all(&mut *tx)
     .await?;
     let holds: Vec<(String, Option<String>, i64, Option<String>)> = sqlx::query_as(
@@ -561,7 +590,7 @@ async fn order_pay(
 
 /// The tables a `reset` truncates, in the same statement as the tenants they reference.
 pub(super) const RESET_TABLES: &str = "credit_orders, mj_app_keys, ledger_billing, \
-     ledger_prices, ledger_entries, ledger_accounts";
+     ledger_prices, ledger_entries, ledger_stripes, ledger_accounts";
 
 #[async_trait]
 impl LedgerStore for PgStore {

@@ -40,6 +40,7 @@ mod mj_proxy;
 mod nodes;
 mod photo;
 mod sessions;
+mod stripes;
 mod tenants;
 mod users;
 mod webhooks;

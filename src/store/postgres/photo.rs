@@ -1,6 +1,7 @@
 //! The photo app on PostgreSQL (see [`PhotoStore`]): the statements of
-//! [`crate::store::photo::sql`]. A task's creation locks the paying account's row while it
-//! checks the balance and writes the jobs' holds, so two tasks at once cannot both spend it.
+//! [`crate::store::photo::sql`]. A task's creation locks the paying account (its row and its
+//! hold stripes) while it checks the balance and writes the jobs' holds, so two tasks at once
+//! cannot both spend it.
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgArguments, PgRow};
@@ -14,8 +15,9 @@ use crate::base::job::NewJob;
 use crate::base::ledger::Order;
 use crate::store::photo::{
     config_from, order_from, queue_counts, scene_from, sql, task_from, task_job_from, work_from,
-    ConfigEntry, OrderListQuery, Param, PhotoStore, QueueCount, RowRead, Scene, SceneQuery,
-    Statement, Task, TaskCreated, TaskJob, TaskQuery, Work, WorkPatch, WorkQuery, OVERVIEW,
+    workflow_run_from, ConfigEntry, OrderListQuery, Param, PhotoStore, QueueCount, RowRead, Scene,
+    SceneQuery, Statement, Task, TaskCreated, TaskJob, TaskQuery, Work, WorkPatch, WorkQuery,
+    WorkflowEnd, WorkflowRun, OVERVIEW,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -85,12 +87,7 @@ async fn task_create(
     let charges: Vec<_> = jobs.iter().filter_map(|j| j.charge.as_ref()).collect();
     let required: i64 = charges.iter().map(|c| c.amount).sum();
     if let Some(charge) = charges.first().filter(|_| required > 0) {
-        let available: i64 =
-            sqlx::query_scalar("SELECT balance FROM ledger_accounts WHERE id = $1 FOR UPDATE")
-                .bind(&charge.account.id)
-                .fetch_optional(&mut *conn)
-                .await?
-                .unwrap_or(0);
+        let available = super::stripes::lock_total(conn, &charge.account.id).await?;
         if available < required {
             return Ok(TaskCreated::Insufficient {
                 required,
@@ -263,6 +260,42 @@ impl PhotoStore for PgStore {
     ) -> StoreResult<bool> {
         let mut conn = self.pool.acquire().await?;
         Ok(count(&mut conn, &sql::owns_object(tenant_id, user_id, object_key)).await? > 0)
+    }
+
+    async fn photo_workflow_get(&self, task_id: &str) -> StoreResult<Option<WorkflowRun>> {
+        let mut conn = self.pool.acquire().await?;
+        one(&mut conn, &sql::workflow_get(task_id), workflow_run_from).await
+    }
+
+    async fn photo_workflow_begin(
+        &self,
+        tenant_id: &str,
+        task_id: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let mut conn = self.pool.acquire().await?;
+        let statement = sql::workflow_begin(tenant_id, task_id, at);
+        let won = one(&mut conn, &statement, |r| r.try_get::<String, _>(0)).await?;
+        Ok(won.is_some())
+    }
+
+    async fn photo_workflow_abandon(&self, task_id: &str) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        exec(&mut conn, &sql::workflow_abandon(task_id))
+            .await
+            .map(drop)
+    }
+
+    async fn photo_workflow_end(
+        &self,
+        task_id: &str,
+        end: WorkflowEnd,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let mut conn = self.pool.acquire().await?;
+        let statement = sql::workflow_end(task_id, &end, at);
+        let written = one(&mut conn, &statement, |r| r.try_get::<String, _>(0)).await?;
+        Ok(written.is_some())
     }
 
     async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>> {

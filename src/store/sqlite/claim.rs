@@ -1,6 +1,7 @@
 //! The fair claim on SQLite: round-robin over tenants with runnable work, the tenant served
 //! longest ago first, skipping tenants at their concurrency limit; each claimed job goes
-//! RUNNING under a new fence and lease, with its event.
+//! RUNNING under a new fence and lease, with its event, and the photo task it belongs to (if
+//! any) goes from `pending` to `processing` in the same transaction.
 
 use std::time::Duration;
 
@@ -12,6 +13,11 @@ use super::lease_millis;
 use crate::base::clock::Millis;
 use crate::base::job::{ClaimedJob, JobStatus};
 use crate::store::StoreResult;
+
+/// A photo task (`store::photo`) is `processing` once one of its jobs is claimed; a task that
+/// is not `pending` (already processing, ended, cancelled) stays as it is.
+const PHOTO_TASK_STARTED: &str = "UPDATE photo_tasks SET status = 'processing', updated_at = ?2
+     WHERE status = 'pending' AND task_id = (SELECT task_id FROM photo_task_jobs WHERE job_id = ?1)";
 
 /// Tenants considered per claim; the rest wait for the next round.
 const CLAIM_TENANT_WINDOW: u32 = 256;
@@ -118,6 +124,8 @@ pub fn claim(
             "UPDATE tenants SET waiting = max(waiting - 1, 0), last_claim = ?2 WHERE id = ?1",
         )?
         .execute(params![tenant_id, counter])?;
+        conn.prepare_cached(PHOTO_TASK_STARTED)?
+            .execute(params![job.id, now])?;
         claimed.push(ClaimedJob {
             job,
             fence,

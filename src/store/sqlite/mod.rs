@@ -62,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0017_editor_sessions.sql"),
     include_str!("../../../migrations/sqlite/0018_photo.sql"),
     include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
+    include_str!("../../../migrations/sqlite/0020_photo_workflow.sql"),
     include_str!("../../../migrations/sqlite/0021_mj_proxy_tasks.sql"),
 ];
 

@@ -12,9 +12,9 @@ use crate::base::job::{NewJob, SubmitOutcome};
 use crate::base::ledger::Order;
 use crate::store::photo::{
     config_from, for_sqlite, order_from, queue_counts, scene_from, sql, task_from, task_job_from,
-    work_from, ConfigEntry, OrderListQuery, Param, PhotoStore, QueueCount, RowRead, Scene,
-    SceneQuery, Statement, Task, TaskCreated, TaskJob, TaskQuery, Work, WorkPatch, WorkQuery,
-    OVERVIEW,
+    work_from, workflow_run_from, ConfigEntry, OrderListQuery, Param, PhotoStore, QueueCount,
+    RowRead, Scene, SceneQuery, Statement, Task, TaskCreated, TaskJob, TaskQuery, Work, WorkPatch,
+    WorkQuery, WorkflowEnd, WorkflowRun, OVERVIEW,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -272,6 +272,39 @@ impl PhotoStore for SqliteStore {
     ) -> StoreResult<bool> {
         let statement = sql::owns_object(tenant_id, user_id, object_key);
         self.read(move |c| Ok(count(c, &statement)? > 0)).await
+    }
+
+    async fn photo_workflow_get(&self, task_id: &str) -> StoreResult<Option<WorkflowRun>> {
+        let statement = sql::workflow_get(task_id);
+        self.read(move |c| one(c, &statement, |r| workflow_run_from(r)))
+            .await
+    }
+
+    async fn photo_workflow_begin(
+        &self,
+        tenant_id: &str,
+        task_id: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let statement = sql::workflow_begin(tenant_id, task_id, at);
+        self.write(move |c| Ok(one(c, &statement, |r| r.get::<_, String>(0))?.is_some()))
+            .await
+    }
+
+    async fn photo_workflow_abandon(&self, task_id: &str) -> StoreResult<()> {
+        let statement = sql::workflow_abandon(task_id);
+        self.write(move |c| exec(c, &statement).map(drop)).await
+    }
+
+    async fn photo_workflow_end(
+        &self,
+        task_id: &str,
+        end: WorkflowEnd,
+        at: Millis,
+    ) -> StoreResult<bool> {
+        let statement = sql::workflow_end(task_id, &end, at);
+        self.write(move |c| Ok(one(c, &statement, |r| r.get::<_, String>(0))?.is_some()))
+            .await
     }
 
     async fn photo_overview(&self, tenant_id: &str, since: Millis) -> StoreResult<Vec<i64>> {

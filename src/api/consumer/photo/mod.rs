@@ -1,9 +1,11 @@
 //! The photo app's routes (`photo-api.md`), one file per resource: [`scenes`], [`works`],
-//! [`tasks`], [`uploads`] (the image library's `/api/upload/*`). Here: what they share, the
+//! [`tasks`], [`uploads`] (the image library's `/api/upload/*`), [`callback`] (the n8n
+//! workflow's answers). Here: what they share, the
 //! body check (every problem, its own messages, unknown keys dropped), the answer to an
 //! account error, the envelope, pages and the optionally signed-in viewer.
 
 mod admin;
+mod callback;
 mod scenes;
 mod socket;
 mod tasks;
@@ -110,6 +112,8 @@ pub fn router() -> Router<App> {
         .route("/api/tasks/{task_id}", get(tasks::get))
         .route("/api/tasks/{task_id}/cancel", post(tasks::cancel))
         .route("/ws", get(socket::socket))
+        .route("/api/callback/task-complete", post(callback::complete))
+        .route("/api/callback/task-failed", post(callback::failed))
         .route("/api/admin/stats/overview", get(admin::overview))
         .route("/api/admin/users", get(admin::users))
         .route(

@@ -17,7 +17,9 @@
 //! - the queue stats count the task jobs of the caller's tenant in Easel's queue (`waiting`
 //!   queued, `delayed` waiting to retry, `active` running, `completed`, `failed` failed or
 //!   cancelled);
-//! - a task reads `processing` once one of its jobs has started, with `progress` (0-100).
+//! - a task is `processing` from the claim of its first job (the claim's transaction writes
+//!   it), with `progress` (0-100);
+//! - the `max_batch_count` setting caps `batch_count` (400 in the validation shape).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -37,7 +39,7 @@ use crate::base::job::{new_job_id, JobParams, JobStatus, Mode, NewJob};
 use crate::base::ledger::{AccountRef, Charge};
 use crate::events::Change;
 use crate::photo::follower::FOLLOWER;
-use crate::photo::{new_uuid, template, TASK_TYPES};
+use crate::photo::{new_uuid, template, workflow, TASK_TYPES};
 use crate::store::photo::{Task, TaskCreated, TaskJob, TaskQuery};
 
 /// Credits one image costs unless the tenant's `credits_per_image` setting says otherwise
@@ -219,29 +221,85 @@ async fn input_keys(
     Ok(keys)
 }
 
-/// The tenant's `credits_per_image` setting (a whole number, 0 or more).
-async fn credits_per_image(app: &App, tenant_id: &str) -> Result<i64, Response> {
+/// The tenant's settings a task is made under.
+struct TaskSettings {
+    /// `credits_per_image` (a whole number, 0 or more; else the origin's 1).
+    per_image: i64,
+    /// `max_batch_count` (1 to 50; else 50).
+    max_batch: i64,
+}
+
+async fn task_settings(app: &App, tenant_id: &str) -> Result<TaskSettings, Response> {
     let settings = app
         .store
         .photo_config_list(tenant_id)
         .await
         .map_err(store_failure)?;
-    Ok(settings
-        .iter()
-        .find(|c| c.key == "credits_per_image")
-        .and_then(|c| c.value.trim().parse::<i64>().ok())
-        .filter(|n| *n >= 0)
-        .unwrap_or(CREDITS_PER_IMAGE))
+    let number = |key: &str| {
+        settings
+            .iter()
+            .find(|c| c.key == key)
+            .and_then(|c| c.value.trim().parse::<i64>().ok())
+    };
+    Ok(TaskSettings {
+        per_image: number("credits_per_image")
+            .filter(|n| *n >= 0)
+            .unwrap_or(CREDITS_PER_IMAGE),
+        max_batch: number("max_batch_count")
+            .filter(|n| (1..=MAX_BATCH).contains(n))
+            .unwrap_or(MAX_BATCH),
+    })
 }
 
-fn jobs_for(
-    app: &App,
-    task: &Task,
-    provider: &str,
+/// Where a task type's jobs run: its provider and model, its inputs (object keys) as the
+/// provider takes them, and how long its jobs may take.
+struct Runner {
+    provider: String,
     model: Option<String>,
-    inputs: &[String],
-) -> Vec<NewJob> {
-    let deadline = task.created_at + (app.config.worker.job_timeout_secs * 1000) as i64;
+    inputs: Vec<String>,
+    options: Option<Map<String, Value>>,
+    timeout_ms: i64,
+}
+
+impl Runner {
+    fn of(app: &App, task_type: &str, inputs: Vec<String>) -> Runner {
+        let settings = app
+            .config
+            .photo
+            .task_type(task_type)
+            .cloned()
+            .unwrap_or_default();
+        if settings.workflow_url.is_some() {
+            // The workflow reads the inputs by link: the worker need not load them.
+            let keys = inputs.into_iter().map(Value::String).collect();
+            return Runner {
+                provider: workflow::PROVIDER.to_owned(),
+                model: None,
+                inputs: Vec::new(),
+                options: Some(Map::from_iter([(
+                    workflow::INPUT_KEYS.to_owned(),
+                    Value::Array(keys),
+                )])),
+                timeout_ms: secs_to_ms(app.config.photo.workflow_timeout_secs),
+            };
+        }
+        Runner {
+            provider: settings
+                .provider
+                .unwrap_or_else(|| app.providers.default_name().to_owned()),
+            model: settings.model,
+            inputs,
+            options: None,
+            timeout_ms: secs_to_ms(app.config.worker.job_timeout_secs),
+        }
+    }
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn jobs_for(app: &App, task: &Task, runner: &Runner) -> Vec<NewJob> {
     (0..task.batch_count)
         .map(|_| NewJob {
             id: new_job_id(),
@@ -251,15 +309,16 @@ fn jobs_for(
             input_image_url: None,
             params: JobParams {
                 n: Some(1),
-                model: model.clone(),
-                inputs: inputs.to_vec(),
+                model: runner.model.clone(),
+                inputs: runner.inputs.clone(),
+                options: runner.options.clone(),
                 ..JobParams::default()
             },
-            provider: provider.to_owned(),
+            provider: runner.provider.clone(),
             max_attempts: app.config.worker.max_attempts,
             created_at: task.created_at,
             cancel_at: None,
-            deadline_at: deadline,
+            deadline_at: task.created_at.saturating_add(runner.timeout_ms),
             idempotency: None,
             webhook_url: None,
             charge: Some(Charge {
@@ -294,19 +353,20 @@ pub async fn create(
         Ok(prompt) => prompt,
         Err(refused) => return refused,
     };
-    let settings = app
-        .config
-        .photo
-        .task_type(&request.task_type)
-        .cloned()
-        .unwrap_or_default();
-    let provider = settings
-        .provider
-        .unwrap_or_else(|| app.providers.default_name().to_owned());
-    let per_image = match credits_per_image(&app, &user.tenant_id).await {
-        Ok(per_image) => per_image,
+    let runner = Runner::of(&app, &request.task_type, inputs);
+    let TaskSettings {
+        per_image,
+        max_batch,
+    } = match task_settings(&app, &user.tenant_id).await {
+        Ok(settings) => settings,
         Err(refused) => return refused,
     };
+    if request.batch_count > max_batch {
+        return photo_invalid(vec![json!({
+            "field": "batch_count",
+            "message": format!("生成数量不能超过{max_batch}"),
+        })]);
+    }
     let now = now_millis();
     let task = Task {
         task_id: new_uuid(),
@@ -327,7 +387,7 @@ pub async fn create(
         updated_at: now,
         completed_at: None,
     };
-    let jobs = jobs_for(&app, &task, &provider, settings.model, &inputs);
+    let jobs = jobs_for(&app, &task, &runner);
     let job_ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     match app.store.photo_task_create(task.clone(), jobs).await {
         Ok(TaskCreated::Created) => {}
