@@ -230,7 +230,10 @@ impl App {
         let live_nodes = Arc::new(LiveNodes::new());
         let limiter = open_limiter(&config, store.as_ref(), &live_nodes).await?;
         let events = open_bus(&config)?;
-        let registry = Registry::build(&config.providers).map_err(anyhow::Error::msg)?;
+        // The midjourney provider's notifyHook is a route of this server.
+        let mut providers = config.providers.clone();
+        providers.midjourney = providers.midjourney.with_notify_url(&config.public_url());
+        let registry = Registry::build(&providers).map_err(anyhow::Error::msg)?;
         let imported = import_env_keys(store.as_ref(), &sealer, &registry).await?;
         if imported.added > 0 {
             tracing::info!(

@@ -223,3 +223,48 @@ async fn the_seed_routes_run_on_the_proxy_and_a_ban_costs_nothing() {
     assert_eq!((info.token_total, info.token_use), (5, 1));
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_proxys_notify_hook_wakes_the_poll_and_polling_is_the_safety_net() {
+    let fake = FakeMjProxy::start(&["hooked", "silent"]).await;
+    fake.set_fault("hooked", MjFault::Hooked);
+    // Polls a minute apart: only the proxy's call can finish the job in time.
+    let app = proxy_app(&fake, &["hooked"], |c| {
+        c.providers.midjourney.poll_ms = 60_000;
+        c.providers.midjourney.notify_secret = Some(easel::base::secret::Secret::new("hook-s"));
+    })
+    .await;
+    let job = finished(&app, json!({"prompt": "a lamp"})).await;
+    assert_eq!(job["status"], "SUCCEEDED", "{job}");
+    assert_eq!(fake.hook_calls(), 1);
+    let (kind, body) = fake.submits().remove(0);
+    assert_eq!(kind, "imagine");
+    let hook = body["notifyHook"].as_str().expect("notifyHook");
+    assert_eq!(hook, app.url("/internal/mj-proxy/notify/hook-s"));
+    // The route is the secret's alone.
+    let wrong = app
+        .http
+        .post(app.url("/internal/mj-proxy/notify/other"))
+        .json(&json!({"id": "1"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(wrong.status(), 404);
+    let right = app
+        .http
+        .post(hook)
+        .body("not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(right.status(), 200);
+
+    // A proxy that never calls: the poll finishes the job.
+    let polled = proxy_app(&fake, &["silent"], |c| {
+        c.providers.midjourney.notify_secret = Some(easel::base::secret::Secret::new("hook-s"));
+    })
+    .await;
+    let job = finished(&polled, json!({"prompt": "a desk"})).await;
+    assert_eq!(job["status"], "SUCCEEDED", "{job}");
+    assert_eq!(fake.hook_calls(), 1);
+}

@@ -17,6 +17,7 @@ mod jobs;
 mod ledger_admin;
 pub mod midjourney;
 pub mod mj_facade;
+mod mj_proxy_hook;
 mod multipart;
 pub mod openai;
 pub(crate) mod paging;
@@ -60,6 +61,10 @@ pub fn router(app: App) -> Router {
         .merge(openai::routes())
         .merge(midjourney::routes())
         .merge(mj_facade::routes(&app))
+        .route(
+            &format!("{}/{{secret}}", crate::providers::midjourney::NOTIFY_PATH),
+            axum::routing::post(mj_proxy_hook::notify),
+        )
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/events", get(events::job_stream))

@@ -6,18 +6,21 @@
 //! sent only to addresses the webhook rules allow.
 //!
 //! A change is noticed three ways: the API calls [`MjTasks::notify`] after each submit, a
-//! modal or a cancel; [`run`] hears every job change on the bus (a job started, a proxy's
-//! progress); and [`follower::MjTaskFollower`] hears every job end at least once, so the last
-//! call is never lost. The store's [`MjProxyStore::mj_proxy_notify`] writes a call only when
-//! its order rises, in one transaction with the outbox row, so each is sent once whoever
-//! noticed it.
+//! modal or a cancel; [`run`] hears job changes on the bus (a job started) for the jobs this
+//! process submitted with a notifyHook ([`hooked`]: every other job change costs nothing, not
+//! even a read; in a deployment whose API and workers are separate processes only the
+//! submit's and the end's calls are sent); and [`follower::MjTaskFollower`] hears every such
+//! job's end at least once, so the last call is never lost. The store's
+//! [`crate::store::mj_proxy::MjProxyStore::mj_proxy_notify`] writes a call only when its order
+//! rises, in one transaction with the outbox row, so each is sent once whoever noticed it.
 //! Must not touch: job state, the routes (`api::mj_facade`) or delivery (`webhooks`).
 
 pub mod buttons;
 pub mod follower;
 pub mod view;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +31,24 @@ use crate::storage::urls::ResultLinks;
 use crate::store::mj_proxy::{ProxyDelivery, ProxyTask};
 use crate::store::{Store, StoreError};
 use crate::uploads::Library;
+
+/// Jobs submitted in this process whose tasks have a notifyHook, until they end.
+static HOOKED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+/// Past this many (ends this process never heard), the set starts again.
+const HOOKED_MAX: usize = 100_000;
+
+fn hooked_set() -> std::sync::MutexGuard<'static, HashSet<String>> {
+    HOOKED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The job `job_id` works for a task with a notifyHook: [`run`] follows its changes.
+pub fn hooked(job_id: &str) {
+    let mut set = hooked_set();
+    if set.len() >= HOOKED_MAX {
+        set.clear();
+    }
+    set.insert(job_id.to_owned());
+}
 
 /// What the facade's tasks need: the store, result links, the image library (a describe's
 /// image) and the bus (to wake the webhook dispatcher).
@@ -63,6 +84,9 @@ impl MjTasks {
             body: body.to_string(),
             at: now_millis(),
         };
+        if order >= view::Status::END {
+            hooked_set().remove(&job_id);
+        }
         if self
             .store
             .mj_proxy_notify(&task.id, order, delivery)
@@ -94,7 +118,8 @@ pub async fn run(tasks: MjTasks, mut notices: Subscription, stop: CancellationTo
         };
         match wake {
             Wake::Changed(change) => {
-                if let Some(job_id) = change.job_id.as_deref() {
+                let job_id = change.job_id.as_deref();
+                if let Some(job_id) = job_id.filter(|j| hooked_set().contains(*j)) {
                     if let Err(e) = tasks.job_changed(job_id).await {
                         tracing::warn!(job = %job_id, error = %e, "mj notifyHook not queued");
                     }

@@ -59,6 +59,9 @@ pub struct Status {
 }
 
 impl Status {
+    /// The order of SUCCESS and FAILURE.
+    pub const END: i64 = 400;
+
     /// The order midjourney-proxy drops regressive callbacks by (NOT_START 0, SUBMITTED 1,
     /// IN_PROGRESS 3 + progress, FAILURE and SUCCESS 4), times 100; MODAL, which comes
     /// before its submit, is 0.5.
@@ -67,7 +70,7 @@ impl Status {
             "MODAL" => 50,
             "SUBMITTED" => 100,
             "IN_PROGRESS" => 300 + i64::from(self.progress.unwrap_or(0).min(99)),
-            "SUCCESS" | "FAILURE" => 400,
+            "SUCCESS" | "FAILURE" => Status::END,
             _ => 0,
         }
     }

@@ -2,7 +2,8 @@
 //! answer its envelope, tasks advance one step per `fetch` (SUBMITTED, IN_PROGRESS 50%,
 //! SUCCESS with a 2x2 grid or, for an upscale, one image, with buttons and the message hash),
 //! and each secret may carry a fault: code 22 before running, 23, 24 banned word, 3 no
-//! account, a task stuck IN_PROGRESS, an `imageUrl` that stops answering.
+//! account, a task stuck IN_PROGRESS, an `imageUrl` that stops answering; and a proxy that
+//! calls the submit's `notifyHook` (others never call it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +34,10 @@ pub enum MjFault {
     Stuck,
     /// The result's `imageUrl` answers 404.
     ImageGone,
+    /// The task ends at its second fetch, and at its first the proxy calls the submit's
+    /// `notifyHook` with the finished task (so only that call, not `poll_ms`, wakes the poll
+    /// in time).
+    Hooked,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +47,7 @@ struct FakeTask {
     fault: MjFault,
     prompt: String,
     hash: String,
+    hook: Option<String>,
 }
 
 #[derive(Default)]
@@ -50,6 +56,8 @@ struct Inner {
     tasks: HashMap<String, FakeTask>,
     /// Every submit: (path's last part, body).
     submits: Vec<(String, Value)>,
+    /// notifyHook calls made (answered or not).
+    hook_calls: usize,
     next: u64,
 }
 
@@ -118,6 +126,11 @@ impl FakeMjProxy {
 
     pub fn set_fault(&self, secret: &str, fault: MjFault) {
         self.shared.lock().faults.insert(secret.to_owned(), fault);
+    }
+
+    /// How many notifyHook calls the fake made.
+    pub fn hook_calls(&self) -> usize {
+        self.shared.lock().hook_calls
     }
 
     /// Every submit so far: (`imagine`, `action`..., body).
@@ -189,6 +202,7 @@ async fn submit(
             fault,
             prompt,
             hash,
+            hook: body["notifyHook"].as_str().map(str::to_owned),
         },
     );
     if fault == MjFault::QueuedFirst {
@@ -208,7 +222,20 @@ async fn fetch(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Res
         return StatusCode::NO_CONTENT.into_response();
     };
     task.fetches += 1;
+    if task.fault == MjFault::Hooked && task.fetches == 1 {
+        if let Some(hook) = task.hook.clone() {
+            let body = json!({"id": id, "status": "SUCCESS", "progress": "100%"});
+            inner.hook_calls += 1;
+            tokio::spawn(async move {
+                let _ = reqwest::Client::new().post(hook).json(&body).send().await;
+            });
+        }
+    }
+    let Some(task) = inner.tasks.get_mut(&id) else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
     let (status, progress) = match (task.fetches, task.fault) {
+        (2.., MjFault::Hooked) => ("SUCCESS", "100%"),
         (_, MjFault::Stuck) if task.fetches > 1 => ("IN_PROGRESS", "45%"),
         (1, _) => ("SUBMITTED", "0%"),
         (2, _) => ("IN_PROGRESS", "50%"),

@@ -189,6 +189,10 @@ async fn try_start(
     crate::api::uploads::hold_inputs(app, &tenant.id, &plan.input_image_ids)
         .await
         .map_err(|e| Reply::invalid(e.message))?;
+    if plan.detail.notify_hook.is_some() {
+        // Before the job can start, so its start is heard.
+        crate::mj_tasks::hooked(&job.id);
+    }
     let job_id = match enqueue(app, job).await {
         Ok(Enqueued::Created { job_id }) | Ok(Enqueued::Replayed { job_id, .. }) => job_id,
         Err(e) => {

@@ -20,6 +20,8 @@
 //!   delivery latency of a posted message to the user's other device (see [`sockets`]).
 //! - `easel-bench webhooks`: job end to webhook received, through the dispatcher (see
 //!   [`webhooks`]).
+//! - `easel-bench mj`: imagine → U1 chains through the `/mj` facade against plain jobs, and
+//!   the facade's added latency (see [`mj`]).
 //!
 //! The server and the load generator share the same cores: figures are meant to be read as
 //! ratios against the anchors in `../shared/anchors`, measured in the same run.
@@ -30,6 +32,7 @@ mod e2e;
 mod fake_gemini;
 mod gemini;
 mod limiter;
+mod mj;
 mod paid;
 mod photo;
 mod signin;
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Some("photo") => photo::run(rest),
         Some("uploads") => uploads::run(rest),
         Some("sockets") => sockets::run(rest),
+        Some("mj") => mj::run(rest),
         Some("stats") => {
             let path = rest
                 .first()

@@ -10,10 +10,12 @@
 //! unfinished after `task_timeout_secs` fails. The result image is downloaded before the job
 //! succeeds (Discord links expire) and a grid is cut into its four images; the upstream task
 //! id, message hash and buttons go into the job's result meta (`upstream`) so U/V/pan/zoom
-//! jobs on its images can name it. The proxy's endpoint and image URLs are trusted
+//! jobs on its images can name it. With `notify_secret`, the proxy's notifyHook calls wake the
+//! poll of their task at once ([`hooks`]). The proxy's endpoint and image URLs are trusted
 //! configuration, like any upstream an operator sets.
 //! Must not touch: keys, retries or job state (the worker and the pool do that).
 
+pub mod hooks;
 pub mod wire;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use super::{
 use crate::base::job::Mode;
 use crate::base::job_errors;
 use crate::base::operation::Operation;
+use crate::base::secret::Secret;
 use crate::base::settings::Invalid;
 use wire::{Submit, SubmitReply, TaskReply};
 
@@ -49,6 +52,31 @@ pub struct MidjourneyProviderConfig {
     /// `action` (customIds, the C# edition and the Java plus edition) or `change` (the open
     /// Java edition: U, V and reroll only).
     pub api: String,
+    /// When set, submits ask the proxy to call `<server.public_url>/internal/mj-proxy/notify/
+    /// <notify_secret>` on every change of their task, which wakes its poll at once; `poll_ms`
+    /// fetches stay the safety net (and can then be slower).
+    pub notify_secret: Option<Secret>,
+    /// The notifyHook URL, made from `server.public_url` and `notify_secret` when the app is
+    /// built (not configured).
+    #[serde(skip)]
+    pub notify_url: Option<String>,
+}
+
+/// The path of the route that hears the proxy's calls, before the secret.
+pub const NOTIFY_PATH: &str = "/internal/mj-proxy/notify";
+
+impl MidjourneyProviderConfig {
+    /// This config with its notifyHook URL on the server at `public_url`.
+    pub fn with_notify_url(mut self, public_url: &str) -> MidjourneyProviderConfig {
+        self.notify_url = self.notify_secret.as_ref().map(|secret| {
+            format!(
+                "{}{NOTIFY_PATH}/{}",
+                public_url.trim_end_matches('/'),
+                secret.expose()
+            )
+        });
+        self
+    }
 }
 
 impl Default for MidjourneyProviderConfig {
@@ -58,6 +86,8 @@ impl Default for MidjourneyProviderConfig {
             task_timeout_secs: 600,
             request_timeout_secs: 60,
             api: "action".into(),
+            notify_secret: None,
+            notify_url: None,
         }
     }
 }
@@ -205,6 +235,7 @@ impl MidjourneyProvider {
     ) -> Result<TaskReply, ProviderError> {
         let started = Instant::now();
         let deadline = Duration::from_secs(self.config.task_timeout_secs);
+        let watch = hooks::Watch::new(task_id);
         loop {
             let task = self.fetch(credential, task_id).await?;
             match task.status.as_deref() {
@@ -222,7 +253,10 @@ impl MidjourneyProvider {
                     ),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(self.config.poll_ms)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(self.config.poll_ms)) => {}
+                _ = watch.called() => {}
+            }
         }
     }
 
@@ -321,8 +355,11 @@ impl Provider for MidjourneyProvider {
         let Some(credential) = credential else {
             return Err(ProviderError::key_missing(self.name()));
         };
-        let submit = wire::build_submit(request, self.config.api == "change")
+        let mut submit = wire::build_submit(request, self.config.api == "change")
             .map_err(|m| final_error(job_errors::INVALID_REQUEST, m))?;
+        if let Some(url) = &self.config.notify_url {
+            submit.body["notifyHook"] = Value::String(url.clone());
+        }
         let task_id = self.submit(credential, &submit).await?;
         let task = self.wait(credential, &task_id).await?;
         let operation = request.extra.operation;
