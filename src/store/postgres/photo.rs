@@ -1,7 +1,7 @@
 //! The photo app on PostgreSQL (see [`PhotoStore`]): the statements of
-//! [`crate::store::photo::sql`]. A task's creation locks the paying account (its row and its
-//! hold stripes) while it checks the balance and writes the jobs' holds, so two tasks at once
-//! cannot both spend it.
+//! [`crate::store::photo::sql`]. A task's creation writes its jobs' holds one by one in one
+//! transaction (each guarded like any paid submit's), so two tasks at once cannot both spend
+//! the same credits, and a task that cannot pay for every job leaves nothing behind.
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgArguments, PgRow};
@@ -84,25 +84,32 @@ async fn task_create(
     task: &Task,
     jobs: &[NewJob],
 ) -> StoreResult<TaskCreated> {
-    let charges: Vec<_> = jobs.iter().filter_map(|j| j.charge.as_ref()).collect();
-    let required: i64 = charges.iter().map(|c| c.amount).sum();
-    if let Some(charge) = charges.first().filter(|_| required > 0) {
-        let available = super::stripes::lock_total(conn, &charge.account.id).await?;
-        if available < required {
-            return Ok(TaskCreated::Insufficient {
-                required,
-                available,
-            });
-        }
-    }
     exec(conn, &sql::task_insert(task)).await?;
+    // Each job holds its own price (from the connection's stripe, refilled under the account's
+    // locks when short); the first that cannot pay ends the task, and the caller, which commits
+    // only a created task, rolls back the holds before it.
+    let mut held = 0;
     for (index, job) in jobs.iter().enumerate() {
         exec(conn, &sql::task_job_insert(&task.task_id, &job.id, index)).await?;
         let params =
             serde_json::to_string(&job.params).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let price = job.charge.as_ref().map_or(0, |c| c.amount.max(0));
         if !job_insert(conn, job, &params).await? {
-            return Err(StoreError::Conflict("task job not made".into()));
+            let Some(charge) = &job.charge else {
+                return Err(StoreError::Conflict("task job not made".into()));
+            };
+            let left = super::ledger::balance_of(conn, &charge.account.id).await?;
+            let required = jobs
+                .iter()
+                .filter_map(|j| j.charge.as_ref())
+                .map(|c| c.amount)
+                .sum();
+            return Ok(TaskCreated::Insufficient {
+                required,
+                available: left + held,
+            });
         }
+        held += price;
     }
     Ok(TaskCreated::Created)
 }

@@ -57,15 +57,6 @@ async fn lock_all(
     Ok(Some((row, stripes)))
 }
 
-/// Locks the whole account (in the caller's transaction) and answers what it can spend, 0
-/// when it was never opened: nothing else can take from it until the transaction ends.
-pub(super) async fn lock_total(conn: &mut PgConnection, account_id: &str) -> StoreResult<i64> {
-    Ok(lock_all(conn, account_id)
-        .await?
-        .map(|(row, stripes)| row + stripes.iter().map(|(_, b)| b).sum::<i64>())
-        .unwrap_or(0))
-}
-
 /// How a total is spread by a refill: the hold's stripe gets the price and its share, the
 /// others an equal share when it is at least one price (else nothing: a small balance stays in
 /// one place), the row the rest.
