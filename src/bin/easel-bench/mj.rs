@@ -3,9 +3,11 @@
 //!
 //! 1. Chains per second over `--connections` clients for `--seconds`, alternating twice: an
 //!    MJ chain is `/mj/submit/imagine` (four images and Easel's grid) then U1 through
-//!    `/mj/submit/action`, each fetched until it succeeds; a plain chain is two plain
-//!    `/v1/images/generate` jobs, each read until it succeeds. The closing line gives the
-//!    ratio mj / plain (what the grid and the MJ bookkeeping cost).
+//!    `/mj/submit/action`, each fetched until it succeeds; a plain chain does the same image
+//!    work through `/v1/images/generate`: four images (`n: 4`, no grid), then the upscale of
+//!    the first (`operation: upscale`, `parentJobId`, `parentIndex: 1`), each read until it
+//!    succeeds. The closing line gives the ratio mj / plain: what the grid and the MJ
+//!    bookkeeping cost.
 //! 2. The facade's added latency, one client, `--samples` calls each: `/mj/submit/imagine`
 //!    against `/v1/images/generate`, and `/mj/task/{id}/fetch` against `/v1/jobs/{id}` on
 //!    finished work; p50 and p99 of each and of the difference.
@@ -122,8 +124,7 @@ impl Client {
         }
     }
 
-    async fn job_submit(&self) -> Option<String> {
-        let body = json!({"prompt": "a watercolor lighthouse at dusk", "mode": "final"});
+    async fn job_submit(&self, body: Value) -> Option<String> {
         let reply = self
             .call(reqwest::Method::POST, "/v1/images/generate", Some(body))
             .await?;
@@ -163,17 +164,22 @@ impl Client {
         self.mj_done(&u1).await.is_some()
     }
 
-    /// Two plain jobs, one after the other.
+    /// Four images, then the upscale of the first: the imagine and U1's image work.
     async fn plain_chain(&self) -> bool {
-        for _ in 0..2 {
-            let Some(id) = self.job_submit().await else {
-                return false;
-            };
-            if !self.job_done(&id).await {
-                return false;
-            }
+        let four = json!({"prompt": "a watercolor lighthouse at dusk", "mode": "final", "n": 4});
+        let Some(id) = self.job_submit(four).await else {
+            return false;
+        };
+        if !self.job_done(&id).await {
+            return false;
         }
-        true
+        let upscale = json!({"prompt": "a watercolor lighthouse at dusk", "mode": "final",
+                             "operation": "upscale:subtle:2x", "parentJobId": id,
+                             "parentIndex": 1});
+        let Some(id) = self.job_submit(upscale).await else {
+            return false;
+        };
+        self.job_done(&id).await
     }
 }
 
@@ -230,7 +236,10 @@ async fn latencies(client: &Client, samples: usize) -> anyhow::Result<()> {
         let (ms, id) = timed(client.mj_submit("imagine", imagine)).await;
         mj_submit.push(ms);
         tasks.extend(id);
-        let (ms, id) = timed(client.job_submit()).await;
+        // The same job through the job API: four images and their grid.
+        let grid = json!({"prompt": "a watercolor lighthouse at dusk", "mode": "final",
+                          "n": 4, "grid": true});
+        let (ms, id) = timed(client.job_submit(grid)).await;
         job_submit.push(ms);
         jobs.extend(id);
     }
