@@ -159,6 +159,9 @@ pub enum Command {
     },
 }
 
+/// The most threads `spawn_blocking` may run at once.
+const BLOCKING_THREADS: usize = 32;
+
 /// Parses the command line, loads configuration and runs the command.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -181,6 +184,9 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // Blocking work here (SQLite reads, file syncs, image codecs) is bounded by the cores
+        // and the disk; tokio's 512 threads would only add stacks and allocator arenas.
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {
