@@ -152,7 +152,7 @@ pub async fn with_grid(mut output: GenerateOutput) -> Result<GenerateOutput, Str
             .iter()
             .map(|b| imageops::decode(b))
             .collect::<Result<Vec<_>, _>>()?;
-        imageops::encode_png(&imageops::grid(&decoded)?)
+        imageops::encode_png_fast(&imageops::grid(&decoded)?)
     })
     .await
     .map_err(|e| e.to_string())?
