@@ -91,7 +91,7 @@ pub async fn submit(
         max_attempts: app.config.worker.max_attempts,
         created_at: now,
         cancel_at: cancel_after.map(|d| now + d.as_millis() as i64),
-        deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
+        deadline_at: app.config.worker.deadline_from(now),
         webhook_url,
         charge,
         follow_up: None,

@@ -85,6 +85,13 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// When a job submitted at `now` must have ended (`job_timeout_secs` later).
+    pub fn deadline_from(&self, now: crate::base::clock::Millis) -> crate::base::clock::Millis {
+        now.saturating_add(
+            i64::try_from(self.job_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        )
+    }
+
     /// The first problem found, with the key it concerns.
     pub fn validate(&self) -> Result<(), Invalid> {
         at_least_one([

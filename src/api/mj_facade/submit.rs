@@ -175,7 +175,7 @@ async fn try_start(
         max_attempts: app.config.worker.max_attempts,
         created_at: now,
         cancel_at: None,
-        deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
+        deadline_at: app.config.worker.deadline_from(now),
         idempotency: None,
         webhook_url: None,
         charge,

@@ -267,7 +267,7 @@ fn new_job(
         max_attempts: app.config.worker.max_attempts,
         created_at: now,
         cancel_at: None,
-        deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
+        deadline_at: app.config.worker.deadline_from(now),
         webhook_url: None,
         // Priced by the caller ([`price`]), as the job API prices its jobs.
         charge: None,

@@ -172,7 +172,7 @@ async fn submit(app: &App, caller: &Caller, job: Submit<'_>) -> Result<(), ApiEr
         max_attempts: app.config.worker.max_attempts,
         created_at: now,
         cancel_at: None,
-        deadline_at: now + (app.config.worker.job_timeout_secs * 1000) as i64,
+        deadline_at: app.config.worker.deadline_from(now),
         webhook_url: None,
         charge,
         follow_up: Some(FOLLOWER.into()),
