@@ -3219,6 +3219,13 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["1", "2"]);
+    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 2);
+    assert_eq!(
+        s.mj_proxy_waiting(&t.id, 1).await.unwrap(),
+        1,
+        "counted up to the limit"
+    );
+    assert_eq!(s.mj_proxy_waiting("ten_other", 10).await.unwrap(), 0);
     let c = claim_one(s, LONG_LEASE).await;
     assert_eq!(c.job.id, first);
     let queued = s
@@ -3226,6 +3233,7 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["2"]);
+    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 1);
     assert!(s
         .mj_proxy_list("ten_other", ProxyFilter::All, 10)
         .await
