@@ -3107,10 +3107,14 @@ async fn mj_tasks_follow_their_jobs(b: Bundle) {
     let again = s.mj_task_insert(task("100", &first, 300)).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(s.mj_tasks_waiting(&t.id).await.unwrap(), 2);
+    assert_eq!(s.mj_tasks_waiting("ten_other").await.unwrap(), 0);
     let c = claim_one(s, LONG_LEASE).await;
+    let running = s.mj_tasks_waiting(&t.id).await.unwrap();
+    assert_eq!(running, 2, "a running job's task has not finished");
     s.job_finish(&c.job.id, c.fence, succeeded(&["t/j/1-0.png"]))
         .await
         .unwrap();
+    assert_eq!(s.mj_tasks_waiting(&t.id).await.unwrap(), 1);
     let done = s.mj_task_get(&t.id, "100").await.unwrap().expect("task");
     assert_eq!(
         (done.status.as_str(), done.task.msg_id),
@@ -3219,6 +3223,13 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["1", "2"]);
+    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 2);
+    assert_eq!(
+        s.mj_proxy_waiting(&t.id, 1).await.unwrap(),
+        1,
+        "counted up to the limit"
+    );
+    assert_eq!(s.mj_proxy_waiting("ten_other", 10).await.unwrap(), 0);
     let c = claim_one(s, LONG_LEASE).await;
     assert_eq!(c.job.id, first);
     let queued = s
@@ -3226,6 +3237,7 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["2"]);
+    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 1);
     assert!(s
         .mj_proxy_list("ten_other", ProxyFilter::All, 10)
         .await

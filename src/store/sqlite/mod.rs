@@ -64,6 +64,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
     include_str!("../../../migrations/sqlite/0020_photo_workflow.sql"),
     include_str!("../../../migrations/sqlite/0021_mj_proxy_tasks.sql"),
+    // 0022 is PostgreSQL's hold stripes (SQLite has one writer): the numbers stay aligned.
+    include_str!("../../../migrations/sqlite/0023_mj_tasks_job.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
