@@ -175,6 +175,22 @@ async fn send(socket: &mut WebSocket, body: Value) -> bool {
     socket.send(Message::text(body.to_string())).await.is_ok()
 }
 
+/// What woke an open socket.
+enum Wake {
+    Event(Option<SessionEvent>),
+    Typing(Result<Typing, broadcast::error::RecvError>),
+    Ping,
+    Incoming(Option<Result<Message, axum::Error>>),
+}
+
+/// What the socket does after a wake-up.
+enum Step {
+    Continue,
+    Stop,
+    Close(u16, &'static str),
+    Finish,
+}
+
 impl Connection {
     async fn run(self, mut socket: WebSocket, mut feed: SessionFeed) {
         let mut typing = TYPING.subscribe();
@@ -191,53 +207,58 @@ impl Connection {
         let start = tokio::time::Instant::now() + PING_EVERY;
         let mut ping = tokio::time::interval_at(start, PING_EVERY);
         loop {
-            tokio::select! {
-                event = feed.next() => {
-                    let Some(event) = event else {
-                        return Box::pin(close(socket, CLOSE_GOING_AWAY, "server shutting down"))
-                            .await;
-                    };
-                    let ended = event.kind == "session_deleted";
-                    // Boxed, as every rare step here: an idle socket's task is only as large
-                    // as the largest future held inline.
-                    if !send(&mut socket, Box::pin(self.render(&event)).await).await {
-                        return;
-                    }
-                    if ended {
-                        return Box::pin(close(socket, CLOSE_NORMAL, "Session deleted")).await;
-                    }
-                }
-                note = typing.recv() => match note {
-                    Ok(note) if note.session_id == self.session_id && note.from != self.id
-                        && note.user_id == self.owner.user_id => {
-                        let body = json!({"type": "user_typing", "userId": note.user_id,
-                                          "isTyping": note.is_typing, "timestamp": now()});
-                        if !send(&mut socket, body).await {
-                            return;
-                        }
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = ping.tick() => {
-                    if !send(&mut socket, json!({"type": "ping", "timestamp": now()})).await {
-                        return;
-                    }
-                }
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = self.answer(text.as_str()) {
-                            if !send(&mut socket, reply).await {
-                                return;
-                            }
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        return Box::pin(finish(socket)).await
-                    }
-                    Some(Ok(_)) => {}
-                },
+            let wake = tokio::select! {
+                event = feed.next() => Wake::Event(event),
+                note = typing.recv() => Wake::Typing(note),
+                _ = ping.tick() => Wake::Ping,
+                incoming = socket.recv() => Wake::Incoming(incoming),
+            };
+            // Boxed, as every rare step here: an idle socket's task is only as large as the
+            // futures it holds inline while it waits.
+            match Box::pin(self.handle(&mut socket, wake)).await {
+                Step::Continue => {}
+                Step::Stop => return,
+                Step::Close(code, reason) => return Box::pin(close(socket, code, reason)).await,
+                Step::Finish => return Box::pin(finish(socket)).await,
             }
+        }
+    }
+
+    async fn handle(&self, socket: &mut WebSocket, wake: Wake) -> Step {
+        let reply = match wake {
+            Wake::Event(None) => return Step::Close(CLOSE_GOING_AWAY, "server shutting down"),
+            Wake::Event(Some(event)) => {
+                if !send(socket, self.render(&event).await).await {
+                    return Step::Stop;
+                }
+                if event.kind == "session_deleted" {
+                    return Step::Close(CLOSE_NORMAL, "Session deleted");
+                }
+                None
+            }
+            Wake::Typing(Ok(note))
+                if note.session_id == self.session_id
+                    && note.from != self.id
+                    && note.user_id == self.owner.user_id =>
+            {
+                Some(json!({"type": "user_typing", "userId": note.user_id,
+                            "isTyping": note.is_typing, "timestamp": now()}))
+            }
+            Wake::Typing(Err(broadcast::error::RecvError::Closed)) => return Step::Stop,
+            Wake::Typing(_) => None,
+            Wake::Ping => Some(json!({"type": "ping", "timestamp": now()})),
+            Wake::Incoming(Some(Ok(Message::Text(text)))) => self.answer(text.as_str()),
+            Wake::Incoming(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
+                return Step::Finish
+            }
+            Wake::Incoming(Some(Ok(_))) => None,
+        };
+        match reply {
+            Some(body) => match send(socket, body).await {
+                true => Step::Continue,
+                false => Step::Stop,
+            },
+            None => Step::Continue,
         }
     }
 
