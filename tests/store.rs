@@ -1196,6 +1196,42 @@ async fn heartbeat_extends_lease_and_detects_a_stale_fence(b: Bundle) {
     assert!(matches!(missing, Err(StoreError::LeaseLost)), "{missing:?}");
 }
 
+/// Progress is a RUNNING event per rise of the current attempt, under its fence only.
+async fn progress_rises_as_events_of_the_running_attempt(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, b.job(&t.id)).await;
+    assert!(
+        !s.job_progress(&id, 1, 10).await.unwrap(),
+        "not running yet"
+    );
+    let c = claim_one(s, LONG_LEASE).await;
+    assert_eq!(s.job_progress_get(&id).await.unwrap(), None);
+    assert!(s.job_progress(&id, c.fence, 0).await.unwrap());
+    assert!(s.job_progress(&id, c.fence, 45).await.unwrap());
+    assert!(!s.job_progress(&id, c.fence, 45).await.unwrap(), "no rise");
+    assert!(!s.job_progress(&id, c.fence, 30).await.unwrap(), "a fall");
+    assert!(
+        !s.job_progress(&id, c.fence + 1, 60).await.unwrap(),
+        "stale fence"
+    );
+    assert_eq!(s.job_progress_get(&id).await.unwrap(), Some(45));
+    s.job_finish(&id, c.fence, succeeded(&["a"])).await.unwrap();
+    assert!(!s.job_progress(&id, c.fence, 80).await.unwrap(), "ended");
+    let events = s.job_events(&id).await.unwrap();
+    let seen: Vec<_> = events.iter().map(|e| (e.status, e.progress)).collect();
+    assert_eq!(
+        seen,
+        [
+            (JobStatus::Queued, None),
+            (JobStatus::Running, None),
+            (JobStatus::Running, Some(0)),
+            (JobStatus::Running, Some(45)),
+            (JobStatus::Succeeded, None),
+        ]
+    );
+}
+
 async fn finish_with_a_stale_fence_writes_nothing(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
@@ -3337,6 +3373,7 @@ macro_rules! suite {
             concurrent_claimers_respect_tenant_concurrency,
             claim_finds_runnable_work_behind_many_blocked_tenants,
             heartbeat_extends_lease_and_detects_a_stale_fence,
+            progress_rises_as_events_of_the_running_attempt,
             finish_with_a_stale_fence_writes_nothing,
             finish_succeeded_sets_results,
             finish_failed_sets_the_error,
