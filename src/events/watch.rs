@@ -5,6 +5,7 @@
 //! that the notice was someone else's.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -12,7 +13,14 @@ use tokio::sync::Notify;
 use super::{EventBus, Wake};
 
 /// Waiters by job id.
-type Waiters = Mutex<HashMap<Arc<str>, Vec<Arc<Notify>>>>;
+type Waiters = Mutex<HashMap<Arc<str>, Vec<Arc<Heard>>>>;
+
+/// What one waiter heard: a count of notices, and the wake-up.
+#[derive(Default)]
+struct Heard {
+    notices: AtomicU64,
+    notify: Notify,
+}
 
 /// The process's waiters on single jobs, listening on its bus until the bus closes.
 #[derive(Clone)]
@@ -25,7 +33,7 @@ pub struct JobWatch {
 /// a lag of the bus and when the bus closes. Dropping it stops the watching.
 pub struct Watched {
     job_id: Arc<str>,
-    notify: Arc<Notify>,
+    heard: Arc<Heard>,
     waiters: Arc<Waiters>,
 }
 
@@ -56,16 +64,16 @@ impl JobWatch {
     /// Watches `job_id` from now on: every notice of it published after this call is heard.
     pub fn watch(&self, job_id: &str) -> Watched {
         let job_id: Arc<str> = job_id.into();
-        let notify = Arc::new(Notify::new());
+        let heard = Arc::new(Heard::default());
         if let Ok(mut waiters) = self.waiters.lock() {
             waiters
                 .entry(job_id.clone())
                 .or_default()
-                .push(notify.clone());
+                .push(heard.clone());
         }
         Watched {
             job_id,
-            notify,
+            heard,
             waiters: self.waiters.clone(),
         }
     }
@@ -81,11 +89,14 @@ fn wake(waiters: &Waiters, job_id: Option<&str>) {
     let Ok(waiters) = waiters.lock() else {
         return;
     };
-    let woken: Box<dyn Iterator<Item = &Arc<Notify>>> = match job_id {
+    let woken: Box<dyn Iterator<Item = &Arc<Heard>>> = match job_id {
         Some(job_id) => Box::new(waiters.get(job_id).into_iter().flatten()),
         None => Box::new(waiters.values().flatten()),
     };
-    woken.for_each(|notify| notify.notify_one());
+    woken.for_each(|heard| {
+        heard.notices.fetch_add(1, Ordering::Relaxed);
+        heard.notify.notify_one();
+    });
 }
 
 impl Watched {
@@ -96,7 +107,12 @@ impl Watched {
 
     /// Waits for the next notice of the job (at once if one came since the last wait).
     pub async fn notified(&self) {
-        self.notify.notified().await
+        self.heard.notify.notified().await
+    }
+
+    /// Notices heard since the watch began (a lag or a notice naming no job counts as one).
+    pub fn notices(&self) -> u64 {
+        self.heard.notices.load(Ordering::Relaxed)
     }
 }
 
@@ -106,7 +122,7 @@ impl Drop for Watched {
             return;
         };
         if let Some(list) = waiters.get_mut(&self.job_id) {
-            list.retain(|n| !Arc::ptr_eq(n, &self.notify));
+            list.retain(|h| !Arc::ptr_eq(h, &self.heard));
             if list.is_empty() {
                 waiters.remove(&self.job_id);
             }
@@ -138,6 +154,7 @@ mod tests {
         assert!(heard(&mine).await);
         assert!(heard(&twin).await);
         assert!(!heard(&other).await);
+        assert_eq!((mine.notices(), other.notices()), (1, 0));
         // Heard once per notice.
         assert!(!heard(&mine).await);
         // A notice that names no job wakes everyone.
