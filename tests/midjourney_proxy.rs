@@ -53,6 +53,29 @@ async fn the_chain_runs_through_the_proxy_with_its_buttons() {
     assert_eq!(imagine["resultUrls"].as_array().expect("urls").len(), 4);
     assert!(imagine["gridUrl"].is_string());
     let id = |j: &Value| j["jobId"].as_str().expect("id").to_owned();
+    // The proxy's "50%" while the task ran is a RUNNING event of the job, on its stream too.
+    let events = app
+        .app
+        .store
+        .job_events(&id(&imagine))
+        .await
+        .expect("events");
+    let progress: Vec<_> = events.iter().filter_map(|e| e.progress).collect();
+    assert_eq!(progress, [50], "{events:?}");
+    let stream = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{}/events", id(&imagine))))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("sse");
+    assert!(
+        stream.contains(r#""status":"RUNNING","#) && stream.contains(r#""progress":50"#),
+        "{stream}"
+    );
     let u2 = finished(
         &app,
         json!({"prompt": "a cat", "operation": "upscale", "parentJobId": id(&imagine), "parentIndex": 2}),

@@ -1196,6 +1196,42 @@ async fn heartbeat_extends_lease_and_detects_a_stale_fence(b: Bundle) {
     assert!(matches!(missing, Err(StoreError::LeaseLost)), "{missing:?}");
 }
 
+/// Progress is a RUNNING event per rise of the current attempt, under its fence only.
+async fn progress_rises_as_events_of_the_running_attempt(b: Bundle) {
+    let s = b.store.as_ref();
+    let t = tenant(s, "A", 5).await;
+    let id = submit(s, b.job(&t.id)).await;
+    assert!(
+        !s.job_progress(&id, 1, 10).await.unwrap(),
+        "not running yet"
+    );
+    let c = claim_one(s, LONG_LEASE).await;
+    assert_eq!(s.job_progress_get(&id).await.unwrap(), None);
+    assert!(s.job_progress(&id, c.fence, 0).await.unwrap());
+    assert!(s.job_progress(&id, c.fence, 45).await.unwrap());
+    assert!(!s.job_progress(&id, c.fence, 45).await.unwrap(), "no rise");
+    assert!(!s.job_progress(&id, c.fence, 30).await.unwrap(), "a fall");
+    assert!(
+        !s.job_progress(&id, c.fence + 1, 60).await.unwrap(),
+        "stale fence"
+    );
+    assert_eq!(s.job_progress_get(&id).await.unwrap(), Some(45));
+    s.job_finish(&id, c.fence, succeeded(&["a"])).await.unwrap();
+    assert!(!s.job_progress(&id, c.fence, 80).await.unwrap(), "ended");
+    let events = s.job_events(&id).await.unwrap();
+    let seen: Vec<_> = events.iter().map(|e| (e.status, e.progress)).collect();
+    assert_eq!(
+        seen,
+        [
+            (JobStatus::Queued, None),
+            (JobStatus::Running, None),
+            (JobStatus::Running, Some(0)),
+            (JobStatus::Running, Some(45)),
+            (JobStatus::Succeeded, None),
+        ]
+    );
+}
+
 async fn finish_with_a_stale_fence_writes_nothing(b: Bundle) {
     let s = b.store.as_ref();
     let t = tenant(s, "A", 5).await;
@@ -3107,10 +3143,14 @@ async fn mj_tasks_follow_their_jobs(b: Bundle) {
     let again = s.mj_task_insert(task("100", &first, 300)).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(s.mj_tasks_waiting(&t.id).await.unwrap(), 2);
+    assert_eq!(s.mj_tasks_waiting("ten_other").await.unwrap(), 0);
     let c = claim_one(s, LONG_LEASE).await;
+    let running = s.mj_tasks_waiting(&t.id).await.unwrap();
+    assert_eq!(running, 2, "a running job's task has not finished");
     s.job_finish(&c.job.id, c.fence, succeeded(&["t/j/1-0.png"]))
         .await
         .unwrap();
+    assert_eq!(s.mj_tasks_waiting(&t.id).await.unwrap(), 1);
     let done = s.mj_task_get(&t.id, "100").await.unwrap().expect("task");
     assert_eq!(
         (done.status.as_str(), done.task.msg_id),
@@ -3219,6 +3259,13 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["1", "2"]);
+    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 2);
+    assert_eq!(
+        s.mj_proxy_waiting(&t.id, 1).await.unwrap(),
+        1,
+        "counted up to the limit"
+    );
+    assert_eq!(s.mj_proxy_waiting("ten_other", 10).await.unwrap(), 0);
     let c = claim_one(s, LONG_LEASE).await;
     assert_eq!(c.job.id, first);
     let queued = s
@@ -3226,6 +3273,7 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["2"]);
+    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 1);
     assert!(s
         .mj_proxy_list("ten_other", ProxyFilter::All, 10)
         .await
@@ -3325,6 +3373,7 @@ macro_rules! suite {
             concurrent_claimers_respect_tenant_concurrency,
             claim_finds_runnable_work_behind_many_blocked_tenants,
             heartbeat_extends_lease_and_detects_a_stale_fence,
+            progress_rises_as_events_of_the_running_attempt,
             finish_with_a_stale_fence_writes_nothing,
             finish_succeeded_sets_results,
             finish_failed_sets_the_error,

@@ -23,7 +23,7 @@ use super::multipart::{read_form, Form, FormError};
 use crate::app::App;
 use crate::base::clock::format_millis;
 use crate::base::image::{ImageDeleteOutcome, ImageListQuery, ImageOwner, ImageRecord};
-use crate::uploads::{Upload, UploadError};
+use crate::uploads::{Library, Upload, UploadError};
 
 /// Files one batch takes (the origin's `upload.array('images', 10)`).
 pub const MAX_BATCH_FILES: usize = 10;
@@ -94,14 +94,14 @@ fn form_refused(e: FormError) -> Response {
 }
 
 /// The editor's Image object.
-pub async fn image_json(app: &App, record: &ImageRecord) -> Value {
+pub async fn image_json(images: &Library, record: &ImageRecord) -> Value {
     json!({
         "id": record.id,
         "sessionId": record.session_id,
         "userId": record.owner.user_id,
         "type": record.kind,
-        "path": app.images.link(&record.object.key).await,
-        "thumbPath": app.images.link(&record.object.thumb_key).await,
+        "path": images.link(&record.object.key).await,
+        "thumbPath": images.link(&record.object.thumb_key).await,
         "mime": record.object.mime,
         "width": record.object.width,
         "height": record.object.height,
@@ -200,7 +200,7 @@ pub async fn upload(
         Ok(record) => (
             StatusCode::CREATED,
             Json(json!({"message": "Image uploaded successfully",
-                        "image": image_json(&app, &record).await})),
+                        "image": image_json(&app.images, &record).await})),
         )
             .into_response(),
         Err(e) => refused(&e),
@@ -247,7 +247,7 @@ pub async fn upload_batch(
     let mut failed = Vec::new();
     for (name, outcome) in names.into_iter().zip(outcomes) {
         match outcome.or_else(|| stored.next()) {
-            Some(Ok(record)) => successful.push(image_json(&app, &record).await),
+            Some(Ok(record)) => successful.push(image_json(&app.images, &record).await),
             Some(Err(e)) => failed.push(json!({"error": e.to_string(), "filename": name})),
             None => failed.push(json!({"error": "not processed", "filename": name})),
         }
@@ -263,7 +263,9 @@ pub async fn upload_batch(
 /// `GET /api/images/:imageId`.
 pub async fn get(app: App, owner: ImageOwner, id: String) -> Response {
     match app.images.get(&owner, &id).await {
-        Ok(record) => Json(json!({"image": image_json(&app, &record).await})).into_response(),
+        Ok(record) => {
+            Json(json!({"image": image_json(&app.images, &record).await})).into_response()
+        }
         Err(UploadError::NotFound) => not_found(),
         Err(_) => unavailable("get image"),
     }
@@ -313,7 +315,7 @@ pub async fn list(
         Ok((records, total)) => {
             let mut images = Vec::with_capacity(records.len());
             for record in &records {
-                images.push(image_json(&app, record).await);
+                images.push(image_json(&app.images, record).await);
             }
             Json(json!({"images": images,
                         "pagination": {"limit": limit, "offset": offset, "total": total}}))

@@ -11,6 +11,8 @@
 //!        "resultUrls":["..."]}
 //! ```
 //! (`data` is one line; `resultUrls` only on SUCCEEDED, signed like `GET /v1/jobs/{id}`).
+//! A provider that reports progress (midjourney-proxy) adds RUNNING events with
+//! `"progress": 0-99`, one per rise, between the attempt's RUNNING and its end.
 //! Every message has the event name `job.status`; the status is in the data. Keep-alive
 //! comments (`:`) every 15 s.
 //!
@@ -57,6 +59,9 @@ struct EventView<'a> {
     timestamp: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     result_urls: Option<Vec<String>>,
+    /// A RUNNING event that reports progress (0-99) rather than a status change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<u8>,
 }
 
 /// The event as JSON text; a SUCCEEDED event carries the job's signed result links.
@@ -82,6 +87,7 @@ pub(super) async fn render(app: &App, event: &JobEvent) -> Result<String, ApiErr
         error_message: event.error_message.as_deref(),
         timestamp: format_millis(event.at),
         result_urls,
+        progress: event.progress,
     };
     serde_json::to_string(&view).map_err(|e| {
         tracing::error!(error = %e, "event does not serialise");

@@ -294,6 +294,9 @@ pub struct JobEvent {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub at: Millis,
+    /// A progress report of the running attempt (0-99), not a status change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
 }
 
 /// Filter and position of one page of `GET /v1/jobs`.

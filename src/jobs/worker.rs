@@ -34,7 +34,8 @@ use crate::base::settings::{at_least_one, Invalid};
 use crate::events::{Change, EventBus, Subscription, Wake};
 use crate::keypool::{KeyLease, KeyPool, Outcome};
 use crate::providers::{
-    GenerateRequest, HistoryTurn, InputImage, Provider, ProviderError, Registry, RequestExtras,
+    GenerateRequest, HistoryTurn, InputImage, Progress, Provider, ProviderError, Registry,
+    RequestExtras,
 };
 use crate::storage::{ObjectStore, StorageError};
 use crate::store::{Store, StoreError};
@@ -588,6 +589,7 @@ async fn attempt(
             }
         },
     };
+    let (progress, reports) = Progress::channel();
     let request = GenerateRequest {
         job_id: job.id.clone(),
         prompt: job.prompt.clone(),
@@ -607,10 +609,12 @@ async fn attempt(
             history: uploaded.history,
             parent: parent_upstream,
             parent_index: job.params.parent_index,
+            progress,
         },
     };
     let remaining = Duration::from_millis((job.deadline_at - now_millis()).max(0) as u64);
     let call = call_provider(deps, provider.as_ref(), &request, awaiting);
+    let call = with_progress(deps, claimed, call, reports);
     let outcome = match tokio::time::timeout(remaining, call).await {
         Ok(outcome) => outcome,
         Err(_) => {
@@ -623,6 +627,34 @@ async fn attempt(
     match outcome {
         Ok(output) => store_images(deps, claimed, output, stored).await,
         Err(error) => finish_for_error(deps, claimed, &error),
+    }
+}
+
+/// Runs the provider's call while recording the progress it reports as job events (each
+/// rise one event, published on the bus so streams and the `/mj` facade's hooks hear it).
+async fn with_progress<F, T>(
+    deps: &WorkerDeps,
+    claimed: &ClaimedJob,
+    call: F,
+    mut reports: tokio::sync::watch::Receiver<u8>,
+) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            out = &mut call => return out,
+            Ok(()) = reports.changed() => {
+                let percent = *reports.borrow_and_update();
+                let job = &claimed.job;
+                match deps.store.job_progress(&job.id, claimed.fence, percent).await {
+                    Ok(true) => deps.events.publish(Change::job(&job.tenant_id, &job.id)),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(job = %job.id, error = %e, "progress not recorded"),
+                }
+            }
+        }
     }
 }
 

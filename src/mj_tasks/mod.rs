@@ -69,7 +69,8 @@ impl MjTasks {
             return Ok(());
         };
         let job = view::job_of(self, task).await?;
-        let order = view::status_of(task, job.as_ref()).order();
+        let progress = view::progress_of(self, job.as_ref()).await;
+        let order = view::status_of(task, job.as_ref(), progress).order();
         if order <= task.notified {
             return Ok(());
         }

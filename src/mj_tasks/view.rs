@@ -78,7 +78,8 @@ impl Status {
 
 const CANCELED: &str = "取消任务";
 
-pub fn status_of(task: &ProxyTask, job: Option<&Job>) -> Status {
+/// The task's status; `progress` is its running job's last report ([`progress_of`]).
+pub fn status_of(task: &ProxyTask, job: Option<&Job>, progress: Option<u8>) -> Status {
     let plain = |status, progress| Status {
         status,
         progress: Some(progress),
@@ -95,7 +96,8 @@ pub fn status_of(task: &ProxyTask, job: Option<&Job>) -> Status {
         (_, None) => failed("任务不存在".into()),
         (_, Some(job)) => match job.status {
             JobStatus::Queued => plain("SUBMITTED", 0),
-            JobStatus::Running | JobStatus::Retrying => plain("IN_PROGRESS", 0),
+            JobStatus::Running => plain("IN_PROGRESS", progress.unwrap_or(0)),
+            JobStatus::Retrying => plain("IN_PROGRESS", 0),
             JobStatus::Succeeded => plain("SUCCESS", 100),
             JobStatus::Canceled => failed(CANCELED.into()),
             JobStatus::Failed => failed(
@@ -116,6 +118,18 @@ pub async fn job_of(app: &MjTasks, task: &ProxyTask) -> Result<Option<Job>, Stor
     }
 }
 
+/// The progress the running job's provider last reported (a midjourney-proxy's `"45%"`).
+pub async fn progress_of(app: &MjTasks, job: Option<&Job>) -> Option<u8> {
+    let job = job.filter(|j| j.status == JobStatus::Running)?;
+    match app.store.job_progress_get(&job.id).await {
+        Ok(progress) => progress,
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "progress not read");
+            None
+        }
+    }
+}
+
 /// The task object.
 pub async fn task_json(app: &MjTasks, task: &ProxyTask) -> Result<Value, StoreError> {
     let job = job_of(app, task).await?;
@@ -125,7 +139,7 @@ pub async fn task_json(app: &MjTasks, task: &ProxyTask) -> Result<Value, StoreEr
 /// The task object of a task and its job.
 pub async fn render(app: &MjTasks, task: &ProxyTask, job: Option<&Job>) -> Value {
     let detail = Detail::of(task);
-    let status = status_of(task, job);
+    let status = status_of(task, job, progress_of(app, job).await);
     let succeeded = status.status == "SUCCESS";
     let mut prompt = detail.prompt.clone();
     let mut final_prompt = detail.prompt.clone();

@@ -80,6 +80,35 @@ pub struct RequestExtras {
     /// Earlier turns of the conversation, oldest first (Gemini sends them as `contents`
     /// before this request's own turn; other providers ignore them).
     pub history: Vec<HistoryTurn>,
+    /// Where a provider whose upstream tells how far a task has come reports it.
+    pub progress: Progress,
+}
+
+/// How far a long upstream task has come, 0-99 percent (its end is the job's end), reported
+/// by the provider while the worker records it as job events. Only a rise is passed on, and
+/// a report costs nothing when nobody listens (a request made outside the worker).
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Option<tokio::sync::watch::Sender<u8>>);
+
+impl Progress {
+    /// A handle and the receiver that hears its rises.
+    pub fn channel() -> (Progress, tokio::sync::watch::Receiver<u8>) {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        (Progress(Some(tx)), rx)
+    }
+
+    pub fn report(&self, percent: u8) {
+        let percent = percent.min(99);
+        if let Some(tx) = &self.0 {
+            tx.send_if_modified(|seen| {
+                let rose = percent > *seen;
+                if rose {
+                    *seen = percent;
+                }
+                rose
+            });
+        }
+    }
 }
 
 /// One earlier turn, with its images read back.

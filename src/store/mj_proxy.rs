@@ -76,6 +76,8 @@ pub trait MjProxyStore: Send + Sync + 'static {
         filter: ProxyFilter,
         limit: u32,
     ) -> StoreResult<Vec<ProxyTask>>;
+    /// How many of the tenant's tasks have jobs waiting to run, counted up to `limit`.
+    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64>;
     /// Gives a MODAL task its job and new detail; false when it is not (or no longer) MODAL.
     async fn mj_proxy_start(
         &self,

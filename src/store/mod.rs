@@ -283,6 +283,11 @@ pub trait Store:
         -> StoreResult<Millis>;
     /// Ends an attempt; `LeaseLost` (and nothing written) if the token is no longer current.
     async fn job_finish(&self, job_id: &str, fence: i64, finish: Finish) -> StoreResult<()>;
+    /// Records the running attempt's progress (0-99) as a RUNNING event with `progress`, when
+    /// it rose above the attempt's last report; false when it did not or the lease is gone.
+    async fn job_progress(&self, job_id: &str, fence: i64, percent: u8) -> StoreResult<bool>;
+    /// The last progress its current attempt reported, if any.
+    async fn job_progress_get(&self, job_id: &str) -> StoreResult<Option<u8>>;
     /// Gives a claimed job back to the queue untouched (graceful shutdown).
     async fn job_release(&self, job_id: &str, fence: i64) -> StoreResult<()>;
     /// Rescues expired leases, applies `Cancel-After` and deadlines.

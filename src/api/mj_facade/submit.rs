@@ -21,7 +21,7 @@ use crate::base::operation::{BlendShape, Operation, BLEND_IMAGES};
 use crate::error::ErrorCode;
 use crate::ledger::pricing::{Payer, Priced};
 use crate::mj_tasks::view::Detail;
-use crate::store::mj_proxy::{ProxyFilter, ProxyTask, PHASE_MODAL};
+use crate::store::mj_proxy::{ProxyTask, PHASE_MODAL};
 use crate::store::{StoreError, Tenant};
 use crate::uploads::{Upload, UploadError};
 
@@ -121,11 +121,7 @@ async fn try_start(
     refuse_banned(app, &plan.detail.prompt)?;
     let max_waiting = app.config.midjourney.max_waiting;
     let limit = u32::try_from(max_waiting).unwrap_or(u32::MAX);
-    let waiting = app
-        .store
-        .mj_proxy_list(&tenant.id, ProxyFilter::Queued, limit)
-        .await?;
-    if waiting.len() as u64 >= max_waiting {
+    if app.store.mj_proxy_waiting(&tenant.id, limit).await? >= max_waiting {
         return Err(queue_full());
     }
     let provider = crate::api::midjourney::provider_of(app);
@@ -209,7 +205,9 @@ async fn try_start(
         Some(id) => started(app, tenant, id, &job_id, &plan.detail).await?,
         None => record(app, tenant, &plan, Some(&job_id)).await?,
     };
-    super::notify(app, &tenant.id, &task_id).await;
+    if plan.detail.notify_hook.is_some() {
+        super::notify(app, &tenant.id, &task_id).await;
+    }
     queued_answer(app, tenant, &job_id, task_id).await
 }
 

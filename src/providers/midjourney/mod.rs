@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{
-    imageops, Capabilities, GenerateOutput, GenerateRequest, GeneratedImage, Provider,
+    imageops, Capabilities, GenerateOutput, GenerateRequest, GeneratedImage, Progress, Provider,
     ProviderError, ProvidersConfig, UpstreamCredential,
 };
 use crate::base::job::Mode;
@@ -227,11 +227,12 @@ impl MidjourneyProvider {
         })
     }
 
-    /// Polls the task until it ends or runs out of time.
+    /// Polls the task until it ends or runs out of time, passing on the progress it shows.
     async fn wait(
         &self,
         credential: &UpstreamCredential,
         task_id: &str,
+        progress: &Progress,
     ) -> Result<TaskReply, ProviderError> {
         let started = Instant::now();
         let deadline = Duration::from_secs(self.config.task_timeout_secs);
@@ -242,6 +243,9 @@ impl MidjourneyProvider {
                 Some("SUCCESS") => return Ok(task),
                 Some("FAILURE") | Some("CANCEL") => return Err(wire::failure(&task)),
                 _ => {}
+            }
+            if let Some(percent) = task.percent() {
+                progress.report(percent);
             }
             if started.elapsed() >= deadline {
                 return Err(final_error(
@@ -361,7 +365,9 @@ impl Provider for MidjourneyProvider {
             submit.body["notifyHook"] = Value::String(url.clone());
         }
         let task_id = self.submit(credential, &submit).await?;
-        let task = self.wait(credential, &task_id).await?;
+        let task = self
+            .wait(credential, &task_id, &request.extra.progress)
+            .await?;
         let operation = request.extra.operation;
         let details = json!({
             "taskId": task.id.clone().unwrap_or(task_id),

@@ -68,6 +68,13 @@ impl TaskReply {
         })
     }
 
+    /// The progress it shows (`"45%"`, `"45"`), when it is a number from 0 to 100.
+    pub fn percent(&self) -> Option<u8> {
+        let text = self.progress.as_deref()?.trim();
+        let number = text.strip_suffix('%').unwrap_or(text).trim();
+        number.parse::<u8>().ok().filter(|p| *p <= 100)
+    }
+
     /// A describe's four prompts.
     pub fn final_prompt(&self) -> Option<String> {
         self.properties
@@ -266,6 +273,24 @@ mod tests {
     use crate::base::job::Mode;
     use crate::base::operation::UpscaleStyle;
     use crate::providers::RequestExtras;
+
+    #[test]
+    fn progress_reads_both_editions_forms_and_nothing_else() {
+        let at = |p: &str| {
+            TaskReply {
+                progress: Some(p.into()),
+                ..TaskReply::default()
+            }
+            .percent()
+        };
+        assert_eq!(at("45%"), Some(45));
+        assert_eq!(at(" 7 "), Some(7));
+        assert_eq!(at("100%"), Some(100));
+        assert_eq!(at(""), None);
+        assert_eq!(at("250%"), None);
+        assert_eq!(at("-1%"), None);
+        assert_eq!(TaskReply::default().percent(), None);
+    }
 
     fn request(operation: Operation, parent: Option<Value>) -> GenerateRequest {
         GenerateRequest {

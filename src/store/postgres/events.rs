@@ -19,6 +19,7 @@ struct EventRow {
     error_code: Option<String>,
     error_message: Option<String>,
     at: Millis,
+    progress: Option<i32>,
 }
 
 fn event_from_row(r: EventRow) -> StoreResult<JobEvent> {
@@ -31,12 +32,13 @@ fn event_from_row(r: EventRow) -> StoreResult<JobEvent> {
         error_code: r.error_code,
         error_message: r.error_message,
         at: r.at,
+        progress: r.progress.and_then(|p| u8::try_from(p).ok()),
     })
 }
 
 pub async fn events(pool: &PgPool, job_id: &str) -> StoreResult<Vec<JobEvent>> {
     let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
+        "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at, progress
          FROM job_events WHERE job_id = $1 ORDER BY id",
     )
     .bind(job_id)
@@ -59,7 +61,7 @@ pub async fn events_after(
     macro_rules! events_where {
         ($filter:literal) => {
             concat!(
-                "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at
+                "SELECT id, job_id, tenant_id, status, attempt, error_code, error_message, at, progress
                  FROM job_events WHERE tenant_id = $1 AND ",
                 $filter,
                 " AND id > $3 AND txid < pg_snapshot_xmin(pg_current_snapshot())
@@ -89,4 +91,39 @@ pub async fn events_last_id(pool: &PgPool, tenant_id: &str) -> StoreResult<i64> 
     .bind(tenant_id)
     .fetch_one(pool)
     .await?)
+}
+
+/// The attempt's progress, when it rose and the lease under `fence` is still the job's.
+pub async fn progress(
+    pool: &PgPool,
+    now: Millis,
+    job_id: &str,
+    fence: i64,
+    percent: u8,
+) -> StoreResult<bool> {
+    let written = sqlx::query(
+        "INSERT INTO job_events (job_id, tenant_id, status, attempt, progress, at)
+         SELECT j.id, j.tenant_id, 'RUNNING', j.attempts, $3, $4 FROM jobs j
+         WHERE j.id = $1 AND j.fence = $2 AND j.status = 'RUNNING'
+           AND $3 > COALESCE((SELECT max(e.progress) FROM job_events e
+                              WHERE e.job_id = j.id AND e.attempt = j.attempts), -1)",
+    )
+    .bind(job_id)
+    .bind(fence)
+    .bind(i32::from(percent))
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(written.rows_affected() == 1)
+}
+
+pub async fn progress_get(pool: &PgPool, job_id: &str) -> StoreResult<Option<u8>> {
+    let max: Option<i32> = sqlx::query_scalar(
+        "SELECT max(e.progress) FROM jobs j JOIN job_events e
+           ON e.job_id = j.id AND e.attempt = j.attempts WHERE j.id = $1",
+    )
+    .bind(job_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(max.and_then(|p| u8::try_from(p).ok()))
 }

@@ -10,6 +10,12 @@ use crate::store::midjourney::{
 };
 use crate::store::StoreResult;
 
+/// The tenant's tasks still SUBMITTED (an open job, no bot status), found from its open jobs:
+/// the tasks it made before are never read.
+const UNFINISHED: &str = "jobs j JOIN mj_tasks t ON t.job_id = j.id
+    WHERE j.tenant_id = $1 AND j.status IN ('QUEUED', 'RUNNING', 'RETRYING')
+    AND t.bot_status IS NULL";
+
 fn row_of(row: &PgRow) -> Result<MjTaskRow, sqlx::Error> {
     Ok(MjTaskRow {
         task: MjTask {
@@ -138,10 +144,7 @@ impl MjTaskStore for PgStore {
     }
 
     async fn mj_tasks_waiting(&self, tenant_id: &str) -> StoreResult<u64> {
-        let sql = format!(
-            "SELECT count(*) FROM mj_tasks t LEFT JOIN jobs j ON j.id = t.job_id
-             WHERE t.tenant_id = $1 AND {STATUS_SQL} = 'SUBMITTED'"
-        );
+        let sql = format!("SELECT count(*) FROM {UNFINISHED}");
         let n: i64 = sqlx::query_scalar(&sql)
             .bind(tenant_id)
             .fetch_one(&self.pool)

@@ -14,6 +14,10 @@ use crate::store::StoreResult;
 const COLUMNS: &str = "t.id, t.tenant_id, t.job_id, t.hash, t.action, t.phase, t.detail,
     t.notified, t.created_at, t.updated_at";
 
+/// The tenant's tasks whose jobs wait, found from the waiting jobs' partial index.
+const WAITING: &str = "jobs j JOIN mj_proxy_tasks t ON t.job_id = j.id
+    WHERE j.tenant_id = $1 AND j.status IN ('QUEUED', 'RETRYING')";
+
 fn row_of(row: &PgRow) -> Result<ProxyTask, sqlx::Error> {
     Ok(ProxyTask {
         id: row.try_get(0)?,
@@ -84,11 +88,9 @@ impl MjProxyStore for PgStore {
                 "SELECT {COLUMNS} FROM mj_proxy_tasks t WHERE t.tenant_id = $1
                  ORDER BY t.created_at DESC, t.id DESC LIMIT $2"
             ),
-            ProxyFilter::Queued => format!(
-                "SELECT {COLUMNS} FROM mj_proxy_tasks t JOIN jobs j ON j.id = t.job_id
-                 WHERE t.tenant_id = $1 AND j.status IN ('QUEUED', 'RETRYING')
-                 ORDER BY t.created_at, t.id LIMIT $2"
-            ),
+            ProxyFilter::Queued => {
+                format!("SELECT {COLUMNS} FROM {WAITING} ORDER BY j.seq LIMIT $2")
+            }
         };
         let found = sqlx::query(&sql)
             .bind(tenant_id)
@@ -96,6 +98,16 @@ impl MjProxyStore for PgStore {
             .fetch_all(&self.pool)
             .await?;
         Ok(found.iter().map(row_of).collect::<Result<Vec<_>, _>>()?)
+    }
+
+    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64> {
+        let sql = format!("SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT $2) AS w");
+        let n: i64 = sqlx::query_scalar(&sql)
+            .bind(tenant_id)
+            .bind(i64::from(limit))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn mj_proxy_start(

@@ -415,6 +415,14 @@ impl Store for PgStore {
         jobs::finish(&self.pool, self.now(), job_id, fence, &finish).await
     }
 
+    async fn job_progress(&self, job_id: &str, fence: i64, percent: u8) -> StoreResult<bool> {
+        events::progress(&self.pool, self.now(), job_id, fence, percent).await
+    }
+
+    async fn job_progress_get(&self, job_id: &str) -> StoreResult<Option<u8>> {
+        events::progress_get(&self.pool, job_id).await
+    }
+
     async fn job_release(&self, job_id: &str, fence: i64) -> StoreResult<()> {
         jobs::release(&self.pool, self.now(), job_id, fence).await
     }

@@ -36,7 +36,8 @@ pub(super) fn event_insert(conn: &Connection, e: &EventRow<'_>) -> StoreResult<(
     Ok(())
 }
 
-const EVENT_COLUMNS: &str = "id, job_id, tenant_id, status, attempt, error_code, error_message, at";
+const EVENT_COLUMNS: &str =
+    "id, job_id, tenant_id, status, attempt, error_code, error_message, at, progress";
 
 fn event_from_row(r: &Row<'_>) -> rusqlite::Result<JobEvent> {
     let status: String = r.get(3)?;
@@ -49,6 +50,7 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<JobEvent> {
         error_code: r.get(5)?,
         error_message: r.get(6)?,
         at: r.get(7)?,
+        progress: r.get(8)?,
     })
 }
 
@@ -99,4 +101,33 @@ pub fn events_last_id(conn: &Connection, tenant_id: &str) -> StoreResult<i64> {
     Ok(conn
         .prepare_cached("SELECT coalesce(max(id), 0) FROM job_events WHERE tenant_id = ?1")?
         .query_row([tenant_id], |r| r.get(0))?)
+}
+
+/// The attempt's progress, when it rose and the lease under `fence` is still the job's.
+pub fn progress(
+    conn: &Connection,
+    now: Millis,
+    job_id: &str,
+    fence: i64,
+    percent: u8,
+) -> StoreResult<bool> {
+    let written = conn
+        .prepare_cached(
+            "INSERT INTO job_events (job_id, tenant_id, status, attempt, progress, at)
+             SELECT j.id, j.tenant_id, 'RUNNING', j.attempts, ?3, ?4 FROM jobs j
+             WHERE j.id = ?1 AND j.fence = ?2 AND j.status = 'RUNNING'
+               AND ?3 > COALESCE((SELECT max(e.progress) FROM job_events e
+                                  WHERE e.job_id = j.id AND e.attempt = j.attempts), -1)",
+        )?
+        .execute(params![job_id, fence, percent, now])?;
+    Ok(written == 1)
+}
+
+pub fn progress_get(conn: &Connection, job_id: &str) -> StoreResult<Option<u8>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT max(e.progress) FROM jobs j JOIN job_events e
+               ON e.job_id = j.id AND e.attempt = j.attempts WHERE j.id = ?1",
+        )?
+        .query_row([job_id], |r| r.get(0))?)
 }

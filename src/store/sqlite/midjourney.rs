@@ -9,6 +9,12 @@ use crate::store::midjourney::{
 };
 use crate::store::StoreResult;
 
+/// The tenant's tasks still SUBMITTED (an open job, no bot status), found from its open jobs:
+/// the tasks it made before are never read.
+const UNFINISHED: &str = "jobs j CROSS JOIN mj_tasks t ON t.job_id = j.id
+    WHERE j.tenant_id = ?1 AND j.status IN ('QUEUED', 'RUNNING', 'RETRYING')
+    AND t.bot_status IS NULL";
+
 fn row_of(row: &Row<'_>) -> rusqlite::Result<MjTaskRow> {
     Ok(MjTaskRow {
         task: MjTask {
@@ -181,10 +187,7 @@ impl MjTaskStore for SqliteStore {
     async fn mj_tasks_waiting(&self, tenant_id: &str) -> StoreResult<u64> {
         let tenant = tenant_id.to_owned();
         self.read(move |c| {
-            let sql = format!(
-                "SELECT count(*) FROM mj_tasks t LEFT JOIN jobs j ON j.id = t.job_id
-                 WHERE t.tenant_id = ?1 AND {STATUS_SQL} = 'SUBMITTED'"
-            );
+            let sql = format!("SELECT count(*) FROM {UNFINISHED}");
             let n: i64 = c
                 .prepare_cached(&sql)?
                 .query_row(params![tenant], |r| r.get(0))?;

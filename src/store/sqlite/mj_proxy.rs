@@ -13,6 +13,11 @@ use crate::store::StoreResult;
 const COLUMNS: &str = "t.id, t.tenant_id, t.job_id, t.hash, t.action, t.phase, t.detail,
     t.notified, t.created_at, t.updated_at";
 
+/// The tenant's tasks whose jobs wait, read from the waiting jobs' partial index (jobs first:
+/// a tenant's finished tasks are never visited).
+const WAITING: &str = "jobs j CROSS JOIN mj_proxy_tasks t ON t.job_id = j.id
+    WHERE j.tenant_id = ?1 AND j.status IN ('QUEUED', 'RETRYING')";
+
 fn row_of(row: &Row<'_>) -> rusqlite::Result<ProxyTask> {
     Ok(ProxyTask {
         id: row.get(0)?,
@@ -47,11 +52,7 @@ fn list(
             "SELECT {COLUMNS} FROM mj_proxy_tasks t WHERE t.tenant_id = ?1
              ORDER BY t.created_at DESC, t.id DESC LIMIT ?2"
         ),
-        ProxyFilter::Queued => format!(
-            "SELECT {COLUMNS} FROM mj_proxy_tasks t JOIN jobs j ON j.id = t.job_id
-             WHERE t.tenant_id = ?1 AND j.status IN ('QUEUED', 'RETRYING')
-             ORDER BY t.created_at, t.id LIMIT ?2"
-        ),
+        ProxyFilter::Queued => format!("SELECT {COLUMNS} FROM {WAITING} ORDER BY j.seq LIMIT ?2"),
     };
     Ok(conn
         .prepare_cached(&sql)?
@@ -104,6 +105,18 @@ impl MjProxyStore for SqliteStore {
     ) -> StoreResult<Vec<ProxyTask>> {
         let tenant = tenant_id.to_owned();
         self.read(move |c| list(c, &tenant, filter, limit)).await
+    }
+
+    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64> {
+        let tenant = tenant_id.to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT ?2)");
+            let n: i64 = c
+                .prepare_cached(&sql)?
+                .query_row(params![tenant, limit], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
     }
 
     async fn mj_proxy_start(

@@ -64,6 +64,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0019_mj_tasks.sql"),
     include_str!("../../../migrations/sqlite/0020_photo_workflow.sql"),
     include_str!("../../../migrations/sqlite/0021_mj_proxy_tasks.sql"),
+    // 0022 is PostgreSQL's hold stripes (SQLite has one writer): the numbers stay aligned.
+    include_str!("../../../migrations/sqlite/0023_mj_tasks_job.sql"),
+    include_str!("../../../migrations/sqlite/0024_job_progress.sql"),
 ];
 
 /// A column whose stored text does not parse (a status, a mode, JSON).
@@ -478,6 +481,17 @@ impl Store for SqliteStore {
         let job_id = job_id.to_owned();
         self.write_at(move |c, now| jobs::finish(c, now, &job_id, fence, &finish))
             .await
+    }
+
+    async fn job_progress(&self, job_id: &str, fence: i64, percent: u8) -> StoreResult<bool> {
+        let job_id = job_id.to_owned();
+        self.write_at(move |c, now| events::progress(c, now, &job_id, fence, percent))
+            .await
+    }
+
+    async fn job_progress_get(&self, job_id: &str) -> StoreResult<Option<u8>> {
+        let job_id = job_id.to_owned();
+        self.read(move |c| events::progress_get(c, &job_id)).await
     }
 
     async fn job_release(&self, job_id: &str, fence: i64) -> StoreResult<()> {

@@ -22,13 +22,15 @@
 //! user's other connections in this process only (as the origin's did), while session changes
 //! reach every process through the event bus.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use futures::future::Either;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -40,12 +42,14 @@ use crate::base::clock::{format_millis, now_millis};
 use crate::base::image::ImageOwner;
 use crate::sessions::feed::SessionFeed;
 use crate::store::sessions::{SessionEvent, SessionOwner};
+use crate::store::Store;
+use crate::uploads::Library;
 
 const PING_EVERY: Duration = Duration::from_secs(30);
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 /// A client message larger than this ends the connection.
 const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -69,7 +73,9 @@ struct Typing {
 static TYPING: LazyLock<broadcast::Sender<Typing>> = LazyLock::new(|| broadcast::channel(1024).0);
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-/// `GET /ws/{sessionId}`
+/// `GET /ws/{sessionId}`: the socket is admitted (or refused) before the upgrade, so the
+/// long-lived task of an open socket holds only its [`Connection`] and [`SessionFeed`], never
+/// the whole [`App`] nor the sign-in check's future.
 pub async fn socket(
     State(app): State<App>,
     Path(session_id): Path<String>,
@@ -77,13 +83,14 @@ pub async fn socket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let query = query.map(|q| q.0).unwrap_or_default();
+    let admission = admit(&app, session_id, query).await;
     // Clients send small JSON: small buffers keep an idle connection cheap (tungstenite's
     // default is 128 KiB each way).
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| open(app, socket, session_id, query))
+        .on_upgrade(move |socket| admission.serve(socket))
         .into_response()
 }
 
@@ -91,23 +98,43 @@ fn nonempty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
 
-async fn open(app: App, socket: WebSocket, session_id: String, query: SocketQuery) {
+/// What the socket does once open: run, or close at once with a code and reason.
+enum Admission {
+    Open(Box<(Connection, SessionFeed)>),
+    Refused(u16, &'static str),
+}
+
+impl Admission {
+    /// Not an `async fn`: that would keep the socket both in its own state and in the
+    /// connection's future.
+    fn serve(self, socket: WebSocket) -> impl Future<Output = ()> + Send {
+        match self {
+            Admission::Open(open) => {
+                let (connection, feed) = *open;
+                Either::Left(connection.run(socket, feed))
+            }
+            Admission::Refused(code, reason) => {
+                Either::Right(Box::pin(close(socket, code, reason)))
+            }
+        }
+    }
+}
+
+async fn admit(app: &App, session_id: String, query: SocketQuery) -> Admission {
     let (Some(user_id), Some(token)) = (nonempty(query.user_id), nonempty(query.token)) else {
-        return close(socket, CLOSE_POLICY, "Missing authentication").await;
+        return Admission::Refused(CLOSE_POLICY, "Missing authentication");
     };
-    // Boxed: the sign-in check's future would otherwise stay inline in every idle
-    // connection's task for its whole life.
-    let authed = match Box::pin(app.accounts.authenticate(&token)).await {
+    let authed = match app.accounts.authenticate(&token).await {
         Ok(authed) if authed.user.id == user_id => authed,
-        _ => return close(socket, CLOSE_POLICY, "Invalid token").await,
+        _ => return Admission::Refused(CLOSE_POLICY, "Invalid token"),
     };
     let owner = SessionOwner::new(authed.user.tenant_id, authed.user.id);
     let last = match app.store.editor_events_last_id(&owner, &session_id).await {
         Ok(Some(last)) => last,
-        Ok(None) => return close(socket, CLOSE_POLICY, "Session not found").await,
+        Ok(None) => return Admission::Refused(CLOSE_POLICY, "Session not found"),
         Err(e) => {
             tracing::warn!(error = %e, "editor socket: session not read");
-            return close(socket, 1011, "internal error").await;
+            return Admission::Refused(1011, "internal error");
         }
     };
     let after = query
@@ -121,18 +148,20 @@ async fn open(app: App, socket: WebSocket, session_id: String, query: SocketQuer
         &session_id,
         after,
     );
-    Connection {
-        app,
+    let connection = Connection {
+        store: app.store.clone(),
+        images: app.images.clone(),
         owner,
         session_id,
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
-    }
-    .run(socket, feed)
-    .await;
+    };
+    Admission::Open(Box::new((connection, feed)))
 }
 
+/// An open socket's own state: what rendering an event needs, not the whole [`App`].
 struct Connection {
-    app: App,
+    store: Arc<dyn Store>,
+    images: Library,
     owner: SessionOwner,
     session_id: String,
     id: u64,
@@ -144,6 +173,22 @@ fn now() -> String {
 
 async fn send(socket: &mut WebSocket, body: Value) -> bool {
     socket.send(Message::text(body.to_string())).await.is_ok()
+}
+
+/// What woke an open socket.
+enum Wake {
+    Event(Option<SessionEvent>),
+    Typing(Result<Typing, broadcast::error::RecvError>),
+    Ping,
+    Incoming(Option<Result<Message, axum::Error>>),
+}
+
+/// What the socket does after a wake-up.
+enum Step {
+    Continue,
+    Stop,
+    Close(u16, &'static str),
+    Finish,
 }
 
 impl Connection {
@@ -162,48 +207,58 @@ impl Connection {
         let start = tokio::time::Instant::now() + PING_EVERY;
         let mut ping = tokio::time::interval_at(start, PING_EVERY);
         loop {
-            tokio::select! {
-                event = feed.next() => {
-                    let Some(event) = event else {
-                        return close(socket, CLOSE_GOING_AWAY, "server shutting down").await;
-                    };
-                    let ended = event.kind == "session_deleted";
-                    if !send(&mut socket, self.render(&event).await).await {
-                        return;
-                    }
-                    if ended {
-                        return close(socket, CLOSE_NORMAL, "Session deleted").await;
-                    }
-                }
-                note = typing.recv() => match note {
-                    Ok(note) if note.session_id == self.session_id && note.from != self.id
-                        && note.user_id == self.owner.user_id => {
-                        let body = json!({"type": "user_typing", "userId": note.user_id,
-                                          "isTyping": note.is_typing, "timestamp": now()});
-                        if !send(&mut socket, body).await {
-                            return;
-                        }
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = ping.tick() => {
-                    if !send(&mut socket, json!({"type": "ping", "timestamp": now()})).await {
-                        return;
-                    }
-                }
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(reply) = self.answer(text.as_str()) {
-                            if !send(&mut socket, reply).await {
-                                return;
-                            }
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return finish(socket).await,
-                    Some(Ok(_)) => {}
-                },
+            let wake = tokio::select! {
+                event = feed.next() => Wake::Event(event),
+                note = typing.recv() => Wake::Typing(note),
+                _ = ping.tick() => Wake::Ping,
+                incoming = socket.recv() => Wake::Incoming(incoming),
+            };
+            // Boxed, as every rare step here: an idle socket's task is only as large as the
+            // futures it holds inline while it waits.
+            match Box::pin(self.handle(&mut socket, wake)).await {
+                Step::Continue => {}
+                Step::Stop => return,
+                Step::Close(code, reason) => return Box::pin(close(socket, code, reason)).await,
+                Step::Finish => return Box::pin(finish(socket)).await,
             }
+        }
+    }
+
+    async fn handle(&self, socket: &mut WebSocket, wake: Wake) -> Step {
+        let reply = match wake {
+            Wake::Event(None) => return Step::Close(CLOSE_GOING_AWAY, "server shutting down"),
+            Wake::Event(Some(event)) => {
+                if !send(socket, self.render(&event).await).await {
+                    return Step::Stop;
+                }
+                if event.kind == "session_deleted" {
+                    return Step::Close(CLOSE_NORMAL, "Session deleted");
+                }
+                None
+            }
+            Wake::Typing(Ok(note))
+                if note.session_id == self.session_id
+                    && note.from != self.id
+                    && note.user_id == self.owner.user_id =>
+            {
+                Some(json!({"type": "user_typing", "userId": note.user_id,
+                            "isTyping": note.is_typing, "timestamp": now()}))
+            }
+            Wake::Typing(Err(broadcast::error::RecvError::Closed)) => return Step::Stop,
+            Wake::Typing(_) => None,
+            Wake::Ping => Some(json!({"type": "ping", "timestamp": now()})),
+            Wake::Incoming(Some(Ok(Message::Text(text)))) => self.answer(text.as_str()),
+            Wake::Incoming(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
+                return Step::Finish
+            }
+            Wake::Incoming(Some(Ok(_))) => None,
+        };
+        match reply {
+            Some(body) => match send(socket, body).await {
+                true => Step::Continue,
+                false => Step::Stop,
+            },
+            None => Step::Continue,
         }
     }
 
@@ -257,7 +312,6 @@ impl Connection {
             "message_deleted" => body["messageId"] = json!(subject),
             "session_updated" => {
                 let session = self
-                    .app
                     .store
                     .editor_session_get(&self.owner, &self.session_id)
                     .await;
@@ -280,15 +334,32 @@ impl Connection {
 
     /// The message now, with its images; `null` if it is gone.
     async fn message(&self, id: &str) -> Value {
-        match self.app.store.editor_message_get(&self.owner, id).await {
+        match self.store.editor_message_get(&self.owner, id).await {
             Ok(Some(message)) => {
                 let owner = ImageOwner::user(&self.owner.tenant_id, &self.owner.user_id);
                 let mut body = message_json(&message);
                 body["images"] =
-                    Value::Array(images_of(&self.app, &owner, &message.image_ids).await);
+                    Value::Array(images_of(&self.images, &owner, &message.image_ids).await);
                 body
             }
             _ => Value::Null,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F: FnOnce(A, B) -> R, A, B, R>(_: &F) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Each open socket's task holds this future for its whole life: the rare steps
+    /// (rendering an event, closing) are boxed so they do not weigh on every idle socket.
+    #[test]
+    fn an_open_socket_task_stays_small() {
+        let size = future_size(&Admission::serve);
+        assert!(size <= 4096, "an open socket's future is {size} bytes");
     }
 }

@@ -225,9 +225,9 @@ pub async fn delete(caller: Caller, Path(id): Path<String>) -> Response {
 /// `GET /api/messages/:id/images` → `{"images": [...]}`
 pub async fn images(State(app): State<App>, caller: Caller, Path(id): Path<String>) -> Response {
     match owned(&caller, &id).await {
-        Ok(message) => {
-            ok(json!({"images": images_of(&app, &caller.image_owner(), &message.image_ids).await}))
-        }
+        Ok(message) => ok(
+            json!({"images": images_of(&app.images, &caller.image_owner(), &message.image_ids).await}),
+        ),
         Err(response) => response,
     }
 }

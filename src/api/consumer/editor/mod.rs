@@ -42,6 +42,7 @@ use crate::base::clock::format_millis;
 use crate::base::image::ImageOwner;
 use crate::sessions::Sessions;
 use crate::store::sessions::{EditorMessage, EditorSession, SessionOwner};
+use crate::uploads::Library;
 
 /// The editor's routes (the consumer router adds its request limit).
 pub fn router(app: &App) -> Router<App> {
@@ -192,11 +193,11 @@ pub fn message_json(message: &EditorMessage) -> Value {
 
 /// The caller's images among `ids`, as Image objects, in order (unknown ids are skipped, as
 /// the origin kept them silently).
-pub async fn images_of(app: &App, owner: &ImageOwner, ids: &[String]) -> Vec<Value> {
+pub async fn images_of(library: &Library, owner: &ImageOwner, ids: &[String]) -> Vec<Value> {
     let mut images = Vec::with_capacity(ids.len());
     for id in ids {
-        if let Ok(record) = app.images.get(owner, id).await {
-            images.push(crate::api::editor_images::image_json(app, &record).await);
+        if let Ok(record) = library.get(owner, id).await {
+            images.push(crate::api::editor_images::image_json(library, &record).await);
         }
     }
     images
@@ -205,6 +206,7 @@ pub async fn images_of(app: &App, owner: &ImageOwner, ids: &[String]) -> Vec<Val
 /// A message with its `images`.
 pub async fn message_with_images(app: &App, caller: &Caller, message: &EditorMessage) -> Value {
     let mut body = message_json(message);
-    body["images"] = Value::Array(images_of(app, &caller.image_owner(), &message.image_ids).await);
+    body["images"] =
+        Value::Array(images_of(&app.images, &caller.image_owner(), &message.image_ids).await);
     body
 }

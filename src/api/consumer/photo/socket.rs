@@ -164,8 +164,10 @@ async fn push_for(app: &App, follow: &mut Follow, event: &JobEvent) -> Option<Va
     let timestamp = now_millis();
     if ended < jobs.len() || event.status == JobStatus::Running {
         let (progress, message) = if event.status == JobStatus::Running {
+            // The ended jobs and how far this one's provider says it has come.
+            let running = usize::from(event.progress.unwrap_or(0));
             (
-                ended * 100 / jobs.len().max(1),
+                (ended * 100 + running) / jobs.len().max(1),
                 "任务开始处理...".to_owned(),
             )
         } else {
