@@ -16,7 +16,10 @@ cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin easel
 CARGO_TARGET_DIR=/tmp/anchors/target cargo build --release --quiet \
   --manifest-path "$ANCHOR/fakeupstream/Cargo.toml"
 EASEL=${EASEL_BIN:-$ROOT/target/release/easel}
-WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+# EASEL_BENCH_KEEP=1 keeps the data folder: on an ext4 without journal, deleting tens of
+# thousands of files makes creating files slower for minutes, which a next run would measure.
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; [ -n "${EASEL_BENCH_KEEP:-}" ] || rm -rf "$WORK"' EXIT
 peak_kb() { awk '/VmHWM/{print $2}' /proc/$1/status; }
 tree_kb() { local t=0 p; for p in $1 $(pgrep -P $1); do t=$((t + $(ps -o rss= -p $p || echo 0))); done; echo $t; }
 rate() { sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$1"; }

@@ -60,6 +60,8 @@ pub struct App {
     pub events: Arc<dyn EventBus>,
     /// The editor sockets' share of the bus: one subscription routing each session's notices.
     pub session_hub: Arc<crate::sessions::hub::SessionHub>,
+    /// Calls waiting on one job (the OpenAI facade): one subscription routing by job id.
+    pub job_watch: crate::events::JobWatch,
     /// This process in the `nodes` table (`node_<ulid>`, new at every start).
     pub node_id: Arc<str>,
     /// Live nodes as last counted from the heartbeats ([`crate::server`] keeps it current);
@@ -284,6 +286,7 @@ impl App {
             inputs,
             wake: Arc::new(Notify::new()),
             session_hub: crate::sessions::hub::SessionHub::start(events.as_ref()),
+            job_watch: crate::events::JobWatch::start(events.as_ref()),
             events,
             node_id: format!("node_{}", ulid::Ulid::new().to_string().to_lowercase()).into(),
             live_nodes,

@@ -282,6 +282,32 @@ async fn respond_async_and_idempotency_key_return_the_same_job() {
     app.shutdown().await;
 }
 
+/// A waiting call that replays an `Idempotency-Key` answers with the job it names, already
+/// ended, whether or not it waited for it the first time.
+#[tokio::test]
+async fn a_waiting_call_replayed_by_idempotency_key_answers_the_same_job() {
+    let app = common::spawn_app().await;
+    let call = || {
+        app.http
+            .post(app.url("/v1/images/generations"))
+            .bearer_auth(&app.api_key)
+            .header("Idempotency-Key", "wait-1")
+            .json(&json!({"prompt": "a kite", "response_format": "b64_json"}))
+            .send()
+    };
+    let first = call().await.expect("send");
+    assert_eq!(first.status(), 200);
+    let job_id = first.headers()["easel-job-id"].to_owned();
+    let first: Value = first.json().await.expect("json");
+    let second = call().await.expect("send");
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["easel-job-id"], job_id);
+    let second: Value = second.json().await.expect("json");
+    assert_eq!(first["data"], second["data"]);
+    decoded_png(&first["data"][0]["b64_json"]);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_call_waits_for_its_job_without_polling_and_times_out_as_504() {
     let app = common::spawn_app_with(|c| c.openai_api.wait_secs = 1, common::API_ONLY).await;

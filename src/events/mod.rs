@@ -3,8 +3,9 @@
 //!
 //! Owns: publish/subscribe of change notices ([`EventBus`]: in process, [`LocalBus`]; across
 //! nodes, [`RedisBus`]) and [`EventFeed`], one subscriber's cursor over the `job_events`
-//! table. Must not touch: HTTP (the API renders feeds as SSE or WebSocket) or SQL (the feed
-//! reads through the `Store`).
+//! table; [`JobWatch`], which hands each job's notices to the callers waiting on that job.
+//! Must not touch: HTTP (the API renders feeds as SSE or WebSocket) or SQL (the feed reads
+//! through the `Store`).
 //!
 //! The events table is the source of truth (DESIGN.md decision 8). A notice on the bus
 //! carries no event, only which tenant (and job) changed; a feed that hears one re-reads the
@@ -23,6 +24,7 @@
 mod feed;
 mod local;
 pub mod redis_bus;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use feed::EventFeed;
 pub use local::LocalBus;
 pub use redis_bus::RedisBus;
+pub use watch::{JobWatch, Watched};
 
 /// How often a feed re-reads the store without a notice: the safety net for changes made by
 /// other processes and for notices that never came.

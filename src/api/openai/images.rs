@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 
 use super::error::OpenAiError;
 use super::request::{ImageCall, ResponseFormat};
-use super::{wait, OpenAiTenant};
+use super::wait::{self, Since};
+use super::OpenAiTenant;
 use crate::api::jobs::{enqueue, find_replay, Enqueued};
 use crate::api::submit_request::parse_idempotency_key;
 use crate::app::App;
@@ -318,8 +319,11 @@ async fn run(
     let mask = call.mask.as_ref().map(|m| upload_key(&tenant.id, m));
     let request_hash = fingerprint(&call, &route, &inputs, &mask);
     let replay = find_replay(&app, &tenant.id, idempotency_key.as_deref(), &request_hash).await?;
-    let (job_id, rate_headers) = match replay {
-        Some(job_id) => (job_id, Vec::new()),
+    let (job_id, rate_headers, watched, since) = match replay {
+        Some(job_id) => {
+            let watched = app.job_watch.watch(&job_id);
+            (job_id, Vec::new(), watched, Since::Unknown)
+        }
         None => {
             let rate_headers = crate::api::ratelimit::check_tenant(&app, &tenant).await?;
             let uploads = call.images.iter().zip(&inputs);
@@ -330,11 +334,20 @@ async fn run(
             let charge = price(&app, &tenant, &call, &route, !inputs.is_empty()).await?;
             let mut job = new_job(&app, &tenant, &call, &route, inputs, mask, idempotency);
             job.charge = charge;
+            // Watched before it exists, so no change of the new job goes unheard.
+            let watched = app.job_watch.watch(&job.id);
             match enqueue(&app, job).await? {
-                Enqueued::Created { job_id } => (job_id, rate_headers),
+                Enqueued::Created { job_id } if job_id == watched.job_id() => {
+                    (job_id, rate_headers, watched, Since::Submitted)
+                }
+                Enqueued::Created { job_id } => {
+                    let watched = app.job_watch.watch(&job_id);
+                    (job_id, rate_headers, watched, Since::Unknown)
+                }
                 Enqueued::Replayed { job_id, .. } => {
                     crate::telemetry::job_submitted("duplicate");
-                    (job_id, rate_headers)
+                    let watched = app.job_watch.watch(&job_id);
+                    (job_id, rate_headers, watched, Since::Unknown)
                 }
             }
         }
@@ -344,7 +357,7 @@ async fn run(
     } else {
         let limit = Duration::from_secs(app.config.openai_api.wait_secs);
         let mut guard = CancelOnDrop::new(&app, &tenant.id, &job_id);
-        let job = wait::until_done(&app, &tenant.id, &job_id, limit).await?;
+        let job = wait::until_done(&app, &tenant.id, &job_id, &watched, since, limit).await?;
         guard.disarm();
         answer(&app, &job, &call, &route).await?
     };

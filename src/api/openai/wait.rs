@@ -1,6 +1,6 @@
-//! Waiting for a job to end, for the facade's synchronous answer: on the event bus's notices
-//! for that job, with the periodic re-read ([`SAFETY_POLL`]) as the net for changes made by
-//! other processes, bounded by `openai_api.wait_secs`.
+//! Waiting for a job to end, for the facade's synchronous answer: on the job's notices
+//! ([`crate::events::JobWatch`]), with the periodic re-read ([`SAFETY_POLL`]) as the net for
+//! changes made by other processes, bounded by `openai_api.wait_secs`.
 
 use std::time::Duration;
 
@@ -9,40 +9,51 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::base::job::Job;
 use crate::error::ApiError;
-use crate::events::{Wake, SAFETY_POLL};
+use crate::events::{Watched, SAFETY_POLL};
 
-/// The job once it has ended, or as it is when `limit` runs out.
+/// Where the wait starts.
+pub enum Since {
+    /// The job was submitted after `watched` began: every change it went through is heard,
+    /// so there is nothing to read before the first notice, nor on the submit's own notice
+    /// (the first one heard is either that or a later change; once two are heard, at least
+    /// one was a later change, and the read after it sees it).
+    Submitted,
+    /// The job existed before (an idempotent replay): read it first.
+    Unknown,
+}
+
+/// The job once it has ended, or as it is when `limit` runs out. `watched` must watch it.
 pub async fn until_done(
     app: &App,
     tenant_id: &str,
     job_id: &str,
+    watched: &Watched,
+    since: Since,
     limit: Duration,
 ) -> Result<Job, ApiError> {
     let deadline = Instant::now() + limit;
-    // Subscribed before the first read: a change committed after that read is announced after
-    // it, so it is heard; one committed before is seen by the read.
-    let mut notices = app.events.subscribe();
+    // Notices that announce nothing worth a read: the submit's own.
+    let known = match since {
+        Since::Submitted => 1,
+        Since::Unknown => 0,
+    };
+    let mut read = matches!(since, Since::Unknown);
     loop {
-        notices.drain();
-        let job = app
-            .store
-            .job_get(tenant_id, job_id)
-            .await?
-            .ok_or_else(ApiError::job_not_found)?;
-        if job.status.is_terminal() || Instant::now() >= deadline {
-            return Ok(job);
+        if read {
+            // A notice heard from here on announces a change this read may not see.
+            let job = app
+                .store
+                .job_get(tenant_id, job_id)
+                .await?
+                .ok_or_else(ApiError::job_not_found)?;
+            if job.status.is_terminal() || Instant::now() >= deadline {
+                return Ok(job);
+            }
         }
         let next_read = (Instant::now() + SAFETY_POLL).min(deadline);
-        loop {
-            tokio::select! {
-                wake = notices.recv() => match wake {
-                    Wake::Changed(change) if !change.concerns(tenant_id, Some(job_id)) => continue,
-                    Wake::Closed => tokio::time::sleep_until(next_read).await,
-                    _ => {}
-                },
-                _ = tokio::time::sleep_until(next_read) => {}
-            }
-            break;
+        tokio::select! {
+            _ = watched.notified() => read = watched.notices() > known,
+            _ = tokio::time::sleep_until(next_read) => read = true,
         }
     }
 }

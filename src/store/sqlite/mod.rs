@@ -130,7 +130,7 @@ impl SqliteStore {
             .name("easel-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, clock))
             .map_err(|e| StoreError::Unavailable(format!("spawn writer: {e}")))?;
-        let readers = ReaderPool::new(path.to_path_buf(), 4);
+        let readers = ReaderPool::new(path.to_path_buf(), READERS);
         Ok(SqliteStore {
             writer: tx,
             readers: Arc::new(readers),
@@ -183,10 +183,23 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || pool.with(op))
+        // A turn first (waited for here, not on a blocking thread), so the reads running at
+        // once never outnumber the pool's connections and none is opened for one read.
+        let turn = self
+            .readers
+            .turns
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
+            .map_err(|_| StoreError::Unavailable("reader pool closed".into()))?;
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = pool.with(op);
+            drop(turn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
     }
 }
 
@@ -281,22 +294,31 @@ fn writer_loop(
     }
 }
 
-/// A few read-only connections, handed out one at a time.
+/// Read-only connections, at most [`READERS`], opened when first needed and kept: opening
+/// one parses the whole schema, which cost a fifth of the CPU of a facade benchmark while
+/// reads beyond a few idle connections opened (and closed) their own.
 struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    max_idle: usize,
+    /// One per connection: a read holds one while it runs.
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
+/// Reads at once. Each is short (a few indexed rows) and the box they run on has few cores;
+/// more would only hold more page caches in memory.
+const READERS: usize = 4;
+
 impl ReaderPool {
-    fn new(path: PathBuf, max_idle: usize) -> ReaderPool {
+    fn new(path: PathBuf, size: usize) -> ReaderPool {
         ReaderPool {
             path,
-            idle: Mutex::new(Vec::new()),
-            max_idle,
+            idle: Mutex::new(Vec::with_capacity(size)),
+            turns: Arc::new(tokio::sync::Semaphore::new(size)),
         }
     }
 
+    /// Runs `op` on an idle connection (a new one when none is: fewer than [`READERS`] exist,
+    /// since the caller holds a turn), then keeps the connection for the next read.
     fn with<R>(&self, op: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let conn = match pooled {
@@ -305,9 +327,7 @@ impl ReaderPool {
         };
         let result = op(&conn);
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.max_idle {
-                idle.push(conn);
-            }
+            idle.push(conn);
         }
         result
     }

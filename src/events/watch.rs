@@ -1,0 +1,175 @@
+//! [`JobWatch`]: one bus subscription per process for every caller waiting on a job (the
+//! OpenAI facade's synchronous calls), handing each job's notices to its own waiters only.
+//! A subscription per waiter would wake every waiter on every notice: 64 calls in flight at
+//! 1,000 jobs/s (three notices each) is 192,000 wake-ups a second, each followed by a check
+//! that the notice was someone else's.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::{EventBus, Wake};
+
+/// Waiters by job id.
+type Waiters = Mutex<HashMap<Arc<str>, Vec<Arc<Heard>>>>;
+
+/// What one waiter heard: a count of notices, and the wake-up.
+#[derive(Default)]
+struct Heard {
+    notices: AtomicU64,
+    notify: Notify,
+}
+
+/// The process's waiters on single jobs, listening on its bus until the bus closes.
+#[derive(Clone)]
+pub struct JobWatch {
+    waiters: Arc<Waiters>,
+}
+
+/// One waiter's place: [`Watched::notified`] wakes on each notice of its job (a notice heard
+/// while the waiter was busy is kept, so none falls between a read and the next wait), on
+/// a lag of the bus and when the bus closes. Dropping it stops the watching.
+pub struct Watched {
+    job_id: Arc<str>,
+    heard: Arc<Heard>,
+    waiters: Arc<Waiters>,
+}
+
+impl JobWatch {
+    /// Starts routing `bus`'s notices (needs a Tokio runtime).
+    pub fn start(bus: &dyn EventBus) -> JobWatch {
+        let watch = JobWatch {
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let mut notices = bus.subscribe();
+        let waiters = watch.waiters.clone();
+        tokio::spawn(async move {
+            loop {
+                match notices.recv().await {
+                    Wake::Changed(change) => match change.job_id.as_deref() {
+                        Some(job_id) => wake(&waiters, Some(job_id)),
+                        None => wake(&waiters, None),
+                    },
+                    Wake::Missed => wake(&waiters, None),
+                    // Shutdown: waiters go on with their own periodic re-read.
+                    Wake::Closed => return wake(&waiters, None),
+                }
+            }
+        });
+        watch
+    }
+
+    /// Watches `job_id` from now on: every notice of it published after this call is heard.
+    pub fn watch(&self, job_id: &str) -> Watched {
+        let job_id: Arc<str> = job_id.into();
+        let heard = Arc::new(Heard::default());
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters
+                .entry(job_id.clone())
+                .or_default()
+                .push(heard.clone());
+        }
+        Watched {
+            job_id,
+            heard,
+            waiters: self.waiters.clone(),
+        }
+    }
+
+    /// Jobs watched now (tests).
+    pub fn watched(&self) -> usize {
+        self.waiters.lock().map(|w| w.len()).unwrap_or(0)
+    }
+}
+
+/// Wakes the waiters of `job_id`, or every waiter (`None`: a notice that names no job, a lag).
+fn wake(waiters: &Waiters, job_id: Option<&str>) {
+    let Ok(waiters) = waiters.lock() else {
+        return;
+    };
+    let woken: Box<dyn Iterator<Item = &Arc<Heard>>> = match job_id {
+        Some(job_id) => Box::new(waiters.get(job_id).into_iter().flatten()),
+        None => Box::new(waiters.values().flatten()),
+    };
+    woken.for_each(|heard| {
+        heard.notices.fetch_add(1, Ordering::Relaxed);
+        heard.notify.notify_one();
+    });
+}
+
+impl Watched {
+    /// The job it watches.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// Waits for the next notice of the job (at once if one came since the last wait).
+    pub async fn notified(&self) {
+        self.heard.notify.notified().await
+    }
+
+    /// Notices heard since the watch began (a lag or a notice naming no job counts as one).
+    pub fn notices(&self) -> u64 {
+        self.heard.notices.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let Ok(mut waiters) = self.waiters.lock() else {
+            return;
+        };
+        if let Some(list) = waiters.get_mut(&self.job_id) {
+            list.retain(|h| !Arc::ptr_eq(h, &self.heard));
+            if list.is_empty() {
+                waiters.remove(&self.job_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Change, LocalBus};
+    use futures::FutureExt;
+
+    /// Whether a notice is waiting for `watched`, once the routing task has run (the test
+    /// runtime has one thread: a yield lets it take what was published).
+    async fn heard(watched: &Watched) -> bool {
+        tokio::task::yield_now().await;
+        watched.notified().now_or_never().is_some()
+    }
+
+    #[tokio::test]
+    async fn a_waiter_hears_its_job_only_and_leaves_no_entry() {
+        let bus = LocalBus::new();
+        let watch = JobWatch::start(&bus);
+        let mine = watch.watch("job_1");
+        let twin = watch.watch("job_1");
+        let other = watch.watch("job_2");
+        bus.publish(Change::job("t", "job_1"));
+        assert!(heard(&mine).await);
+        assert!(heard(&twin).await);
+        assert!(!heard(&other).await);
+        assert_eq!((mine.notices(), other.notices()), (1, 0));
+        // Heard once per notice.
+        assert!(!heard(&mine).await);
+        // A notice that names no job wakes everyone.
+        bus.publish(Change::anyone());
+        assert!(heard(&other).await);
+        drop((mine, twin, other));
+        assert_eq!(watch.watched(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_the_bus_wakes_every_waiter() {
+        let bus = LocalBus::new();
+        let watch = JobWatch::start(&bus);
+        let watched = watch.watch("job_1");
+        bus.close();
+        assert!(heard(&watched).await);
+    }
+}
