@@ -1551,13 +1551,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405_as_json() {
         "/v2/jobs",
         "/health/",
     ] {
-        let response = app
-            .http
-            .get(app.url(path))
-            .bearer_auth(&app.api_key)
-            .send()
-            .await
-            .expect("send");
+        let response = app.get(path).await;
         expect_error(response, 404, "NOT_FOUND").await;
     }
     let wrong = [

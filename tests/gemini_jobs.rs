@@ -316,12 +316,8 @@ async fn jobs_wait_queued_not_running_while_every_key_is_busy() {
     let ids = submit_many(&app, 8).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let page: Value = app
-        .http
-        .get(app.url("/v1/jobs?status=RUNNING&limit=100"))
-        .bearer_auth(&app.api_key)
-        .send()
+        .get("/v1/jobs?status=RUNNING&limit=100")
         .await
-        .expect("list")
         .json()
         .await
         .expect("json");

@@ -673,16 +673,7 @@ async fn a_full_queue_answers_23_and_makes_nothing() {
 }
 
 async fn job_count(app: &TestApp) -> usize {
-    let jobs: Value = app
-        .http
-        .get(app.url("/v1/jobs"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .expect("jobs")
-        .json()
-        .await
-        .expect("json");
+    let jobs: Value = app.get("/v1/jobs").await.json().await.expect("json");
     jobs["items"].as_array().map_or(0, Vec::len)
 }
 
@@ -865,12 +856,8 @@ async fn notify_hook_posts_the_whole_task_signed_and_never_regressing() {
 
     // The outbox logged every call.
     let deliveries: Value = app
-        .http
-        .get(app.url("/v1/webhooks/deliveries"))
-        .bearer_auth(&app.api_key)
-        .send()
+        .get("/v1/webhooks/deliveries")
         .await
-        .expect("deliveries")
         .json()
         .await
         .expect("json");

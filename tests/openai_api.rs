@@ -161,13 +161,7 @@ async fn edits_take_one_image_several_and_a_mask_and_variations_one() {
 #[tokio::test]
 async fn models_lists_what_can_be_routed_and_errors_have_openai_shape() {
     let app = common::spawn_app().await;
-    let r = app
-        .http
-        .get(app.url("/v1/models"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .expect("send");
+    let r = app.get("/v1/models").await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["object"], "list");
@@ -367,16 +361,7 @@ async fn a_client_that_hangs_up_cancels_its_job_when_configured() {
     // No worker runs, so the call waits on its queued job; find that job.
     let started = std::time::Instant::now();
     let job_id = loop {
-        let page: Value = app
-            .http
-            .get(app.url("/v1/jobs"))
-            .bearer_auth(&app.api_key)
-            .send()
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("json");
+        let page: Value = app.get("/v1/jobs").await.json().await.expect("json");
         if let Some(id) = page["items"][0]["id"].as_str() {
             break id.to_owned();
         }
@@ -566,16 +551,7 @@ async fn prepaid_tenants_pay_for_facade_calls() {
     let error = openai_error(refused, 402).await;
     assert_eq!(error["code"], "insufficient_credits");
 
-    let jobs: Value = app
-        .http
-        .get(app.url("/v1/jobs"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let jobs: Value = app.get("/v1/jobs").await.json().await.expect("json");
     assert_eq!(jobs["items"].as_array().map(Vec::len), Some(1), "{jobs}");
     let differences = app.app.store.ledger_check().await.expect("check");
     assert!(differences.is_empty(), "{differences:?}");

@@ -192,16 +192,7 @@ async fn a_provider_that_cannot_do_an_operation_is_refused_at_submit() {
         message.contains("openai") && message.contains("zoom_out"),
         "{message}"
     );
-    let jobs: Value = app
-        .http
-        .get(app.url("/v1/jobs"))
-        .bearer_auth(&app.api_key)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let jobs: Value = app.get("/v1/jobs").await.json().await.expect("json");
     assert_eq!(jobs["items"], json!([]), "no job was made");
     app.shutdown().await;
 }

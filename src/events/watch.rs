@@ -48,10 +48,7 @@ impl JobWatch {
         tokio::spawn(async move {
             loop {
                 match notices.recv().await {
-                    Wake::Changed(change) => match change.job_id.as_deref() {
-                        Some(job_id) => wake(&waiters, Some(job_id)),
-                        None => wake(&waiters, None),
-                    },
+                    Wake::Changed(change) => wake(&waiters, change.job_id.as_deref()),
                     Wake::Missed => wake(&waiters, None),
                     // Shutdown: waiters go on with their own periodic re-read.
                     Wake::Closed => return wake(&waiters, None),

@@ -74,7 +74,7 @@ impl MjTasks {
         if order <= task.notified {
             return Ok(());
         }
-        let body = view::render(self, task, job.as_ref()).await;
+        let body = view::render(self, task, job.as_ref(), progress).await;
         let job_id = task.job_id.clone().unwrap_or_else(|| task.id.clone());
         let delivery = ProxyDelivery {
             id: format!("evt_{}", new_job_id()),

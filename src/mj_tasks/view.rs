@@ -133,13 +133,19 @@ pub async fn progress_of(app: &MjTasks, job: Option<&Job>) -> Option<u8> {
 /// The task object.
 pub async fn task_json(app: &MjTasks, task: &ProxyTask) -> Result<Value, StoreError> {
     let job = job_of(app, task).await?;
-    Ok(render(app, task, job.as_ref()).await)
+    let progress = progress_of(app, job.as_ref()).await;
+    Ok(render(app, task, job.as_ref(), progress).await)
 }
 
-/// The task object of a task and its job.
-pub async fn render(app: &MjTasks, task: &ProxyTask, job: Option<&Job>) -> Value {
+/// The task object of a task, its job and the job's progress ([`progress_of`]).
+pub async fn render(
+    app: &MjTasks,
+    task: &ProxyTask,
+    job: Option<&Job>,
+    progress: Option<u8>,
+) -> Value {
     let detail = Detail::of(task);
-    let status = status_of(task, job, progress_of(app, job).await);
+    let status = status_of(task, job, progress);
     let succeeded = status.status == "SUCCESS";
     let mut prompt = detail.prompt.clone();
     let mut final_prompt = detail.prompt.clone();

@@ -185,6 +185,16 @@ impl TestApp {
         request.send().await.expect("send")
     }
 
+    /// GET `path` with this app's tenant key.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .expect("send")
+    }
+
     pub async fn get_job(&self, key: &str, job_id: &str) -> reqwest::Response {
         self.http
             .get(self.url(&format!("/v1/jobs/{job_id}")))
