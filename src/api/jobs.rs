@@ -209,11 +209,22 @@ pub(super) enum Enqueued {
 /// ends here, so they all share the same accounting.
 pub(super) async fn enqueue(app: &App, job: NewJob) -> Result<Enqueued, ApiError> {
     let tenant_id = job.tenant_id.clone();
-    match app.store.job_submit(job).await? {
+    let outcome = app.store.job_submit(job).await?;
+    enqueued(app, &tenant_id, outcome)
+}
+
+/// What a submit's outcome answers, the workers and live streams told of a new job (for a
+/// route that wrote its job with more of its own in one transaction).
+pub(super) fn enqueued(
+    app: &App,
+    tenant_id: &str,
+    outcome: SubmitOutcome,
+) -> Result<Enqueued, ApiError> {
+    match outcome {
         SubmitOutcome::Created { job_id } => {
             telemetry::job_submitted("created");
             app.wake.notify_one();
-            app.events.publish(Change::job(&tenant_id, &job_id));
+            app.events.publish(Change::job(tenant_id, &job_id));
             Ok(Enqueued::Created { job_id })
         }
         // Counted as a duplicate by the caller's answer.

@@ -12,13 +12,13 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use super::{object_body, text, MjTenant, Reply, Speed};
-use crate::api::jobs::{check_operation, enqueue, Enqueued};
+use crate::api::jobs::{check_operation, enqueue, enqueued, Enqueued};
 use crate::app::App;
 use crate::base::clock::now_millis;
 use crate::base::image::{ImageOwner, ImageRecord};
 use crate::base::job::{new_job_id, JobParams, Mode, NewJob};
 use crate::base::operation::{BlendShape, Operation, BLEND_IMAGES};
-use crate::error::ErrorCode;
+use crate::error::{ApiError, ErrorCode};
 use crate::ledger::pricing::{Payer, Priced};
 use crate::mj_tasks::view::Detail;
 use crate::store::mj_proxy::{ProxyTask, PHASE_MODAL};
@@ -185,30 +185,63 @@ async fn try_start(
     crate::api::uploads::hold_inputs(app, &tenant.id, &plan.input_image_ids)
         .await
         .map_err(|e| Reply::invalid(e.message))?;
-    if plan.detail.notify_hook.is_some() {
-        // Before the job can start, so its start is heard.
-        crate::mj_tasks::hooked(&job.id);
-    }
-    let job_id = match enqueue(app, job).await {
-        Ok(Enqueued::Created { job_id }) | Ok(Enqueued::Replayed { job_id, .. }) => job_id,
-        Err(e) => {
-            crate::api::uploads::let_go(app, &tenant.id, &plan.input_image_ids).await;
-            return Err(match e.code {
-                ErrorCode::InsufficientCredits => {
-                    Reply::invalid(format!("quota_not_enough: {}", e.message))
-                }
-                _ => Reply::invalid(e.message),
-            });
+    let (task_id, job_id) = match modal_task {
+        None => {
+            let task = new_task(tenant, &plan, Some(&job.id));
+            let created = create(app, tenant, job, task).await;
+            or_let_go(app, tenant, &plan, created).await?
         }
-    };
-    let task_id = match modal_task {
-        Some(id) => started(app, tenant, id, &job_id, &plan.detail).await?,
-        None => record(app, tenant, &plan, Some(&job_id)).await?,
+        Some(modal) => {
+            let submitted = job_id_of(enqueue(app, job).await);
+            let job_id = or_let_go(app, tenant, &plan, submitted).await?;
+            (
+                started(app, tenant, modal, &job_id, &plan.detail).await?,
+                job_id,
+            )
+        }
     };
     if plan.detail.notify_hook.is_some() {
         super::notify(app, &tenant.id, &task_id).await;
     }
-    queued_answer(app, tenant, &job_id, task_id).await
+    queued_answer(app, &job_id, task_id).await
+}
+
+/// Writes the job and its new task in one transaction: their ids.
+async fn create(
+    app: &App,
+    tenant: &Tenant,
+    job: NewJob,
+    task: ProxyTask,
+) -> Result<(String, String), Reply> {
+    let (task_id, outcome) =
+        with_free_id(task, |t| app.store.mj_proxy_submit(job.clone(), t)).await?;
+    Ok((task_id, job_id_of(enqueued(app, &tenant.id, outcome))?))
+}
+
+/// The id of the job a submit wrote, or its refusal (code 4).
+fn job_id_of(enqueued: Result<Enqueued, ApiError>) -> Result<String, Reply> {
+    match enqueued {
+        Ok(Enqueued::Created { job_id }) | Ok(Enqueued::Replayed { job_id, .. }) => Ok(job_id),
+        Err(e) => Err(match e.code {
+            ErrorCode::InsufficientCredits => {
+                Reply::invalid(format!("quota_not_enough: {}", e.message))
+            }
+            _ => Reply::invalid(e.message),
+        }),
+    }
+}
+
+/// `result`; when it is a refusal, the uploads the plan held are let go first.
+async fn or_let_go<T>(
+    app: &App,
+    tenant: &Tenant,
+    plan: &Plan,
+    result: Result<T, Reply>,
+) -> Result<T, Reply> {
+    if result.is_err() {
+        crate::api::uploads::let_go(app, &tenant.id, &plan.input_image_ids).await;
+    }
+    result
 }
 
 /// Code 24 when the prompt has a banned word.
@@ -226,16 +259,8 @@ fn queue_full() -> Reply {
 }
 
 /// Code 1, or 22 when jobs of the queue wait before this one.
-async fn queued_answer(
-    app: &App,
-    tenant: &Tenant,
-    job_id: &str,
-    task_id: String,
-) -> Result<Reply, Reply> {
-    let ahead = match app.store.job_get(&tenant.id, job_id).await? {
-        Some(job) => app.store.job_queue_position(&job).await?,
-        None => 0,
-    };
+async fn queued_answer(app: &App, job_id: &str, task_id: String) -> Result<Reply, Reply> {
+    let ahead = app.store.mj_proxy_ahead(job_id).await?;
     if ahead == 0 {
         return Ok(Reply::new(1, "提交成功", Some(task_id)));
     }
@@ -245,15 +270,17 @@ async fn queued_answer(
     )
 }
 
-/// Writes a new task (a MODAL one when `job_id` is `None`); its id.
-pub async fn record(
-    app: &App,
-    tenant: &Tenant,
-    plan: &Plan,
-    job_id: Option<&str>,
-) -> Result<String, Reply> {
+/// Writes a new MODAL task (one waiting for its `/mj/submit/modal`); its id.
+pub async fn record(app: &App, tenant: &Tenant, plan: &Plan) -> Result<String, Reply> {
+    let task = new_task(tenant, plan, None);
+    let (id, ()) = with_free_id(task, |t| app.store.mj_proxy_insert(t)).await?;
+    Ok(id)
+}
+
+/// A task of `plan` for the job `job_id` (a MODAL one when `None`), its id still to choose.
+fn new_task(tenant: &Tenant, plan: &Plan, job_id: Option<&str>) -> ProxyTask {
     let now = now_millis();
-    let mut task = ProxyTask {
+    ProxyTask {
         id: String::new(),
         tenant_id: tenant.id.clone(),
         job_id: job_id.map(str::to_owned),
@@ -264,11 +291,20 @@ pub async fn record(
         notified: -1,
         created_at: now,
         updated_at: now,
-    };
+    }
+}
+
+/// Runs `write` with the task under new ids until one is free: that id and what `write`
+/// answered.
+async fn with_free_id<T, F, W>(mut task: ProxyTask, mut write: W) -> Result<(String, T), Reply>
+where
+    W: FnMut(ProxyTask) -> F,
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
     for _ in 0..20 {
         task.id = new_task_id();
-        match app.store.mj_proxy_insert(task.clone()).await {
-            Ok(()) => return Ok(task.id),
+        match write(task.clone()).await {
+            Ok(answer) => return Ok((task.id, answer)),
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
