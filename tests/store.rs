@@ -3222,7 +3222,7 @@ async fn mj_tasks_follow_their_jobs(b: Bundle) {
 /// first by their jobs, a MODAL task started or canceled once, notifyHook orders only rising.
 async fn mj_proxy_tasks_start_once(b: Bundle) {
     use easel::store::mj_proxy::{
-        ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+        ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
     };
     let s = b.store.as_ref();
     let t = tenant(s, "MjProxy", 5).await;
@@ -3259,13 +3259,17 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["1", "2"]);
-    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 2);
+    let waiting = |tasks, jobs| ProxyQueue { tasks, jobs };
+    assert_eq!(s.mj_proxy_queue(&t.id, 10).await.unwrap(), waiting(2, 2));
     assert_eq!(
-        s.mj_proxy_waiting(&t.id, 1).await.unwrap(),
-        1,
-        "counted up to the limit"
+        s.mj_proxy_queue(&t.id, 1).await.unwrap(),
+        waiting(1, 2),
+        "tasks counted up to the limit"
     );
-    assert_eq!(s.mj_proxy_waiting("ten_other", 10).await.unwrap(), 0);
+    assert_eq!(
+        s.mj_proxy_queue("ten_other", 10).await.unwrap(),
+        waiting(0, 2)
+    );
     let c = claim_one(s, LONG_LEASE).await;
     assert_eq!(c.job.id, first);
     let queued = s
@@ -3273,7 +3277,7 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["2"]);
-    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 1);
+    assert_eq!(s.mj_proxy_queue(&t.id, 10).await.unwrap(), waiting(1, 1));
     assert!(s
         .mj_proxy_list("ten_other", ProxyFilter::All, 10)
         .await
@@ -3341,8 +3345,7 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
 }
 
 /// A `/mj` submit writes its job and its task in one transaction (neither without the
-/// other); a task is read with its job and, while it runs, its progress; the queue position
-/// counts the jobs waiting before a job.
+/// other); a task is read with its job and, while it runs, its progress.
 async fn mj_proxy_submit_writes_job_and_task_together(b: Bundle) {
     use easel::base::ledger::{AccountRef, Charge};
     use easel::store::mj_proxy::ProxyTask;
@@ -3373,8 +3376,8 @@ async fn mj_proxy_submit_writes_job_and_task_together(b: Bundle) {
     assert_eq!(view.task.job_id.as_deref(), Some(later.id.as_str()));
     let job = view.job.expect("its job");
     assert_eq!((job.status, view.progress), (JobStatus::Queued, None));
-    assert_eq!(s.mj_proxy_ahead(&a.id).await.unwrap(), 0);
-    assert_eq!(s.mj_proxy_ahead(&later.id).await.unwrap(), 1);
+    let queue = s.mj_proxy_queue(&t.id, 10).await.unwrap();
+    assert_eq!((queue.tasks, queue.jobs), (2, 2));
     assert!(s.mj_proxy_view("ten_other", "b").await.unwrap().is_none());
 
     // A taken task id writes neither; an account that cannot pay, neither.
@@ -3412,7 +3415,8 @@ async fn mj_proxy_submit_writes_job_and_task_together(b: Bundle) {
     );
     let follower = view.job.and_then(|j| j.follow_up);
     assert_eq!(follower.as_deref(), Some("mj_proxy"), "so does a read");
-    assert_eq!(s.mj_proxy_ahead(&later.id).await.unwrap(), 0);
+    let queue = s.mj_proxy_queue(&t.id, 10).await.unwrap();
+    assert_eq!((queue.tasks, queue.jobs), (1, 1));
 }
 
 // ---- one test per (backend, scenario) ----

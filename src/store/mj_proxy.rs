@@ -48,6 +48,15 @@ pub struct ProxyView {
     pub progress: Option<u8>,
 }
 
+/// The queue as a submit finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyQueue {
+    /// The tenant's tasks whose jobs wait to run, counted up to the limit asked.
+    pub tasks: u64,
+    /// Every job waiting to run (the jobs a job submitted now would wait behind).
+    pub jobs: u64,
+}
+
 /// Which of a tenant's tasks to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyFilter {
@@ -81,8 +90,6 @@ pub trait MjProxyStore: Send + Sync + 'static {
     /// is written unless both are. `Conflict` when the task's id is taken. The job carries no
     /// idempotency key (the facade has none).
     async fn mj_proxy_submit(&self, job: NewJob, task: ProxyTask) -> StoreResult<SubmitOutcome>;
-    /// How many jobs wait to run before the job `job_id` (the job API's queue position).
-    async fn mj_proxy_ahead(&self, job_id: &str) -> StoreResult<u64>;
     /// The tenant's task `id` with its job and, while the job runs, its progress.
     async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>>;
     /// The tenant's task `id`.
@@ -96,8 +103,8 @@ pub trait MjProxyStore: Send + Sync + 'static {
         filter: ProxyFilter,
         limit: u32,
     ) -> StoreResult<Vec<ProxyTask>>;
-    /// How many of the tenant's tasks have jobs waiting to run, counted up to `limit`.
-    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64>;
+    /// The queue a new task of the tenant joins, in one read.
+    async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue>;
     /// Gives a MODAL task its job and new detail; false when it is not (or no longer) MODAL.
     async fn mj_proxy_start(
         &self,

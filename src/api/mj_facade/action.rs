@@ -189,7 +189,7 @@ fn plan_for(button: Button, parent: &Job, detail: Detail) -> Plan {
     let (operation, index, grid) = button.job();
     let mut plan = Plan::new(button.action(), operation, detail);
     plan.grid = grid;
-    plan.parent_job = index.map(|i| (parent.id.clone(), i));
+    plan.parent_job = index.map(|i| (parent.clone(), i));
     if grid {
         plan.seed = Some(seed_of(&plan.detail.prompt));
     }

@@ -8,7 +8,8 @@ use super::{events, jobs, PgStore};
 use crate::base::clock::Millis;
 use crate::base::job::{JobStatus, NewJob, SubmitOutcome};
 use crate::store::mj_proxy::{
-    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyTask, ProxyView, PHASE_CANCEL, PHASE_MODAL,
+    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, ProxyView, PHASE_CANCEL,
+    PHASE_MODAL,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -92,17 +93,6 @@ impl MjProxyStore for PgStore {
         Ok(SubmitOutcome::Created { job_id: job.id })
     }
 
-    async fn mj_proxy_ahead(&self, job_id: &str) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING')
-             AND seq < (SELECT seq FROM jobs WHERE id = $1)",
-        )
-        .bind(job_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
     async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>> {
         let found = self
             .mj_proxy_one("t.tenant_id = $1 AND t.id = $2", &[tenant_id, id])
@@ -159,14 +149,20 @@ impl MjProxyStore for PgStore {
         Ok(found.iter().map(row_of).collect::<Result<Vec<_>, _>>()?)
     }
 
-    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64> {
-        let sql = format!("SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT $2) AS w");
-        let n: i64 = sqlx::query_scalar(&sql)
+    async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT $2) AS w),
+                (SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING'))"
+        );
+        let (tasks, jobs): (i64, i64) = sqlx::query_as(&sql)
             .bind(tenant_id)
             .bind(i64::from(limit))
             .fetch_one(&self.pool)
             .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(ProxyQueue {
+            tasks: u64::try_from(tasks).unwrap_or(0),
+            jobs: u64::try_from(jobs).unwrap_or(0),
+        })
     }
 
     async fn mj_proxy_start(

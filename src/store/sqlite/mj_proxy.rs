@@ -8,7 +8,8 @@ use super::{events, jobs};
 use crate::base::clock::Millis;
 use crate::base::job::{JobStatus, NewJob, SubmitOutcome};
 use crate::store::mj_proxy::{
-    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyTask, ProxyView, PHASE_CANCEL, PHASE_MODAL,
+    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, ProxyView, PHASE_CANCEL,
+    PHASE_MODAL,
 };
 use crate::store::StoreResult;
 
@@ -101,20 +102,6 @@ impl MjProxyStore for SqliteStore {
         .await
     }
 
-    async fn mj_proxy_ahead(&self, job_id: &str) -> StoreResult<u64> {
-        let job = job_id.to_owned();
-        self.read(move |c| {
-            let n: i64 = c
-                .prepare_cached(
-                    "SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING')
-                     AND seq < (SELECT seq FROM jobs WHERE id = ?1)",
-                )?
-                .query_row([job], |r| r.get(0))?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
-        .await
-    }
-
     async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>> {
         let (tenant, id) = (tenant_id.to_owned(), id.to_owned());
         self.read(move |c| {
@@ -159,14 +146,20 @@ impl MjProxyStore for SqliteStore {
         self.read(move |c| list(c, &tenant, filter, limit)).await
     }
 
-    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64> {
+    async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {
         let tenant = tenant_id.to_owned();
         self.read(move |c| {
-            let sql = format!("SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT ?2)");
-            let n: i64 = c
+            let sql = format!(
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT ?2)),
+                    (SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING'))"
+            );
+            let (tasks, jobs): (i64, i64) = c
                 .prepare_cached(&sql)?
-                .query_row(params![tenant, limit], |r| r.get(0))?;
-            Ok(u64::try_from(n).unwrap_or(0))
+                .query_row(params![tenant, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(ProxyQueue {
+                tasks: u64::try_from(tasks).unwrap_or(0),
+                jobs: u64::try_from(jobs).unwrap_or(0),
+            })
         })
         .await
     }
