@@ -149,9 +149,12 @@ impl MjProxyStore for SqliteStore {
     async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {
         let tenant = tenant_id.to_owned();
         self.read(move |c| {
+            // Named: without a range on `seq` the planner would count through an index of
+            // every job ever made rather than the partial index of the waiting ones.
             let sql = format!(
                 "SELECT (SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT ?2)),
-                    (SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING'))"
+                    (SELECT count(*) FROM jobs INDEXED BY jobs_waiting
+                     WHERE status IN ('QUEUED', 'RETRYING'))"
             );
             let (tasks, jobs): (i64, i64) = c
                 .prepare_cached(&sql)?
