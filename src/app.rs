@@ -29,6 +29,7 @@ use crate::jobs::worker::WorkerDeps;
 use crate::keypool::{add_provider_key, KeyPool, KeyPoolConfig, ProviderKeySpec};
 use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter, NODE_TTL};
 use crate::providers::Registry;
+use crate::storage::recent::RecentObjects;
 use crate::storage::urls::{ResultLinks, UrlSigner};
 use crate::storage::{ObjectStore, ObjectStoreBackend, StorageKind};
 use crate::store::postgres::{PgSettings, PgStore};
@@ -104,7 +105,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// The image store named by `storage.kind`. An S3 bucket that does not answer at start is
 /// reported loudly but is not fatal: the service may come up after Easel, and a job whose
 /// images cannot be stored is retried.
+/// Either way, what this process stores is kept in memory for a moment ([`RecentObjects`]).
 async fn open_objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(Arc::new(RecentObjects::new(open_backend(config).await?)))
+}
+
+async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
     match config.storage.kind {
         StorageKind::Local => Ok(Arc::new(
             ObjectStoreBackend::local(&config.storage_path()).context("opening image folder")?,

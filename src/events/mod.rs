@@ -48,6 +48,9 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(1);
 pub struct Change {
     pub tenant_id: Option<Arc<str>>,
     pub job_id: Option<Arc<str>>,
+    /// The publisher knows the job is still open (just claimed, or reporting progress): a
+    /// caller waiting only for its end has nothing to read. `false` says nothing either way.
+    pub open: bool,
 }
 
 impl Change {
@@ -56,6 +59,15 @@ impl Change {
         Change {
             tenant_id: Some(tenant_id.into()),
             job_id: Some(job_id.into()),
+            open: false,
+        }
+    }
+
+    /// One job changed and has not ended (see [`Change::open`]).
+    pub fn job_open(tenant_id: &str, job_id: &str) -> Change {
+        Change {
+            open: true,
+            ..Change::job(tenant_id, job_id)
         }
     }
 
@@ -64,6 +76,7 @@ impl Change {
         Change {
             tenant_id: None,
             job_id: None,
+            open: false,
         }
     }
 
@@ -159,6 +172,7 @@ mod tests {
         let tenant_only = Change {
             tenant_id: Some("t1".into()),
             job_id: None,
+            open: false,
         };
         assert!(tenant_only.concerns("t1", Some("j2")));
         assert!(!tenant_only.concerns("t2", Some("j2")));

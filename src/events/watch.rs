@@ -48,6 +48,8 @@ impl JobWatch {
         tokio::spawn(async move {
             loop {
                 match notices.recv().await {
+                    // Waiters wait for an end: a job known to be open has none to show.
+                    Wake::Changed(change) if change.open => {}
                     Wake::Changed(change) => wake(&waiters, change.job_id.as_deref()),
                     Wake::Missed => wake(&waiters, None),
                     // Shutdown: waiters go on with their own periodic re-read.
@@ -154,6 +156,10 @@ mod tests {
         assert_eq!((mine.notices(), other.notices()), (1, 0));
         // Heard once per notice.
         assert!(!heard(&mine).await);
+        // A notice of a job known to be still open wakes no one.
+        bus.publish(Change::job_open("t", "job_1"));
+        assert!(!heard(&mine).await);
+        assert_eq!(mine.notices(), 1);
         // A notice that names no job wakes everyone.
         bus.publish(Change::anyone());
         assert!(heard(&other).await);

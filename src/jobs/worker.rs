@@ -256,7 +256,7 @@ impl Worker {
             }
             for c in &claimed {
                 deps.events
-                    .publish(Change::job(&c.job.tenant_id, &c.job.id));
+                    .publish(Change::job_open(&c.job.tenant_id, &c.job.id));
             }
             let mut first = Some(first);
             for job in claimed {
@@ -649,7 +649,7 @@ where
                 let percent = *reports.borrow_and_update();
                 let job = &claimed.job;
                 match deps.store.job_progress(&job.id, claimed.fence, percent).await {
-                    Ok(true) => deps.events.publish(Change::job(&job.tenant_id, &job.id)),
+                    Ok(true) => deps.events.publish(Change::job_open(&job.tenant_id, &job.id)),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(job = %job.id, error = %e, "progress not recorded"),
                 }

@@ -1,5 +1,6 @@
 //! Waiting for a job to end, for the facade's synchronous answer: on the job's notices
-//! ([`crate::events::JobWatch`]), with the periodic re-read ([`SAFETY_POLL`]) as the net for
+//! ([`crate::events::JobWatch`], which passes on none that says the job is still open: the
+//! claim's, progress), with the periodic re-read ([`SAFETY_POLL`]) as the net for
 //! changes made by other processes, bounded by `openai_api.wait_secs`.
 
 use std::time::Duration;
