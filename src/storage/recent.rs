@@ -204,12 +204,13 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let kept = recent.kept();
-        assert!(kept.bytes <= MAX_BYTES);
-        assert!(!kept.objects.contains_key("t/0.png"));
-        assert!(kept.objects.contains_key(&format!("t/{}.png", count - 1)));
-        assert_eq!(kept.order.len(), kept.objects.len());
-        drop(kept);
+        {
+            let kept = recent.kept();
+            assert!(kept.bytes <= MAX_BYTES);
+            assert!(!kept.objects.contains_key("t/0.png"));
+            assert!(kept.objects.contains_key(&format!("t/{}.png", count - 1)));
+            assert_eq!(kept.order.len(), kept.objects.len());
+        }
         for i in 0..=MAX_COUNT {
             recent
                 .put(
