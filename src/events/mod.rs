@@ -102,6 +102,27 @@ pub trait EventBus: Send + Sync + 'static {
     fn close(&self);
 }
 
+/// Spaces the store reads of a loop that looks again on every notice (the webhook outbox, the
+/// job follow-ups): at most one per [`Pace::EVERY`], so a storm of notices (thousands a second
+/// under load) costs a hundred reads, not thousands, while the first notice after a quiet
+/// spell is read at once.
+#[derive(Default)]
+pub struct Pace {
+    last: Option<tokio::time::Instant>,
+}
+
+impl Pace {
+    pub const EVERY: Duration = Duration::from_millis(10);
+
+    /// Waits until the next read may start, and counts it as started.
+    pub async fn turn(&mut self) {
+        if let Some(last) = self.last {
+            tokio::time::sleep_until(last + Pace::EVERY).await;
+        }
+        self.last = Some(tokio::time::Instant::now());
+    }
+}
+
 /// What a subscription heard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wake {
@@ -176,5 +197,19 @@ mod tests {
         };
         assert!(tenant_only.concerns("t1", Some("j2")));
         assert!(!tenant_only.concerns("t2", Some("j2")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_reads_at_once_after_quiet_and_spaces_a_storm() {
+        let mut pace = Pace::default();
+        let start = tokio::time::Instant::now();
+        pace.turn().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        pace.turn().await;
+        assert_eq!(start.elapsed(), Pace::EVERY);
+        tokio::time::sleep(Pace::EVERY * 5).await;
+        let quiet = tokio::time::Instant::now();
+        pace.turn().await;
+        assert_eq!(quiet.elapsed(), Duration::ZERO);
     }
 }
