@@ -313,6 +313,7 @@ impl App {
             keys: self.keys.clone(),
             wake: self.wake.clone(),
             awaiting_keys: Arc::default(),
+            followers: self.job_followers(),
         }
     }
 

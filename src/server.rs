@@ -127,12 +127,6 @@ pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: Ca
             app.events.subscribe(),
             stop.clone(),
         ));
-        // The `/mj` facade's notifyHook calls for job changes this node hears.
-        tasks.spawn(crate::mj_tasks::run(
-            app.mj_tasks(),
-            app.events.subscribe(),
-            stop.clone(),
-        ));
         // Beside the job workers, with its own slots: a slow receiver never holds a job.
         match app.webhook_dispatcher() {
             Ok(dispatcher) => {

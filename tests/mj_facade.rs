@@ -1,10 +1,12 @@
 //! The `/mj` facade (Easel as a midjourney-proxy, `contract/midjourney-proxy.md` §1) over
 //! real HTTP on the local renderer: every route under every prefix, the chain imagine → U2 →
 //! zoom out → V1 → describe through buttons' customIds, the MODAL two-step flow, tenant
-//! isolation, and bad input answered in the envelope (never a 500).
+//! isolation, and bad input answered in the envelope (never a 500); and the notifyHook calls,
+//! also of a job's progress when its worker is another process (on the fake midjourney-proxy).
 
 mod common;
 
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -875,4 +877,109 @@ async fn notify_hook_posts_the_whole_task_signed_and_never_regressing() {
             .all(|s| matches!(*s, "succeeded" | "delivering")),
         "{states:?}"
     );
+}
+
+/// Kills the child process when the test ends, so no worker outlives its test.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `easel serve --role worker` on the data folder of `app` (its store, its master key), with
+/// MJ jobs on the midjourney-proxy keys `app` registered.
+fn worker_process(app: &TestApp) -> ChildGuard {
+    let dir = app.dir.path();
+    let config = "[worker]\npoll_ms = 20\n[providers]\ndefault = \"midjourney\"\n\
+                  [providers.midjourney]\npoll_ms = 10\n\
+                  [webhooks]\npoll_ms = 20\nallow_networks = [\"127.0.0.0/8\"]\n";
+    std::fs::write(dir.join("easel.toml"), config).expect("easel.toml");
+    let log = std::fs::File::create(dir.join("worker.log")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["serve", "--role", "worker", "--data-dir"])
+        .arg(dir)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn easel serve --role worker");
+    ChildGuard(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_another_process_sends_the_progress_calls() {
+    use easel::testing::fake_mj_proxy::{FakeMjProxy, MjFault};
+    let fake = FakeMjProxy::start(&["mj-1"]).await;
+    // Its tasks stay IN_PROGRESS at 45% until they are canceled.
+    fake.set_fault("mj-1", MjFault::Stuck);
+    let api = common::spawn_app_with(
+        |c| {
+            c.providers.default = Some("midjourney".into());
+            c.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
+        },
+        common::API_ONLY,
+    )
+    .await;
+    api.add_key("midjourney", "mj-1", Some(&fake.base_url), 60_000, 4)
+        .await;
+    let webhook = api
+        .http
+        .put(api.url("/v1/webhook"))
+        .bearer_auth(&api.api_key)
+        .json(&json!({"url": null}))
+        .send()
+        .await
+        .expect("webhook");
+    assert!(webhook.status().is_success(), "{}", webhook.status());
+    let _worker = worker_process(&api);
+    let (hook, mut calls) = receiver().await;
+    let id = submitted(
+        &api,
+        "/mj/submit/imagine",
+        json!({"prompt": "a lighthouse", "notifyHook": hook}),
+    )
+    .await;
+
+    // The worker's own calls: the start, then the proxy's 45%.
+    let mut got = Vec::new();
+    while !got.iter().any(|t: &Value| t["progress"] == "45%") {
+        let (_, task) = tokio::time::timeout(WAIT, calls.recv())
+            .await
+            .expect("the progress call in time (see worker.log in the data folder)")
+            .expect("receiver open");
+        if task["id"] == id {
+            got.push(task);
+        }
+    }
+    let progress = got.last().expect("a call");
+    assert_eq!(progress["status"], "IN_PROGRESS", "{progress}");
+    let (status, _) = post(&api, &format!("/mj/task/{id}/cancel"), json!({})).await;
+    assert_eq!(status, 200);
+    got.extend(
+        calls_until_end(&mut calls, &id)
+            .await
+            .into_iter()
+            .map(|c| c.1),
+    );
+    let statuses: Vec<(&str, &str)> = got
+        .iter()
+        .map(|t| {
+            let text = |f: &str| t[f].as_str().unwrap_or("");
+            (text("status"), text("progress"))
+        })
+        .collect();
+    assert_eq!(statuses.last(), Some(&("FAILURE", "")), "{statuses:?}");
+    // Each state was called once. (Calls queued a moment apart, as the API's SUBMITTED and
+    // the worker's start, may arrive in either order: the dispatcher sends several at once.)
+    let mut orders: Vec<u32> = got.iter().map(order).collect();
+    orders.sort_unstable();
+    orders.dedup();
+    assert_eq!(orders.len(), got.len(), "{statuses:?}");
 }

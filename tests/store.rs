@@ -3222,7 +3222,7 @@ async fn mj_tasks_follow_their_jobs(b: Bundle) {
 /// first by their jobs, a MODAL task started or canceled once, notifyHook orders only rising.
 async fn mj_proxy_tasks_start_once(b: Bundle) {
     use easel::store::mj_proxy::{
-        ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+        ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
     };
     let s = b.store.as_ref();
     let t = tenant(s, "MjProxy", 5).await;
@@ -3259,13 +3259,17 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["1", "2"]);
-    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 2);
+    let waiting = |tasks, jobs| ProxyQueue { tasks, jobs };
+    assert_eq!(s.mj_proxy_queue(&t.id, 10).await.unwrap(), waiting(2, 2));
     assert_eq!(
-        s.mj_proxy_waiting(&t.id, 1).await.unwrap(),
-        1,
-        "counted up to the limit"
+        s.mj_proxy_queue(&t.id, 1).await.unwrap(),
+        waiting(1, 2),
+        "tasks counted up to the limit"
     );
-    assert_eq!(s.mj_proxy_waiting("ten_other", 10).await.unwrap(), 0);
+    assert_eq!(
+        s.mj_proxy_queue("ten_other", 10).await.unwrap(),
+        waiting(0, 2)
+    );
     let c = claim_one(s, LONG_LEASE).await;
     assert_eq!(c.job.id, first);
     let queued = s
@@ -3273,7 +3277,7 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         .await
         .unwrap();
     assert_eq!(ids(queued), ["2"]);
-    assert_eq!(s.mj_proxy_waiting(&t.id, 10).await.unwrap(), 1);
+    assert_eq!(s.mj_proxy_queue(&t.id, 10).await.unwrap(), waiting(1, 1));
     assert!(s
         .mj_proxy_list("ten_other", ProxyFilter::All, 10)
         .await
@@ -3338,6 +3342,81 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         bodies,
         [Some(r#"{"n":4}"#.to_owned()), Some(r#"{"n":1}"#.to_owned())]
     );
+}
+
+/// A `/mj` submit writes its job and its task in one transaction (neither without the
+/// other); a task is read with its job and, while it runs, its progress.
+async fn mj_proxy_submit_writes_job_and_task_together(b: Bundle) {
+    use easel::base::ledger::{AccountRef, Charge};
+    use easel::store::mj_proxy::ProxyTask;
+    let s = b.store.as_ref();
+    let t = tenant(s, "MjSubmit", 5).await;
+    let task = |id: &str, job: &NewJob| ProxyTask {
+        id: id.into(),
+        tenant_id: t.id.clone(),
+        job_id: Some(job.id.clone()),
+        hash: format!("hash-{id}"),
+        action: "IMAGINE".into(),
+        phase: None,
+        detail: "{}".into(),
+        notified: -1,
+        created_at: 100,
+        updated_at: 100,
+    };
+    let (mut a, later) = (b.job(&t.id), b.job(&t.id));
+    a.follow_up = Some("mj_proxy".into());
+    for (id, job) in [("a", &a), ("b", &later)] {
+        let outcome = s.mj_proxy_submit(job.clone(), task(id, job)).await.unwrap();
+        assert!(
+            matches!(outcome, SubmitOutcome::Created { .. }),
+            "{outcome:?}"
+        );
+    }
+    let view = s.mj_proxy_view(&t.id, "b").await.unwrap().expect("view");
+    assert_eq!(view.task.job_id.as_deref(), Some(later.id.as_str()));
+    let job = view.job.expect("its job");
+    assert_eq!((job.status, view.progress), (JobStatus::Queued, None));
+    let queue = s.mj_proxy_queue(&t.id, 10).await.unwrap();
+    assert_eq!((queue.tasks, queue.jobs), (2, 2));
+    assert!(s.mj_proxy_view("ten_other", "b").await.unwrap().is_none());
+
+    // A taken task id writes neither; an account that cannot pay, neither.
+    let taken = b.job(&t.id);
+    let again = s.mj_proxy_submit(taken.clone(), task("a", &taken)).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert!(s.job_get(&t.id, &taken.id).await.unwrap().is_none());
+    let mut unpaid = b.job(&t.id);
+    unpaid.charge = Some(Charge {
+        account: AccountRef::user(&t.id, "u-no-credit"),
+        amount: 5,
+    });
+    let refused = s.mj_proxy_submit(unpaid.clone(), task("c", &unpaid)).await;
+    assert!(
+        matches!(refused, Ok(SubmitOutcome::InsufficientCredits { .. })),
+        "{refused:?}"
+    );
+    assert!(s.job_get(&t.id, &unpaid.id).await.unwrap().is_none());
+    assert!(s.mj_proxy_get(&t.id, "c").await.unwrap().is_none());
+
+    // Running: the view carries the provider's progress; nothing waits before the next.
+    let c = claim_one(s, LONG_LEASE).await;
+    assert_eq!(c.job.id, a.id);
+    assert_eq!(
+        c.job.follow_up.as_deref(),
+        Some("mj_proxy"),
+        "the claim names it"
+    );
+    assert!(s.job_progress(&a.id, c.fence, 45).await.unwrap());
+    let view = s.mj_proxy_view(&t.id, "a").await.unwrap().expect("view");
+    let status = view.job.as_ref().map(|j| j.status);
+    assert_eq!(
+        (status, view.progress),
+        (Some(JobStatus::Running), Some(45))
+    );
+    let follower = view.job.and_then(|j| j.follow_up);
+    assert_eq!(follower.as_deref(), Some("mj_proxy"), "so does a read");
+    let queue = s.mj_proxy_queue(&t.id, 10).await.unwrap();
+    assert_eq!((queue.tasks, queue.jobs), (1, 1));
 }
 
 // ---- one test per (backend, scenario) ----
@@ -3406,6 +3485,7 @@ macro_rules! suite {
             concurrent_image_adds_make_one_object_ready,
             mj_tasks_follow_their_jobs,
             mj_proxy_tasks_start_once,
+            mj_proxy_submit_writes_job_and_task_together,
         );
     };
     (@module $backend:ident, $factory:path; $($name:ident),* $(,)?) => {

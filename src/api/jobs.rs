@@ -129,6 +129,26 @@ pub(super) async fn check_operation(
     provider: &str,
     params: &JobParams,
 ) -> Result<(), ApiError> {
+    check_supported(app, provider, params)?;
+    let Some(parent_id) = &params.parent_job_id else {
+        return Ok(());
+    };
+    let parent = app
+        .store
+        .job_get(tenant_id, parent_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid(format!("parentJobId '{parent_id}' is not a job of yours"))
+        })?;
+    check_parent(&parent, params)
+}
+
+/// 400 `UNSUPPORTED_OPERATION` when the provider cannot do the job's operation.
+pub(super) fn check_supported(
+    app: &App,
+    provider: &str,
+    params: &JobParams,
+) -> Result<(), ApiError> {
     let op = params.operation;
     let supported = app.providers.get(provider).is_some_and(|p| p.supports(&op));
     if !supported {
@@ -140,16 +160,11 @@ pub(super) async fn check_operation(
             ),
         ));
     }
-    let Some(parent_id) = &params.parent_job_id else {
-        return Ok(());
-    };
-    let parent = app
-        .store
-        .job_get(tenant_id, parent_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::invalid(format!("parentJobId '{parent_id}' is not a job of yours"))
-        })?;
+    Ok(())
+}
+
+/// 400 unless the parent job (read by the caller) succeeded and has the image asked for.
+pub(super) fn check_parent(parent: &Job, params: &JobParams) -> Result<(), ApiError> {
     if parent.status != JobStatus::Succeeded {
         return Err(ApiError::invalid(format!(
             "the parent job is {}; only a SUCCEEDED job's images can be worked on",
@@ -157,10 +172,10 @@ pub(super) async fn check_operation(
         )));
     }
     let index = params.parent_index.unwrap_or(1);
-    if image_key(&parent, index).is_none() {
+    if image_key(parent, index).is_none() {
         return Err(ApiError::invalid(format!(
             "parentIndex {index}: the parent job has {} image(s)",
-            image_count(&parent)
+            image_count(parent)
         )));
     }
     Ok(())
@@ -209,11 +224,22 @@ pub(super) enum Enqueued {
 /// ends here, so they all share the same accounting.
 pub(super) async fn enqueue(app: &App, job: NewJob) -> Result<Enqueued, ApiError> {
     let tenant_id = job.tenant_id.clone();
-    match app.store.job_submit(job).await? {
+    let outcome = app.store.job_submit(job).await?;
+    enqueued(app, &tenant_id, outcome)
+}
+
+/// What a submit's outcome answers, the workers and live streams told of a new job (for a
+/// route that wrote its job with more of its own in one transaction).
+pub(super) fn enqueued(
+    app: &App,
+    tenant_id: &str,
+    outcome: SubmitOutcome,
+) -> Result<Enqueued, ApiError> {
+    match outcome {
         SubmitOutcome::Created { job_id } => {
             telemetry::job_submitted("created");
             app.wake.notify_one();
-            app.events.publish(Change::job_open(&tenant_id, &job_id));
+            app.events.publish(Change::job_open(tenant_id, &job_id));
             Ok(Enqueued::Created { job_id })
         }
         // Counted as a duplicate by the caller's answer.

@@ -124,6 +124,8 @@ pub struct Job {
     pub deadline_at: Millis,
     /// Upstream metadata of the successful attempt (usage, model version, caption...).
     pub result_meta: Option<serde_json::Value>,
+    /// The follower told of its end, start and progress (`NewJob::follow_up`).
+    pub follow_up: Option<String>,
 }
 
 /// Optional generation parameters beyond the origin's three fields.

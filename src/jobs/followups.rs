@@ -5,7 +5,9 @@
 //! outbox. The outbox row is written by the transaction that ended the job (whatever ended
 //! it: a worker's finish, a cancel, the deadline), so an ended job is never forgotten, and a
 //! claim that dies with its process lapses and is claimed again: each follower hears of each
-//! job at least once and must be idempotent, keyed by job id.
+//! job at least once and must be idempotent, keyed by job id. A follower may also hear its
+//! jobs start and report progress ([`JobFollower::job_progressed`]): the worker running the
+//! job tells it, in that process, after the change is committed (best effort, in order).
 //! Must not touch: what a follower does (its module owns that; `app` registers it here).
 
 use std::collections::HashMap;
@@ -35,6 +37,12 @@ pub trait JobFollower: Send + Sync + 'static {
     /// The job ended (its status is terminal). Called at least once per job: doing it twice
     /// must change nothing. An `Err` is retried later with backoff.
     async fn job_ended(&self, job: &Job) -> Result<(), String>;
+    /// The job started an attempt, or its provider's progress rose (committed before this
+    /// call, by the worker running it). Best effort: a failure is logged, never retried (the
+    /// end comes through [`JobFollower::job_ended`] anyway). Nothing by default.
+    async fn job_progressed(&self, _job: &Job) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The followers of this process, by name.
@@ -51,6 +59,16 @@ impl Followers {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// Tells the job's follower, if it has one here, that the job started or progressed.
+    pub async fn progressed(&self, job: &Job) {
+        let Some(follower) = job.follow_up.as_deref().and_then(|n| self.by_name.get(n)) else {
+            return;
+        };
+        if let Err(error) = follower.job_progressed(job).await {
+            tracing::warn!(job = %job.id, follower = follower.name(), %error, "progress not followed");
+        }
     }
 }
 

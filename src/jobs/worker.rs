@@ -130,6 +130,8 @@ pub struct WorkerDeps {
     /// Claimed jobs that will need an upstream key and do not hold one yet: the next claim
     /// is sized to the free keys minus these, or it would take jobs no key can run soon.
     pub awaiting_keys: Arc<AtomicU32>,
+    /// Told when a job they follow starts an attempt or progresses.
+    pub followers: super::followups::Followers,
 }
 
 /// One claimed job counted in [`WorkerDeps::awaiting_keys`] until it gets its key (or ends).
@@ -528,6 +530,7 @@ async fn attempt(
     stored: &Mutex<Vec<String>>,
 ) -> Finish {
     let job = &claimed.job;
+    deps.followers.progressed(job).await;
     let Some(provider) = deps.providers.get(&job.provider) else {
         return Finish::Failed {
             error_code: job_errors::PROVIDER_UNAVAILABLE.into(),
@@ -631,7 +634,8 @@ async fn attempt(
 }
 
 /// Runs the provider's call while recording the progress it reports as job events (each
-/// rise one event, published on the bus so streams and the `/mj` facade's hooks hear it).
+/// rise one event, published on the bus so streams hear it, and told to the job's follower:
+/// the `/mj` facade's notifyHook calls).
 async fn with_progress<F, T>(
     deps: &WorkerDeps,
     claimed: &ClaimedJob,
@@ -649,7 +653,10 @@ where
                 let percent = *reports.borrow_and_update();
                 let job = &claimed.job;
                 match deps.store.job_progress(&job.id, claimed.fence, percent).await {
-                    Ok(true) => deps.events.publish(Change::job_open(&job.tenant_id, &job.id)),
+                    Ok(true) => {
+                        deps.events.publish(Change::job_open(&job.tenant_id, &job.id));
+                        deps.followers.progressed(job).await;
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(job = %job.id, error = %e, "progress not recorded"),
                 }
@@ -986,6 +993,7 @@ mod tests {
             cancel_at: None,
             deadline_at: 0,
             result_meta: None,
+            follow_up: None,
         };
         assert_eq!(
             object_key(&job, 3, 0, "png"),

@@ -1,5 +1,6 @@
 //! The follower of the facade's jobs: when one ends, its task's last notifyHook call is
-//! queued (at least once; the store's order check makes a second time change nothing).
+//! queued (at least once; the store's order check makes a second time change nothing); when
+//! one starts or progresses, the worker running it queues that call.
 
 use async_trait::async_trait;
 
@@ -19,6 +20,10 @@ impl JobFollower for MjTaskFollower {
     }
 
     async fn job_ended(&self, job: &Job) -> Result<(), String> {
+        self.0.job_changed(&job.id).await.map_err(|e| e.to_string())
+    }
+
+    async fn job_progressed(&self, job: &Job) -> Result<(), String> {
         self.0.job_changed(&job.id).await.map_err(|e| e.to_string())
     }
 }

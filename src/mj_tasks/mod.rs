@@ -5,11 +5,10 @@
 //! they are signed with the tenant's webhook secret (Standard Webhooks headers), retried, and
 //! sent only to addresses the webhook rules allow.
 //!
-//! A change is noticed three ways: the API calls [`MjTasks::notify`] after each submit, a
-//! modal or a cancel; [`run`] hears job changes on the bus (a job started) for the jobs this
-//! process submitted with a notifyHook ([`hooked`]: every other job change costs nothing, not
-//! even a read; in a deployment whose API and workers are separate processes only the
-//! submit's and the end's calls are sent); and [`follower::MjTaskFollower`] hears every such
+//! A change is noticed where it is committed: the API calls [`MjTasks::notify`] after each
+//! submit, a modal or a cancel; the worker running a job tells [`follower::MjTaskFollower`]
+//! when the job starts and each time its progress rises (so a deployment whose API and
+//! workers are separate processes sends those calls too); and the follower hears every such
 //! job's end at least once, so the last call is never lost. The store's
 //! [`crate::store::mj_proxy::MjProxyStore::mj_proxy_notify`] writes a call only when its order
 //! rises, in one transaction with the outbox row, so each is sent once whoever noticed it.
@@ -19,36 +18,15 @@ pub mod buttons;
 pub mod follower;
 pub mod view;
 
-use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, Mutex};
-
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
 
 use crate::base::clock::now_millis;
 use crate::base::job::{new_job_id, JobStatus};
-use crate::events::{Change, EventBus, Subscription, Wake};
+use crate::events::{Change, EventBus};
 use crate::storage::urls::ResultLinks;
-use crate::store::mj_proxy::{ProxyDelivery, ProxyTask};
+use crate::store::mj_proxy::{ProxyDelivery, ProxyView};
 use crate::store::{Store, StoreError};
 use crate::uploads::Library;
-
-/// Jobs submitted in this process whose tasks have a notifyHook, until they end.
-static HOOKED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
-/// Past this many (ends this process never heard), the set starts again.
-const HOOKED_MAX: usize = 100_000;
-
-fn hooked_set() -> std::sync::MutexGuard<'static, HashSet<String>> {
-    HOOKED.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The job `job_id` works for a task with a notifyHook: [`run`] follows its changes.
-pub fn hooked(job_id: &str) {
-    let mut set = hooked_set();
-    if set.len() >= HOOKED_MAX {
-        set.clear();
-    }
-    set.insert(job_id.to_owned());
-}
 
 /// What the facade's tasks need: the store, result links, the image library (a describe's
 /// image) and the bus (to wake the webhook dispatcher).
@@ -61,20 +39,20 @@ pub struct MjTasks {
 }
 
 impl MjTasks {
-    /// Queues the task's notifyHook call for its current state, unless it has none or a call
-    /// of the same or a later state was queued already.
-    pub async fn notify(&self, task: &ProxyTask) -> Result<(), StoreError> {
+    /// Queues the notifyHook call of the task `view` shows for its current state, unless it
+    /// has none or a call of the same or a later state was queued already.
+    pub async fn notify(&self, view: &ProxyView) -> Result<(), StoreError> {
+        let task = &view.task;
         let detail = view::Detail::of(task);
         let Some(hook) = detail.notify_hook else {
             return Ok(());
         };
-        let job = view::job_of(self, task).await?;
-        let progress = view::progress_of(self, job.as_ref()).await;
-        let order = view::status_of(task, job.as_ref(), progress).order();
+        let job = view.job.as_ref();
+        let order = view::status_of(task, job, view.progress).order();
         if order <= task.notified {
             return Ok(());
         }
-        let body = view::render(self, task, job.as_ref(), progress).await;
+        let body = view::render(self, view).await;
         let job_id = task.job_id.clone().unwrap_or_else(|| task.id.clone());
         let delivery = ProxyDelivery {
             id: format!("evt_{}", new_job_id()),
@@ -85,9 +63,6 @@ impl MjTasks {
             body: body.to_string(),
             at: now_millis(),
         };
-        if order >= view::Status::END {
-            hooked_set().remove(&job_id);
-        }
         if self
             .store
             .mj_proxy_notify(&task.id, order, delivery)
@@ -99,35 +74,19 @@ impl MjTasks {
         Ok(())
     }
 
-    /// A job changed: the notifyHook call of the task it works for, if any.
-    pub async fn job_changed(&self, job_id: &str) -> Result<(), StoreError> {
-        match self.store.mj_proxy_by_job(job_id).await? {
-            Some(task) => self.notify(&task).await,
+    /// The tenant's task `id` changed: its notifyHook call, if it has a hook.
+    pub async fn task_changed(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
+        match self.store.mj_proxy_view(tenant_id, id).await? {
+            Some(view) => self.notify(&view).await,
             None => Ok(()),
         }
     }
-}
 
-/// Hears job changes on the bus until `stop` and queues their tasks' calls. A notice missed
-/// here (a full buffer, another process's bus) costs only an intermediate call: the end of
-/// every job reaches the follower.
-pub async fn run(tasks: MjTasks, mut notices: Subscription, stop: CancellationToken) {
-    loop {
-        let wake = tokio::select! {
-            _ = stop.cancelled() => return,
-            wake = notices.recv() => wake,
-        };
-        match wake {
-            Wake::Changed(change) => {
-                let job_id = change.job_id.as_deref();
-                if let Some(job_id) = job_id.filter(|j| hooked_set().contains(*j)) {
-                    if let Err(e) = tasks.job_changed(job_id).await {
-                        tracing::warn!(job = %job_id, error = %e, "mj notifyHook not queued");
-                    }
-                }
-            }
-            Wake::Missed => {}
-            Wake::Closed => return,
+    /// A job changed: the notifyHook call of the task it works for, if any.
+    pub async fn job_changed(&self, job_id: &str) -> Result<(), StoreError> {
+        match self.store.mj_proxy_by_job(job_id).await? {
+            Some(task) => self.task_changed(&task.tenant_id, &task.id).await,
+            None => Ok(()),
         }
     }
 }

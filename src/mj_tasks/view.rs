@@ -12,7 +12,7 @@ use super::{buttons, MjTasks};
 use crate::base::clock::now_millis;
 use crate::base::image::ImageOwner;
 use crate::base::job::{Job, JobStatus};
-use crate::store::mj_proxy::{ProxyTask, PHASE_CANCEL, PHASE_MODAL};
+use crate::store::mj_proxy::{ProxyTask, ProxyView, PHASE_CANCEL, PHASE_MODAL};
 use crate::store::StoreError;
 
 /// The task's fields beyond its row's columns (stored as the row's `detail`).
@@ -78,7 +78,7 @@ impl Status {
 
 const CANCELED: &str = "取消任务";
 
-/// The task's status; `progress` is its running job's last report ([`progress_of`]).
+/// The task's status; `progress` is its running job's last report.
 pub fn status_of(task: &ProxyTask, job: Option<&Job>, progress: Option<u8>) -> Status {
     let plain = |status, progress| Status {
         status,
@@ -118,34 +118,22 @@ pub async fn job_of(app: &MjTasks, task: &ProxyTask) -> Result<Option<Job>, Stor
     }
 }
 
-/// The progress the running job's provider last reported (a midjourney-proxy's `"45%"`).
-pub async fn progress_of(app: &MjTasks, job: Option<&Job>) -> Option<u8> {
-    let job = job.filter(|j| j.status == JobStatus::Running)?;
-    match app.store.job_progress_get(&job.id).await {
-        Ok(progress) => progress,
-        Err(e) => {
-            tracing::warn!(job = %job.id, error = %e, "progress not read");
-            None
-        }
-    }
-}
-
-/// The task object.
+/// The task object of a task read alone (the lists'): read again with its job and progress.
 pub async fn task_json(app: &MjTasks, task: &ProxyTask) -> Result<Value, StoreError> {
-    let job = job_of(app, task).await?;
-    let progress = progress_of(app, job.as_ref()).await;
-    Ok(render(app, task, job.as_ref(), progress).await)
+    let view = app.store.mj_proxy_view(&task.tenant_id, &task.id).await?;
+    let view = view.unwrap_or_else(|| ProxyView {
+        task: task.clone(),
+        job: None,
+        progress: None,
+    });
+    Ok(render(app, &view).await)
 }
 
-/// The task object of a task, its job and the job's progress ([`progress_of`]).
-pub async fn render(
-    app: &MjTasks,
-    task: &ProxyTask,
-    job: Option<&Job>,
-    progress: Option<u8>,
-) -> Value {
+/// The task object of a task, its job and the job's progress.
+pub async fn render(app: &MjTasks, view: &ProxyView) -> Value {
+    let (task, job) = (&view.task, view.job.as_ref());
     let detail = Detail::of(task);
-    let status = status_of(task, job, progress);
+    let status = status_of(task, job, view.progress);
     let succeeded = status.status == "SUCCESS";
     let mut prompt = detail.prompt.clone();
     let mut final_prompt = detail.prompt.clone();

@@ -2,14 +2,16 @@
 //! the job that does its work. A MODAL task has no job until its modal submit starts one
 //! ([`MjProxyStore::mj_proxy_start`]); a task's other fields are the facade's JSON `detail`,
 //! which this module stores and never reads. A notifyHook call is a row of the webhook outbox
-//! whose `body` is sent as is.
-//! Must not touch: jobs (a task's status is read from its job by the caller).
+//! whose `body` is sent as is. A submit writes its job and its task in one transaction
+//! ([`MjProxyStore::mj_proxy_submit`], through the job store's own insert), and a task is
+//! read with its job and the job's progress in one read ([`MjProxyStore::mj_proxy_view`]).
+//! Must not touch: job state (a task's status is read from its job by the caller).
 
 use async_trait::async_trait;
 
 use super::StoreResult;
 use crate::base::clock::Millis;
-use crate::base::job::JobStatus;
+use crate::base::job::{Job, JobStatus, NewJob, SubmitOutcome};
 
 /// A task waiting for its `/mj/submit/modal`.
 pub const PHASE_MODAL: &str = "MODAL";
@@ -35,6 +37,24 @@ pub struct ProxyTask {
     pub notified: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// A task with its job (`None` while it has none, or when the job was deleted) and, while
+/// that job runs, the progress its provider last reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyView {
+    pub task: ProxyTask,
+    pub job: Option<Job>,
+    pub progress: Option<u8>,
+}
+
+/// The queue as a submit finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyQueue {
+    /// The tenant's tasks whose jobs wait to run, counted up to the limit asked.
+    pub tasks: u64,
+    /// Every job waiting to run (the jobs a job submitted now would wait behind).
+    pub jobs: u64,
 }
 
 /// Which of a tenant's tasks to list.
@@ -65,6 +85,13 @@ pub struct ProxyDelivery {
 pub trait MjProxyStore: Send + Sync + 'static {
     /// Writes a new task; `Conflict` when its id is taken.
     async fn mj_proxy_insert(&self, task: ProxyTask) -> StoreResult<()>;
+    /// Writes `job` as the job store's submit does (its hold, its QUEUED event) and, when it
+    /// is created, the task `task` (whose `job_id` names it) in the same transaction; nothing
+    /// is written unless both are. `Conflict` when the task's id is taken. The job carries no
+    /// idempotency key (the facade has none).
+    async fn mj_proxy_submit(&self, job: NewJob, task: ProxyTask) -> StoreResult<SubmitOutcome>;
+    /// The tenant's task `id` with its job and, while the job runs, its progress.
+    async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>>;
     /// The tenant's task `id`.
     async fn mj_proxy_get(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyTask>>;
     /// The task a job works for.
@@ -76,8 +103,8 @@ pub trait MjProxyStore: Send + Sync + 'static {
         filter: ProxyFilter,
         limit: u32,
     ) -> StoreResult<Vec<ProxyTask>>;
-    /// How many of the tenant's tasks have jobs waiting to run, counted up to `limit`.
-    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64>;
+    /// The queue a new task of the tenant joins, in one read.
+    async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue>;
     /// Gives a MODAL task its job and new detail; false when it is not (or no longer) MODAL.
     async fn mj_proxy_start(
         &self,

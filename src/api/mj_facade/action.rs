@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::base::job::{Job, JobStatus};
 use crate::base::operation::Operation;
 use crate::mj_tasks::buttons::{self, Button};
-use crate::mj_tasks::view::{job_of, Detail};
+use crate::mj_tasks::view::Detail;
 use crate::store::mj_proxy::{ProxyTask, PHASE_MODAL};
 use crate::store::Tenant;
 
@@ -126,13 +126,13 @@ struct Asked<'a> {
 /// The caller's finished task `task_id` and its job: 404 code 3 when unknown, code 4 while it
 /// has not succeeded.
 async fn finished(app: &App, tenant: &Tenant, task_id: &str) -> Result<(ProxyTask, Job), Reply> {
-    let task = app
+    let view = app
         .store
-        .mj_proxy_get(&tenant.id, task_id)
+        .mj_proxy_view(&tenant.id, task_id)
         .await?
         .ok_or_else(Reply::no_task)?;
-    match job_of(&app.mj_tasks(), &task).await? {
-        Some(job) if job.status == JobStatus::Succeeded => Ok((task, job)),
+    match view.job {
+        Some(job) if job.status == JobStatus::Succeeded => Ok((view.task, job)),
         _ => Err(Reply::invalid("关联任务状态错误")),
     }
 }
@@ -165,7 +165,7 @@ async fn perform(
     if asked.button.modal() || (asked.remix && asked.button.remixable()) {
         detail.pending = Some(asked.button.custom_id(&parent.hash));
         let plan = Plan::new(asked.button.action(), Operation::Generate, detail);
-        let id = record(app, tenant, &plan, None).await?;
+        let id = record(app, tenant, &plan).await?;
         super::notify(app, &tenant.id, &id).await;
         return Ok(Reply::new(21, "Waiting for window confirm", Some(id))
             .with(json!({"finalPrompt": parent_detail.prompt, "remix": true})));
@@ -189,7 +189,7 @@ fn plan_for(button: Button, parent: &Job, detail: Detail) -> Plan {
     let (operation, index, grid) = button.job();
     let mut plan = Plan::new(button.action(), operation, detail);
     plan.grid = grid;
-    plan.parent_job = index.map(|i| (parent.id.clone(), i));
+    plan.parent_job = index.map(|i| (parent.clone(), i));
     if grid {
         plan.seed = Some(seed_of(&plan.detail.prompt));
     }

@@ -198,13 +198,7 @@ impl FromRequestParts<App> for MjTenant {
 /// Queues the notifyHook call of the caller's task `id` for its new state (a failure is
 /// logged: the follower and the bus listener notice later changes anyway).
 pub async fn notify(app: &App, tenant_id: &str, id: &str) {
-    let tasks = app.mj_tasks();
-    let queued = match app.store.mj_proxy_get(tenant_id, id).await {
-        Ok(Some(task)) => tasks.notify(&task).await,
-        Ok(None) => Ok(()),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = queued {
+    if let Err(e) = app.mj_tasks().task_changed(tenant_id, id).await {
         tracing::warn!(task = %id, error = %e, "mj notifyHook not queued");
     }
 }

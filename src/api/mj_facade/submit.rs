@@ -1,7 +1,8 @@
 //! `POST /mj/submit/imagine`, `/describe` and `/blend`, and the path every submit ends on
 //! ([`start`]): the banned words (code 24), the queue bound and the tenant's rate (code 23),
 //! the operation's check (code 4), the price, then the job and its task (code 1, or 22 with
-//! `numberOfQueues` when jobs wait before it). A refused submit makes nothing and costs
+//! `numberOfQueues` when jobs were waiting as it came: the queue bound and that count are one
+//! read, and the job and its task one write). A refused submit makes nothing and costs
 //! nothing.
 
 use axum::body::Bytes;
@@ -12,13 +13,13 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use super::{object_body, text, MjTenant, Reply, Speed};
-use crate::api::jobs::{check_operation, enqueue, Enqueued};
+use crate::api::jobs::{check_parent, check_supported, enqueue, enqueued, Enqueued};
 use crate::app::App;
 use crate::base::clock::now_millis;
 use crate::base::image::{ImageOwner, ImageRecord};
-use crate::base::job::{new_job_id, JobParams, Mode, NewJob};
+use crate::base::job::{new_job_id, Job, JobParams, Mode, NewJob};
 use crate::base::operation::{BlendShape, Operation, BLEND_IMAGES};
-use crate::error::ErrorCode;
+use crate::error::{ApiError, ErrorCode};
 use crate::ledger::pricing::{Payer, Priced};
 use crate::mj_tasks::view::Detail;
 use crate::store::mj_proxy::{ProxyTask, PHASE_MODAL};
@@ -37,8 +38,8 @@ pub struct Plan {
     pub operation: Operation,
     /// Four images and their grid.
     pub grid: bool,
-    /// The parent job and which of its images.
-    pub parent_job: Option<(String, u32)>,
+    /// The parent job (read, and found succeeded, by the caller) and which of its images.
+    pub parent_job: Option<(Job, u32)>,
     pub input_image_url: Option<String>,
     pub input_image_ids: Vec<String>,
     /// The object key of a Vary (Region) mask.
@@ -121,13 +122,14 @@ async fn try_start(
     refuse_banned(app, &plan.detail.prompt)?;
     let max_waiting = app.config.midjourney.max_waiting;
     let limit = u32::try_from(max_waiting).unwrap_or(u32::MAX);
-    if app.store.mj_proxy_waiting(&tenant.id, limit).await? >= max_waiting {
+    let queue = app.store.mj_proxy_queue(&tenant.id, limit).await?;
+    if queue.tasks >= max_waiting {
         return Err(queue_full());
     }
     let provider = crate::api::midjourney::provider_of(app);
     let params = JobParams {
         operation: plan.operation,
-        parent_job_id: plan.parent_job.as_ref().map(|p| p.0.clone()),
+        parent_job_id: plan.parent_job.as_ref().map(|p| p.0.id.clone()),
         parent_index: plan.parent_job.as_ref().map(|p| p.1),
         grid: plan.grid,
         n: plan.grid.then_some(4),
@@ -136,9 +138,10 @@ async fn try_start(
         seed: plan.seed,
         ..JobParams::default()
     };
-    check_operation(app, &tenant.id, &provider, &params)
-        .await
-        .map_err(|e| Reply::invalid(e.message))?;
+    check_supported(app, &provider, &params).map_err(|e| Reply::invalid(e.message))?;
+    if let Some((parent, _)) = &plan.parent_job {
+        check_parent(parent, &params).map_err(|e| Reply::invalid(e.message))?;
+    }
     crate::api::ratelimit::check_tenant(app, tenant)
         .await
         .map_err(|e| match e.code {
@@ -185,30 +188,56 @@ async fn try_start(
     crate::api::uploads::hold_inputs(app, &tenant.id, &plan.input_image_ids)
         .await
         .map_err(|e| Reply::invalid(e.message))?;
-    if plan.detail.notify_hook.is_some() {
-        // Before the job can start, so its start is heard.
-        crate::mj_tasks::hooked(&job.id);
-    }
-    let job_id = match enqueue(app, job).await {
-        Ok(Enqueued::Created { job_id }) | Ok(Enqueued::Replayed { job_id, .. }) => job_id,
-        Err(e) => {
-            crate::api::uploads::let_go(app, &tenant.id, &plan.input_image_ids).await;
-            return Err(match e.code {
-                ErrorCode::InsufficientCredits => {
-                    Reply::invalid(format!("quota_not_enough: {}", e.message))
-                }
-                _ => Reply::invalid(e.message),
-            });
-        }
-    };
     let task_id = match modal_task {
-        Some(id) => started(app, tenant, id, &job_id, &plan.detail).await?,
-        None => record(app, tenant, &plan, Some(&job_id)).await?,
+        None => {
+            let task = new_task(tenant, &plan, Some(&job.id));
+            let created = create(app, tenant, job, task).await;
+            or_let_go(app, tenant, &plan, created).await?
+        }
+        Some(modal) => {
+            let submitted = job_id_of(enqueue(app, job).await);
+            let job_id = or_let_go(app, tenant, &plan, submitted).await?;
+            started(app, tenant, modal, &job_id, &plan.detail).await?
+        }
     };
     if plan.detail.notify_hook.is_some() {
         super::notify(app, &tenant.id, &task_id).await;
     }
-    queued_answer(app, tenant, &job_id, task_id).await
+    Ok(queued_answer(queue.jobs, task_id))
+}
+
+/// Writes the job and its new task in one transaction: the task's id.
+async fn create(app: &App, tenant: &Tenant, job: NewJob, task: ProxyTask) -> Result<String, Reply> {
+    let (task_id, outcome) =
+        with_free_id(task, |t| app.store.mj_proxy_submit(job.clone(), t)).await?;
+    job_id_of(enqueued(app, &tenant.id, outcome))?;
+    Ok(task_id)
+}
+
+/// The id of the job a submit wrote, or its refusal (code 4).
+fn job_id_of(enqueued: Result<Enqueued, ApiError>) -> Result<String, Reply> {
+    match enqueued {
+        Ok(Enqueued::Created { job_id }) | Ok(Enqueued::Replayed { job_id, .. }) => Ok(job_id),
+        Err(e) => Err(match e.code {
+            ErrorCode::InsufficientCredits => {
+                Reply::invalid(format!("quota_not_enough: {}", e.message))
+            }
+            _ => Reply::invalid(e.message),
+        }),
+    }
+}
+
+/// `result`; when it is a refusal, the uploads the plan held are let go first.
+async fn or_let_go<T>(
+    app: &App,
+    tenant: &Tenant,
+    plan: &Plan,
+    result: Result<T, Reply>,
+) -> Result<T, Reply> {
+    if result.is_err() {
+        crate::api::uploads::let_go(app, &tenant.id, &plan.input_image_ids).await;
+    }
+    result
 }
 
 /// Code 24 when the prompt has a banned word.
@@ -225,35 +254,26 @@ fn queue_full() -> Reply {
     Reply::new(23, "队列已满，请稍后尝试", None)
 }
 
-/// Code 1, or 22 when jobs of the queue wait before this one.
-async fn queued_answer(
-    app: &App,
-    tenant: &Tenant,
-    job_id: &str,
-    task_id: String,
-) -> Result<Reply, Reply> {
-    let ahead = match app.store.job_get(&tenant.id, job_id).await? {
-        Some(job) => app.store.job_queue_position(&job).await?,
-        None => 0,
-    };
+/// Code 1, or 22 when `ahead` jobs waited to run as the task was submitted.
+fn queued_answer(ahead: u64, task_id: String) -> Reply {
     if ahead == 0 {
-        return Ok(Reply::new(1, "提交成功", Some(task_id)));
+        return Reply::new(1, "提交成功", Some(task_id));
     }
-    Ok(
-        Reply::new(22, format!("排队中，前面还有{ahead}个任务"), Some(task_id))
-            .with(json!({"numberOfQueues": ahead})),
-    )
+    Reply::new(22, format!("排队中，前面还有{ahead}个任务"), Some(task_id))
+        .with(json!({"numberOfQueues": ahead}))
 }
 
-/// Writes a new task (a MODAL one when `job_id` is `None`); its id.
-pub async fn record(
-    app: &App,
-    tenant: &Tenant,
-    plan: &Plan,
-    job_id: Option<&str>,
-) -> Result<String, Reply> {
+/// Writes a new MODAL task (one waiting for its `/mj/submit/modal`); its id.
+pub async fn record(app: &App, tenant: &Tenant, plan: &Plan) -> Result<String, Reply> {
+    let task = new_task(tenant, plan, None);
+    let (id, ()) = with_free_id(task, |t| app.store.mj_proxy_insert(t)).await?;
+    Ok(id)
+}
+
+/// A task of `plan` for the job `job_id` (a MODAL one when `None`), its id still to choose.
+fn new_task(tenant: &Tenant, plan: &Plan, job_id: Option<&str>) -> ProxyTask {
     let now = now_millis();
-    let mut task = ProxyTask {
+    ProxyTask {
         id: String::new(),
         tenant_id: tenant.id.clone(),
         job_id: job_id.map(str::to_owned),
@@ -264,11 +284,20 @@ pub async fn record(
         notified: -1,
         created_at: now,
         updated_at: now,
-    };
+    }
+}
+
+/// Runs `write` with the task under new ids until one is free: that id and what `write`
+/// answered.
+async fn with_free_id<T, F, W>(mut task: ProxyTask, mut write: W) -> Result<(String, T), Reply>
+where
+    W: FnMut(ProxyTask) -> F,
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
     for _ in 0..20 {
         task.id = new_task_id();
-        match app.store.mj_proxy_insert(task.clone()).await {
-            Ok(()) => return Ok(task.id),
+        match write(task.clone()).await {
+            Ok(answer) => return Ok((task.id, answer)),
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }

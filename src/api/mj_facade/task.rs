@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{object_body, MjTenant, Reply};
 use crate::app::App;
 use crate::base::clock::now_millis;
-use crate::mj_tasks::view::{job_of, task_json};
+use crate::mj_tasks::view::{job_of, render, task_json};
 use crate::store::mj_proxy::{ProxyFilter, ProxyTask, PHASE_MODAL};
 use crate::store::{CancelOutcome, Tenant};
 
@@ -46,8 +46,12 @@ pub async fn fetch(
     Path(id): Path<String>,
 ) -> Response {
     let run = async {
-        let task = own(&app, &tenant, &id).await?;
-        Ok(Json(task_json(&app.mj_tasks(), &task).await?).into_response())
+        let view = app
+            .store
+            .mj_proxy_view(&tenant.id, &id)
+            .await?
+            .ok_or_else(Reply::no_task)?;
+        Ok(Json(render(&app.mj_tasks(), &view).await).into_response())
     };
     either(run.await)
 }
@@ -68,13 +72,14 @@ pub async fn by_condition(
         if ids.len() > LIST_LIMIT as usize {
             return Err(Reply::invalid(format!("ids 最多 {LIST_LIMIT} 个")));
         }
-        let mut tasks = Vec::with_capacity(ids.len());
+        let tasks = app.mj_tasks();
+        let mut all = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(task) = app.store.mj_proxy_get(&tenant.id, id).await? {
-                tasks.push(task);
+            if let Some(view) = app.store.mj_proxy_view(&tenant.id, id).await? {
+                all.push(render(&tasks, &view).await);
             }
         }
-        array(&app, &tasks).await
+        Ok(Json(Value::Array(all)).into_response())
     };
     either(run.await)
 }

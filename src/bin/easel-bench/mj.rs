@@ -1,13 +1,14 @@
 //! The `/mj` facade against the job API, in the same run on the local renderer at 0 ms (every
 //! role in this process, SQLite):
 //!
-//! 1. Chains per second over `--connections` clients for `--seconds`, alternating twice: an
+//! 1. Chains per second over `--connections` clients for `--seconds`, in two rounds (MJ
+//!    first, then plain first, so neither always runs on the disk state the other left): an
 //!    MJ chain is `/mj/submit/imagine` (four images and Easel's grid) then U1 through
 //!    `/mj/submit/action`, each fetched until it succeeds; a plain chain does the same image
 //!    work through `/v1/images/generate`: four images (`n: 4`, no grid), then the upscale of
 //!    the first (`operation: upscale`, `parentJobId`, `parentIndex: 1`), each read until it
 //!    succeeds. The closing line gives the ratio mj / plain: what the grid and the MJ
-//!    bookkeeping cost.
+//!    bookkeeping cost; each round's line also gives the reads of a task or job per chain.
 //! 2. The facade's added latency, one client, `--samples` calls each: `/mj/submit/imagine`
 //!    against `/v1/images/generate`, and `/mj/task/{id}/fetch` against `/v1/jobs/{id}` on
 //!    finished work; p50 and p99 of each and of the difference.
@@ -63,6 +64,8 @@ struct Client {
     http: reqwest::Client,
     base: String,
     key: String,
+    /// Reads of a task or job while waiting for it to end.
+    polls: Arc<AtomicU64>,
 }
 
 impl Client {
@@ -113,6 +116,7 @@ impl Client {
     /// Fetches the task until it ends; the task when it succeeded.
     async fn mj_done(&self, id: &str) -> Option<Value> {
         loop {
+            self.polls.fetch_add(1, Ordering::Relaxed);
             let task = self
                 .call(reqwest::Method::GET, &format!("/mj/task/{id}/fetch"), None)
                 .await?;
@@ -133,6 +137,7 @@ impl Client {
 
     async fn job_done(&self, id: &str) -> bool {
         loop {
+            self.polls.fetch_add(1, Ordering::Relaxed);
             let Some(job) = self
                 .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
                 .await
@@ -183,9 +188,10 @@ impl Client {
     }
 }
 
-/// Chains per second over `connections` clients for `duration`.
-async fn chains(client: &Client, mj: bool, connections: u64, duration: Duration) -> f64 {
+/// Chains per second over `connections` clients for `duration`, and reads per chain.
+async fn chains(client: &Client, mj: bool, connections: u64, duration: Duration) -> (f64, f64) {
     let done = Arc::new(AtomicU64::new(0));
+    let polls_before = client.polls.load(Ordering::Relaxed);
     let started = Instant::now();
     let deadline = started + duration;
     let mut clients = tokio::task::JoinSet::new();
@@ -205,7 +211,12 @@ async fn chains(client: &Client, mj: bool, connections: u64, duration: Duration)
         });
     }
     while clients.join_next().await.is_some() {}
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let done = done.load(Ordering::Relaxed) as f64;
+    let polls = (client.polls.load(Ordering::Relaxed) - polls_before) as f64;
+    (
+        done / started.elapsed().as_secs_f64(),
+        polls / done.max(1.0),
+    )
 }
 
 /// The p50 and p99 of `samples`, in milliseconds.
@@ -290,6 +301,7 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
             .build()?,
         base: format!("http://{}", listener.local_addr()?),
         key: tenant.api_key,
+        polls: Arc::default(),
     };
     let server = RunningServer::start(&app, listener).await;
     let c = args.connections;
@@ -299,11 +311,17 @@ async fn run_in(args: Args) -> anyhow::Result<()> {
     let seconds = Duration::from_secs(args.seconds);
     let (mut mj, mut plain) = (Vec::new(), Vec::new());
     for round in 1..=2 {
-        let m = chains(&client, true, c, seconds).await;
-        let p = chains(&client, false, c, seconds).await;
+        let ((m, mj_polls), (p, plain_polls)) = if round == 1 {
+            let m = chains(&client, true, c, seconds).await;
+            (m, chains(&client, false, c, seconds).await)
+        } else {
+            let p = chains(&client, false, c, seconds).await;
+            (chains(&client, true, c, seconds).await, p)
+        };
         println!(
             "RESULT mode=mj-chains round={round} c={c} mj_chains_per_s={m:.1} \
-             plain_chains_per_s={p:.1}"
+             plain_chains_per_s={p:.1} mj_reads_per_chain={mj_polls:.1} \
+             plain_reads_per_chain={plain_polls:.1}"
         );
         mj.push(m);
         plain.push(p);

@@ -19,7 +19,7 @@ use crate::store::{CancelOutcome, IdempotencyHit, Maintenance, StoreError, Store
 
 const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
      provider, result_keys, error_code, error_message, attempts, max_attempts, created_at, \
-     updated_at, started_at, finished_at, cancel_at, deadline_at, result_meta";
+     updated_at, started_at, finished_at, cancel_at, deadline_at, result_meta, follow_up";
 
 /// The wake-up hint, sent from inside a transaction (delivered at commit) or after one.
 const NOTIFY: &str = "SELECT pg_notify('easel_jobs', current_schema())";
@@ -66,6 +66,7 @@ pub(super) struct JobRow {
     cancel_at: Option<Millis>,
     deadline_at: Millis,
     result_meta: Option<String>,
+    follow_up: Option<String>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -94,6 +95,7 @@ impl TryFrom<JobRow> for Job {
             cancel_at: r.cancel_at,
             deadline_at: r.deadline_at,
             result_meta: r.result_meta.and_then(|m| serde_json::from_str(&m).ok()),
+            follow_up: r.follow_up,
         })
     }
 }
@@ -178,7 +180,10 @@ async fn job_insert_once(conn: &mut PgConnection, job: &NewJob, params: &str) ->
 }
 
 /// The refusal of a charge the account could not pay.
-async fn insufficient(conn: &mut PgConnection, job: &NewJob) -> StoreResult<SubmitOutcome> {
+pub(super) async fn insufficient(
+    conn: &mut PgConnection,
+    job: &NewJob,
+) -> StoreResult<SubmitOutcome> {
     let (required, account) = match &job.charge {
         Some(c) => (c.amount, c.account.id.as_str()),
         None => return Err(StoreError::Conflict("job insert wrote nothing".into())),

@@ -2,14 +2,16 @@
 
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 
-use super::PgStore;
+use super::{events, jobs, PgStore};
 use crate::base::clock::Millis;
+use crate::base::job::{JobStatus, NewJob, SubmitOutcome};
 use crate::store::mj_proxy::{
-    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, ProxyView, PHASE_CANCEL,
+    PHASE_MODAL,
 };
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 
 const COLUMNS: &str = "t.id, t.tenant_id, t.job_id, t.hash, t.action, t.phase, t.detail,
     t.notified, t.created_at, t.updated_at";
@@ -45,27 +47,74 @@ impl PgStore {
     }
 }
 
+async fn insert(conn: &mut PgConnection, t: &ProxyTask) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO mj_proxy_tasks (id, tenant_id, job_id, hash, action, phase, detail,
+            notified, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&t.id)
+    .bind(&t.tenant_id)
+    .bind(&t.job_id)
+    .bind(&t.hash)
+    .bind(&t.action)
+    .bind(&t.phase)
+    .bind(&t.detail)
+    .bind(i32::try_from(t.notified).unwrap_or(-1))
+    .bind(t.created_at)
+    .bind(t.updated_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl MjProxyStore for PgStore {
     async fn mj_proxy_insert(&self, t: ProxyTask) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO mj_proxy_tasks (id, tenant_id, job_id, hash, action, phase, detail,
-                notified, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&t.id)
-        .bind(&t.tenant_id)
-        .bind(&t.job_id)
-        .bind(&t.hash)
-        .bind(&t.action)
-        .bind(&t.phase)
-        .bind(&t.detail)
-        .bind(i32::try_from(t.notified).unwrap_or(-1))
-        .bind(t.created_at)
-        .bind(t.updated_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert(&mut conn, &t).await
+    }
+
+    async fn mj_proxy_submit(&self, job: NewJob, task: ProxyTask) -> StoreResult<SubmitOutcome> {
+        if job.idempotency.is_some() {
+            return Err(StoreError::Conflict(
+                "a task's job carries no idempotency key".into(),
+            ));
+        }
+        let params =
+            serde_json::to_string(&job.params).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        if !jobs::job_insert(&mut tx, &job, &params).await? {
+            // Rolled back: a refused submit leaves nothing behind.
+            return jobs::insufficient(&mut tx, &job).await;
+        }
+        insert(&mut tx, &task).await?;
+        tx.commit().await?;
+        Ok(SubmitOutcome::Created { job_id: job.id })
+    }
+
+    async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>> {
+        let found = self
+            .mj_proxy_one("t.tenant_id = $1 AND t.id = $2", &[tenant_id, id])
+            .await?;
+        let Some(task) = found else {
+            return Ok(None);
+        };
+        let job = match &task.job_id {
+            Some(job_id) => jobs::get(&self.pool, tenant_id, job_id).await?,
+            None => None,
+        };
+        let progress = match &job {
+            Some(job) if job.status == JobStatus::Running => {
+                events::progress_get(&self.pool, &job.id).await?
+            }
+            _ => None,
+        };
+        Ok(Some(ProxyView {
+            task,
+            job,
+            progress,
+        }))
     }
 
     async fn mj_proxy_get(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyTask>> {
@@ -100,14 +149,20 @@ impl MjProxyStore for PgStore {
         Ok(found.iter().map(row_of).collect::<Result<Vec<_>, _>>()?)
     }
 
-    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64> {
-        let sql = format!("SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT $2) AS w");
-        let n: i64 = sqlx::query_scalar(&sql)
+    async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT $2) AS w),
+                (SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING'))"
+        );
+        let (tasks, jobs): (i64, i64) = sqlx::query_as(&sql)
             .bind(tenant_id)
             .bind(i64::from(limit))
             .fetch_one(&self.pool)
             .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(ProxyQueue {
+            tasks: u64::try_from(tasks).unwrap_or(0),
+            jobs: u64::try_from(jobs).unwrap_or(0),
+        })
     }
 
     async fn mj_proxy_start(

@@ -20,7 +20,8 @@ use crate::store::{CancelOutcome, IdempotencyHit, Maintenance, StoreError, Store
 pub(super) const JOB_COLUMNS: &str =
     "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
      provider, result_keys, error_code, error_message, attempts, max_attempts, created_at, \
-     updated_at, started_at, finished_at, cancel_at, deadline_at, result_meta, fence, lease_until";
+     updated_at, started_at, finished_at, cancel_at, deadline_at, result_meta, fence, lease_until, \
+     follow_up";
 
 pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = row.get(3)?;
@@ -50,6 +51,7 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         cancel_at: row.get(18)?,
         deadline_at: row.get(19)?,
         result_meta: result_meta.and_then(|m| serde_json::from_str(&m).ok()),
+        follow_up: row.get(23)?,
     })
 }
 

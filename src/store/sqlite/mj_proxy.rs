@@ -4,9 +4,12 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
+use super::{events, jobs};
 use crate::base::clock::Millis;
+use crate::base::job::{JobStatus, NewJob, SubmitOutcome};
 use crate::store::mj_proxy::{
-    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+    MjProxyStore, ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, ProxyView, PHASE_CANCEL,
+    PHASE_MODAL,
 };
 use crate::store::StoreResult;
 
@@ -60,28 +63,64 @@ fn list(
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+fn insert(conn: &Connection, t: &ProxyTask) -> StoreResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO mj_proxy_tasks (id, tenant_id, job_id, hash, action, phase, detail,
+            notified, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        t.id,
+        t.tenant_id,
+        t.job_id,
+        t.hash,
+        t.action,
+        t.phase,
+        t.detail,
+        t.notified,
+        t.created_at,
+        t.updated_at
+    ])?;
+    Ok(())
+}
+
 #[async_trait]
 impl MjProxyStore for SqliteStore {
     async fn mj_proxy_insert(&self, t: ProxyTask) -> StoreResult<()> {
+        self.write(move |c| insert(c, &t)).await
+    }
+
+    async fn mj_proxy_submit(&self, job: NewJob, task: ProxyTask) -> StoreResult<SubmitOutcome> {
         self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO mj_proxy_tasks (id, tenant_id, job_id, hash, action, phase, detail,
-                    notified, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                t.id,
-                t.tenant_id,
-                t.job_id,
-                t.hash,
-                t.action,
-                t.phase,
-                t.detail,
-                t.notified,
-                t.created_at,
-                t.updated_at
-            ])?;
-            Ok(())
+            let outcome = jobs::submit(c, &job)?;
+            if matches!(outcome, SubmitOutcome::Created { .. }) {
+                // A taken id fails the write's savepoint: the job is not written either.
+                insert(c, &task)?;
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>> {
+        let (tenant, id) = (tenant_id.to_owned(), id.to_owned());
+        self.read(move |c| {
+            let Some(task) = one(c, "t.tenant_id = ?1 AND t.id = ?2", &[&tenant, &id])? else {
+                return Ok(None);
+            };
+            let job = match &task.job_id {
+                Some(job_id) => jobs::get(c, &tenant, job_id)?,
+                None => None,
+            };
+            let progress = match &job {
+                Some(job) if job.status == JobStatus::Running => events::progress_get(c, &job.id)?,
+                _ => None,
+            };
+            Ok(Some(ProxyView {
+                task,
+                job,
+                progress,
+            }))
         })
         .await
     }
@@ -107,14 +146,20 @@ impl MjProxyStore for SqliteStore {
         self.read(move |c| list(c, &tenant, filter, limit)).await
     }
 
-    async fn mj_proxy_waiting(&self, tenant_id: &str, limit: u32) -> StoreResult<u64> {
+    async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {
         let tenant = tenant_id.to_owned();
         self.read(move |c| {
-            let sql = format!("SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT ?2)");
-            let n: i64 = c
+            let sql = format!(
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT ?2)),
+                    (SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING'))"
+            );
+            let (tasks, jobs): (i64, i64) = c
                 .prepare_cached(&sql)?
-                .query_row(params![tenant, limit], |r| r.get(0))?;
-            Ok(u64::try_from(n).unwrap_or(0))
+                .query_row(params![tenant, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(ProxyQueue {
+                tasks: u64::try_from(tasks).unwrap_or(0),
+                jobs: u64::try_from(jobs).unwrap_or(0),
+            })
         })
         .await
     }
