@@ -38,8 +38,30 @@ use crate::store::StoreError;
 use crate::store::{NewTenant, Store, Tenant};
 use crate::webhooks::dispatcher::Dispatcher;
 
+/// The process's parts behind one pointer: every request clones its `App` (axum's `State`),
+/// and cloning [`Parts`] itself (3 KB, with the accounts' token rules and the link signer's
+/// keys) copied and allocated on every request.
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<Parts>);
+
+impl std::ops::Deref for App {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// Changing a part (a test swapping the providers before the server starts) copies the parts
+/// first if another clone shares them: clones never see each other's changes, as before.
+impl std::ops::DerefMut for App {
+    fn deref_mut(&mut self) -> &mut Parts {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+#[derive(Clone)]
+pub struct Parts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub objects: Arc<dyn ObjectStore>,
@@ -275,7 +297,7 @@ impl App {
             config.uploads.clone(),
         );
         let providers = photo_workflow(providers, &config, &store, &events, &images)?;
-        Ok(App {
+        Ok(App(Arc::new(Parts {
             accounts,
             tenancy,
             images,
@@ -296,7 +318,7 @@ impl App {
             events,
             node_id: format!("node_{}", ulid::Ulid::new().to_string().to_lowercase()).into(),
             live_nodes,
-        })
+        })))
     }
 
     /// The worker's share of the process's parts.
