@@ -29,6 +29,7 @@ use crate::jobs::worker::WorkerDeps;
 use crate::keypool::{add_provider_key, KeyPool, KeyPoolConfig, ProviderKeySpec};
 use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter, NODE_TTL};
 use crate::providers::Registry;
+use crate::storage::recent::RecentObjects;
 use crate::storage::urls::{ResultLinks, UrlSigner};
 use crate::storage::{ObjectStore, ObjectStoreBackend, StorageKind};
 use crate::store::postgres::{PgSettings, PgStore};
@@ -37,8 +38,30 @@ use crate::store::StoreError;
 use crate::store::{NewTenant, Store, Tenant};
 use crate::webhooks::dispatcher::Dispatcher;
 
+/// The process's parts behind one pointer: every request clones its `App` (axum's `State`),
+/// and cloning [`Parts`] itself (3 KB, with the accounts' token rules and the link signer's
+/// keys) copied and allocated on every request.
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<Parts>);
+
+impl std::ops::Deref for App {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// Changing a part (a test swapping the providers before the server starts) copies the parts
+/// first if another clone shares them: clones never see each other's changes, as before.
+impl std::ops::DerefMut for App {
+    fn deref_mut(&mut self) -> &mut Parts {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+#[derive(Clone)]
+pub struct Parts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub objects: Arc<dyn ObjectStore>,
@@ -104,7 +127,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// The image store named by `storage.kind`. An S3 bucket that does not answer at start is
 /// reported loudly but is not fatal: the service may come up after Easel, and a job whose
 /// images cannot be stored is retried.
+/// Either way, what this process stores is kept in memory for a moment ([`RecentObjects`]).
 async fn open_objects(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(Arc::new(RecentObjects::new(open_backend(config).await?)))
+}
+
+async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
     match config.storage.kind {
         StorageKind::Local => Ok(Arc::new(
             ObjectStoreBackend::local(&config.storage_path()).context("opening image folder")?,
@@ -269,7 +297,7 @@ impl App {
             config.uploads.clone(),
         );
         let providers = photo_workflow(providers, &config, &store, &events, &images)?;
-        Ok(App {
+        Ok(App(Arc::new(Parts {
             accounts,
             tenancy,
             images,
@@ -290,7 +318,7 @@ impl App {
             events,
             node_id: format!("node_{}", ulid::Ulid::new().to_string().to_lowercase()).into(),
             live_nodes,
-        })
+        })))
     }
 
     /// The worker's share of the process's parts.

@@ -239,7 +239,7 @@ pub(super) fn enqueued(
         SubmitOutcome::Created { job_id } => {
             telemetry::job_submitted("created");
             app.wake.notify_one();
-            app.events.publish(Change::job(tenant_id, &job_id));
+            app.events.publish(Change::job_open(tenant_id, &job_id));
             Ok(Enqueued::Created { job_id })
         }
         // Counted as a duplicate by the caller's answer.

@@ -48,6 +48,9 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(1);
 pub struct Change {
     pub tenant_id: Option<Arc<str>>,
     pub job_id: Option<Arc<str>>,
+    /// The publisher knows the job is still open (just claimed, or reporting progress): a
+    /// caller waiting only for its end has nothing to read. `false` says nothing either way.
+    pub open: bool,
 }
 
 impl Change {
@@ -56,6 +59,15 @@ impl Change {
         Change {
             tenant_id: Some(tenant_id.into()),
             job_id: Some(job_id.into()),
+            open: false,
+        }
+    }
+
+    /// One job changed and has not ended (see [`Change::open`]).
+    pub fn job_open(tenant_id: &str, job_id: &str) -> Change {
+        Change {
+            open: true,
+            ..Change::job(tenant_id, job_id)
         }
     }
 
@@ -64,6 +76,7 @@ impl Change {
         Change {
             tenant_id: None,
             job_id: None,
+            open: false,
         }
     }
 
@@ -87,6 +100,27 @@ pub trait EventBus: Send + Sync + 'static {
     fn subscribe(&self) -> Subscription;
     /// Ends every subscription, present and future (shutdown): feeds end, streams close.
     fn close(&self);
+}
+
+/// Spaces the store reads of a loop that looks again on every notice (the webhook outbox, the
+/// job follow-ups): at most one per [`Pace::EVERY`], so a storm of notices (thousands a second
+/// under load) costs a hundred reads, not thousands, while the first notice after a quiet
+/// spell is read at once.
+#[derive(Default)]
+pub struct Pace {
+    last: Option<tokio::time::Instant>,
+}
+
+impl Pace {
+    pub const EVERY: Duration = Duration::from_millis(10);
+
+    /// Waits until the next read may start, and counts it as started.
+    pub async fn turn(&mut self) {
+        if let Some(last) = self.last {
+            tokio::time::sleep_until(last + Pace::EVERY).await;
+        }
+        self.last = Some(tokio::time::Instant::now());
+    }
 }
 
 /// What a subscription heard.
@@ -159,8 +193,23 @@ mod tests {
         let tenant_only = Change {
             tenant_id: Some("t1".into()),
             job_id: None,
+            open: false,
         };
         assert!(tenant_only.concerns("t1", Some("j2")));
         assert!(!tenant_only.concerns("t2", Some("j2")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_reads_at_once_after_quiet_and_spaces_a_storm() {
+        let mut pace = Pace::default();
+        let start = tokio::time::Instant::now();
+        pace.turn().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        pace.turn().await;
+        assert_eq!(start.elapsed(), Pace::EVERY);
+        tokio::time::sleep(Pace::EVERY * 5).await;
+        let quiet = tokio::time::Instant::now();
+        pace.turn().await;
+        assert_eq!(quiet.elapsed(), Duration::ZERO);
     }
 }

@@ -52,6 +52,9 @@ struct Wire {
     o: String,
     t: Option<String>,
     j: Option<String>,
+    /// [`Change::open`], sent only when set (older nodes read its absence as `false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    s: bool,
 }
 
 /// What the bus has done since it started.
@@ -162,6 +165,7 @@ fn encode(origin: &str, change: &Change) -> String {
         o: origin.to_owned(),
         t: change.tenant_id.as_deref().map(str::to_owned),
         j: change.job_id.as_deref().map(str::to_owned),
+        s: change.open,
     };
     serde_json::to_string(&wire).unwrap_or_default()
 }
@@ -173,6 +177,7 @@ fn decode(origin: &str, payload: &[u8]) -> Option<Change> {
         Ok(wire) => Some(Change {
             tenant_id: wire.t.map(Into::into),
             job_id: wire.j.map(Into::into),
+            open: wire.s,
         }),
         Err(_) => Some(Change::anyone()),
     }
@@ -335,6 +340,10 @@ mod tests {
         let anyone = encode("me", &Change::anyone());
         assert_eq!(decode("other", anyone.as_bytes()), Some(Change::anyone()));
         assert_eq!(decode("other", b"not json"), Some(Change::anyone()));
+        // The open hint travels, and is left out (read as false) when not set.
+        let open = Change::job_open("ten_1", "job_1");
+        assert_eq!(decode("other", encode("me", &open).as_bytes()), Some(open));
+        assert!(!text.contains("\"s\""));
     }
 
     /// With nothing listening on the port, publishing still delivers locally and never

@@ -5,7 +5,6 @@
 //! that the notice was someone else's.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -13,14 +12,7 @@ use tokio::sync::Notify;
 use super::{EventBus, Wake};
 
 /// Waiters by job id.
-type Waiters = Mutex<HashMap<Arc<str>, Vec<Arc<Heard>>>>;
-
-/// What one waiter heard: a count of notices, and the wake-up.
-#[derive(Default)]
-struct Heard {
-    notices: AtomicU64,
-    notify: Notify,
-}
+type Waiters = Mutex<HashMap<Arc<str>, Vec<Arc<Notify>>>>;
 
 /// The process's waiters on single jobs, listening on its bus until the bus closes.
 #[derive(Clone)]
@@ -33,7 +25,7 @@ pub struct JobWatch {
 /// a lag of the bus and when the bus closes. Dropping it stops the watching.
 pub struct Watched {
     job_id: Arc<str>,
-    heard: Arc<Heard>,
+    notify: Arc<Notify>,
     waiters: Arc<Waiters>,
 }
 
@@ -48,6 +40,8 @@ impl JobWatch {
         tokio::spawn(async move {
             loop {
                 match notices.recv().await {
+                    // Waiters wait for an end: a job known to be open has none to show.
+                    Wake::Changed(change) if change.open => {}
                     Wake::Changed(change) => wake(&waiters, change.job_id.as_deref()),
                     Wake::Missed => wake(&waiters, None),
                     // Shutdown: waiters go on with their own periodic re-read.
@@ -61,16 +55,16 @@ impl JobWatch {
     /// Watches `job_id` from now on: every notice of it published after this call is heard.
     pub fn watch(&self, job_id: &str) -> Watched {
         let job_id: Arc<str> = job_id.into();
-        let heard = Arc::new(Heard::default());
+        let notify = Arc::new(Notify::new());
         if let Ok(mut waiters) = self.waiters.lock() {
             waiters
                 .entry(job_id.clone())
                 .or_default()
-                .push(heard.clone());
+                .push(notify.clone());
         }
         Watched {
             job_id,
-            heard,
+            notify,
             waiters: self.waiters.clone(),
         }
     }
@@ -86,13 +80,12 @@ fn wake(waiters: &Waiters, job_id: Option<&str>) {
     let Ok(waiters) = waiters.lock() else {
         return;
     };
-    let woken: Box<dyn Iterator<Item = &Arc<Heard>>> = match job_id {
+    let woken: Box<dyn Iterator<Item = &Arc<Notify>>> = match job_id {
         Some(job_id) => Box::new(waiters.get(job_id).into_iter().flatten()),
         None => Box::new(waiters.values().flatten()),
     };
-    woken.for_each(|heard| {
-        heard.notices.fetch_add(1, Ordering::Relaxed);
-        heard.notify.notify_one();
+    woken.for_each(|notify| {
+        notify.notify_one();
     });
 }
 
@@ -104,12 +97,7 @@ impl Watched {
 
     /// Waits for the next notice of the job (at once if one came since the last wait).
     pub async fn notified(&self) {
-        self.heard.notify.notified().await
-    }
-
-    /// Notices heard since the watch began (a lag or a notice naming no job counts as one).
-    pub fn notices(&self) -> u64 {
-        self.heard.notices.load(Ordering::Relaxed)
+        self.notify.notified().await
     }
 }
 
@@ -119,7 +107,7 @@ impl Drop for Watched {
             return;
         };
         if let Some(list) = waiters.get_mut(&self.job_id) {
-            list.retain(|h| !Arc::ptr_eq(h, &self.heard));
+            list.retain(|h| !Arc::ptr_eq(h, &self.notify));
             if list.is_empty() {
                 waiters.remove(&self.job_id);
             }
@@ -151,8 +139,10 @@ mod tests {
         assert!(heard(&mine).await);
         assert!(heard(&twin).await);
         assert!(!heard(&other).await);
-        assert_eq!((mine.notices(), other.notices()), (1, 0));
         // Heard once per notice.
+        assert!(!heard(&mine).await);
+        // A notice of a job known to be still open wakes no one.
+        bus.publish(Change::job_open("t", "job_1"));
         assert!(!heard(&mine).await);
         // A notice that names no job wakes everyone.
         bus.publish(Change::anyone());

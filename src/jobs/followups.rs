@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::base::job::Job;
-use crate::events::{Subscription, Wake, SAFETY_POLL};
+use crate::events::{Pace, Subscription, Wake, SAFETY_POLL};
 use crate::store::followups::DueFollowup;
 use crate::store::Store;
 
@@ -86,19 +86,34 @@ pub async fn run(
     mut notices: Subscription,
     stop: CancellationToken,
 ) {
+    let mut pace = Pace::default();
     loop {
         notices.drain();
         while run_due(store.as_ref(), &followers).await > 0 {}
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(SAFETY_POLL) => {}
-            wake = notices.recv() => if wake == Wake::Closed {
-                // The bus closed (shutdown): keep the safety poll alone until `stop`.
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(SAFETY_POLL) => {}
+            wake = next_end(&mut notices) => match wake {
+                Wake::Closed => {
+                    // The bus closed (shutdown): keep the safety poll alone until `stop`.
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(SAFETY_POLL) => {}
+                    }
                 }
+                _ => pace.turn().await,
             },
+        }
+    }
+}
+
+/// The next notice that may announce a job's end: follow-ups are written when jobs end, so
+/// the notices of jobs known to be open ([`crate::events::Change::open`]) are passed over.
+async fn next_end(notices: &mut Subscription) -> Wake {
+    loop {
+        match notices.recv().await {
+            Wake::Changed(change) if change.open => continue,
+            wake => return wake,
         }
     }
 }

@@ -258,7 +258,7 @@ impl Worker {
             }
             for c in &claimed {
                 deps.events
-                    .publish(Change::job(&c.job.tenant_id, &c.job.id));
+                    .publish(Change::job_open(&c.job.tenant_id, &c.job.id));
             }
             let mut first = Some(first);
             for job in claimed {
@@ -654,7 +654,7 @@ where
                 let job = &claimed.job;
                 match deps.store.job_progress(&job.id, claimed.fence, percent).await {
                     Ok(true) => {
-                        deps.events.publish(Change::job(&job.tenant_id, &job.id));
+                        deps.events.publish(Change::job_open(&job.tenant_id, &job.id));
                         deps.followers.progressed(job).await;
                     }
                     Ok(false) => {}

@@ -3,11 +3,13 @@
 //! Owns: the [`ObjectStore`] seam (a local folder by default; any S3-compatible service at
 //! scale, both through the `object_store` crate) and [`urls::ResultLinks`], which turns an
 //! object key into the URL a client gets: a public URL, an S3-presigned link, or a signed,
-//! expiring link that Easel serves itself. Its `[storage]` configuration section lives in
+//! expiring link that Easel serves itself; [`recent::RecentObjects`] keeps what this process
+//! just stored in memory for a moment. Its `[storage]` configuration section lives in
 //! [`config`].
 //! Must not touch: jobs, the database or HTTP routing.
 
 pub mod config;
+pub mod recent;
 pub mod urls;
 
 use std::path::Path;
@@ -295,6 +297,12 @@ fn create_dir_all_synced(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A content-addressed validator: the same whichever node or backend serves the object.
+fn etag_of(bytes: &[u8]) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes);
+    format!("\"{}\"", &hex::encode(digest)[..32])
+}
+
 fn content_type_for(key: &str) -> &'static str {
     match key.rsplit('.').next() {
         Some("png") => "image/png",
@@ -341,10 +349,8 @@ impl ObjectStore for ObjectStoreBackend {
             .map(|v| v.as_ref().to_owned())
             .filter(|t| !t.is_empty());
         let bytes = result.bytes().await.map_err(map_err)?;
-        // Content-addressed validator: independent of which node or backend serves it.
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
         Ok(StoredObject {
-            etag: format!("\"{}\"", &hex::encode(digest)[..32]),
+            etag: etag_of(&bytes),
             content_type: stored_type.unwrap_or_else(|| content_type_for(key).to_owned()),
             bytes,
         })

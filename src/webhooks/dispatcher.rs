@@ -41,7 +41,7 @@ use crate::base::secret::Secret;
 use crate::base::webhook::{
     AttemptOutcome, AttemptReport, ClaimedDelivery, Delivery, DeliveryClaim,
 };
-use crate::events::{EventBus, Subscription, Wake};
+use crate::events::{EventBus, Pace, Subscription, Wake};
 use crate::storage::urls::ResultLinks;
 use crate::store::{Store, StoreError};
 
@@ -248,6 +248,7 @@ impl Dispatcher {
         let poll = Duration::from_millis(this.config.poll_ms);
         let lease = this.lease();
         let mut notices = this.events.as_ref().map(|bus| bus.subscribe());
+        let mut pace = Pace::default();
         tracing::info!(dispatcher = %this.id, concurrency = this.config.concurrency, "webhook dispatcher started");
         loop {
             let first = tokio::select! {
@@ -299,6 +300,7 @@ impl Dispatcher {
                     wake = next_notice(&mut notices), if !capped => match wake {
                         // The next read sees every change the queued notices announce.
                         Wake::Changed(_) | Wake::Missed => {
+                            pace.turn().await;
                             if let Some(sub) = notices.as_mut() {
                                 sub.drain();
                             }

@@ -1,5 +1,6 @@
 //! Waiting for a job to end, for the facade's synchronous answer: on the job's notices
-//! ([`crate::events::JobWatch`]), with the periodic re-read ([`SAFETY_POLL`]) as the net for
+//! ([`crate::events::JobWatch`], which passes on none that says the job is still open: the
+//! claim's, progress), with the periodic re-read ([`SAFETY_POLL`]) as the net for
 //! changes made by other processes, bounded by `openai_api.wait_secs`.
 
 use std::time::Duration;
@@ -13,10 +14,9 @@ use crate::events::{Watched, SAFETY_POLL};
 
 /// Where the wait starts.
 pub enum Since {
-    /// The job was submitted after `watched` began: every change it went through is heard,
-    /// so there is nothing to read before the first notice, nor on the submit's own notice
-    /// (the first one heard is either that or a later change; once two are heard, at least
-    /// one was a later change, and the read after it sees it).
+    /// The job was submitted after `watched` began: every change it went through is heard
+    /// (but its submit's and claim's notices, which say it is open), so there is nothing to
+    /// read before the first notice.
     Submitted,
     /// The job existed before (an idempotent replay): read it first.
     Unknown,
@@ -32,11 +32,6 @@ pub async fn until_done(
     limit: Duration,
 ) -> Result<Job, ApiError> {
     let deadline = Instant::now() + limit;
-    // Notices that announce nothing worth a read: the submit's own.
-    let known = match since {
-        Since::Submitted => 1,
-        Since::Unknown => 0,
-    };
     let mut read = matches!(since, Since::Unknown);
     loop {
         if read {
@@ -52,7 +47,7 @@ pub async fn until_done(
         }
         let next_read = (Instant::now() + SAFETY_POLL).min(deadline);
         tokio::select! {
-            _ = watched.notified() => read = watched.notices() > known,
+            _ = watched.notified() => read = true,
             _ = tokio::time::sleep_until(next_read) => read = true,
         }
     }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::{
     ApiKeyRecord, CancelOutcome, IdempotencyHit, Maintenance, NewApiKey, NewProviderKey, NewTenant,
@@ -192,6 +192,14 @@ impl SqliteStore {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Unavailable("reader pool closed".into()))?;
+        self.read_with_turn(turn, op).await
+    }
+
+    async fn read_with_turn<R, F>(&self, turn: OwnedSemaphorePermit, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
         let pool = self.readers.clone();
         tokio::task::spawn_blocking(move || {
             let result = pool.with(op);
@@ -200,6 +208,29 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
+    }
+
+    /// A read of a few rows by key (a job by its id), run right here when a connection is
+    /// idle: from the page cache it takes microseconds, less than the hop to a blocking
+    /// thread and back, which cost a waiting facade call more than the read. Otherwise it
+    /// waits its turn as [`SqliteStore::read`] does.
+    async fn read_by_key<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let Ok(turn) = self.readers.turns.clone().try_acquire_owned() else {
+            return self.read(op).await;
+        };
+        match self.readers.take_idle() {
+            Some(conn) => {
+                let result = op(&conn);
+                self.readers.put_back(conn);
+                result
+            }
+            // None opened yet: opening one parses the schema, which is for a blocking thread.
+            None => self.read_with_turn(turn, op).await,
+        }
     }
 }
 
@@ -320,16 +351,23 @@ impl ReaderPool {
     /// Runs `op` on an idle connection (a new one when none is: fewer than [`READERS`] exist,
     /// since the caller holds a turn), then keeps the connection for the next read.
     fn with<R>(&self, op: impl FnOnce(&Connection) -> StoreResult<R>) -> StoreResult<R> {
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        let conn = match pooled {
+        let conn = match self.take_idle() {
             Some(conn) => conn,
             None => open_connection(&self.path, true)?,
         };
         let result = op(&conn);
+        self.put_back(conn);
+        result
+    }
+
+    fn take_idle(&self) -> Option<Connection> {
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+    }
+
+    fn put_back(&self, conn: Connection) {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }
-        result
     }
 }
 
@@ -414,7 +452,8 @@ impl Store for SqliteStore {
 
     async fn job_get(&self, tenant_id: &str, job_id: &str) -> StoreResult<Option<Job>> {
         let (tenant_id, job_id) = (tenant_id.to_owned(), job_id.to_owned());
-        self.read(move |c| jobs::get(c, &tenant_id, &job_id)).await
+        self.read_by_key(move |c| jobs::get(c, &tenant_id, &job_id))
+            .await
     }
 
     async fn job_queue_position(&self, job: &Job) -> StoreResult<u64> {
