@@ -104,7 +104,8 @@ impl MjProxyStore for SqliteStore {
 
     async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>> {
         let (tenant, id) = (tenant_id.to_owned(), id.to_owned());
-        self.read(move |c| {
+        // Rows by key, as a job's read (a fetch is what a waiting client repeats).
+        self.read_by_key(move |c| {
             let Some(task) = one(c, "t.tenant_id = ?1 AND t.id = ?2", &[&tenant, &id])? else {
                 return Ok(None);
             };
