@@ -5,7 +5,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use common::ChildGuard;
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use easel::base::job::JobStatus;
@@ -209,16 +211,6 @@ async fn upstream_faults_release_and_successes_settle_exactly_once() {
     assert_eq!(entries(&app, EntryKind::Hold).await.len(), 3);
     assert_ledger_adds_up(&app).await;
     app.shutdown().await;
-}
-
-/// Kills the child if the test ends early.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

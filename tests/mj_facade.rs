@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::TestApp;
+use common::{ChildGuard, TestApp};
 use easel::base::operation::{Operation, Strength, UpscaleStyle};
 use serde_json::{json, Value};
 
@@ -877,16 +877,6 @@ async fn notify_hook_posts_the_whole_task_signed_and_never_regressing() {
             .all(|s| matches!(*s, "succeeded" | "delivering")),
         "{states:?}"
     );
-}
-
-/// Kills the child process when the test ends, so no worker outlives its test.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `easel serve --role worker` on the data folder of `app` (its store, its master key), with

@@ -3,9 +3,11 @@
 
 mod common;
 
+use common::ChildGuard;
+
 use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,16 +20,6 @@ use easel::server::{self, Roles};
 use easel::store::{Store, StoreError};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-
-/// Kills the child process if the test ends early, so no worker outlives its test.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `easel serve --role worker` on `dir`, with a hanging local provider and a short lease.
 fn spawn_worker_process(dir: &Path) -> ChildGuard {

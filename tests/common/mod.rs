@@ -11,6 +11,17 @@ use tokio_util::sync::CancellationToken;
 
 pub mod images;
 
+/// A child process (an `easel serve --role worker`, say) killed and reaped when the test
+/// ends, however it ends, so none outlives its test.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub api_key: String,
