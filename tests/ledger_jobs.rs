@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::ChildGuard;
-
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use easel::base::job::JobStatus;
@@ -218,25 +216,17 @@ async fn a_worker_killed_mid_job_settles_its_hold_once_after_the_rescue() {
     let api = common::spawn_app_with(with_admin, common::API_ONLY).await;
     prepaid_with(&api, 3).await;
     let dir = api.dir.path().to_path_buf();
-    let log = std::fs::File::create(dir.join("worker.log")).expect("log");
     // A worker process whose renderer hangs, with a short lease.
-    let mut child = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_easel"))
-            .args(["serve", "--role", "worker", "--data-dir"])
-            .arg(&dir)
-            .current_dir(&dir)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &dir)
-            .env("EASEL_WORKER__LEASE_MS", "500")
-            .env("EASEL_WORKER__HEARTBEAT_MS", "100")
-            .env("EASEL_WORKER__POLL_MS", "50")
-            .env("EASEL_PROVIDERS__LOCAL__DELAY_MS", "600000")
-            .env("EASEL_PROVIDERS__LOCAL__DRAFT_SIZE", "16")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn worker"),
+    let mut child = common::spawn_worker_process(
+        &dir,
+        "worker.log",
+        &[
+            ("EASEL_WORKER__LEASE_MS", "500"),
+            ("EASEL_WORKER__HEARTBEAT_MS", "100"),
+            ("EASEL_WORKER__POLL_MS", "50"),
+            ("EASEL_PROVIDERS__LOCAL__DELAY_MS", "600000"),
+            ("EASEL_PROVIDERS__LOCAL__DRAFT_SIZE", "16"),
+        ],
     );
     let response = api
         .submit(json!({"prompt": "a heron", "mode": "draft"}))

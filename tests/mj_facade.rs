@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -887,20 +886,7 @@ fn worker_process(app: &TestApp) -> ChildGuard {
                   [providers.midjourney]\npoll_ms = 10\n\
                   [webhooks]\npoll_ms = 20\nallow_networks = [\"127.0.0.0/8\"]\n";
     std::fs::write(dir.join("easel.toml"), config).expect("easel.toml");
-    let log = std::fs::File::create(dir.join("worker.log")).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_easel"))
-        .args(["serve", "--role", "worker", "--data-dir"])
-        .arg(dir)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn easel serve --role worker");
-    ChildGuard(child)
+    common::spawn_worker_process(dir, "worker.log", &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

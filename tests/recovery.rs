@@ -5,9 +5,7 @@ mod common;
 
 use common::ChildGuard;
 
-use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,26 +21,18 @@ use tokio_util::sync::CancellationToken;
 
 /// `easel serve --role worker` on `dir`, with a hanging local provider and a short lease.
 fn spawn_worker_process(dir: &Path) -> ChildGuard {
-    let log = File::create(dir.join("worker-process.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_easel"))
-        .args(["serve", "--role", "worker", "--data-dir"])
-        .arg(dir)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("RUST_LOG", "info")
-        .env("EASEL_WORKER__LEASE_MS", "500")
-        .env("EASEL_WORKER__HEARTBEAT_MS", "100")
-        .env("EASEL_WORKER__POLL_MS", "50")
-        .env("EASEL_WORKER__MAINTENANCE_MS", "100")
-        .env("EASEL_PROVIDERS__LOCAL__DELAY_MS", "600000")
-        .env("EASEL_PROVIDERS__LOCAL__DRAFT_SIZE", "16")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn easel serve --role worker");
-    ChildGuard(child)
+    common::spawn_worker_process(
+        dir,
+        "worker-process.log",
+        &[
+            ("EASEL_WORKER__LEASE_MS", "500"),
+            ("EASEL_WORKER__HEARTBEAT_MS", "100"),
+            ("EASEL_WORKER__POLL_MS", "50"),
+            ("EASEL_WORKER__MAINTENANCE_MS", "100"),
+            ("EASEL_PROVIDERS__LOCAL__DELAY_MS", "600000"),
+            ("EASEL_PROVIDERS__LOCAL__DRAFT_SIZE", "16"),
+        ],
+    )
 }
 
 /// A worker-only app in this process on `dir`, its local renderer instant.

@@ -22,6 +22,26 @@ impl Drop for ChildGuard {
     }
 }
 
+/// `easel serve --role worker` on the data folder `dir` (its log in `dir/<log>`), with the
+/// environment cleared but for `PATH`, `HOME` and `envs`, so no developer setting leaks in.
+pub fn spawn_worker_process(dir: &std::path::Path, log: &str, envs: &[(&str, &str)]) -> ChildGuard {
+    let log = std::fs::File::create(dir.join(log)).expect("log file");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["serve", "--role", "worker", "--data-dir"])
+        .arg(dir)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn easel serve --role worker");
+    ChildGuard(child)
+}
+
 pub struct TestApp {
     pub base: String,
     pub api_key: String,
