@@ -3304,7 +3304,7 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         (Some(job.as_str()), None, r#"{"a":1}"#)
     );
     assert_eq!(
-        s.mj_proxy_by_job(&job).await.unwrap().map(|t| t.id),
+        s.mj_proxy_by_job(&job).await.unwrap().map(|v| v.task.id),
         Some("3".to_owned())
     );
     assert!(!s.mj_proxy_cancel_modal(&t.id, "3", 800).await.unwrap());

@@ -85,7 +85,7 @@ impl MjTasks {
     /// A job changed: the notifyHook call of the task it works for, if any.
     pub async fn job_changed(&self, job_id: &str) -> Result<(), StoreError> {
         match self.store.mj_proxy_by_job(job_id).await? {
-            Some(task) => self.task_changed(&task.tenant_id, &task.id).await,
+            Some(view) => self.notify(&view).await,
             None => Ok(()),
         }
     }

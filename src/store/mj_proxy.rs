@@ -94,8 +94,8 @@ pub trait MjProxyStore: Send + Sync + 'static {
     async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>>;
     /// The tenant's task `id`.
     async fn mj_proxy_get(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyTask>>;
-    /// The task a job works for.
-    async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyTask>>;
+    /// The task a job works for, as [`MjProxyStore::mj_proxy_view`] shows it.
+    async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyView>>;
     /// The tenant's tasks as `filter` says, at most `limit`.
     async fn mj_proxy_list(
         &self,

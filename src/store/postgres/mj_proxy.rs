@@ -45,6 +45,25 @@ impl PgStore {
         let found = query.fetch_optional(&self.pool).await?;
         Ok(found.as_ref().map(row_of).transpose()?)
     }
+
+    /// The task with its job and, while the job runs, the job's progress.
+    async fn view_of(&self, task: ProxyTask) -> StoreResult<ProxyView> {
+        let job = match &task.job_id {
+            Some(job_id) => jobs::get(&self.pool, &task.tenant_id, job_id).await?,
+            None => None,
+        };
+        let progress = match &job {
+            Some(job) if job.status == JobStatus::Running => {
+                events::progress_get(&self.pool, &job.id).await?
+            }
+            _ => None,
+        };
+        Ok(ProxyView {
+            task,
+            job,
+            progress,
+        })
+    }
 }
 
 async fn insert(conn: &mut PgConnection, t: &ProxyTask) -> StoreResult<()> {
@@ -97,24 +116,10 @@ impl MjProxyStore for PgStore {
         let found = self
             .mj_proxy_one("t.tenant_id = $1 AND t.id = $2", &[tenant_id, id])
             .await?;
-        let Some(task) = found else {
-            return Ok(None);
-        };
-        let job = match &task.job_id {
-            Some(job_id) => jobs::get(&self.pool, tenant_id, job_id).await?,
-            None => None,
-        };
-        let progress = match &job {
-            Some(job) if job.status == JobStatus::Running => {
-                events::progress_get(&self.pool, &job.id).await?
-            }
-            _ => None,
-        };
-        Ok(Some(ProxyView {
-            task,
-            job,
-            progress,
-        }))
+        match found {
+            Some(task) => self.view_of(task).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn mj_proxy_get(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyTask>> {
@@ -122,8 +127,11 @@ impl MjProxyStore for PgStore {
             .await
     }
 
-    async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyTask>> {
-        self.mj_proxy_one("t.job_id = $1", &[job_id]).await
+    async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyView>> {
+        match self.mj_proxy_one("t.job_id = $1", &[job_id]).await? {
+            Some(task) => self.view_of(task).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn mj_proxy_list(

@@ -84,6 +84,23 @@ fn insert(conn: &Connection, t: &ProxyTask) -> StoreResult<()> {
     Ok(())
 }
 
+/// The task with its job and, while the job runs, the job's progress.
+fn view_of(c: &Connection, task: ProxyTask) -> StoreResult<ProxyView> {
+    let job = match &task.job_id {
+        Some(job_id) => jobs::get(c, &task.tenant_id, job_id)?,
+        None => None,
+    };
+    let progress = match &job {
+        Some(job) if job.status == JobStatus::Running => events::progress_get(c, &job.id)?,
+        _ => None,
+    };
+    Ok(ProxyView {
+        task,
+        job,
+        progress,
+    })
+}
+
 #[async_trait]
 impl MjProxyStore for SqliteStore {
     async fn mj_proxy_insert(&self, t: ProxyTask) -> StoreResult<()> {
@@ -106,22 +123,8 @@ impl MjProxyStore for SqliteStore {
         let (tenant, id) = (tenant_id.to_owned(), id.to_owned());
         // Rows by key, as a job's read (a fetch is what a waiting client repeats).
         self.read_by_key(move |c| {
-            let Some(task) = one(c, "t.tenant_id = ?1 AND t.id = ?2", &[&tenant, &id])? else {
-                return Ok(None);
-            };
-            let job = match &task.job_id {
-                Some(job_id) => jobs::get(c, &tenant, job_id)?,
-                None => None,
-            };
-            let progress = match &job {
-                Some(job) if job.status == JobStatus::Running => events::progress_get(c, &job.id)?,
-                _ => None,
-            };
-            Ok(Some(ProxyView {
-                task,
-                job,
-                progress,
-            }))
+            let found = one(c, "t.tenant_id = ?1 AND t.id = ?2", &[&tenant, &id])?;
+            found.map(|task| view_of(c, task)).transpose()
         })
         .await
     }
@@ -132,9 +135,13 @@ impl MjProxyStore for SqliteStore {
             .await
     }
 
-    async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyTask>> {
+    async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyView>> {
         let job = job_id.to_owned();
-        self.read(move |c| one(c, "t.job_id = ?1", &[&job])).await
+        self.read(move |c| {
+            let found = one(c, "t.job_id = ?1", &[&job])?;
+            found.map(|task| view_of(c, task)).transpose()
+        })
+        .await
     }
 
     async fn mj_proxy_list(
