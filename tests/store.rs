@@ -3222,7 +3222,7 @@ async fn mj_tasks_follow_their_jobs(b: Bundle) {
 /// first by their jobs, a MODAL task started or canceled once, notifyHook orders only rising.
 async fn mj_proxy_tasks_start_once(b: Bundle) {
     use easel::store::mj_proxy::{
-        ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, PHASE_CANCEL, PHASE_MODAL,
+        ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, ProxyView, PHASE_CANCEL, PHASE_MODAL,
     };
     let s = b.store.as_ref();
     let t = tenant(s, "MjProxy", 5).await;
@@ -3251,8 +3251,15 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
     let again = s.mj_proxy_insert(task("1", None, 500)).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert!(s.mj_proxy_get("ten_other", "1").await.unwrap().is_none());
-    let ids = |tasks: Vec<ProxyTask>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let ids = |views: Vec<ProxyView>| views.into_iter().map(|v| v.task.id).collect::<Vec<_>>();
     let all = s.mj_proxy_list(&t.id, ProxyFilter::All, 3).await.unwrap();
+    // Each listed task comes with its job, as a task's own view shows it.
+    let jobs: Vec<_> = all.iter().map(|v| v.job.as_ref().map(|j| &j.id)).collect();
+    assert_eq!(jobs, [None, None, Some(&later)]);
+    assert_eq!(
+        all[2],
+        s.mj_proxy_view(&t.id, "2").await.unwrap().expect("view")
+    );
     assert_eq!(ids(all), ["4", "3", "2"]);
     let queued = s
         .mj_proxy_list(&t.id, ProxyFilter::Queued, 10)
@@ -3272,6 +3279,18 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
     );
     let c = claim_one(s, LONG_LEASE).await;
     assert_eq!(c.job.id, first);
+    assert!(s.job_progress(&first, c.fence, 45).await.unwrap());
+    let all = s.mj_proxy_list(&t.id, ProxyFilter::All, 10).await.unwrap();
+    let running = all.iter().find(|v| v.task.id == "1").expect("task 1");
+    assert_eq!(
+        running.job.as_ref().map(|j| j.status),
+        Some(JobStatus::Running)
+    );
+    assert_eq!(running.progress, Some(45));
+    assert_eq!(
+        running,
+        &s.mj_proxy_view(&t.id, "1").await.unwrap().expect("view")
+    );
     let queued = s
         .mj_proxy_list(&t.id, ProxyFilter::Queued, 10)
         .await

@@ -148,11 +148,8 @@ pub async fn with_grid(mut output: GenerateOutput) -> Result<GenerateOutput, Str
     output.images.truncate(4);
     let cells: Vec<Bytes> = output.images.iter().map(|i| i.bytes.clone()).collect();
     let grid = tokio::task::spawn_blocking(move || {
-        let decoded = cells
-            .iter()
-            .map(|b| imageops::decode(b))
-            .collect::<Result<Vec<_>, _>>()?;
-        imageops::encode_png_fast(&imageops::grid(&decoded)?)
+        let cells: Vec<&[u8]> = cells.iter().map(|b| b.as_ref()).collect();
+        imageops::grid_png(&cells)
     })
     .await
     .map_err(|e| e.to_string())?

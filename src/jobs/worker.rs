@@ -800,27 +800,40 @@ async fn store_images(
             error_message: "the provider returned no image".into(),
         };
     }
-    let mut keys = Vec::with_capacity(output.images.len());
-    for (index, image) in output.images.into_iter().enumerate() {
-        let ext = match image.mime.as_str() {
-            "image/jpeg" => "jpg",
-            "image/webp" => "webp",
-            _ => "png",
-        };
-        let key = object_key(job, claimed.fence, index, ext);
-        if let Err(e) = deps.objects.put(&key, image.bytes, &image.mime).await {
-            return retry_or_fail(
-                deps,
-                claimed,
-                job_errors::STORAGE_ERROR,
-                &e.to_string(),
-                None,
-            );
+    // All at once: each put waits on its own sync, and syncs in flight together cost the disk
+    // fewer flushes (one after another, a four-image job waited four syncs, an imagine five).
+    // Every put ends before the outcome is read, so `stored` names each file written.
+    let puts = output
+        .images
+        .into_iter()
+        .enumerate()
+        .map(|(index, image)| async move {
+            let ext = match image.mime.as_str() {
+                "image/jpeg" => "jpg",
+                "image/webp" => "webp",
+                _ => "png",
+            };
+            let key = object_key(job, claimed.fence, index, ext);
+            deps.objects.put(&key, image.bytes, &image.mime).await?;
+            if let Ok(mut stored) = stored.lock() {
+                stored.push(key.clone());
+            }
+            Ok::<_, StorageError>(key)
+        });
+    let mut keys = Vec::new();
+    for put in futures::future::join_all(puts).await {
+        match put {
+            Ok(key) => keys.push(key),
+            Err(e) => {
+                return retry_or_fail(
+                    deps,
+                    claimed,
+                    job_errors::STORAGE_ERROR,
+                    &e.to_string(),
+                    None,
+                )
+            }
         }
-        if let Ok(mut stored) = stored.lock() {
-            stored.push(key.clone());
-        }
-        keys.push(key);
     }
     let meta = serde_json::json!({
         "upstream": output.details,

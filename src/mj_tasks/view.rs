@@ -118,17 +118,6 @@ pub async fn job_of(app: &MjTasks, task: &ProxyTask) -> Result<Option<Job>, Stor
     }
 }
 
-/// The task object of a task read alone (the lists'): read again with its job and progress.
-pub async fn task_json(app: &MjTasks, task: &ProxyTask) -> Result<Value, StoreError> {
-    let view = app.store.mj_proxy_view(&task.tenant_id, &task.id).await?;
-    let view = view.unwrap_or_else(|| ProxyView {
-        task: task.clone(),
-        job: None,
-        progress: None,
-    });
-    Ok(render(app, &view).await)
-}
-
 /// The task object of a task, its job and the job's progress.
 pub async fn render(app: &MjTasks, view: &ProxyView) -> Value {
     let (task, job) = (&view.task, view.job.as_ref());

@@ -6,7 +6,9 @@
 use std::io::Cursor;
 
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
+use image::{
+    DynamicImage, ImageBuffer, ImageFormat, Pixel, PixelWithColorType, RgbImage, Rgba, RgbaImage,
+};
 
 use crate::base::operation::{BlendShape, Direction};
 
@@ -19,8 +21,12 @@ pub const MAX_SIDE: u32 = 4096;
 pub struct ImageOpError(pub String);
 
 pub fn decode(bytes: &[u8]) -> Result<RgbaImage, ImageOpError> {
+    decode_any(bytes).map(DynamicImage::into_rgba8)
+}
+
+/// The image in its own colour type (no conversion).
+fn decode_any(bytes: &[u8]) -> Result<DynamicImage, ImageOpError> {
     image::load_from_memory(bytes)
-        .map(|img| img.to_rgba8())
         .map_err(|e| ImageOpError(format!("the image cannot be decoded: {e}")))
 }
 
@@ -32,26 +38,46 @@ pub fn encode_png(image: &RgbaImage) -> Result<Vec<u8>, ImageOpError> {
     Ok(out.into_inner())
 }
 
-/// A PNG at fast compression: for the grid, four images' worth of pixels that only preview
-/// them (each is stored on its own), where default compression cost most of an imagine.
-pub fn encode_png_fast(image: &RgbaImage) -> Result<Vec<u8>, ImageOpError> {
+/// A PNG at fast compression with the cheap Sub filter (the local renderer's settings): for
+/// the grid, four images' worth of pixels that only preview them (each is stored on its own),
+/// where default compression, or trying every filter on each row, cost most of an imagine.
+pub fn encode_png_fast<P>(image: &ImageBuffer<P, Vec<u8>>) -> Result<Vec<u8>, ImageOpError>
+where
+    P: PixelWithColorType<Subpixel = u8>,
+{
     use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
     use image::ImageEncoder;
-    let mut out = Vec::new();
-    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Adaptive)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            image::ExtendedColorType::Rgba8,
-        )
+    // Smooth pictures compress to about a third; a quarter saves most regrowths.
+    let mut out = Vec::with_capacity(image.as_raw().len() / 4);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, PngFilter::Sub)
+        .write_image(image.as_raw(), image.width(), image.height(), P::COLOR_TYPE)
         .map_err(|e| ImageOpError(format!("the image cannot be encoded: {e}")))?;
     Ok(out)
 }
 
+/// The 2x2 grid of four encoded images as a PNG, each cell at the first image's full size
+/// (see [`grid`]). RGB unless an image has an alpha channel: a quarter fewer bytes to filter
+/// and compress than RGBA, and opaque cells (the usual) are not converted at all.
+pub fn grid_png(cells: &[&[u8]]) -> Result<Vec<u8>, ImageOpError> {
+    let decoded = cells
+        .iter()
+        .map(|bytes| decode_any(bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    if decoded.iter().any(|image| image.color().has_alpha()) {
+        let cells: Vec<RgbaImage> = decoded.into_iter().map(|i| i.into_rgba8()).collect();
+        encode_png_fast(&grid(&cells)?)
+    } else {
+        let cells: Vec<RgbImage> = decoded.into_iter().map(|i| i.into_rgb8()).collect();
+        encode_png_fast(&grid(&cells)?)
+    }
+}
+
 /// The 2x2 grid of four images (1 top left, 2 top right, 3 bottom left, 4 bottom right),
-/// each cell the size of the first image.
-pub fn grid(images: &[RgbaImage]) -> Result<RgbaImage, ImageOpError> {
+/// each cell the size of the first image; the cells' rows are copied straight into place.
+pub fn grid<P>(images: &[ImageBuffer<P, Vec<u8>>]) -> Result<ImageBuffer<P, Vec<u8>>, ImageOpError>
+where
+    P: Pixel<Subpixel = u8> + 'static,
+{
     if images.len() != 4 {
         return Err(ImageOpError(format!(
             "a grid takes 4 images, not {}",
@@ -59,15 +85,23 @@ pub fn grid(images: &[RgbaImage]) -> Result<RgbaImage, ImageOpError> {
         )));
     }
     let (w, h) = images[0].dimensions();
-    let mut canvas = RgbaImage::new(w * 2, h * 2);
+    let mut canvas = ImageBuffer::new(w * 2, h * 2);
+    let pixels: &mut [u8] = &mut canvas;
+    let row = w as usize * usize::from(P::CHANNEL_COUNT);
     for (i, image) in images.iter().enumerate() {
+        let resized;
         let cell = if image.dimensions() == (w, h) {
-            image.clone()
+            image
         } else {
-            imageops::resize(image, w, h, FilterType::Triangle)
+            resized = imageops::resize(image, w, h, FilterType::Triangle);
+            &resized
         };
-        let (x, y) = ((i as u32 % 2) * w, (i as u32 / 2) * h);
-        imageops::replace(&mut canvas, &cell, i64::from(x), i64::from(y));
+        let (x, top) = ((i % 2) * row, (i / 2) * h as usize);
+        let rows = cell.as_raw().chunks_exact(row).take(h as usize);
+        for (y, source) in rows.enumerate() {
+            let at = (top + y) * 2 * row + x;
+            pixels[at..at + row].copy_from_slice(source);
+        }
     }
     Ok(canvas)
 }
@@ -275,6 +309,37 @@ mod tests {
         assert!(grid(&cells[..3]).is_err());
         let png = encode_png(&g).expect("png");
         assert_eq!(decode(&png).expect("decode"), g);
+    }
+
+    #[test]
+    fn grid_png_keeps_rgb_cells_rgb_and_alpha_cells_rgba() {
+        let rgb: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| {
+                let cell = RgbImage::from_fn(8, 6, |x, y| image::Rgb([i * 60, x as u8, y as u8]));
+                encode_png_fast(&cell).expect("png")
+            })
+            .collect();
+        let cells: Vec<&[u8]> = rgb.iter().map(Vec::as_slice).collect();
+        let png = grid_png(&cells).expect("grid");
+        let image = image::load_from_memory(&png).expect("decode");
+        assert_eq!(image.color(), image::ColorType::Rgb8);
+        let image = image.into_rgb8();
+        assert_eq!(image.dimensions(), (16, 12));
+        assert_eq!(image.get_pixel(8 + 3, 6 + 2).0, [180, 3, 2]);
+        assert_eq!(image.get_pixel(3, 6 + 5).0, [120, 3, 5]);
+        let back = split_grid(&decode(&png).expect("decode"));
+        assert_eq!(back[1].get_pixel(7, 5).0, [60, 7, 5, 255]);
+
+        // One translucent cell, smaller than the first: RGBA, the cell scaled up.
+        let clear = encode_png(&RgbaImage::from_pixel(4, 3, Rgba([9, 9, 9, 100]))).expect("png");
+        let cells = [cells[0], cells[1], &clear, cells[3]];
+        let image = image::load_from_memory(&grid_png(&cells).expect("grid")).expect("decode");
+        assert_eq!(image.color(), image::ColorType::Rgba8);
+        let image = image.into_rgba8();
+        assert_eq!(image.get_pixel(5, 10).0, [9, 9, 9, 100]);
+        assert_eq!(image.get_pixel(9, 1).0, [60, 1, 1, 255]);
+        assert!(grid_png(&cells[..3]).is_err());
+        assert!(grid_png(&[b"nope".as_slice(); 4]).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! which this module stores and never reads. A notifyHook call is a row of the webhook outbox
 //! whose `body` is sent as is. A submit writes its job and its task in one transaction
 //! ([`MjProxyStore::mj_proxy_submit`], through the job store's own insert), and a task is
-//! read with its job and the job's progress in one read ([`MjProxyStore::mj_proxy_view`]).
+//! read with its job and the job's progress in one read ([`MjProxyStore::mj_proxy_view`]), a
+//! page of them too ([`MjProxyStore::mj_proxy_list`]).
 //! Must not touch: job state (a task's status is read from its job by the caller).
 
 use async_trait::async_trait;
@@ -96,13 +97,14 @@ pub trait MjProxyStore: Send + Sync + 'static {
     async fn mj_proxy_get(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyTask>>;
     /// The task a job works for, as [`MjProxyStore::mj_proxy_view`] shows it.
     async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyView>>;
-    /// The tenant's tasks as `filter` says, at most `limit`.
+    /// The tenant's tasks as `filter` says, at most `limit`, each as
+    /// [`MjProxyStore::mj_proxy_view`] shows it, in one read (not one more per task).
     async fn mj_proxy_list(
         &self,
         tenant_id: &str,
         filter: ProxyFilter,
         limit: u32,
-    ) -> StoreResult<Vec<ProxyTask>>;
+    ) -> StoreResult<Vec<ProxyView>>;
     /// The queue a new task of the tenant joins, in one read.
     async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue>;
     /// Gives a MODAL task its job and new detail; false when it is not (or no longer) MODAL.

@@ -13,8 +13,8 @@ use serde_json::Value;
 use super::{object_body, MjTenant, Reply};
 use crate::app::App;
 use crate::base::clock::now_millis;
-use crate::mj_tasks::view::{job_of, render, task_json};
-use crate::store::mj_proxy::{ProxyFilter, ProxyTask, PHASE_MODAL};
+use crate::mj_tasks::view::{job_of, render};
+use crate::store::mj_proxy::{ProxyFilter, ProxyTask, ProxyView, PHASE_MODAL};
 use crate::store::{CancelOutcome, Tenant};
 
 /// Tasks a list answers at most (the C# edition's `list`).
@@ -27,12 +27,13 @@ async fn own(app: &App, tenant: &Tenant, id: &str) -> Result<ProxyTask, Reply> {
         .ok_or_else(Reply::no_task)
 }
 
-async fn array(app: &App, tasks: &[ProxyTask]) -> Result<Response, Reply> {
-    let mut all = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        all.push(task_json(&app.mj_tasks(), task).await?);
+async fn array(app: &App, views: &[ProxyView]) -> Response {
+    let tasks = app.mj_tasks();
+    let mut all = Vec::with_capacity(views.len());
+    for view in views {
+        all.push(render(&tasks, view).await);
     }
-    Ok(Json(Value::Array(all)).into_response())
+    Json(Value::Array(all)).into_response()
 }
 
 fn either(answer: Result<Response, Reply>) -> Response {
@@ -96,11 +97,11 @@ pub async fn queue(State(app): State<App>, MjTenant(tenant): MjTenant) -> Respon
 
 async fn listed(app: &App, tenant: &Tenant, filter: ProxyFilter) -> Response {
     let run = async {
-        let tasks = app
+        let views = app
             .store
             .mj_proxy_list(&tenant.id, filter, LIST_LIMIT)
             .await?;
-        array(app, &tasks).await
+        Ok(array(app, &views).await)
     };
     either(run.await)
 }

@@ -127,3 +127,21 @@ pub async fn progress_get(pool: &PgPool, job_id: &str) -> StoreResult<Option<u8>
     .await?;
     Ok(max.and_then(|p| u8::try_from(p).ok()))
 }
+
+/// [`progress_get`] of each job among `ids` that has a progress, in one statement.
+pub async fn progress_many(pool: &PgPool, ids: &[String]) -> StoreResult<Vec<(String, u8)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String, Option<i32>)> = sqlx::query_as(
+        "SELECT j.id, max(e.progress) FROM jobs j JOIN job_events e
+           ON e.job_id = j.id AND e.attempt = j.attempts WHERE j.id = ANY($1) GROUP BY j.id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, p)| Some((id, u8::try_from(p?).ok()?)))
+        .collect())
+}

@@ -300,6 +300,22 @@ pub async fn get(pool: &PgPool, tenant_id: &str, job_id: &str) -> StoreResult<Op
     row.map(Job::try_from).transpose()
 }
 
+/// The tenant's jobs among `ids` (in no particular order), in one statement.
+pub async fn get_many(pool: &PgPool, tenant_id: &str, ids: &[String]) -> StoreResult<Vec<Job>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1) AND tenant_id = $2")
+    });
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<JobRow> = sqlx::query_as(&SQL)
+        .bind(ids)
+        .bind(tenant_id)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter().map(Job::try_from).collect()
+}
+
 pub async fn queue_position(pool: &PgPool, seq: i64) -> StoreResult<u64> {
     let ahead: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE status IN ('QUEUED', 'RETRYING') AND seq < $1",

@@ -1,12 +1,14 @@
 //! The `/mj` facade's tasks on PostgreSQL (see [`MjProxyStore`]).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use super::{events, jobs, PgStore};
 use crate::base::clock::Millis;
-use crate::base::job::{JobStatus, NewJob, SubmitOutcome};
+use crate::base::job::{Job, JobStatus, NewJob, SubmitOutcome};
 use crate::store::mj_proxy::{
     MjProxyStore, ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, ProxyView, PHASE_CANCEL,
     PHASE_MODAL,
@@ -63,6 +65,41 @@ impl PgStore {
             job,
             progress,
         })
+    }
+
+    /// [`PgStore::view_of`] of each task, in two statements whatever their number.
+    async fn views_of(
+        &self,
+        tenant_id: &str,
+        tasks: Vec<ProxyTask>,
+    ) -> StoreResult<Vec<ProxyView>> {
+        let ids: Vec<String> = tasks.iter().filter_map(|t| t.job_id.clone()).collect();
+        let jobs: HashMap<String, Job> = jobs::get_many(&self.pool, tenant_id, &ids)
+            .await?
+            .into_iter()
+            .map(|job| (job.id.clone(), job))
+            .collect();
+        let running: Vec<String> = jobs
+            .values()
+            .filter(|job| job.status == JobStatus::Running)
+            .map(|job| job.id.clone())
+            .collect();
+        let progress: HashMap<String, u8> = events::progress_many(&self.pool, &running)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(tasks
+            .into_iter()
+            .map(|task| {
+                let job = task.job_id.as_ref().and_then(|id| jobs.get(id)).cloned();
+                let progress = job.as_ref().and_then(|j| progress.get(&j.id)).copied();
+                ProxyView {
+                    task,
+                    job,
+                    progress,
+                }
+            })
+            .collect())
     }
 }
 
@@ -139,7 +176,7 @@ impl MjProxyStore for PgStore {
         tenant_id: &str,
         filter: ProxyFilter,
         limit: u32,
-    ) -> StoreResult<Vec<ProxyTask>> {
+    ) -> StoreResult<Vec<ProxyView>> {
         let sql = match filter {
             ProxyFilter::All => format!(
                 "SELECT {COLUMNS} FROM mj_proxy_tasks t WHERE t.tenant_id = $1
@@ -154,7 +191,8 @@ impl MjProxyStore for PgStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        Ok(found.iter().map(row_of).collect::<Result<Vec<_>, _>>()?)
+        let tasks = found.iter().map(row_of).collect::<Result<Vec<_>, _>>()?;
+        self.views_of(tenant_id, tasks).await
     }
 
     async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {

@@ -149,9 +149,13 @@ impl MjProxyStore for SqliteStore {
         tenant_id: &str,
         filter: ProxyFilter,
         limit: u32,
-    ) -> StoreResult<Vec<ProxyTask>> {
+    ) -> StoreResult<Vec<ProxyView>> {
         let tenant = tenant_id.to_owned();
-        self.read(move |c| list(c, &tenant, filter, limit)).await
+        self.read(move |c| {
+            let tasks = list(c, &tenant, filter, limit)?;
+            tasks.into_iter().map(|task| view_of(c, task)).collect()
+        })
+        .await
     }
 
     async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {
