@@ -95,6 +95,7 @@ impl Provider for Echo {
             images: vec![GeneratedImage {
                 bytes: Bytes::from(render_png(&request.prompt, 1, 8, 8)),
                 mime: "image/png".into(),
+                pixels: None,
             }],
             model_version: Some("echo-1".into()),
             ..GenerateOutput::default()

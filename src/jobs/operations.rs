@@ -4,7 +4,10 @@
 //! Must not touch: providers' wire formats (they get the images and the operation) or job
 //! state (the worker reports the outcome).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use image::{DynamicImage, RgbImage};
 
 use super::input_image::InputImageError;
 use super::worker::WorkerDeps;
@@ -146,10 +149,21 @@ pub async fn with_grid(mut output: GenerateOutput) -> Result<GenerateOutput, Str
         ));
     }
     output.images.truncate(4);
-    let cells: Vec<Bytes> = output.images.iter().map(|i| i.bytes.clone()).collect();
+    // The pixels a provider kept (the local renderer's) are taken, not decoded again.
+    let cells: Vec<(Bytes, Option<Arc<RgbImage>>)> = output
+        .images
+        .iter_mut()
+        .map(|i| (i.bytes.clone(), i.pixels.take()))
+        .collect();
     let grid = tokio::task::spawn_blocking(move || {
-        let cells: Vec<&[u8]> = cells.iter().map(|b| b.as_ref()).collect();
-        imageops::grid_png(&cells)
+        let decoded = cells
+            .into_iter()
+            .map(|(bytes, pixels)| match pixels {
+                Some(pixels) => Ok(DynamicImage::ImageRgb8(Arc::unwrap_or_clone(pixels))),
+                None => imageops::decode_any(&bytes),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        imageops::grid_png_of(decoded)
     })
     .await
     .map_err(|e| e.to_string())?
@@ -157,6 +171,44 @@ pub async fn with_grid(mut output: GenerateOutput) -> Result<GenerateOutput, Str
     output.images.push(GeneratedImage {
         bytes: Bytes::from(grid),
         mime: "image/png".into(),
+        pixels: None,
     });
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::local::render::render;
+
+    fn output(keep_pixels: bool) -> GenerateOutput {
+        let images = (0..4)
+            .map(|seed| {
+                let (png, pixels) = render("a lighthouse", seed, 24, 16);
+                GeneratedImage {
+                    bytes: Bytes::from(png),
+                    mime: "image/png".into(),
+                    pixels: keep_pixels.then(|| Arc::new(pixels)),
+                }
+            })
+            .collect();
+        GenerateOutput {
+            images,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grid_from_kept_pixels_is_the_grid_from_decoding() {
+        let from_pixels = with_grid(output(true)).await.expect("grid");
+        let from_bytes = with_grid(output(false)).await.expect("grid");
+        assert_eq!(from_pixels.images.len(), 5);
+        assert_eq!(from_pixels.images[4].bytes, from_bytes.images[4].bytes);
+        let grid = image::load_from_memory(&from_pixels.images[4].bytes).expect("png");
+        assert_eq!((grid.width(), grid.height()), (48, 32));
+        assert!(
+            from_pixels.images.iter().all(|i| i.pixels.is_none()),
+            "the pixels went into the grid"
+        );
+    }
 }

@@ -248,7 +248,11 @@ impl WorkflowProvider {
             Some(data) => decode_data_url(data)?,
             None => self.download(url).await?,
         };
-        Ok(GeneratedImage { bytes, mime })
+        Ok(GeneratedImage {
+            bytes,
+            mime,
+            pixels: None,
+        })
     }
 
     async fn download(&self, url: &str) -> Result<(Bytes, String), ProviderError> {

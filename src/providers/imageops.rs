@@ -25,7 +25,7 @@ pub fn decode(bytes: &[u8]) -> Result<RgbaImage, ImageOpError> {
 }
 
 /// The image in its own colour type (no conversion).
-fn decode_any(bytes: &[u8]) -> Result<DynamicImage, ImageOpError> {
+pub fn decode_any(bytes: &[u8]) -> Result<DynamicImage, ImageOpError> {
     image::load_from_memory(bytes)
         .map_err(|e| ImageOpError(format!("the image cannot be decoded: {e}")))
 }
@@ -63,6 +63,11 @@ pub fn grid_png(cells: &[&[u8]]) -> Result<Vec<u8>, ImageOpError> {
         .iter()
         .map(|bytes| decode_any(bytes))
         .collect::<Result<Vec<_>, _>>()?;
+    grid_png_of(decoded)
+}
+
+/// As [`grid_png`], of images already decoded.
+pub fn grid_png_of(decoded: Vec<DynamicImage>) -> Result<Vec<u8>, ImageOpError> {
     if decoded.iter().any(|image| image.color().has_alpha()) {
         let cells: Vec<RgbaImage> = decoded.into_iter().map(|i| i.into_rgba8()).collect();
         encode_png_fast(&grid(&cells)?)

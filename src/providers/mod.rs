@@ -138,6 +138,9 @@ impl GenerateRequest {
 pub struct GeneratedImage {
     pub bytes: Bytes,
     pub mime: String,
+    /// The same picture decoded, when the provider has it at hand (the local renderer): an
+    /// imagine's grid is composed from it rather than from decoding `bytes` again.
+    pub pixels: Option<std::sync::Arc<image::RgbImage>>,
 }
 
 /// What a provider returns on success.

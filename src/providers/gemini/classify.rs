@@ -306,6 +306,7 @@ pub fn decode_image(data: &str, declared_mime: &str) -> Result<GeneratedImage, P
     Ok(GeneratedImage {
         bytes: Bytes::from(bytes),
         mime: mime.into(),
+        pixels: None,
     })
 }
 

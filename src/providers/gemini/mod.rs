@@ -693,6 +693,7 @@ mod tests {
         let img = || GeneratedImage {
             bytes: Bytes::from_static(b"x"),
             mime: "image/png".into(),
+            pixels: None,
         };
         let one = |id: &str, tokens: u64| GenerateOutput {
             images: vec![img()],

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use image::imageops::FilterType;
 use image::RgbaImage;
 
-use super::render::{render_png, render_rgba};
+use super::render::{render, render_rgba};
 use crate::base::operation::{Operation, Strength, UpscaleStyle};
 use crate::providers::imageops::{self, ImageOpError};
 use crate::providers::GeneratedImage;
@@ -34,6 +34,15 @@ fn png(bytes: Vec<u8>) -> GeneratedImage {
     GeneratedImage {
         bytes: Bytes::from(bytes),
         mime: "image/png".into(),
+        pixels: None,
+    }
+}
+
+/// A rendered picture, with its pixels kept for the grid.
+fn rendered((bytes, pixels): (Vec<u8>, image::RgbImage)) -> GeneratedImage {
+    GeneratedImage {
+        pixels: Some(std::sync::Arc::new(pixels)),
+        ..png(bytes)
     }
 }
 
@@ -62,9 +71,9 @@ pub fn perform(job: &LocalJob) -> Result<LocalResult, ImageOpError> {
         let seed = job.seed.wrapping_add(u64::from(i));
         let one = match job.operation {
             Operation::Generate | Operation::Edit | Operation::Describe => {
-                png(render_png(&job.prompt, seed, job.size, job.size))
+                rendered(render(&job.prompt, seed, job.size, job.size))
             }
-            Operation::Reroll => png(render_png(&job.prompt, seed ^ REROLL, job.size, job.size)),
+            Operation::Reroll => rendered(render(&job.prompt, seed ^ REROLL, job.size, job.size)),
             Operation::Variation(strength) => {
                 let source = source()?;
                 let painted = render_rgba(&job.prompt, seed, source.width(), source.height());
@@ -167,6 +176,22 @@ fn gcd(a: u32, b: u32) -> u32 {
 mod tests {
     use super::*;
     use crate::base::operation::{BlendShape, Direction};
+    use crate::providers::local::render::render_png;
+
+    #[test]
+    fn rendered_images_carry_the_pixels_their_png_holds() {
+        let mut generate = job(Operation::Generate, Vec::new());
+        generate.n = 2;
+        let made = perform(&generate).expect("generate");
+        assert_eq!(made.images.len(), 2);
+        for image in &made.images {
+            let pixels = image.pixels.as_ref().expect("pixels kept");
+            let decoded = image::load_from_memory(&image.bytes)
+                .expect("png")
+                .to_rgb8();
+            assert_eq!(decoded.as_raw(), pixels.as_raw());
+        }
+    }
 
     fn job(operation: Operation, images: Vec<Bytes>) -> LocalJob {
         LocalJob {

@@ -55,10 +55,18 @@ const LIGHT_WORDS: &[&str] = &["day", "sunny", "bright", "pastel", "morning", "l
 ///
 /// The caller validates the size (1..=4096); zero is clamped to 1 rather than failing.
 pub fn render_png(prompt: &str, seed: u64, width: u32, height: u32) -> Vec<u8> {
+    render(prompt, seed, width, height).0
+}
+
+/// As [`render_png`], with the pixels the PNG was encoded from.
+pub fn render(prompt: &str, seed: u64, width: u32, height: u32) -> (Vec<u8>, image::RgbImage) {
     let width = width.max(1);
     let height = height.max(1);
-    let scene = Scene::new(prompt, seed, width, height);
-    encode(&scene.rasterize(), width, height)
+    let rgb = Scene::new(prompt, seed, width, height).rasterize();
+    let png = encode(&rgb, width, height);
+    let pixels = image::RgbImage::from_raw(width, height, rgb)
+        .unwrap_or_else(|| image::RgbImage::new(width, height));
+    (png, pixels)
 }
 
 /// The same picture as [`render_png`] as RGBA pixels, for the operations that mix it with

@@ -303,6 +303,7 @@ impl MidjourneyProvider {
                     imageops::encode_png(p).map(|png| GeneratedImage {
                         bytes: Bytes::from(png),
                         mime: "image/png".into(),
+                        pixels: None,
                     })
                 })
                 .collect::<Result<_, _>>()

@@ -213,6 +213,7 @@ impl OpenAiProvider {
         Ok(GeneratedImage {
             bytes,
             mime: mime.into(),
+            pixels: None,
         })
     }
 }
