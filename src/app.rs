@@ -82,7 +82,7 @@ pub struct Parts {
     /// Committed status changes are announced here; live event streams listen.
     pub events: Arc<dyn EventBus>,
     /// The editor sockets' share of the bus: one subscription routing each session's notices.
-    pub session_hub: Arc<crate::sessions::hub::SessionHub>,
+    pub session_hub: crate::events::Topics,
     /// Calls waiting on one job (the OpenAI facade): one subscription routing by job id.
     pub job_watch: crate::events::JobWatch,
     /// This process in the `nodes` table (`node_<ulid>`, new at every start).
@@ -313,8 +313,8 @@ impl App {
             keys,
             inputs,
             wake: Arc::new(Notify::new()),
-            session_hub: crate::sessions::hub::SessionHub::start(events.as_ref()),
-            job_watch: crate::events::JobWatch::start(events.as_ref()),
+            session_hub: crate::sessions::hub::start(events.as_ref()),
+            job_watch: crate::events::Topics::jobs(events.as_ref()),
             events,
             node_id: format!("node_{}", ulid::Ulid::new().to_string().to_lowercase()).into(),
             live_nodes,

@@ -3,7 +3,8 @@
 //!
 //! Owns: publish/subscribe of change notices ([`EventBus`]: in process, [`LocalBus`]; across
 //! nodes, [`RedisBus`]) and [`EventFeed`], one subscriber's cursor over the `job_events`
-//! table; [`JobWatch`], which hands each job's notices to the callers waiting on that job.
+//! table; [`Topics`], which hands each topic's notices (a job's, an editor session's) to the
+//! callers waiting on that topic.
 //! Must not touch: HTTP (the API renders feeds as SSE or WebSocket) or SQL (the feed reads
 //! through the `Store`).
 //!
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 pub use feed::EventFeed;
 pub use local::LocalBus;
 pub use redis_bus::RedisBus;
-pub use watch::{JobWatch, Watched};
+pub use watch::{JobWatch, Route, Topics, Watched};
 
 /// How often a feed re-reads the store without a notice: the safety net for changes made by
 /// other processes and for notices that never came.

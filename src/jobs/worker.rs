@@ -14,13 +14,12 @@
 //! Owns the `[worker]` configuration section ([`WorkerConfig`]). Its dependencies are built
 //! by the composition root and handed in ([`WorkerDeps`]).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,7 +30,7 @@ use crate::base::clock::now_millis;
 use crate::base::job::{ClaimedJob, Finish};
 use crate::base::job_errors;
 use crate::base::settings::{at_least_one, Invalid};
-use crate::events::{Change, EventBus, Subscription, Wake};
+use crate::events::{Change, EventBus, Route, Topics, Watched};
 use crate::keypool::{KeyLease, KeyPool, Outcome};
 use crate::providers::{
     GenerateRequest, HistoryTurn, InputImage, Progress, Provider, ProviderError, Registry,
@@ -205,7 +204,7 @@ impl Worker {
         let abort = CancellationToken::new();
         let lease = Duration::from_millis(deps.config.lease_ms);
         let poll = Duration::from_millis(deps.config.poll_ms);
-        let watch = ChangeWatch::start(deps.events.subscribe());
+        let watch = Topics::start(deps.events.as_ref(), attempt_route);
         tracing::info!(worker = %self.id, concurrency = deps.config.concurrency, "worker started");
         while !stop.is_cancelled() {
             // Wait for a free slot before asking for work.
@@ -272,13 +271,9 @@ impl Worker {
                 let deps = deps.clone();
                 let abort = abort.clone();
                 let awaiting = AwaitingKey::new(&deps, &job.job.provider);
-                // After the claim's own notices were published: those are not a reason to
-                // look again, and the watch hears them before it hears of this job.
                 let watched = watch.watch(&job.job.id);
                 tracker.spawn(async move {
-                    let recheck = watched.notify.clone();
-                    run_claimed_awaiting(&deps, job, abort, awaiting, &recheck).await;
-                    drop(watched);
+                    run_claimed_awaiting(&deps, job, abort, awaiting, Some(&watched)).await;
                     drop(permit);
                 });
             }
@@ -309,89 +304,19 @@ fn key_capacity(deps: &WorkerDeps) -> u32 {
 
 /// What the running attempts of one worker want to hear from the event bus: a notice about
 /// their job (a cancel, say) makes that attempt heartbeat at once, and a heartbeat that finds
-/// the lease lost ends the attempt. Notices without a job (the maintenance pass) are left to
-/// the regular heartbeat, which catches whatever they did.
-struct ChangeWatch {
-    commands: mpsc::UnboundedSender<WatchCommand>,
-}
-
-enum WatchCommand {
-    Watch(String, Arc<Notify>),
-    Unwatch(String),
-}
-
-/// One attempt's place in the [`ChangeWatch`]; leaving it (drop) stops the watching.
-struct Watched {
-    job_id: String,
-    notify: Arc<Notify>,
-    commands: mpsc::UnboundedSender<WatchCommand>,
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        let _ = self
-            .commands
-            .send(WatchCommand::Unwatch(std::mem::take(&mut self.job_id)));
-    }
-}
-
-impl ChangeWatch {
-    fn start(notices: Subscription) -> ChangeWatch {
-        let (commands, received) = mpsc::unbounded_channel();
-        tokio::spawn(watch_changes(notices, received));
-        ChangeWatch { commands }
-    }
-
-    fn watch(&self, job_id: &str) -> Watched {
-        let notify = Arc::new(Notify::new());
-        let _ = self
-            .commands
-            .send(WatchCommand::Watch(job_id.to_owned(), notify.clone()));
-        Watched {
-            job_id: job_id.to_owned(),
-            notify,
-            commands: self.commands.clone(),
-        }
-    }
-}
-
-/// Notices come first (`biased`): a notice published before a job was watched (its own
-/// claim's) is already queued when the watch command arrives, so it is never taken for news.
-async fn watch_changes(
-    mut notices: Subscription,
-    mut commands: mpsc::UnboundedReceiver<WatchCommand>,
-) {
-    let mut watched: HashMap<String, Arc<Notify>> = HashMap::new();
-    loop {
-        tokio::select! {
-            biased;
-            wake = notices.recv() => match wake {
-                Wake::Changed(change) => {
-                    if let Some(notify) = change.job_id.as_deref().and_then(|j| watched.get(j)) {
-                        notify.notify_one();
-                    }
-                }
-                Wake::Missed => watched.values().for_each(|n| n.notify_one()),
-                // Shutdown: the regular heartbeats carry on alone.
-                Wake::Closed => return,
-            },
-            command = commands.recv() => match command {
-                Some(WatchCommand::Watch(job_id, notify)) => {
-                    watched.insert(job_id, notify);
-                }
-                Some(WatchCommand::Unwatch(job_id)) => {
-                    watched.remove(&job_id);
-                }
-                None => return,
-            },
-        }
+/// the lease lost ends the attempt. A notice that says the job is still open (its claim, its
+/// own progress) changes nothing the attempt must know; notices without a job (the
+/// maintenance pass) are left to the regular heartbeat, which catches whatever they did.
+fn attempt_route(change: &Change) -> Route<'_> {
+    match change.job_id.as_deref() {
+        Some(job_id) if !change.open => Route::Topic(job_id),
+        _ => Route::Nobody,
     }
 }
 
 /// Runs one claimed attempt to its end: success, retry, failure, lease lost or released.
 pub async fn run_claimed(deps: &WorkerDeps, claimed: ClaimedJob, abort: CancellationToken) {
-    let never = Notify::new();
-    run_claimed_awaiting(deps, claimed, abort, AwaitingKey::none(), &never).await
+    run_claimed_awaiting(deps, claimed, abort, AwaitingKey::none(), None).await
 }
 
 async fn run_claimed_awaiting(
@@ -399,7 +324,7 @@ async fn run_claimed_awaiting(
     claimed: ClaimedJob,
     abort: CancellationToken,
     awaiting: AwaitingKey,
-    recheck: &Notify,
+    recheck: Option<&Watched>,
 ) {
     let job_id = claimed.job.id.clone();
     let fence = claimed.fence;
@@ -497,14 +422,14 @@ async fn heartbeat_loop(
     job_id: &str,
     fence: i64,
     ticket: Option<&GlobalTicket>,
-    recheck: &Notify,
+    recheck: Option<&Watched>,
 ) {
     let every = Duration::from_millis(deps.config.heartbeat_ms);
     let lease = Duration::from_millis(deps.config.lease_ms);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = recheck.notified() => {}
+            _ = changed(recheck) => {}
         }
         match deps.store.job_heartbeat(job_id, fence, lease).await {
             Ok(_) => {}
@@ -518,6 +443,14 @@ async fn heartbeat_loop(
         if let Some(ticket) = ticket {
             deps.gate.renew(ticket, lease).await;
         }
+    }
+}
+
+/// The next notice of the watched job; never without a watch.
+async fn changed(watched: Option<&Watched>) {
+    match watched {
+        Some(watched) => watched.notified().await,
+        None => std::future::pending().await,
     }
 }
 

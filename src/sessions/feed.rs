@@ -7,12 +7,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::hub::SessionHub;
 use super::topic;
-use crate::events::SAFETY_POLL;
+use crate::events::{Topics, Watched, SAFETY_POLL};
 use crate::store::sessions::{SessionEvent, SessionOwner};
 use crate::store::Store;
 
@@ -21,7 +19,7 @@ const PAGE: u32 = 200;
 
 pub struct SessionFeed {
     store: Arc<dyn Store>,
-    notices: Arc<Notify>,
+    notices: Watched,
     closed: CancellationToken,
     owner: SessionOwner,
     session_id: String,
@@ -36,7 +34,7 @@ impl SessionFeed {
     /// committed after it is missed).
     pub fn open(
         store: Arc<dyn Store>,
-        hub: &SessionHub,
+        hub: &Topics,
         owner: SessionOwner,
         session_id: &str,
         after_id: i64,

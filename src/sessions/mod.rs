@@ -47,8 +47,11 @@ pub fn notice(tenant_id: &str, session_id: &str) -> Change {
 }
 
 /// How a session's notices are told apart on the bus (they share it with job notices).
+const TOPIC_PREFIX: &str = "editor:";
+
+/// The bus topic of one session.
 pub fn topic(session_id: &str) -> String {
-    format!("editor:{session_id}")
+    format!("{TOPIC_PREFIX}{session_id}")
 }
 
 /// The title a first message gives a session: its first non-empty line, at most 50

@@ -319,6 +319,19 @@ fn map_err(e: object_store::Error) -> StorageError {
     }
 }
 
+#[cfg(test)]
+impl ObjectStoreBackend {
+    /// Objects in memory, for tests of what wraps a store (no disk syncs to wait on).
+    pub(crate) fn in_memory() -> ObjectStoreBackend {
+        ObjectStoreBackend {
+            inner: Arc::new(object_store::memory::InMemory::new()),
+            signer: None,
+            attributes: false,
+            local: None,
+        }
+    }
+}
+
 #[async_trait]
 impl ObjectStore for ObjectStoreBackend {
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError> {

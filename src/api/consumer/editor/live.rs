@@ -143,7 +143,7 @@ async fn admit(app: &App, session_id: String, query: SocketQuery) -> Admission {
         .map_or(last, |id| id.clamp(0, last));
     let feed = SessionFeed::open(
         app.store.clone(),
-        app.session_hub.as_ref(),
+        &app.session_hub,
         owner.clone(),
         &session_id,
         after,
