@@ -4,7 +4,10 @@
 //! arrives while a commit is under way joins the next transaction, each in its own savepoint,
 //! and its caller hears back only after the commit is durable (`synchronous=FULL`). That is
 //! how SQLite, with one fsync per commit, accepts more jobs per second than it can commit
-//! transactions. Reads run on a small pool of WAL reader connections.
+//! transactions. A group of nothing but claims, heartbeats and progress reports is committed
+//! without the sync ([`Durability::Relaxed`]): losing one with the machine is harmless, and
+//! a job's path from submit to result waits for one sync fewer. Reads run on a small pool of
+//! WAL reader connections.
 //!
 //! rusqlite rather than sqlx here: the group-commit writer needs a connection it owns on one
 //! thread, which sqlx's async pool does not give.
@@ -90,6 +93,45 @@ type Delivery = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// a time, at the moment they run, so stamps follow the order of commits).
 type WriteOp = Box<dyn FnOnce(&Connection, &dyn WallClock) -> Delivery + Send>;
 
+/// A write waiting for the writer thread, and whether its commit must reach the disk before
+/// its caller hears back.
+struct QueuedWrite {
+    op: WriteOp,
+    durability: Durability,
+}
+
+/// How far a group's commit goes before its callers hear back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Durability {
+    /// `synchronous=FULL`: the WAL is synced at the commit.
+    Synced,
+    /// `synchronous=NORMAL`: the commit is in the WAL (safe from a crash of the process, not
+    /// from a power loss), and the next synced commit syncs it too, since the WAL is one file
+    /// written in order. Only for writes that may be lost with the machine because the state
+    /// before them is still sound and redoing them is safe: a claim (the job is QUEUED again
+    /// and every process that could have run it died with the machine), a heartbeat, a
+    /// progress report. A group with any synced write is synced.
+    Relaxed,
+}
+
+impl Durability {
+    /// Of a whole group: synced if any of its writes must be.
+    fn of(group: &[QueuedWrite]) -> Durability {
+        if group.iter().any(|w| w.durability == Durability::Synced) {
+            Durability::Synced
+        } else {
+            Durability::Relaxed
+        }
+    }
+
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Synced => "PRAGMA synchronous = FULL",
+            Durability::Relaxed => "PRAGMA synchronous = NORMAL",
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
         match err {
@@ -107,7 +149,7 @@ impl From<rusqlite::Error> for StoreError {
 /// SQLite behind the [`Store`] trait.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: mpsc::UnboundedSender<WriteOp>,
+    writer: mpsc::UnboundedSender<QueuedWrite>,
     readers: Arc<ReaderPool>,
 }
 
@@ -143,7 +185,8 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
-        self.enqueue(move |conn, _clock| op(conn)).await
+        self.enqueue(Durability::Synced, move |conn, _clock| op(conn))
+            .await
     }
 
     /// As [`SqliteStore::write`], for a write that stamps the time: `op` gets the store
@@ -153,11 +196,27 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection, Millis) -> StoreResult<R> + Send + 'static,
     {
-        self.enqueue(move |conn, clock| op(conn, clock.now_millis()))
-            .await
+        self.enqueue(Durability::Synced, move |conn, clock| {
+            op(conn, clock.now_millis())
+        })
+        .await
     }
 
-    async fn enqueue<R, F>(&self, op: F) -> StoreResult<R>
+    /// As [`SqliteStore::write_at`], for a write that may be lost with a power failure (see
+    /// [`Durability::Relaxed`]): a claim, a heartbeat, a progress report. Its caller does not
+    /// wait for a sync of the disk unless a synced write shares its group.
+    async fn write_at_relaxed<R, F>(&self, op: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection, Millis) -> StoreResult<R> + Send + 'static,
+    {
+        self.enqueue(Durability::Relaxed, move |conn, clock| {
+            op(conn, clock.now_millis())
+        })
+        .await
+    }
+
+    async fn enqueue<R, F>(&self, durability: Durability, op: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection, &dyn WallClock) -> StoreResult<R> + Send + 'static,
@@ -170,7 +229,10 @@ impl SqliteStore {
             })
         });
         self.writer
-            .send(boxed)
+            .send(QueuedWrite {
+                op: boxed,
+                durability,
+            })
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         reply_rx
             .await
@@ -289,10 +351,12 @@ fn in_savepoint<R>(
 
 fn writer_loop(
     conn: Connection,
-    mut rx: mpsc::UnboundedReceiver<WriteOp>,
+    mut rx: mpsc::UnboundedReceiver<QueuedWrite>,
     clock: Arc<dyn WallClock>,
 ) {
-    let mut batch: Vec<WriteOp> = Vec::with_capacity(MAX_GROUP);
+    let mut batch: Vec<QueuedWrite> = Vec::with_capacity(MAX_GROUP);
+    // As `open_connection` set it.
+    let mut durability = Durability::Synced;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_GROUP {
@@ -301,16 +365,28 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn
-            .prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut s| s.execute([]))
-        {
+        // The setting cannot change inside a transaction: it is chosen for the whole group.
+        let wanted = Durability::of(&batch);
+        let set = if wanted == durability {
+            Ok(())
+        } else {
+            conn.execute_batch(wanted.pragma())
+        };
+        let begun = set.and_then(|()| {
+            durability = wanted;
+            conn.prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut s| s.execute([]))
+        });
+        if let Err(e) = begun {
             // Dropping the ops drops their reply senders: each caller sees Unavailable.
             tracing::error!(error = %e, "sqlite writer cannot begin a transaction");
             batch.clear();
             continue;
         }
-        let deliveries: Vec<Delivery> = batch.drain(..).map(|op| op(&conn, &*clock)).collect();
+        let deliveries: Vec<Delivery> = batch
+            .drain(..)
+            .map(|write| (write.op)(&conn, &*clock))
+            .collect();
         let commit = conn
             .prepare_cached("COMMIT")
             .and_then(|mut s| s.execute([]))
@@ -501,7 +577,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> StoreResult<Vec<ClaimedJob>> {
         let worker_id = worker_id.to_owned();
-        self.write_at(move |c, now| claim::claim(c, now, &worker_id, max, lease))
+        self.write_at_relaxed(move |c, now| claim::claim(c, now, &worker_id, max, lease))
             .await
     }
 
@@ -512,7 +588,7 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> StoreResult<Millis> {
         let job_id = job_id.to_owned();
-        self.write_at(move |c, now| jobs::heartbeat(c, now, &job_id, fence, lease))
+        self.write_at_relaxed(move |c, now| jobs::heartbeat(c, now, &job_id, fence, lease))
             .await
     }
 
@@ -524,7 +600,7 @@ impl Store for SqliteStore {
 
     async fn job_progress(&self, job_id: &str, fence: i64, percent: u8) -> StoreResult<bool> {
         let job_id = job_id.to_owned();
-        self.write_at(move |c, now| events::progress(c, now, &job_id, fence, percent))
+        self.write_at_relaxed(move |c, now| events::progress(c, now, &job_id, fence, percent))
             .await
     }
 
@@ -682,5 +758,44 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(durability: Durability) -> QueuedWrite {
+        QueuedWrite {
+            op: Box::new(|_, _| Box::new(|_| {})),
+            durability,
+        }
+    }
+
+    #[test]
+    fn a_group_is_synced_when_any_of_its_writes_must_be() {
+        use Durability::{Relaxed, Synced};
+        assert_eq!(Durability::of(&[queued(Relaxed), queued(Relaxed)]), Relaxed);
+        assert_eq!(Durability::of(&[queued(Relaxed), queued(Synced)]), Synced);
+        assert_eq!(Durability::of(&[queued(Synced)]), Synced);
+    }
+
+    /// `PRAGMA synchronous` as the write's transaction sees it: 1 NORMAL, 2 FULL.
+    fn synchronous(conn: &Connection) -> StoreResult<i64> {
+        Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    #[tokio::test]
+    async fn relaxed_writes_commit_without_the_sync_and_the_next_synced_one_restores_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("easel.db")).expect("open");
+        let relaxed = store.write_at_relaxed(|c, _| synchronous(c)).await;
+        assert_eq!(relaxed.expect("relaxed write"), 1);
+        let synced = store.write_at(|c, _| synchronous(c)).await;
+        assert_eq!(synced.expect("synced write"), 2);
+        let plain = store.write(synchronous).await;
+        assert_eq!(plain.expect("plain write"), 2);
+        let relaxed_again = store.write_at_relaxed(|c, _| synchronous(c)).await;
+        assert_eq!(relaxed_again.expect("relaxed write"), 1);
     }
 }
