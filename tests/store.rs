@@ -3261,6 +3261,22 @@ async fn mj_proxy_tasks_start_once(b: Bundle) {
         s.mj_proxy_view(&t.id, "2").await.unwrap().expect("view")
     );
     assert_eq!(ids(all), ["4", "3", "2"]);
+    let asked: Vec<String> = ["2", "nope", "1", "2"].map(String::from).to_vec();
+    let views = s.mj_proxy_views(&t.id, &asked).await.unwrap();
+    assert_eq!(
+        views[1],
+        s.mj_proxy_view(&t.id, "1").await.unwrap().expect("view")
+    );
+    assert_eq!(
+        ids(views),
+        ["2", "1", "2"],
+        "in the order asked, unknown ids skipped"
+    );
+    assert!(s
+        .mj_proxy_views("ten_other", &asked)
+        .await
+        .unwrap()
+        .is_empty());
     let queued = s
         .mj_proxy_list(&t.id, ProxyFilter::Queued, 10)
         .await

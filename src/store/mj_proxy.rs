@@ -105,6 +105,9 @@ pub trait MjProxyStore: Send + Sync + 'static {
         filter: ProxyFilter,
         limit: u32,
     ) -> StoreResult<Vec<ProxyView>>;
+    /// The tenant's tasks among `ids`, in their order (unknown ids skipped), each as
+    /// [`MjProxyStore::mj_proxy_view`] shows it, in one read.
+    async fn mj_proxy_views(&self, tenant_id: &str, ids: &[String]) -> StoreResult<Vec<ProxyView>>;
     /// The queue a new task of the tenant joins, in one read.
     async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue>;
     /// Gives a MODAL task its job and new detail; false when it is not (or no longer) MODAL.

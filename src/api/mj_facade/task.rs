@@ -65,22 +65,20 @@ pub async fn by_condition(
 ) -> Response {
     let run = async {
         let body = object_body(&body)?;
-        let ids: Vec<&str> = match body.get("ids") {
+        let ids: Vec<String> = match body.get("ids") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).collect(),
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             Some(_) => return Err(Reply::invalid("ids 必须是数组")),
         };
         if ids.len() > LIST_LIMIT as usize {
             return Err(Reply::invalid(format!("ids 最多 {LIST_LIMIT} 个")));
         }
-        let tasks = app.mj_tasks();
-        let mut all = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(view) = app.store.mj_proxy_view(&tenant.id, id).await? {
-                all.push(render(&tasks, &view).await);
-            }
-        }
-        Ok(Json(Value::Array(all)).into_response())
+        let views = app.store.mj_proxy_views(&tenant.id, &ids).await?;
+        Ok(array(&app, &views).await)
     };
     either(run.await)
 }

@@ -195,6 +195,28 @@ impl MjProxyStore for PgStore {
         self.views_of(tenant_id, tasks).await
     }
 
+    async fn mj_proxy_views(&self, tenant_id: &str, ids: &[String]) -> StoreResult<Vec<ProxyView>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM mj_proxy_tasks t WHERE t.tenant_id = $1 AND t.id = ANY($2)"
+        );
+        let found = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let tasks = found.iter().map(row_of).collect::<Result<Vec<_>, _>>()?;
+        let views: HashMap<String, ProxyView> = self
+            .views_of(tenant_id, tasks)
+            .await?
+            .into_iter()
+            .map(|view| (view.task.id.clone(), view))
+            .collect();
+        Ok(ids.iter().filter_map(|id| views.get(id).cloned()).collect())
+    }
+
     async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {
         let sql = format!(
             "SELECT (SELECT count(*) FROM (SELECT 1 FROM {WAITING} LIMIT $2) AS w),

@@ -158,6 +158,20 @@ impl MjProxyStore for SqliteStore {
         .await
     }
 
+    async fn mj_proxy_views(&self, tenant_id: &str, ids: &[String]) -> StoreResult<Vec<ProxyView>> {
+        let (tenant, ids) = (tenant_id.to_owned(), ids.to_vec());
+        self.read(move |c| {
+            let mut views = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(task) = one(c, "t.tenant_id = ?1 AND t.id = ?2", &[&tenant, id])? {
+                    views.push(view_of(c, task)?);
+                }
+            }
+            Ok(views)
+        })
+        .await
+    }
+
     async fn mj_proxy_queue(&self, tenant_id: &str, limit: u32) -> StoreResult<ProxyQueue> {
         let tenant = tenant_id.to_owned();
         self.read(move |c| {
