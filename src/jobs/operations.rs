@@ -139,8 +139,11 @@ async fn parent_image(
     }
 }
 
+/// Cells up to this many pixels (128x128) are composed into a grid on the calling thread.
+const SMALL_CELL_PIXELS: u64 = 128 * 128;
+
 /// The provider's four images with their 2x2 grid appended (an imagine), composed off the
-/// async workers.
+/// async workers unless they are small.
 pub async fn with_grid(mut output: GenerateOutput) -> Result<GenerateOutput, String> {
     if output.images.len() < 4 {
         return Err(format!(
@@ -149,13 +152,20 @@ pub async fn with_grid(mut output: GenerateOutput) -> Result<GenerateOutput, Str
         ));
     }
     output.images.truncate(4);
+    // Kept pixels this small make a grid in microseconds, less than a hop to a blocking
+    // thread and back; anything to decode, or larger, is composed off the async workers.
+    let small = output.images.iter().all(|i| {
+        i.pixels
+            .as_ref()
+            .is_some_and(|p| u64::from(p.width()) * u64::from(p.height()) <= SMALL_CELL_PIXELS)
+    });
     // The pixels a provider kept (the local renderer's) are taken, not decoded again.
     let cells: Vec<(Bytes, Option<Arc<RgbImage>>)> = output
         .images
         .iter_mut()
         .map(|i| (i.bytes.clone(), i.pixels.take()))
         .collect();
-    let grid = tokio::task::spawn_blocking(move || {
+    let compose = move || {
         let decoded = cells
             .into_iter()
             .map(|(bytes, pixels)| match pixels {
@@ -164,9 +174,14 @@ pub async fn with_grid(mut output: GenerateOutput) -> Result<GenerateOutput, Str
             })
             .collect::<Result<Vec<_>, _>>()?;
         imageops::grid_png_of(decoded)
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    };
+    let grid = if small {
+        compose()
+    } else {
+        tokio::task::spawn_blocking(compose)
+            .await
+            .map_err(|e| e.to_string())?
+    }
     .map_err(|e| e.0)?;
     output.images.push(GeneratedImage {
         bytes: Bytes::from(grid),
