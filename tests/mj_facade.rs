@@ -681,7 +681,8 @@ async fn job_count(app: &TestApp) -> usize {
 // ---- notifyHook ----
 
 /// One call a loopback receiver got: its headers and JSON body.
-type Call = (reqwest::header::HeaderMap, Value);
+/// A notifyHook call: its headers, its body parsed, and its bytes as sent (what is signed).
+type Call = (reqwest::header::HeaderMap, Value, axum::body::Bytes);
 
 /// A receiver on 127.0.0.1:0 whose calls come out of the returned channel.
 async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Call>) {
@@ -699,8 +700,8 @@ async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Call>) {
                     copied.insert(n, v);
                 }
             }
-            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let _ = tx.send((copied, body));
+            let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let _ = tx.send((copied, parsed, body));
             "ok"
         }
     };
@@ -785,7 +786,7 @@ async fn notify_hook_posts_the_whole_task_signed_and_never_regressing() {
     let got = calls_until_end(&mut calls, &id).await;
     let statuses: Vec<&str> = got
         .iter()
-        .map(|(_, t)| t["status"].as_str().unwrap_or(""))
+        .map(|(_, t, _)| t["status"].as_str().unwrap_or(""))
         .collect();
     // SUBMITTED unless the job had started before the submit's call was rendered.
     assert!(
@@ -796,7 +797,7 @@ async fn notify_hook_posts_the_whole_task_signed_and_never_regressing() {
     for pair in got.windows(2) {
         assert!(order(&pair[0].1) < order(&pair[1].1), "{statuses:?}");
     }
-    let (headers, last) = got.last().expect("the end");
+    let (headers, last, sent) = got.last().expect("the end");
     // The whole task object, as fetch shows it.
     let (_, fetched) = get(&app, &format!("/mj/task/{id}/fetch")).await;
     for field in [
@@ -813,12 +814,11 @@ async fn notify_hook_posts_the_whole_task_signed_and_never_regressing() {
     // Signed with the tenant's webhook secret (Standard Webhooks).
     let header = |name: &str| headers[name].to_str().expect("header").to_owned();
     let timestamp: i64 = header("webhook-timestamp").parse().expect("timestamp");
-    let body = serde_json::to_vec(last).expect("body");
     let signed = easel::webhooks::signing::sign(
         &[easel::base::secret::Secret::new(secret)],
         &header("webhook-id"),
         timestamp,
-        &body,
+        sent,
     )
     .expect("signature");
     assert_eq!(header("webhook-signature"), signed.webhook_signature);
@@ -926,7 +926,7 @@ async fn a_worker_in_another_process_sends_the_progress_calls() {
     // The worker's own calls: the start, then the proxy's 45%.
     let mut got = Vec::new();
     while !got.iter().any(|t: &Value| t["progress"] == "45%") {
-        let (_, task) = tokio::time::timeout(WAIT, calls.recv())
+        let (_, task, _) = tokio::time::timeout(WAIT, calls.recv())
             .await
             .expect("the progress call in time (see worker.log in the data folder)")
             .expect("receiver open");

@@ -3,8 +3,6 @@
 //! 🔄, V1-V4 on a grid; upscale (subtle, creative), vary (subtle, strong, region), zoom out
 //! (2x, 1.5x, custom) and pan on one image.
 
-use serde_json::{json, Value};
-
 use crate::base::operation::{Direction, Operation, Strength, UpscaleStyle};
 
 /// What one button does.
@@ -128,16 +126,28 @@ impl Button {
     }
 
     /// The button as the task object shows it.
-    pub fn to_json(self, hash: &str) -> Value {
+    pub fn shown(self, hash: &str) -> ShownButton {
         let (label, emoji) = self.label();
-        json!({
-            "customId": self.custom_id(hash),
-            "emoji": emoji,
-            "label": label,
-            "type": 2,
-            "style": 2,
-        })
+        ShownButton {
+            custom_id: self.custom_id(hash),
+            emoji,
+            label,
+            kind: 2,
+            style: 2,
+        }
     }
+}
+
+/// A button in a task object (Discord's component fields).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShownButton {
+    pub custom_id: String,
+    pub emoji: &'static str,
+    pub label: String,
+    #[serde(rename = "type")]
+    pub kind: u8,
+    pub style: u8,
 }
 
 fn upscale(style: UpscaleStyle) -> Operation {

@@ -60,7 +60,7 @@ impl MjTasks {
             tenant_id: task.tenant_id.clone(),
             url: hook,
             status: job.map_or(JobStatus::Queued, |j| j.status),
-            body: body.to_string(),
+            body: serde_json::to_string(&body).unwrap_or_default(),
             at: now_millis(),
         };
         if self

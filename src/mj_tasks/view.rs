@@ -6,7 +6,6 @@
 //! is `取消任务`); a task waiting for its modal is MODAL.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::{buttons, MjTasks};
 use crate::base::clock::now_millis;
@@ -118,16 +117,48 @@ pub async fn job_of(app: &MjTasks, task: &ProxyTask) -> Result<Option<Job>, Stor
     }
 }
 
+/// The task object of `fetch`, the lists and notifyHook, serialized as it is built.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskObject {
+    pub id: String,
+    pub action: String,
+    pub status: &'static str,
+    pub progress: String,
+    pub prompt: String,
+    pub prompt_en: String,
+    pub description: String,
+    pub state: Option<String>,
+    pub submit_time: i64,
+    pub start_time: Option<i64>,
+    pub finish_time: Option<i64>,
+    pub image_url: Option<String>,
+    pub fail_reason: Option<String>,
+    pub properties: TaskProperties,
+    pub buttons: Vec<buttons::ShownButton>,
+    pub bot_type: &'static str,
+    pub mode: Option<String>,
+    pub parent_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskProperties {
+    pub final_prompt: String,
+    pub message_hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify_hook: Option<String>,
+}
+
 /// The task object of a task, its job and the job's progress.
-pub async fn render(app: &MjTasks, view: &ProxyView) -> Value {
+pub async fn render(app: &MjTasks, view: &ProxyView) -> TaskObject {
     let (task, job) = (&view.task, view.job.as_ref());
     let detail = Detail::of(task);
     let status = status_of(task, job, view.progress);
     let succeeded = status.status == "SUCCESS";
     let mut prompt = detail.prompt.clone();
-    let mut final_prompt = detail.prompt.clone();
     let mut image_url = None;
-    let mut buttons = Vec::new();
+    let mut shown = Vec::new();
     if let (true, Some(job)) = (succeeded, job) {
         let text = job
             .result_meta
@@ -135,50 +166,49 @@ pub async fn render(app: &MjTasks, view: &ProxyView) -> Value {
             .and_then(|m| m.get("text")?.as_str());
         if let Some(text) = text {
             prompt = text.to_owned();
-            final_prompt = text.to_owned();
         }
         image_url = match &detail.image_id {
             Some(id) => described_image(app, &task.tenant_id, id).await,
             None => shown_image(app, job).await,
         };
-        buttons = buttons::of_task(
+        shown = buttons::of_task(
             job.params.grid,
             image_url.is_some() && detail.image_id.is_none(),
         )
         .into_iter()
-        .map(|b| b.to_json(&task.hash))
+        .map(|b| b.shown(&task.hash))
         .collect();
     }
-    let mut properties = json!({
-        "finalPrompt": final_prompt,
-        "messageHash": task.hash,
-    });
-    if let Some(hook) = &detail.notify_hook {
-        properties["notifyHook"] = Value::String(hook.clone());
-    }
-    json!({
-        "id": task.id,
-        "action": task.action,
-        "status": status.status,
-        "progress": status.progress.map(|p| format!("{p}%")).unwrap_or_default(),
-        "prompt": prompt,
-        "promptEn": prompt,
-        "description": detail.description,
-        "state": detail.state,
-        "submitTime": task.created_at,
-        "startTime": job.and_then(|j| j.started_at),
-        "finishTime": job.and_then(|j| j.finished_at).or(match task.phase.as_deref() {
+    let finish_time = job
+        .and_then(|j| j.finished_at)
+        .or(match task.phase.as_deref() {
             Some(PHASE_CANCEL) => Some(task.updated_at),
             _ => None,
-        }),
-        "imageUrl": image_url,
-        "failReason": status.fail_reason,
-        "properties": properties,
-        "buttons": buttons,
-        "botType": "MID_JOURNEY",
-        "mode": detail.mode,
-        "parentId": detail.parent_id,
-    })
+        });
+    TaskObject {
+        id: task.id.clone(),
+        action: task.action.clone(),
+        status: status.status,
+        progress: status.progress.map(|p| format!("{p}%")).unwrap_or_default(),
+        prompt_en: prompt.clone(),
+        properties: TaskProperties {
+            final_prompt: prompt.clone(),
+            message_hash: task.hash.clone(),
+            notify_hook: detail.notify_hook,
+        },
+        prompt,
+        description: detail.description,
+        state: detail.state,
+        submit_time: task.created_at,
+        start_time: job.and_then(|j| j.started_at),
+        finish_time,
+        image_url,
+        fail_reason: status.fail_reason,
+        buttons: shown,
+        bot_type: "MID_JOURNEY",
+        mode: detail.mode,
+        parent_id: detail.parent_id,
+    }
 }
 
 /// The image a finished job shows: an imagine's grid, else its first image.

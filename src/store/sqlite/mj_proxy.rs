@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::SqliteStore;
 use super::{events, jobs};
 use crate::base::clock::Millis;
-use crate::base::job::{JobStatus, NewJob, SubmitOutcome};
+use crate::base::job::{Job, JobStatus, NewJob, SubmitOutcome};
 use crate::store::mj_proxy::{
     MjProxyStore, ProxyDelivery, ProxyFilter, ProxyQueue, ProxyTask, ProxyView, PHASE_CANCEL,
     PHASE_MODAL,
@@ -22,18 +22,54 @@ const WAITING: &str = "jobs j CROSS JOIN mj_proxy_tasks t ON t.job_id = j.id
     WHERE j.tenant_id = ?1 AND j.status IN ('QUEUED', 'RETRYING')";
 
 fn row_of(row: &Row<'_>) -> rusqlite::Result<ProxyTask> {
+    task_at(row, 0)
+}
+
+/// The task whose [`COLUMNS`] start at column `first`.
+fn task_at(row: &Row<'_>, first: usize) -> rusqlite::Result<ProxyTask> {
     Ok(ProxyTask {
-        id: row.get(0)?,
-        tenant_id: row.get(1)?,
-        job_id: row.get(2)?,
-        hash: row.get(3)?,
-        action: row.get(4)?,
-        phase: row.get(5)?,
-        detail: row.get(6)?,
-        notified: row.get(7)?,
-        created_at: row.get(8)?,
-        updated_at: row.get(9)?,
+        id: row.get(first)?,
+        tenant_id: row.get(first + 1)?,
+        job_id: row.get(first + 2)?,
+        hash: row.get(first + 3)?,
+        action: row.get(first + 4)?,
+        phase: row.get(first + 5)?,
+        detail: row.get(first + 6)?,
+        notified: row.get(first + 7)?,
+        created_at: row.get(first + 8)?,
+        updated_at: row.get(first + 9)?,
     })
+}
+
+/// The task `id` of `tenant` with its job in one statement (a fetch is what a waiting client
+/// repeats): the job's columns first, all NULL for a task without a job, then the task's.
+fn task_with_job(
+    c: &Connection,
+    tenant: &str,
+    id: &str,
+) -> StoreResult<Option<(ProxyTask, Option<Job>)>> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let job_columns: Vec<String> = jobs::JOB_COLUMNS
+            .split(',')
+            .map(|column| format!("j.{}", column.trim()))
+            .collect();
+        format!(
+            "SELECT {}, {COLUMNS} FROM mj_proxy_tasks t
+             LEFT JOIN jobs j ON j.id = t.job_id AND j.tenant_id = t.tenant_id
+             WHERE t.tenant_id = ?1 AND t.id = ?2",
+            job_columns.join(", ")
+        )
+    });
+    let job_columns = jobs::JOB_COLUMNS.split(',').count();
+    Ok(c.prepare_cached(&SQL)?
+        .query_row([tenant, id], |row| {
+            let job = match row.get::<_, Option<i64>>(0)? {
+                Some(_) => Some(jobs::job_from_row(row)?),
+                None => None,
+            };
+            Ok((task_at(row, job_columns)?, job))
+        })
+        .optional()?)
 }
 
 fn one(conn: &Connection, filter: &str, binds: &[&str]) -> StoreResult<Option<ProxyTask>> {
@@ -90,6 +126,11 @@ fn view_of(c: &Connection, task: ProxyTask) -> StoreResult<ProxyView> {
         Some(job_id) => jobs::get(c, &task.tenant_id, job_id)?,
         None => None,
     };
+    with_progress(c, task, job)
+}
+
+/// The view of a task and its job, with the job's progress while it runs.
+fn with_progress(c: &Connection, task: ProxyTask, job: Option<Job>) -> StoreResult<ProxyView> {
     let progress = match &job {
         Some(job) if job.status == JobStatus::Running => events::progress_get(c, &job.id)?,
         _ => None,
@@ -123,8 +164,10 @@ impl MjProxyStore for SqliteStore {
         let (tenant, id) = (tenant_id.to_owned(), id.to_owned());
         // Rows by key, as a job's read (a fetch is what a waiting client repeats).
         self.read_by_key(move |c| {
-            let found = one(c, "t.tenant_id = ?1 AND t.id = ?2", &[&tenant, &id])?;
-            found.map(|task| view_of(c, task)).transpose()
+            let Some((task, job)) = task_with_job(c, &tenant, &id)? else {
+                return Ok(None);
+            };
+            with_progress(c, task, job).map(Some)
         })
         .await
     }
