@@ -1,3 +1,4 @@
 fn main() -> std::process::ExitCode {
+    easel::base::allocator::configure();
     easel::cli::main()
 }

@@ -1,6 +1,6 @@
 //! The ground floor: types and helpers every other module shares.
 //!
-//! Owns: time ([`clock`]), the job and its [`operation`], ledger, webhook and end-user models ([`job`], [`ledger`],
+//! Owns: the process allocator ([`allocator`]), time ([`clock`]), the job and its [`operation`], ledger, webhook and end-user models ([`job`], [`ledger`],
 //! [`webhook`], [`user`]), the catalogue of job error codes ([`job_errors`]), secrets and their
 //! sealing ([`secret`]), the network guard for addresses a client supplied ([`netguard`]) and
 //! the redaction of URLs for logs ([`redact`]), what configuration sections share
@@ -8,6 +8,7 @@
 //! Nothing here imports a module above it, so every capability can depend on it without a
 //! loop.
 
+pub mod allocator;
 pub mod clock;
 pub mod image;
 pub mod job;

@@ -41,6 +41,8 @@ mod uploads;
 mod webhooks;
 
 fn main() -> anyhow::Result<()> {
+    // The allocator settings `easel` runs with, so the figures are the server's.
+    easel::base::allocator::configure();
     let argv: Vec<String> = std::env::args().collect();
     let rest = argv.get(2..).unwrap_or_default();
     match argv.get(1).map(String::as_str) {
