@@ -14,9 +14,10 @@ const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Milliseconds freed pages stay mapped before they go back to the system. mimalloc's default
-/// (a second, ten for arenas) held the server's peak RSS at 75 MB where glibc's was 37; at 0,
+/// (a second, ten for arenas) held the facade's peak RSS at 75 MB where glibc's was 37; at 0,
 /// each sign-in's argon2 hash (19 MiB) faulted all its pages in again, a fifth fewer logins/s.
-const PURGE_AFTER_MS: std::ffi::c_long = 50;
+/// At 10 ms: sign-ins within 3% of glibc's, the facade's peak RSS 43-48 MB.
+const PURGE_AFTER_MS: std::ffi::c_long = 10;
 
 /// Commit arena memory as it is used and give freed pages back soon ([`PURGE_AFTER_MS`]):
 /// mimalloc's defaults (eager commit on Linux, purges after a delay) took the server's idle
