@@ -55,18 +55,9 @@ where
     Ok(out)
 }
 
-/// The 2x2 grid of four encoded images as a PNG, each cell at the first image's full size
+/// The 2x2 grid of four decoded images as a PNG, each cell at the first image's full size
 /// (see [`grid`]). RGB unless an image has an alpha channel: a quarter fewer bytes to filter
 /// and compress than RGBA, and opaque cells (the usual) are not converted at all.
-pub fn grid_png(cells: &[&[u8]]) -> Result<Vec<u8>, ImageOpError> {
-    let decoded = cells
-        .iter()
-        .map(|bytes| decode_any(bytes))
-        .collect::<Result<Vec<_>, _>>()?;
-    grid_png_of(decoded)
-}
-
-/// As [`grid_png`], of images already decoded.
 pub fn grid_png_of(decoded: Vec<DynamicImage>) -> Result<Vec<u8>, ImageOpError> {
     if decoded.iter().any(|image| image.color().has_alpha()) {
         let cells: Vec<RgbaImage> = decoded.into_iter().map(|i| i.into_rgba8()).collect();
@@ -314,6 +305,15 @@ mod tests {
         assert!(grid(&cells[..3]).is_err());
         let png = encode_png(&g).expect("png");
         assert_eq!(decode(&png).expect("decode"), g);
+    }
+
+    /// The grid of four encoded images, as the worker makes it from a provider's PNGs.
+    fn grid_png(cells: &[&[u8]]) -> Result<Vec<u8>, ImageOpError> {
+        let decoded = cells
+            .iter()
+            .map(|bytes| decode_any(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        grid_png_of(decoded)
     }
 
     #[test]

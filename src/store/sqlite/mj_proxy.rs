@@ -48,20 +48,22 @@ fn task_with_job(
     tenant: &str,
     id: &str,
 ) -> StoreResult<Option<(ProxyTask, Option<Job>)>> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // The statement, and where the task's columns start in it.
+    static SQL: std::sync::LazyLock<(String, usize)> = std::sync::LazyLock::new(|| {
         let job_columns: Vec<String> = jobs::JOB_COLUMNS
             .split(',')
             .map(|column| format!("j.{}", column.trim()))
             .collect();
-        format!(
+        let sql = format!(
             "SELECT {}, {COLUMNS} FROM mj_proxy_tasks t
              LEFT JOIN jobs j ON j.id = t.job_id AND j.tenant_id = t.tenant_id
              WHERE t.tenant_id = ?1 AND t.id = ?2",
             job_columns.join(", ")
-        )
+        );
+        (sql, job_columns.len())
     });
-    let job_columns = jobs::JOB_COLUMNS.split(',').count();
-    Ok(c.prepare_cached(&SQL)?
+    let (sql, job_columns) = (&SQL.0, SQL.1);
+    Ok(c.prepare_cached(sql)?
         .query_row([tenant, id], |row| {
             let job = match row.get::<_, Option<i64>>(0)? {
                 Some(_) => Some(jobs::job_from_row(row)?),
