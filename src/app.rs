@@ -25,7 +25,7 @@ use crate::events::{EventBus, LocalBus, RedisBus};
 use crate::jobs::followups::Followers;
 use crate::jobs::gate::Gate;
 use crate::jobs::input_image::InputFetcher;
-use crate::jobs::worker::WorkerDeps;
+use crate::jobs::worker::{DirectStart, WorkerDeps};
 use crate::keypool::{add_provider_key, KeyPool, KeyPoolConfig, ProviderKeySpec};
 use crate::limits::{FailoverConfig, FailoverLimiter, Limiter, LiveNodes, MemoryLimiter, NODE_TTL};
 use crate::providers::Registry;
@@ -79,6 +79,9 @@ pub struct Parts {
     pub images: crate::uploads::Library,
     /// Submits poke this so an idle worker in the same process claims at once.
     pub wake: Arc<Notify>,
+    /// This process's worker, which takes a job at its submit when it has room (set by
+    /// [`crate::server::run`] with the worker role and `worker.dispatch_on_submit`).
+    pub direct_start: Option<DirectStart>,
     /// Committed status changes are announced here; live event streams listen.
     pub events: Arc<dyn EventBus>,
     /// The editor sockets' share of the bus: one subscription routing each session's notices.
@@ -313,6 +316,7 @@ impl App {
             keys,
             inputs,
             wake: Arc::new(Notify::new()),
+            direct_start: None,
             session_hub: crate::sessions::hub::start(events.as_ref()),
             job_watch: crate::events::Topics::jobs(events.as_ref()),
             events,

@@ -99,11 +99,23 @@ async fn heartbeat(app: App, role: &'static str, stop: CancellationToken) {
 }
 
 /// Starts the roles; returns when all of them have stopped after `stop` fired.
-pub async fn run(app: App, roles: Roles, listener: Option<TcpListener>, stop: CancellationToken) {
+pub async fn run(
+    mut app: App,
+    roles: Roles,
+    listener: Option<TcpListener>,
+    stop: CancellationToken,
+) {
     let mut tasks = JoinSet::new();
+    let worker = roles.worker.then(|| Worker::new(app.worker_deps()));
+    if let Some(worker) = worker
+        .as_ref()
+        .filter(|_| app.config.worker.dispatch_on_submit)
+    {
+        app.direct_start = Some(worker.direct_start());
+    }
     tasks.spawn(heartbeat(app.clone(), roles.name(), stop.clone()));
-    if roles.worker {
-        tasks.spawn(Worker::new(app.worker_deps()).run(stop.clone()));
+    if let Some(worker) = worker {
+        tasks.spawn(worker.run(stop.clone()));
         tasks.spawn(maintenance::run(
             app.store.clone(),
             Duration::from_millis(app.config.worker.maintenance_ms),

@@ -52,6 +52,11 @@ async fn a_job_shows_in_the_counters_by_route_template() {
         sample(&text, "easel_jobs_claimed_total") >= Some(1.0),
         "{text}"
     );
+    // Nothing else waited and the worker had room: the submit itself claimed the job.
+    assert!(
+        sample(&text, "easel_jobs_claimed_at_submit_total") >= Some(1.0),
+        "{text}"
+    );
     let attempts = sample(
         &text,
         r#"easel_job_attempts_total{provider="local",result="succeeded"}"#,

@@ -22,8 +22,8 @@ use easel::base::image::{
 };
 use easel::base::job::Mode;
 use easel::base::job::{
-    ClaimedJob, Finish, IdempotencyClaim, Job, JobEvent, JobListQuery, JobParams, JobStatus,
-    NewJob, SubmitOutcome,
+    ClaimedJob, Claimer, Finish, IdempotencyClaim, Job, JobEvent, JobListQuery, JobParams,
+    JobStatus, NewJob, SubmitOutcome,
 };
 use easel::base::webhook::{
     AttemptOutcome, AttemptReport, Delivery, DeliveryClaim, DeliveryListQuery, DeliverySource,
@@ -1021,6 +1021,63 @@ async fn claim_finds_runnable_work_behind_many_blocked_tenants(b: Bundle) {
     let batch = claim(s, 10, LONG_LEASE).await;
     let ids: Vec<&str> = batch.iter().map(|c| c.job.id.as_str()).collect();
     assert_eq!(ids, vec![&runnable[..]], "runnable work was not claimed");
+}
+
+/// A submit that claims starts its tenant's next job when the fair claim would serve that
+/// tenant next anyway, and leaves it QUEUED when the tenant is at its limit or another
+/// tenant's job waits.
+async fn submit_claimed_starts_the_next_job_only_in_turn(b: Bundle) {
+    let s = b.store.as_ref();
+    let a = tenant(s, "A", 1).await;
+    let other = tenant(s, "B", 5).await;
+    let claimer = Claimer {
+        worker_id: "wrk_submit".into(),
+        lease: LONG_LEASE,
+    };
+    let submit_claimed = |job: NewJob| async {
+        match s.job_submit_claimed(job, &claimer).await.expect("submit") {
+            (SubmitOutcome::Created { job_id }, claimed) => (job_id, claimed),
+            (other, _) => panic!("expected Created, got {other:?}"),
+        }
+    };
+    // Nothing else waits: the job starts at once, under the claimer's lease.
+    let (first, started) = submit_claimed(b.job(&a.id)).await;
+    let started = started.expect("claimed at submit");
+    assert_eq!(started.job.id, first);
+    assert_eq!(
+        (started.job.status, started.job.attempts),
+        (JobStatus::Running, 1)
+    );
+    assert_eq!(
+        started.lease_until,
+        b.now() + LONG_LEASE.as_millis() as Millis
+    );
+    let job = get(s, &a.id, &first).await;
+    assert_eq!(job.status, JobStatus::Running);
+    assert_eq!(
+        statuses(s, &first).await,
+        vec![(JobStatus::Queued, 0, None), (JobStatus::Running, 1, None)]
+    );
+    // A is at its limit of 1: its next job waits.
+    let (second, claimed) = submit_claimed(b.job(&a.id)).await;
+    assert!(claimed.is_none());
+    assert_eq!(get(s, &a.id, &second).await.status, JobStatus::Queued);
+    // A's job waits (blocked, but the claim serves tenants in turn): B's waits for the claim.
+    let (third, claimed) = submit_claimed(b.job(&other.id)).await;
+    assert!(claimed.is_none());
+    let by_claim = claim_one(s, LONG_LEASE).await;
+    assert_eq!(by_claim.job.id, third, "the claim loop still takes it");
+    // A's slot frees: its older waiting job is the one a submit of A starts.
+    s.job_finish(&first, started.fence, succeeded(&["k"]))
+        .await
+        .expect("finish");
+    let (fourth, claimed) = submit_claimed(b.job(&a.id)).await;
+    assert_eq!(claimed.expect("claimed at submit").job.id, second);
+    assert_eq!(get(s, &a.id, &fourth).await.status, JobStatus::Queued);
+    assert!(
+        claim(s, 10, LONG_LEASE).await.is_empty(),
+        "A is at its limit again"
+    );
 }
 
 async fn claim_respects_tenant_concurrency(b: Bundle) {
@@ -3482,6 +3539,7 @@ macro_rules! suite {
             concurrent_claimers_never_share_a_job,
             claim_is_fair_across_tenants,
             claim_respects_tenant_concurrency,
+            submit_claimed_starts_the_next_job_only_in_turn,
             tenant_concurrency_holds_through_finishes_and_rescues,
             open_counts_by_status,
             concurrent_claimers_respect_tenant_concurrency,

@@ -224,8 +224,27 @@ pub(super) enum Enqueued {
 /// ends here, so they all share the same accounting.
 pub(super) async fn enqueue(app: &App, job: NewJob) -> Result<Enqueued, ApiError> {
     let tenant_id = job.tenant_id.clone();
-    let outcome = app.store.job_submit(job).await?;
-    enqueued(app, &tenant_id, outcome)
+    let reserved = match &app.direct_start {
+        Some(direct) => direct.reserve(&job.provider).await,
+        None => None,
+    };
+    let Some(reserved) = reserved else {
+        let outcome = app.store.job_submit(job).await?;
+        return enqueued(app, &tenant_id, outcome);
+    };
+    match app
+        .store
+        .job_submit_claimed(job, &reserved.claimer())
+        .await?
+    {
+        (SubmitOutcome::Created { job_id }, Some(claimed)) => {
+            telemetry::job_submitted("created");
+            reserved.start(claimed);
+            app.events.publish(Change::job_open(&tenant_id, &job_id));
+            Ok(Enqueued::Created { job_id })
+        }
+        (outcome, _) => enqueued(app, &tenant_id, outcome),
+    }
 }
 
 /// What a submit's outcome answers, the workers and live streams told of a new job (for a

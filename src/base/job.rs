@@ -255,6 +255,14 @@ pub struct ClaimedJob {
     pub lease_until: Millis,
 }
 
+/// Who claims a job at its submit ([`crate::store::Store::job_submit_claimed`]): the worker of
+/// the submitting process, and the lease it takes.
+#[derive(Debug, Clone)]
+pub struct Claimer {
+    pub worker_id: String,
+    pub lease: std::time::Duration,
+}
+
 /// How an attempt ended, as the worker reports it.
 #[derive(Debug, Clone)]
 pub enum Finish {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,7 +27,7 @@ use super::gate::{Capacity, Gate, GlobalTicket};
 use super::input_image::{job_input, InputFetcher};
 use super::retry::backoff;
 use crate::base::clock::now_millis;
-use crate::base::job::{ClaimedJob, Finish};
+use crate::base::job::{ClaimedJob, Claimer, Finish};
 use crate::base::job_errors;
 use crate::base::settings::{at_least_one, Invalid};
 use crate::events::{Change, EventBus, Route, Topics, Watched};
@@ -63,6 +63,9 @@ pub struct WorkerConfig {
     pub key_refresh_ms: u64,
     /// How often keys disabled by an upstream rejection are re-tested.
     pub key_probe_secs: u64,
+    /// A job submitted to a process whose worker has room starts at once, claimed by its own
+    /// submit when no other job waits ([`DirectStart`]); off, every job waits for a claim.
+    pub dispatch_on_submit: bool,
 }
 
 impl Default for WorkerConfig {
@@ -80,6 +83,7 @@ impl Default for WorkerConfig {
             maintenance_ms: 1000,
             key_refresh_ms: 30_000,
             key_probe_secs: 300,
+            dispatch_on_submit: true,
         }
     }
 }
@@ -181,31 +185,74 @@ impl Drop for AwaitingKey {
 
 pub struct Worker {
     deps: WorkerDeps,
-    id: String,
+    id: Arc<str>,
+    running: Running,
+}
+
+/// What the worker's claim loop shares with the submits it takes at once ([`DirectStart`]):
+/// its slots, its running attempts, and the notices those attempts heed.
+#[derive(Clone)]
+struct Running {
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+    /// Fired after the grace period: attempts still running give their jobs back.
+    abort: CancellationToken,
+    watch: Topics,
+}
+
+impl Running {
+    /// Runs a claimed job on one of the slots (`permit`) until its attempt ends.
+    fn start(&self, deps: &WorkerDeps, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+        let deps = deps.clone();
+        let abort = self.abort.clone();
+        let awaiting = AwaitingKey::new(&deps, &job.job.provider);
+        let watched = self.watch.watch(&job.job.id);
+        self.tracker.spawn(async move {
+            run_claimed_awaiting(&deps, job, abort, awaiting, Some(&watched)).await;
+            drop(permit);
+        });
+    }
 }
 
 impl Worker {
+    /// A worker of `deps` (needs a Tokio runtime: its attempts' notices are routed by a task).
     pub fn new(deps: WorkerDeps) -> Worker {
         let id = format!("wrk_{}", ulid::Ulid::new().to_string().to_lowercase());
-        Worker { deps, id }
+        let running = Running {
+            slots: Arc::new(Semaphore::new(deps.config.concurrency as usize)),
+            tracker: TaskTracker::new(),
+            abort: CancellationToken::new(),
+            watch: Topics::start(deps.events.as_ref(), attempt_route),
+        };
+        Worker {
+            deps,
+            id: id.into(),
+            running,
+        }
     }
 
     pub fn id(&self) -> &str {
         &self.id
     }
 
+    /// The handle that gives this worker the jobs submitted in its process
+    /// (`worker.dispatch_on_submit`).
+    pub fn direct_start(&self) -> DirectStart {
+        DirectStart {
+            deps: self.deps.clone(),
+            worker_id: self.id.clone(),
+            running: self.running.clone(),
+        }
+    }
+
     /// Runs until `stop` fires, then lets running jobs finish for the grace period and puts
     /// the rest back in the queue.
     pub async fn run(self, stop: CancellationToken) {
-        let deps = self.deps;
-        let slots = Arc::new(Semaphore::new(deps.config.concurrency as usize));
-        let tracker = TaskTracker::new();
-        // Fired after the grace period: attempts still running give their jobs back.
-        let abort = CancellationToken::new();
+        let Worker { deps, id, running } = self;
+        let slots = &running.slots;
         let lease = Duration::from_millis(deps.config.lease_ms);
         let poll = Duration::from_millis(deps.config.poll_ms);
-        let watch = Topics::start(deps.events.as_ref(), attempt_route);
-        tracing::info!(worker = %self.id, concurrency = deps.config.concurrency, "worker started");
+        tracing::info!(worker = %id, concurrency = deps.config.concurrency, "worker started");
         while !stop.is_cancelled() {
             // Wait for a free slot before asking for work.
             let first = tokio::select! {
@@ -236,7 +283,7 @@ impl Worker {
                 }
             };
             let asked = Instant::now();
-            let claimed = match deps.store.job_claim(&self.id, wanted, lease).await {
+            let claimed = match deps.store.job_claim(&id, wanted, lease).await {
                 Ok(jobs) => {
                     telemetry::jobs_claimed(jobs.len(), asked.elapsed());
                     jobs
@@ -268,35 +315,88 @@ impl Worker {
                         Err(_) => break,
                     },
                 };
-                let deps = deps.clone();
-                let abort = abort.clone();
-                let awaiting = AwaitingKey::new(&deps, &job.job.provider);
-                let watched = watch.watch(&job.job.id);
-                tracker.spawn(async move {
-                    run_claimed_awaiting(&deps, job, abort, awaiting, Some(&watched)).await;
-                    drop(permit);
-                });
+                running.start(&deps, job, permit);
             }
         }
-        tracker.close();
+        running.tracker.close();
         let grace = Duration::from_secs(deps.config.shutdown_grace_secs);
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(worker = %self.id, "grace period over; releasing running jobs");
-            abort.cancel();
-            tracker.wait().await;
+        if tokio::time::timeout(grace, running.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(worker = %id, "grace period over; releasing running jobs");
+            running.abort.cancel();
+            running.tracker.wait().await;
         }
-        tracing::info!(worker = %self.id, "worker stopped");
+        tracing::info!(worker = %id, "worker stopped");
+    }
+}
+
+/// Gives a job submitted in this process to its worker at once, when the worker has a free
+/// slot and a free upstream key for it and the global limits let it start: the submit claims
+/// it in its own transaction if no other job waits ([`crate::store::Store::job_submit_claimed`]), so it
+/// starts without waiting for the claim loop's next round trip. A process without a worker
+/// (`--role api`) has none, and its submits wait for a claim as before.
+#[derive(Clone)]
+pub struct DirectStart {
+    deps: WorkerDeps,
+    worker_id: Arc<str>,
+    running: Running,
+}
+
+/// A slot held for a job about to be submitted; given back if the submit does not claim it.
+pub struct Reserved {
+    permit: OwnedSemaphorePermit,
+    direct: DirectStart,
+}
+
+impl DirectStart {
+    /// A slot for a job of `provider`, if it could start now; `None` leaves it to the claim.
+    pub async fn reserve(&self, provider: &str) -> Option<Reserved> {
+        if self.running.tracker.is_closed() || provider_key_capacity(&self.deps, provider) == 0 {
+            return None;
+        }
+        let permit = self.running.slots.clone().try_acquire_owned().ok()?;
+        match self.deps.gate.capacity(1).await {
+            Capacity::Jobs(n) if n > 0 => Some(Reserved {
+                permit,
+                direct: self.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Reserved {
+    /// Who claims the job at its submit: this worker, with its usual lease.
+    pub fn claimer(&self) -> Claimer {
+        let deps = &self.direct.deps;
+        Claimer {
+            worker_id: self.direct.worker_id.to_string(),
+            lease: Duration::from_millis(deps.config.lease_ms),
+        }
+    }
+
+    /// Runs the job its submit claimed on the held slot.
+    pub fn start(self, claimed: ClaimedJob) {
+        let Reserved { permit, direct } = self;
+        telemetry::job_claimed_at_submit();
+        direct.running.start(&direct.deps, claimed, permit);
     }
 }
 
 /// How many more jobs the free upstream keys of the default provider can take now, counting
 /// the claimed jobs still waiting for theirs.
 fn key_capacity(deps: &WorkerDeps) -> u32 {
-    let name = deps.providers.default_name();
-    match deps.providers.get(name) {
+    provider_key_capacity(deps, deps.providers.default_name())
+}
+
+/// As [`key_capacity`], for the keys of `provider`.
+fn provider_key_capacity(deps: &WorkerDeps, provider: &str) -> u32 {
+    match deps.providers.get(provider) {
         Some(p) if p.capabilities().needs_key => deps
             .keys
-            .free_slots(name)
+            .free_slots(provider)
             .saturating_sub(deps.awaiting_keys.load(Ordering::Relaxed)),
         _ => u32::MAX,
     }

@@ -31,7 +31,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::base::job::{
-    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, NewJob, SubmitOutcome,
+    ClaimedJob, Claimer, Finish, Job, JobEvent, JobListQuery, JobPage, JobStatus, NewJob,
+    SubmitOutcome,
 };
 
 use crate::base::clock::Millis;
@@ -231,6 +232,16 @@ pub trait Store:
 
     /// One transaction: idempotency record (if any), job row (QUEUED) and its first event.
     async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome>;
+    /// As [`Store::job_submit`], then the tenant's next job (this one, unless an older one
+    /// waits) is claimed by `claimer` if the fair claim would serve the tenant next anyway: no
+    /// other tenant has a job waiting to run, and it is under its concurrency limit. A submit
+    /// to a process whose worker has room so starts at once, without waiting for the claim
+    /// loop. `None`: the job waits for a claim. A claim that fails leaves the job submitted.
+    async fn job_submit_claimed(
+        &self,
+        job: NewJob,
+        claimer: &Claimer,
+    ) -> StoreResult<(SubmitOutcome, Option<ClaimedJob>)>;
     /// The job a tenant's `Idempotency-Key` already made, if any: how a retried submit is
     /// answered before it spends the tenant's rate. (`job_submit` still settles a race
     /// between two first uses of a key.)

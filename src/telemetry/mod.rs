@@ -139,6 +139,12 @@ pub fn jobs_claimed(count: usize, elapsed: Duration) {
     histogram!("easel_job_claim_duration_seconds").record(elapsed.as_secs_f64());
 }
 
+/// A job claimed by its own submit (`worker.dispatch_on_submit`): a claim, and counted apart.
+pub fn job_claimed_at_submit() {
+    counter!("easel_jobs_claimed_total").increment(1);
+    counter!("easel_jobs_claimed_at_submit_total").increment(1);
+}
+
 /// `result`: `succeeded`, `retrying` or `failed`.
 pub fn attempt_ended(provider: &str, result: &'static str, elapsed: Duration) {
     let (counter, histogram) = (

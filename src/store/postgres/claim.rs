@@ -26,7 +26,7 @@ use sqlx::{FromRow, PgPool};
 
 use super::jobs::{lease_millis, JobRow};
 use crate::base::clock::Millis;
-use crate::base::job::{ClaimedJob, Job};
+use crate::base::job::{ClaimedJob, Claimer, Job};
 use crate::store::StoreResult;
 
 // The three tenant picks share their text: `concat!` only joins literals, hence the macros.
@@ -138,6 +138,13 @@ const CLAIM_JOBS: &str = "WITH locked AS MATERIALIZED (
      )
      SELECT * FROM claimed ORDER BY pos";
 
+/// After a submit of `$1`'s: that tenant, locked, if the fair claim would serve it next anyway
+/// (no other tenant has a job waiting to run); step 2 then checks its free slots.
+const CLAIM_SUBMITTED_TENANT: &str = "SELECT t.id FROM tenants t WHERE t.id = $1
+     AND NOT EXISTS (SELECT 1 FROM jobs w WHERE w.status IN ('QUEUED', 'RETRYING')
+         AND w.run_at <= $2 AND w.tenant_id <> $1)
+     FOR NO KEY UPDATE OF t SKIP LOCKED";
+
 /// Step 2 for the locked `tenants`.
 async fn claim_jobs(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -196,6 +203,37 @@ struct ClaimedRow {
 /// The error PostgreSQL raises when `lock_timeout` passes.
 fn is_lock_timeout(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
+/// After a submit of `tenant_id`'s: claims that tenant's next job (the one just submitted,
+/// unless an older one waits) if no other tenant has a job waiting to run and it has a free
+/// slot. `None` when another claimer holds the tenant, or its jobs must wait their turn.
+pub async fn claim_submitted(
+    pool: &PgPool,
+    now: Millis,
+    claimer: &Claimer,
+    tenant_id: &str,
+) -> StoreResult<Option<ClaimedJob>> {
+    let lease_until = now.saturating_add(lease_millis(claimer.lease));
+    let mut tx = pool.begin().await?;
+    let locked: Option<String> = sqlx::query_scalar(CLAIM_SUBMITTED_TENANT)
+        .bind(tenant_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(tenant) = locked else {
+        return Ok(None);
+    };
+    let rows = claim_jobs(&mut tx, &[tenant], now, 1, &claimer.worker_id, lease_until).await?;
+    tx.commit().await?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(Some(ClaimedJob {
+        job: Job::try_from(row.job)?,
+        fence: row.fence,
+        lease_until,
+    }))
 }
 
 pub async fn claim(

@@ -62,7 +62,7 @@ use super::{
 };
 use crate::base::clock::{Millis, SystemWallClock, WallClock};
 use crate::base::job::{
-    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
+    ClaimedJob, Claimer, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
 };
 use crate::base::redact::redact_url;
 use crate::base::webhook::{
@@ -349,6 +349,28 @@ impl Store for PgStore {
 
     async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome> {
         jobs::submit(&self.pool, &job).await
+    }
+
+    /// The submit, then a claim of its tenant in a second transaction: the claim's tenant lock
+    /// is what keeps concurrency limits exact across processes, so it is taken as any claim
+    /// takes it.
+    async fn job_submit_claimed(
+        &self,
+        job: NewJob,
+        claimer: &Claimer,
+    ) -> StoreResult<(SubmitOutcome, Option<ClaimedJob>)> {
+        let outcome = jobs::submit(&self.pool, &job).await?;
+        if !matches!(outcome, SubmitOutcome::Created { .. }) {
+            return Ok((outcome, None));
+        }
+        // The job is in; a claim that fails leaves it to the workers.
+        let claimed = claim::claim_submitted(&self.pool, self.now(), claimer, &job.tenant_id)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "claim at submit failed; the job waits for a worker");
+                None
+            });
+        Ok((outcome, claimed))
     }
 
     async fn idempotency_find(

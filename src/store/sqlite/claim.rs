@@ -3,15 +3,16 @@
 //! RUNNING under a new fence and lease, with its event, and the photo task it belongs to (if
 //! any) goes from `pending` to `processing` in the same transaction.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::events::{event_insert, EventRow};
 use super::jobs::{job_from_row, JOB_COLUMNS};
 use super::lease_millis;
 use crate::base::clock::Millis;
-use crate::base::job::{ClaimedJob, JobStatus};
+use crate::base::job::{ClaimedJob, Claimer, JobStatus};
 use crate::store::StoreResult;
 
 /// A photo task (`store::photo`) is `processing` once one of its jobs is claimed; a task that
@@ -91,46 +92,117 @@ pub fn claim(
 ) -> StoreResult<Vec<ClaimedJob>> {
     let lease_until = now.saturating_add(lease_millis(lease));
     let picked = claim_pick(conn, max, now)?;
-    let sql = format!(
+    let mut claimed = Vec::with_capacity(picked.len());
+    let mut counter = last_claim(conn)?;
+    for (seq, tenant_id) in picked {
+        counter += 1;
+        claimed.push(claim_seq(
+            conn,
+            now,
+            worker_id,
+            lease_until,
+            seq,
+            &tenant_id,
+            counter,
+        )?);
+    }
+    Ok(claimed)
+}
+
+/// After a submit of `tenant_id`'s in this transaction: claims that tenant's next job (the
+/// one just submitted, unless an older one waits) if the fair claim would serve the tenant
+/// next anyway: no other tenant has a job waiting to run, and it is under its concurrency
+/// limit. `None`: its jobs wait for the workers' claim.
+pub fn claim_submitted(
+    conn: &Connection,
+    now: Millis,
+    claimer: &Claimer,
+    tenant_id: &str,
+) -> StoreResult<Option<ClaimedJob>> {
+    let next: Option<i64> = conn
+        .prepare_cached(
+            "SELECT (SELECT seq FROM jobs WHERE tenant_id = ?1
+                         AND status IN ('QUEUED', 'RETRYING') AND run_at <= ?2
+                     ORDER BY seq LIMIT 1)
+             FROM tenants t WHERE t.id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE status IN ('QUEUED', 'RETRYING')
+                     AND run_at <= ?2 AND tenant_id <> ?1)
+                 AND t.concurrency_limit > (SELECT count(*) FROM jobs j
+                     WHERE j.tenant_id = ?1 AND j.status = 'RUNNING')",
+        )?
+        .query_row(params![tenant_id, now], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let Some(seq) = next else {
+        return Ok(None);
+    };
+    let lease_until = now.saturating_add(lease_millis(claimer.lease));
+    let counter = last_claim(conn)? + 1;
+    let claimed = claim_seq(
+        conn,
+        now,
+        &claimer.worker_id,
+        lease_until,
+        seq,
+        tenant_id,
+        counter,
+    )?;
+    Ok(Some(claimed))
+}
+
+/// The newest claim's place in the tenants' round-robin.
+fn last_claim(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(last_claim), 0) FROM tenants")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Claims the job at `seq` (RUNNING under a new fence and lease, with its event), marks its
+/// tenant served at `counter`, and starts the photo task it belongs to.
+fn claim_seq(
+    conn: &Connection,
+    now: Millis,
+    worker_id: &str,
+    lease_until: Millis,
+    seq: i64,
+    tenant_id: &str,
+    counter: i64,
+) -> StoreResult<ClaimedJob> {
+    let (job, fence) = conn
+        .prepare_cached(&CLAIM_SQL)?
+        .query_row(params![seq, worker_id, lease_until, now], |r| {
+            Ok((job_from_row(r)?, r.get::<_, i64>(21)?))
+        })?;
+    event_insert(
+        conn,
+        &EventRow {
+            job_id: &job.id,
+            tenant_id,
+            status: JobStatus::Running,
+            attempt: job.attempts,
+            error_code: None,
+            error_message: None,
+            at: now,
+        },
+    )?;
+    conn.prepare_cached(
+        "UPDATE tenants SET waiting = max(waiting - 1, 0), last_claim = ?2 WHERE id = ?1",
+    )?
+    .execute(params![tenant_id, counter])?;
+    conn.prepare_cached(PHOTO_TASK_STARTED)?
+        .execute(params![job.id, now])?;
+    Ok(ClaimedJob {
+        job,
+        fence,
+        lease_until,
+    })
+}
+
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, fence = fence + 1,
              lease_owner = ?2, lease_until = ?3, started_at = coalesce(started_at, ?4),
              updated_at = ?4, error_code = NULL, error_message = NULL
          WHERE seq = ?1 RETURNING {JOB_COLUMNS}"
-    );
-    let mut claimed = Vec::with_capacity(picked.len());
-    let mut counter: i64 = conn
-        .prepare_cached("SELECT coalesce(max(last_claim), 0) FROM tenants")?
-        .query_row([], |r| r.get(0))?;
-    for (seq, tenant_id) in picked {
-        let (job, fence) = conn
-            .prepare_cached(&sql)?
-            .query_row(params![seq, worker_id, lease_until, now], |r| {
-                Ok((job_from_row(r)?, r.get::<_, i64>(21)?))
-            })?;
-        event_insert(
-            conn,
-            &EventRow {
-                job_id: &job.id,
-                tenant_id: &tenant_id,
-                status: JobStatus::Running,
-                attempt: job.attempts,
-                error_code: None,
-                error_message: None,
-                at: now,
-            },
-        )?;
-        counter += 1;
-        conn.prepare_cached(
-            "UPDATE tenants SET waiting = max(waiting - 1, 0), last_claim = ?2 WHERE id = ?1",
-        )?
-        .execute(params![tenant_id, counter])?;
-        conn.prepare_cached(PHOTO_TASK_STARTED)?
-            .execute(params![job.id, now])?;
-        claimed.push(ClaimedJob {
-            job,
-            fence,
-            lease_until,
-        });
-    }
-    Ok(claimed)
-}
+    )
+});

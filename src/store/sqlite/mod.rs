@@ -41,7 +41,7 @@ use super::{
 };
 use crate::base::clock::{Millis, SystemWallClock, WallClock};
 use crate::base::job::{
-    ClaimedJob, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
+    ClaimedJob, Claimer, Finish, Job, JobEvent, JobListQuery, JobPage, NewJob, SubmitOutcome,
 };
 use crate::base::webhook::{
     AttemptReport, ClaimedDelivery, DeliveryClaim, DeliveryListQuery, DeliveryPage, ReplayOutcome,
@@ -514,6 +514,25 @@ impl Store for SqliteStore {
 
     async fn job_submit(&self, job: NewJob) -> StoreResult<SubmitOutcome> {
         self.write(move |c| jobs::submit(c, &job)).await
+    }
+
+    async fn job_submit_claimed(
+        &self,
+        job: NewJob,
+        claimer: &Claimer,
+    ) -> StoreResult<(SubmitOutcome, Option<ClaimedJob>)> {
+        let claimer = claimer.clone();
+        self.write_at(move |c, now| {
+            let outcome = jobs::submit(c, &job)?;
+            let claimed = match &outcome {
+                SubmitOutcome::Created { .. } => {
+                    claim::claim_submitted(c, now, &claimer, &job.tenant_id)?
+                }
+                _ => None,
+            };
+            Ok((outcome, claimed))
+        })
+        .await
     }
 
     async fn idempotency_find(
