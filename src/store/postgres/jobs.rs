@@ -17,7 +17,8 @@ use crate::base::job::{Finish, Job, JobListQuery, JobPage, JobStatus, NewJob, Su
 use crate::base::job_errors;
 use crate::store::{CancelOutcome, IdempotencyHit, Maintenance, StoreError, StoreResult};
 
-const JOB_COLUMNS: &str = "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
+pub(super) const JOB_COLUMNS: &str =
+    "seq, id, tenant_id, status, prompt, mode, input_image_url, params, \
      provider, result_keys, error_code, error_message, attempts, max_attempts, created_at, \
      updated_at, started_at, finished_at, cancel_at, deadline_at, result_meta, follow_up";
 

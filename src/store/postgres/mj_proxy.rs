@@ -1,10 +1,11 @@
 //! The `/mj` facade's tasks on PostgreSQL (see [`MjProxyStore`]).
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::{FromRow, PgConnection, Row};
 
 use super::{events, jobs, PgStore};
 use crate::base::clock::Millis;
@@ -23,17 +24,60 @@ const WAITING: &str = "jobs j JOIN mj_proxy_tasks t ON t.job_id = j.id
     WHERE j.tenant_id = $1 AND j.status IN ('QUEUED', 'RETRYING')";
 
 fn row_of(row: &PgRow) -> Result<ProxyTask, sqlx::Error> {
+    task_at(row, 0)
+}
+
+/// The task whose [`COLUMNS`] start at column `first` of `row`.
+fn task_at(row: &PgRow, first: usize) -> Result<ProxyTask, sqlx::Error> {
     Ok(ProxyTask {
-        id: row.try_get(0)?,
-        tenant_id: row.try_get(1)?,
-        job_id: row.try_get(2)?,
-        hash: row.try_get(3)?,
-        action: row.try_get(4)?,
-        phase: row.try_get(5)?,
-        detail: row.try_get(6)?,
-        notified: i64::from(row.try_get::<i32, _>(7)?),
-        created_at: row.try_get(8)?,
-        updated_at: row.try_get(9)?,
+        id: row.try_get(first)?,
+        tenant_id: row.try_get(first + 1)?,
+        job_id: row.try_get(first + 2)?,
+        hash: row.try_get(first + 3)?,
+        action: row.try_get(first + 4)?,
+        phase: row.try_get(first + 5)?,
+        detail: row.try_get(first + 6)?,
+        notified: i64::from(row.try_get::<i32, _>(first + 7)?),
+        created_at: row.try_get(first + 8)?,
+        updated_at: row.try_get(first + 9)?,
+    })
+}
+
+/// A task with its job and, while the job runs, the job's progress, all in one statement;
+/// the task's columns follow the job's ([`SELECT_VIEW`]'s second value says where).
+static SELECT_VIEW: LazyLock<(String, usize)> = LazyLock::new(|| {
+    let job_columns: Vec<String> = jobs::JOB_COLUMNS
+        .split(',')
+        .map(|column| format!("j.{}", column.trim()))
+        .collect();
+    // The task's columns are renamed: the job's are read by name, and share some names.
+    let task_columns: Vec<String> = COLUMNS
+        .split(',')
+        .map(|column| {
+            let column = column.trim();
+            format!("{column} AS task_{}", column.trim_start_matches("t."))
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {}, {}, CASE WHEN j.status = 'RUNNING' THEN (SELECT max(e.progress)
+             FROM job_events e WHERE e.job_id = j.id AND e.attempt = j.attempts) END AS progress
+         FROM mj_proxy_tasks t LEFT JOIN jobs j ON j.id = t.job_id AND j.tenant_id = t.tenant_id",
+        job_columns.join(", "),
+        task_columns.join(", ")
+    );
+    (sql, job_columns.len())
+});
+
+fn view_of_row(row: &PgRow) -> StoreResult<ProxyView> {
+    let job = match row.try_get::<Option<i64>, _>("seq")? {
+        Some(_) => Some(Job::try_from(jobs::JobRow::from_row(row)?)?),
+        None => None,
+    };
+    let progress: Option<i32> = row.try_get("progress")?;
+    Ok(ProxyView {
+        task: task_at(row, SELECT_VIEW.1)?,
+        job,
+        progress: progress.and_then(|p| u8::try_from(p).ok()),
     })
 }
 
@@ -48,23 +92,15 @@ impl PgStore {
         Ok(found.as_ref().map(row_of).transpose()?)
     }
 
-    /// The task with its job and, while the job runs, the job's progress.
-    async fn view_of(&self, task: ProxyTask) -> StoreResult<ProxyView> {
-        let job = match &task.job_id {
-            Some(job_id) => jobs::get(&self.pool, &task.tenant_id, job_id).await?,
-            None => None,
-        };
-        let progress = match &job {
-            Some(job) if job.status == JobStatus::Running => {
-                events::progress_get(&self.pool, &job.id).await?
-            }
-            _ => None,
-        };
-        Ok(ProxyView {
-            task,
-            job,
-            progress,
-        })
+    /// The view of the one task `filter` finds, in one round trip.
+    async fn view_one(&self, filter: &str, binds: &[&str]) -> StoreResult<Option<ProxyView>> {
+        let sql = format!("{} WHERE {filter}", SELECT_VIEW.0);
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let found = query.fetch_optional(&self.pool).await?;
+        found.as_ref().map(view_of_row).transpose()
     }
 
     /// [`PgStore::view_of`] of each task, in two statements whatever their number.
@@ -150,13 +186,8 @@ impl MjProxyStore for PgStore {
     }
 
     async fn mj_proxy_view(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyView>> {
-        let found = self
-            .mj_proxy_one("t.tenant_id = $1 AND t.id = $2", &[tenant_id, id])
-            .await?;
-        match found {
-            Some(task) => self.view_of(task).await.map(Some),
-            None => Ok(None),
-        }
+        self.view_one("t.tenant_id = $1 AND t.id = $2", &[tenant_id, id])
+            .await
     }
 
     async fn mj_proxy_get(&self, tenant_id: &str, id: &str) -> StoreResult<Option<ProxyTask>> {
@@ -165,10 +196,7 @@ impl MjProxyStore for PgStore {
     }
 
     async fn mj_proxy_by_job(&self, job_id: &str) -> StoreResult<Option<ProxyView>> {
-        match self.mj_proxy_one("t.job_id = $1", &[job_id]).await? {
-            Some(task) => self.view_of(task).await.map(Some),
-            None => Ok(None),
-        }
+        self.view_one("t.job_id = $1", &[job_id]).await
     }
 
     async fn mj_proxy_list(
