@@ -9,10 +9,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::events::{event_insert, EventRow};
-use super::jobs::{job_from_row, JOB_COLUMNS};
+use super::jobs::{job_from_row, submit, submit_as, StartNow, JOB_COLUMNS};
 use super::lease_millis;
 use crate::base::clock::Millis;
-use crate::base::job::{ClaimedJob, Claimer, JobStatus};
+use crate::base::job::{ClaimedJob, Claimer, JobStatus, NewJob, SubmitOutcome};
 use crate::store::StoreResult;
 
 /// A photo task (`store::photo`) is `processing` once one of its jobs is claimed; a task that
@@ -109,17 +109,66 @@ pub fn claim(
     Ok(claimed)
 }
 
-/// After a submit of `tenant_id`'s in this transaction: claims that tenant's next job (the
-/// one just submitted, unless an older one waits) if the fair claim would serve the tenant
-/// next anyway: no other tenant has a job waiting to run, and it is under its concurrency
-/// limit. `None`: its jobs wait for the workers' claim.
-pub fn claim_submitted(
+/// The submit of `job`, and the claim of its tenant's next job in the same transaction if
+/// the fair claim would serve that tenant next anyway: no other tenant has a job waiting to
+/// run, and it is under its concurrency limit. The next job is this one, written RUNNING at
+/// once, unless an older one of the tenant's waits. `None`: its jobs wait for the claim.
+pub fn submit_claimed(
     conn: &Connection,
     now: Millis,
     claimer: &Claimer,
+    job: &NewJob,
+) -> StoreResult<(SubmitOutcome, Option<ClaimedJob>)> {
+    let lease_until = now.saturating_add(lease_millis(claimer.lease));
+    let worker_id = claimer.worker_id.as_str();
+    let Some(older) = tenant_turn(conn, now, &job.tenant_id)? else {
+        return Ok((submit(conn, job)?, None));
+    };
+    let counter = last_claim(conn)? + 1;
+    if let Some(seq) = older {
+        let outcome = submit(conn, job)?;
+        let claimed = match outcome {
+            SubmitOutcome::Created { .. } => Some(claim_seq(
+                conn,
+                now,
+                worker_id,
+                lease_until,
+                seq,
+                &job.tenant_id,
+                counter,
+            )?),
+            _ => None,
+        };
+        return Ok((outcome, claimed));
+    }
+    let start = StartNow {
+        worker_id,
+        lease_until,
+        now,
+    };
+    let (outcome, started) = submit_as(conn, job, Some(&start))?;
+    let Some((job, fence)) = started else {
+        return Ok((outcome, None));
+    };
+    conn.prepare_cached("UPDATE tenants SET last_claim = ?2 WHERE id = ?1")?
+        .execute(params![job.tenant_id, counter])?;
+    let claimed = ClaimedJob {
+        job,
+        fence,
+        lease_until,
+    };
+    Ok((outcome, Some(claimed)))
+}
+
+/// Whether the claim would serve `tenant_id` next: `None` when another tenant has a job
+/// waiting to run or the tenant is at its concurrency limit; else its oldest waiting job, if
+/// any.
+fn tenant_turn(
+    conn: &Connection,
+    now: Millis,
     tenant_id: &str,
-) -> StoreResult<Option<ClaimedJob>> {
-    let next: Option<i64> = conn
+) -> StoreResult<Option<Option<i64>>> {
+    Ok(conn
         .prepare_cached(
             "SELECT (SELECT seq FROM jobs WHERE tenant_id = ?1
                          AND status IN ('QUEUED', 'RETRYING') AND run_at <= ?2
@@ -131,23 +180,7 @@ pub fn claim_submitted(
                      WHERE j.tenant_id = ?1 AND j.status = 'RUNNING')",
         )?
         .query_row(params![tenant_id, now], |r| r.get(0))
-        .optional()?
-        .flatten();
-    let Some(seq) = next else {
-        return Ok(None);
-    };
-    let lease_until = now.saturating_add(lease_millis(claimer.lease));
-    let counter = last_claim(conn)? + 1;
-    let claimed = claim_seq(
-        conn,
-        now,
-        &claimer.worker_id,
-        lease_until,
-        seq,
-        tenant_id,
-        counter,
-    )?;
-    Ok(Some(claimed))
+        .optional()?)
 }
 
 /// The newest claim's place in the tenants' round-robin.

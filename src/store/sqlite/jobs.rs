@@ -62,6 +62,24 @@ fn tenant_waiting_add(conn: &Connection, tenant_id: &str, delta: i64) -> StoreRe
 }
 
 pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
+    Ok(submit_as(conn, job, None)?.0)
+}
+
+/// A job that starts at its submit: RUNNING at once, under this worker's first lease.
+pub(super) struct StartNow<'a> {
+    pub worker_id: &'a str,
+    pub lease_until: Millis,
+    pub now: Millis,
+}
+
+/// The submit; with `start`, the job is written RUNNING (its first attempt) with its QUEUED
+/// and RUNNING events, and returned as written with its fence. Without, it is QUEUED and
+/// waits for a claim.
+pub(super) fn submit_as(
+    conn: &Connection,
+    job: &NewJob,
+    start: Option<&StartNow<'_>>,
+) -> StoreResult<(SubmitOutcome, Option<(Job, i64)>)> {
     if let Some(idem) = &job.idempotency {
         let seen: Option<(String, String)> = conn
             .prepare_cached(
@@ -73,22 +91,23 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
             .optional()?;
         if let Some((hash, job_id)) = seen {
             if hash != idem.request_hash {
-                return Ok(SubmitOutcome::KeyReused);
+                return Ok((SubmitOutcome::KeyReused, None));
             }
             let status: String = conn
                 .prepare_cached("SELECT status FROM jobs WHERE id = ?1")?
                 .query_row([&job_id], |r| r.get(0))?;
             let status = JobStatus::parse(&status).unwrap_or(JobStatus::Queued);
-            return Ok(SubmitOutcome::Replayed { job_id, status });
+            return Ok((SubmitOutcome::Replayed { job_id, status }, None));
         }
     }
     // The hold before anything else is written: an account that cannot pay leaves no trace.
     if let Some(charge) = job.charge.as_ref().filter(|c| c.amount > 0) {
         if let Some((required, available)) = ledger::hold(conn, charge, &job.id, job.created_at)? {
-            return Ok(SubmitOutcome::InsufficientCredits {
+            let refused = SubmitOutcome::InsufficientCredits {
                 required,
                 available,
-            });
+            };
+            return Ok((refused, None));
         }
     }
     if let Some(idem) = &job.idempotency {
@@ -106,6 +125,47 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
     }
     let params_json =
         serde_json::to_string(&job.params).map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let started = match start {
+        None => {
+            insert_queued(conn, job, &params_json)?;
+            None
+        }
+        Some(start) => Some(insert_running(conn, job, &params_json, start)?),
+    };
+    event_insert(
+        conn,
+        &EventRow {
+            job_id: &job.id,
+            tenant_id: &job.tenant_id,
+            status: JobStatus::Queued,
+            attempt: 0,
+            error_code: None,
+            error_message: None,
+            at: job.created_at,
+        },
+    )?;
+    match (&started, start) {
+        (Some((running, _)), Some(start)) => event_insert(
+            conn,
+            &EventRow {
+                job_id: &job.id,
+                tenant_id: &job.tenant_id,
+                status: JobStatus::Running,
+                attempt: running.attempts,
+                error_code: None,
+                error_message: None,
+                at: start.now,
+            },
+        )?,
+        _ => tenant_waiting_add(conn, &job.tenant_id, 1)?,
+    }
+    let created = SubmitOutcome::Created {
+        job_id: job.id.clone(),
+    };
+    Ok((created, started))
+}
+
+fn insert_queued(conn: &Connection, job: &NewJob, params_json: &str) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params, provider,
              max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at, webhook_url,
@@ -127,22 +187,48 @@ pub fn submit(conn: &Connection, job: &NewJob) -> StoreResult<SubmitOutcome> {
         job.webhook_url,
         job.follow_up
     ])?;
-    event_insert(
-        conn,
-        &EventRow {
-            job_id: &job.id,
-            tenant_id: &job.tenant_id,
-            status: JobStatus::Queued,
-            attempt: 0,
-            error_code: None,
-            error_message: None,
-            at: job.created_at,
-        },
+    Ok(())
+}
+
+/// As [`insert_queued`], the job claimed as it is written: what a claim would set.
+fn insert_running(
+    conn: &Connection,
+    job: &NewJob,
+    params_json: &str,
+    start: &StartNow<'_>,
+) -> StoreResult<(Job, i64)> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params,
+                 provider, max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at,
+                 webhook_url, follow_up, attempts, fence, lease_owner, lease_until, started_at)
+             VALUES (?1, ?2, 'RUNNING', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?14, ?10, ?11, ?12, ?13,
+                 1, 1, ?15, ?16, ?14)
+             RETURNING {JOB_COLUMNS}"
+        )
+    });
+    let written = conn.prepare_cached(&SQL)?.query_row(
+        params![
+            job.id,
+            job.tenant_id,
+            job.prompt,
+            job.mode.as_str(),
+            job.input_image_url,
+            params_json,
+            job.provider,
+            job.max_attempts,
+            job.created_at,
+            job.cancel_at,
+            job.deadline_at,
+            job.webhook_url,
+            job.follow_up,
+            start.now,
+            start.worker_id,
+            start.lease_until
+        ],
+        |r| Ok((job_from_row(r)?, r.get(21)?)),
     )?;
-    tenant_waiting_add(conn, &job.tenant_id, 1)?;
-    Ok(SubmitOutcome::Created {
-        job_id: job.id.clone(),
-    })
+    Ok(written)
 }
 
 pub fn idempotency_find(

@@ -522,17 +522,8 @@ impl Store for SqliteStore {
         claimer: &Claimer,
     ) -> StoreResult<(SubmitOutcome, Option<ClaimedJob>)> {
         let claimer = claimer.clone();
-        self.write_at(move |c, now| {
-            let outcome = jobs::submit(c, &job)?;
-            let claimed = match &outcome {
-                SubmitOutcome::Created { .. } => {
-                    claim::claim_submitted(c, now, &claimer, &job.tenant_id)?
-                }
-                _ => None,
-            };
-            Ok((outcome, claimed))
-        })
-        .await
+        self.write_at(move |c, now| claim::submit_claimed(c, now, &claimer, &job))
+            .await
     }
 
     async fn idempotency_find(
