@@ -159,6 +159,29 @@ impl AwaitingKey {
         }
     }
 
+    /// As [`AwaitingKey::new`], only if a free key of `provider` is left for it after the jobs
+    /// already counted: what a submit that starts its job takes before it claims, so that
+    /// submits at once never start more jobs than the free keys can run.
+    fn reserve(deps: &WorkerDeps, provider: &str) -> Option<AwaitingKey> {
+        let needs_key = deps
+            .providers
+            .get(provider)
+            .is_some_and(|p| p.capabilities().needs_key);
+        if !needs_key {
+            return Some(AwaitingKey::none());
+        }
+        let free = deps.keys.free_slots(provider);
+        deps.awaiting_keys
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |awaiting| {
+                (awaiting < free).then_some(awaiting + 1)
+            })
+            .ok()?;
+        Some(AwaitingKey {
+            count: Some(deps.awaiting_keys.clone()),
+            settled: AtomicBool::new(false),
+        })
+    }
+
     /// Not counted: the job runs without a key (tests, other entry points).
     pub fn none() -> AwaitingKey {
         AwaitingKey {
@@ -201,11 +224,17 @@ struct Running {
 }
 
 impl Running {
-    /// Runs a claimed job on one of the slots (`permit`) until its attempt ends.
-    fn start(&self, deps: &WorkerDeps, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    /// Runs a claimed job on one of the slots (`permit`) until its attempt ends; `awaiting`
+    /// counts it among the jobs waiting for a key until it holds one.
+    fn start(
+        &self,
+        deps: &WorkerDeps,
+        job: ClaimedJob,
+        permit: OwnedSemaphorePermit,
+        awaiting: AwaitingKey,
+    ) {
         let deps = deps.clone();
         let abort = self.abort.clone();
-        let awaiting = AwaitingKey::new(&deps, &job.job.provider);
         let watched = self.watch.watch(&job.job.id);
         self.tracker.spawn(async move {
             run_claimed_awaiting(&deps, job, abort, awaiting, Some(&watched)).await;
@@ -315,7 +344,8 @@ impl Worker {
                         Err(_) => break,
                     },
                 };
-                running.start(&deps, job, permit);
+                let awaiting = AwaitingKey::new(&deps, &job.job.provider);
+                running.start(&deps, job, permit, awaiting);
             }
         }
         running.tracker.close();
@@ -344,22 +374,26 @@ pub struct DirectStart {
     running: Running,
 }
 
-/// A slot held for a job about to be submitted; given back if the submit does not claim it.
+/// A slot (and a key's turn) held for a job about to be submitted; given back if the submit
+/// does not claim it.
 pub struct Reserved {
     permit: OwnedSemaphorePermit,
+    awaiting: AwaitingKey,
     direct: DirectStart,
 }
 
 impl DirectStart {
     /// A slot for a job of `provider`, if it could start now; `None` leaves it to the claim.
     pub async fn reserve(&self, provider: &str) -> Option<Reserved> {
-        if self.running.tracker.is_closed() || provider_key_capacity(&self.deps, provider) == 0 {
+        if self.running.tracker.is_closed() {
             return None;
         }
         let permit = self.running.slots.clone().try_acquire_owned().ok()?;
+        let awaiting = AwaitingKey::reserve(&self.deps, provider)?;
         match self.deps.gate.capacity(1).await {
             Capacity::Jobs(n) if n > 0 => Some(Reserved {
                 permit,
+                awaiting,
                 direct: self.clone(),
             }),
             _ => None,
@@ -379,9 +413,15 @@ impl Reserved {
 
     /// Runs the job its submit claimed on the held slot.
     pub fn start(self, claimed: ClaimedJob) {
-        let Reserved { permit, direct } = self;
+        let Reserved {
+            permit,
+            awaiting,
+            direct,
+        } = self;
         telemetry::job_claimed_at_submit();
-        direct.running.start(&direct.deps, claimed, permit);
+        direct
+            .running
+            .start(&direct.deps, claimed, permit, awaiting);
     }
 }
 

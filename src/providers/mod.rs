@@ -34,6 +34,22 @@ use crate::base::operation::Operation;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+/// A reply up to this many bytes is parsed and decoded on the calling async worker: that takes
+/// microseconds, less than a hop to a blocking thread and back.
+const INLINE_WORK_BYTES: usize = 64 << 10;
+
+/// Runs `work` over an input of `len` bytes: here when it is small, on a blocking thread when
+/// it is large enough (a multi-megabyte reply) to hold up the async workers.
+pub(crate) async fn cpu_work<T: Send + 'static>(
+    len: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    if len <= INLINE_WORK_BYTES {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work).await
+}
+
 /// An input image already fetched and checked by Easel.
 #[derive(Debug, Clone)]
 pub struct InputImage {

@@ -287,12 +287,12 @@ pub(crate) async fn read_bounded(
 }
 
 /// JSON parsing and base64 decoding of multi-megabyte replies is CPU work: off the async
-/// workers.
+/// workers (a small reply is read where it is).
 async fn parse_off_thread(
     body: Bytes,
     parse: fn(&[u8]) -> Result<GenerateOutput, ProviderError>,
 ) -> Result<GenerateOutput, ProviderError> {
-    tokio::task::spawn_blocking(move || parse(&body))
+    super::cpu_work(body.len(), move || parse(&body))
         .await
         .map_err(|e| ProviderError::Retryable {
             code: codes::MALFORMED.into(),

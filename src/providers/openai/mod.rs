@@ -116,7 +116,7 @@ impl OpenAiProvider {
         let reply = self
             .call(&endpoint, &credential.secret, route, body)
             .await?;
-        let reply = tokio::task::spawn_blocking(move || classify::parse_images_response(&reply))
+        let reply = super::cpu_work(reply.len(), move || classify::parse_images_response(&reply))
             .await
             .map_err(|e| malformed(format!("reading the reply failed: {e}")))??;
         let images = self.images_of(&reply).await?;
@@ -171,7 +171,7 @@ impl OpenAiProvider {
         Err(classify::classify_status(status.as_u16(), delay, &body))
     }
 
-    /// The reply's images, in order: `b64_json` decoded off the async workers, a `url`
+    /// The reply's images, in order: `b64_json` decoded (off the async workers when large), a `url`
     /// fetched (dall-e links expire after an hour, so Easel keeps its own copy).
     async fn images_of(
         &self,
@@ -180,7 +180,7 @@ impl OpenAiProvider {
         let mut images = Vec::with_capacity(reply.data.len());
         for item in &reply.data {
             if let Some(data) = item.b64_json.clone() {
-                let image = tokio::task::spawn_blocking(move || decode_image(&data, ""))
+                let image = super::cpu_work(data.len(), move || decode_image(&data, ""))
                     .await
                     .map_err(|e| malformed(format!("decoding an image failed: {e}")))??;
                 images.push(image);
