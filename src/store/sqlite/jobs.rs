@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{named_params, params, Connection, OptionalExtension, Row};
 
 use super::events::{event_insert, EventRow};
 use super::{bad_column, lease_millis};
@@ -125,13 +125,7 @@ pub(super) fn submit_as(
     }
     let params_json =
         serde_json::to_string(&job.params).map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let started = match start {
-        None => {
-            insert_queued(conn, job, &params_json)?;
-            None
-        }
-        Some(start) => Some(insert_running(conn, job, &params_json, start)?),
-    };
+    let started = insert_job(conn, job, &params_json, start)?;
     event_insert(
         conn,
         &EventRow {
@@ -165,70 +159,56 @@ pub(super) fn submit_as(
     Ok((created, started))
 }
 
-fn insert_queued(conn: &Connection, job: &NewJob, params_json: &str) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params, provider,
-             max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at, webhook_url,
-             follow_up)
-         VALUES (?1, ?2, 'QUEUED', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        job.id,
-        job.tenant_id,
-        job.prompt,
-        job.mode.as_str(),
-        job.input_image_url,
-        params_json,
-        job.provider,
-        job.max_attempts,
-        job.created_at,
-        job.cancel_at,
-        job.deadline_at,
-        job.webhook_url,
-        job.follow_up
-    ])?;
-    Ok(())
-}
-
-/// As [`insert_queued`], the job claimed as it is written: what a claim would set.
-fn insert_running(
+/// Writes the job's row: QUEUED, or with `start` RUNNING in its first attempt (what a claim
+/// would set), then returned as written with its fence.
+fn insert_job(
     conn: &Connection,
     job: &NewJob,
     params_json: &str,
-    start: &StartNow<'_>,
-) -> StoreResult<(Job, i64)> {
+    start: Option<&StartNow<'_>>,
+) -> StoreResult<Option<(Job, i64)>> {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "INSERT INTO jobs (id, tenant_id, status, prompt, mode, input_image_url, params,
                  provider, max_attempts, run_at, created_at, updated_at, cancel_at, deadline_at,
                  webhook_url, follow_up, attempts, fence, lease_owner, lease_until, started_at)
-             VALUES (?1, ?2, 'RUNNING', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?14, ?10, ?11, ?12, ?13,
-                 1, 1, ?15, ?16, ?14)
+             VALUES (:id, :tenant_id, :status, :prompt, :mode, :input_image_url, :params,
+                 :provider, :max_attempts, :created_at, :created_at,
+                 coalesce(:started_at, :created_at), :cancel_at, :deadline_at, :webhook_url,
+                 :follow_up, :attempt, :attempt, :lease_owner, :lease_until, :started_at)
              RETURNING {JOB_COLUMNS}"
         )
     });
-    let written = conn.prepare_cached(&SQL)?.query_row(
-        params![
-            job.id,
-            job.tenant_id,
-            job.prompt,
-            job.mode.as_str(),
-            job.input_image_url,
-            params_json,
-            job.provider,
-            job.max_attempts,
-            job.created_at,
-            job.cancel_at,
-            job.deadline_at,
-            job.webhook_url,
-            job.follow_up,
-            start.now,
-            start.worker_id,
-            start.lease_until
-        ],
-        |r| Ok((job_from_row(r)?, r.get(21)?)),
-    )?;
-    Ok(written)
+    let (status, attempt) = match start {
+        None => (JobStatus::Queued, 0),
+        Some(_) => (JobStatus::Running, 1),
+    };
+    let mut stmt = conn.prepare_cached(&SQL)?;
+    let mut rows = stmt.query(named_params! {
+        ":id": job.id,
+        ":tenant_id": job.tenant_id,
+        ":status": status.as_str(),
+        ":prompt": job.prompt,
+        ":mode": job.mode.as_str(),
+        ":input_image_url": job.input_image_url,
+        ":params": params_json,
+        ":provider": job.provider,
+        ":max_attempts": job.max_attempts,
+        ":created_at": job.created_at,
+        ":cancel_at": job.cancel_at,
+        ":deadline_at": job.deadline_at,
+        ":webhook_url": job.webhook_url,
+        ":follow_up": job.follow_up,
+        ":attempt": attempt,
+        ":lease_owner": start.map(|s| s.worker_id),
+        ":lease_until": start.map(|s| s.lease_until),
+        ":started_at": start.map(|s| s.now),
+    })?;
+    let row = rows.next()?.ok_or(StoreError::NotFound)?;
+    match start {
+        None => Ok(None),
+        Some(_) => Ok(Some((job_from_row(row)?, row.get(21)?))),
+    }
 }
 
 pub fn idempotency_find(
