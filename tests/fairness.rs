@@ -138,3 +138,57 @@ async fn count_running_events_between(
     )
     .expect("count") as usize
 }
+
+/// Submits that start their own jobs and the claim loop share the worker's slots: a burst of
+/// both never claims a job that finds no slot (it would sit RUNNING until its lease ran out,
+/// then run again as a second attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_submits_runs_every_job_once() {
+    let app = common::spawn_app_with(
+        |c| {
+            c.worker.concurrency = 3;
+            c.worker.lease_ms = 60_000;
+            c.worker.heartbeat_ms = 20_000;
+            c.providers.local.delay_ms = 20;
+        },
+        easel::server::Roles::ALL,
+    )
+    .await;
+    let key = app.api_key.clone();
+    let mut submits = tokio::task::JoinSet::new();
+    // Spread over the time the worker needs for them, so that slots free up while submits
+    // arrive and jobs wait: both the submits and the claim loop take slots at once.
+    for i in 0..150u64 {
+        let (http, url, key) = (
+            app.http.clone(),
+            app.url("/v1/images/generate"),
+            key.clone(),
+        );
+        submits.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 4)).await;
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"prompt": format!("burst {i}"), "mode": "draft"}))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.status(), 202);
+            let body: Value = r.json().await.expect("json");
+            body["jobId"].as_str().expect("jobId").to_owned()
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = submits.join_next().await {
+        ids.push(id.expect("submit"));
+    }
+    for id in &ids {
+        // Far below the lease: a job left without a slot would still be RUNNING here.
+        let job = app
+            .wait_for(id, &["SUCCEEDED", "FAILED"], Duration::from_secs(20))
+            .await;
+        assert_eq!(job["status"], "SUCCEEDED", "{job}");
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    app.shutdown().await;
+}

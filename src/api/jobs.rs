@@ -22,7 +22,7 @@ use crate::events::Change;
 use crate::jobs::operations::{image_count, image_key};
 use crate::ledger::pricing::{Payer, Priced};
 use crate::ledger::InsufficientCredits;
-use crate::store::{CancelOutcome, IdempotencyHit};
+use crate::store::{CancelOutcome, IdempotencyHit, StoreError};
 use crate::telemetry;
 
 const CURSOR_PREFIX: &str = "v1:";
@@ -232,18 +232,33 @@ pub(super) async fn enqueue(app: &App, job: NewJob) -> Result<Enqueued, ApiError
         let outcome = app.store.job_submit(job).await?;
         return enqueued(app, &tenant_id, outcome);
     };
-    match app
-        .store
-        .job_submit_claimed(job, &reserved.claimer())
-        .await?
-    {
-        (SubmitOutcome::Created { job_id }, Some(claimed)) => {
-            telemetry::job_submitted("created");
+    // In a task of its own: a call dropped while the submit commits (a client gone) must not
+    // leave its claimed job RUNNING with nobody running it until the lease runs out.
+    let store = app.store.clone();
+    let submitted = tokio::spawn(async move {
+        let (outcome, claimed) = store.job_submit_claimed(job, &reserved.claimer()).await?;
+        let started = claimed.map(|claimed| {
+            let id = claimed.job.id.clone();
             reserved.start(claimed);
-            app.events.publish(Change::job_open(&tenant_id, &job_id));
+            id
+        });
+        Ok::<_, StoreError>((outcome, started))
+    });
+    let (outcome, started) = submitted
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("submit task: {e}")))??;
+    if let Some(started) = &started {
+        app.events.publish(Change::job_open(&tenant_id, started));
+    }
+    match outcome {
+        // The job itself started: no worker needs waking.
+        SubmitOutcome::Created { job_id } if started.as_ref() == Some(&job_id) => {
+            telemetry::job_submitted("created");
             Ok(Enqueued::Created { job_id })
         }
-        (outcome, _) => enqueued(app, &tenant_id, outcome),
+        // Not started, or an older job of the tenant started in its place: this one waits for
+        // the claim.
+        outcome => enqueued(app, &tenant_id, outcome),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The worker: claims jobs fairly, runs each attempt beside a lease heartbeat, stores the
-//! images and reports the outcome under its fencing token.
+//! images and reports the outcome under its fencing token. A job submitted in its own process
+//! may also reach it at once, claimed by the submit itself ([`DirectStart`]).
 //!
 //! A worker never trusts its own memory over the store: if a heartbeat or the final write
 //! says the lease was lost, the attempt's result is dropped (another worker owns the job, or
@@ -64,7 +65,8 @@ pub struct WorkerConfig {
     /// How often keys disabled by an upstream rejection are re-tested.
     pub key_probe_secs: u64,
     /// A job submitted to a process whose worker has room starts at once, claimed by its own
-    /// submit when no other job waits ([`DirectStart`]); off, every job waits for a claim.
+    /// submit when no other tenant's job waits ([`DirectStart`]); off, every job waits for
+    /// the claim loop.
     pub dispatch_on_submit: bool,
 }
 
@@ -288,11 +290,15 @@ impl Worker {
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
                 _ = stop.cancelled() => break,
             };
-            let free = (slots.available_permits() as u32 + 1).min(key_capacity(&deps));
+            // The slots the claim may fill, held before it: submits that start their own jobs
+            // take slots too, and a claimed job must never find none left.
+            let keys_free = key_capacity(&deps);
+            let held = hold_slots(slots, first, keys_free);
+            let free = (held.num_permits() as u32).min(keys_free);
             if free == 0 {
                 // Every upstream key is busy: claim again when one is handed back (the poll
                 // covers keys that free up by time, after a cool-down).
-                drop(first);
+                drop(held);
                 tokio::select! {
                     _ = deps.keys.key_released() => {}
                     _ = tokio::time::sleep(poll.min(Duration::from_millis(50))) => {}
@@ -303,7 +309,7 @@ impl Worker {
             let wanted = match deps.gate.capacity(free).await {
                 Capacity::Jobs(n) => n,
                 Capacity::WaitFor(wait) => {
-                    drop(first);
+                    drop(held);
                     tokio::select! {
                         _ = tokio::time::sleep(wait.min(poll)) => {}
                         _ = stop.cancelled() => break,
@@ -323,7 +329,7 @@ impl Worker {
                 }
             };
             if claimed.is_empty() {
-                drop(first);
+                drop(held);
                 tokio::select! {
                     _ = deps.wake.notified() => {}
                     _ = deps.store.wait_for_work(poll) => {}
@@ -335,14 +341,12 @@ impl Worker {
                 deps.events
                     .publish(Change::job_open(&c.job.tenant_id, &c.job.id));
             }
-            let mut first = Some(first);
+            // At most `wanted <= held` jobs: each takes one of the held slots; the rest go back.
+            let mut held = held;
             for job in claimed {
-                let permit = match first.take() {
-                    Some(p) => p,
-                    None => match slots.clone().try_acquire_owned() {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
+                let Some(permit) = held.split(1) else {
+                    tracing::error!(job = %job.job.id, "claimed beyond the held slots; the rescuer will requeue it");
+                    continue;
                 };
                 let awaiting = AwaitingKey::new(&deps, &job.job.provider);
                 running.start(&deps, job, permit, awaiting);
@@ -423,6 +427,20 @@ impl Reserved {
             .running
             .start(&direct.deps, claimed, permit, awaiting);
     }
+}
+
+/// `first` and as many more free slots as the keys could use, as one permit.
+fn hold_slots(
+    slots: &Arc<Semaphore>,
+    first: OwnedSemaphorePermit,
+    keys_free: u32,
+) -> OwnedSemaphorePermit {
+    let mut held = first;
+    let more = (slots.available_permits() as u32).min(keys_free.saturating_sub(1));
+    if let Ok(extra) = slots.clone().try_acquire_many_owned(more) {
+        held.merge(extra);
+    }
+    held
 }
 
 /// How many more jobs the free upstream keys of the default provider can take now, counting
