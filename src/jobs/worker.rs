@@ -147,11 +147,7 @@ pub struct AwaitingKey {
 
 impl AwaitingKey {
     fn new(deps: &WorkerDeps, provider: &str) -> AwaitingKey {
-        let needs_key = deps
-            .providers
-            .get(provider)
-            .is_some_and(|p| p.capabilities().needs_key);
-        let count = needs_key.then(|| {
+        let count = needs_key(deps, provider).then(|| {
             deps.awaiting_keys.fetch_add(1, Ordering::Relaxed);
             deps.awaiting_keys.clone()
         });
@@ -165,11 +161,7 @@ impl AwaitingKey {
     /// already counted: what a submit that starts its job takes before it claims, so that
     /// submits at once never start more jobs than the free keys can run.
     fn reserve(deps: &WorkerDeps, provider: &str) -> Option<AwaitingKey> {
-        let needs_key = deps
-            .providers
-            .get(provider)
-            .is_some_and(|p| p.capabilities().needs_key);
-        if !needs_key {
+        if !needs_key(deps, provider) {
             return Some(AwaitingKey::none());
         }
         let free = deps.keys.free_slots(provider);
@@ -293,7 +285,7 @@ impl Worker {
             // The slots the claim may fill, held before it: submits that start their own jobs
             // take slots too, and a claimed job must never find none left.
             let keys_free = key_capacity(&deps);
-            let held = hold_slots(slots, first, keys_free);
+            let mut held = hold_slots(slots, first, keys_free);
             let free = (held.num_permits() as u32).min(keys_free);
             if free == 0 {
                 // Every upstream key is busy: claim again when one is handed back (the poll
@@ -342,7 +334,6 @@ impl Worker {
                     .publish(Change::job_open(&c.job.tenant_id, &c.job.id));
             }
             // At most `wanted <= held` jobs: each takes one of the held slots; the rest go back.
-            let mut held = held;
             for job in claimed {
                 let Some(permit) = held.split(1) else {
                     tracing::error!(job = %job.job.id, "claimed beyond the held slots; the rescuer will requeue it");
@@ -368,7 +359,7 @@ impl Worker {
 
 /// Gives a job submitted in this process to its worker at once, when the worker has a free
 /// slot and a free upstream key for it and the global limits let it start: the submit claims
-/// it in its own transaction if no other job waits ([`crate::store::Store::job_submit_claimed`]), so it
+/// it if no other tenant's job waits ([`crate::store::Store::job_submit_claimed`]), so it
 /// starts without waiting for the claim loop's next round trip. A process without a worker
 /// (`--role api`) has none, and its submits wait for a claim as before.
 #[derive(Clone)]
@@ -446,18 +437,21 @@ fn hold_slots(
 /// How many more jobs the free upstream keys of the default provider can take now, counting
 /// the claimed jobs still waiting for theirs.
 fn key_capacity(deps: &WorkerDeps) -> u32 {
-    provider_key_capacity(deps, deps.providers.default_name())
-}
-
-/// As [`key_capacity`], for the keys of `provider`.
-fn provider_key_capacity(deps: &WorkerDeps, provider: &str) -> u32 {
-    match deps.providers.get(provider) {
-        Some(p) if p.capabilities().needs_key => deps
+    let provider = deps.providers.default_name();
+    match needs_key(deps, provider) {
+        true => deps
             .keys
             .free_slots(provider)
             .saturating_sub(deps.awaiting_keys.load(Ordering::Relaxed)),
-        _ => u32::MAX,
+        false => u32::MAX,
     }
+}
+
+/// Whether jobs of `provider` run on an upstream key from the pool.
+fn needs_key(deps: &WorkerDeps, provider: &str) -> bool {
+    deps.providers
+        .get(provider)
+        .is_some_and(|p| p.capabilities().needs_key)
 }
 
 /// What the running attempts of one worker want to hear from the event bus: a notice about
